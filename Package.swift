@@ -1,0 +1,61 @@
+// swift-tools-version:6.0
+//
+// FedLM: asynchronous federated pre-training of GPT-2-style language models.
+//
+// Layers (arrows point down only):
+//   fedlm (CLI)  ->  FedLMCheckpoint  ->  FedLMModel  ->  FedLMTensor  ->  COpenBLAS, CFedLMRuntime
+// The C system libraries (libzmq, OpenBLAS, SQLite) are SwiftPM system-library targets with
+// hand-written module maps; libzmq's pkg-config file is deliberately not used (it adds a krb5
+// flag SwiftPM rejects).
+import PackageDescription
+
+let optimize: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+
+let package = Package(
+    name: "FedLM",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "fedlm", targets: ["fedlm"]),
+        .library(name: "FedLMModel", targets: ["FedLMModel"]),
+        .library(name: "FedLMCheckpoint", targets: ["FedLMCheckpoint"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto", exact: "3.12.3"),
+        .package(url: "https://github.com/LebJe/TOMLKit", exact: "0.6.0"),
+    ],
+    targets: [
+        // C system libraries.
+        .systemLibrary(name: "CZeroMQ", path: "Sources/CZeroMQ", providers: [.apt(["libzmq3-dev"])]),
+        .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
+        // A few lines of C for what Swift cannot reach: the MXCSR register and CPUID.
+        .target(name: "CFedLMRuntime", path: "Sources/CFedLMRuntime"),
+
+        // Tensor/BLAS layer: buffers, BLAS, threads, fast elementwise math.
+        .target(name: "FedLMTensor",
+                dependencies: ["COpenBLAS", "CFedLMRuntime", .product(name: "Logging", package: "swift-log")],
+                swiftSettings: optimize),
+        // GPT-2 model, hand-written backward, optimizers, configs.
+        .target(name: "FedLMModel",
+                dependencies: ["FedLMTensor", .product(name: "TOMLKit", package: "TOMLKit")],
+                swiftSettings: optimize),
+        // safetensors + Hugging Face config.json + optimizer state; atomic writes.
+        .target(name: "FedLMCheckpoint",
+                dependencies: ["FedLMModel", .product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: optimize),
+        .executableTarget(name: "fedlm",
+                          dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTensor",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "Logging", package: "swift-log")],
+                          swiftSettings: optimize),
+
+        .testTarget(name: "SystemLibraryTests", dependencies: ["CZeroMQ", "COpenBLAS", "CSQLite", "FedLMTensor"]),
+        .testTarget(name: "FedLMTensorTests", dependencies: ["FedLMTensor"]),
+        .testTarget(name: "FedLMModelTests", dependencies: ["FedLMModel", "FedLMCheckpoint"]),
+        .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),
+    ]
+)

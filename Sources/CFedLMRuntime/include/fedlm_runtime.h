@@ -1,0 +1,28 @@
+#ifndef FEDLM_RUNTIME_H
+#define FEDLM_RUNTIME_H
+#include <stdint.h>
+
+/// Sets flush-to-zero and denormals-are-zero in this thread's MXCSR (x86) or FPCR.FZ (arm64).
+/// AdamW's tiny second moments become subnormal floats, which x86 processes ~100x slower.
+void fedlm_enable_flush_to_zero(void);
+
+/// 1 if FTZ and DAZ are both set on the calling thread.
+int fedlm_flush_to_zero_enabled(void);
+
+/// Bit set of the CPU features that decide OpenBLAS's kernel choice.
+enum {
+    FEDLM_CPU_SSE3 = 1 << 0,
+    FEDLM_CPU_AVX = 1 << 1,
+    FEDLM_CPU_AVX2 = 1 << 2,
+    FEDLM_CPU_FMA = 1 << 3,
+    FEDLM_CPU_AVX512F = 1 << 4,
+    FEDLM_CPU_AVX512DQ = 1 << 5,
+    FEDLM_CPU_AVX512BW = 1 << 6,
+    FEDLM_CPU_AVX512VL = 1 << 7,
+    FEDLM_CPU_AVX512BF16 = 1 << 8,
+    FEDLM_CPU_OS_AVX = 1 << 9,      // the OS saves YMM state (XGETBV)
+    FEDLM_CPU_OS_AVX512 = 1 << 10,  // the OS saves ZMM state
+};
+uint32_t fedlm_cpu_features(void);
+
+#endif
