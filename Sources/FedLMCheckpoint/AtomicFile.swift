@@ -1,0 +1,96 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Crash-safe file and directory writes: write a temporary sibling, fsync it, rename it over
+/// the destination, fsync the parent directory. A reader sees the old file or the new one,
+/// never a half-written one.
+public enum AtomicFile {
+    /// Writes `produce`'s output through `write` calls to `path` atomically.
+    public static func write(to path: String, _ produce: (FileSink) throws -> Void) throws {
+        let temporary = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw CheckpointError.io(path: temporary, reason: String(cString: strerror(errno))) }
+        let sink = FileSink(fd: fd, path: temporary)
+        do {
+            try produce(sink)
+            try sink.flush()
+            guard fsync(fd) == 0 else { throw CheckpointError.io(path: temporary, reason: "fsync: \(String(cString: strerror(errno)))") }
+            close(fd)
+        } catch {
+            close(fd)
+            unlink(temporary)
+            throw error
+        }
+        guard rename(temporary, path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(temporary)
+            throw CheckpointError.io(path: path, reason: "rename: \(reason)")
+        }
+        syncDirectory(containing: path)
+    }
+
+    public static func write(_ data: Data, to path: String) throws {
+        try write(to: path) { sink in try data.withUnsafeBytes { try sink.write($0) } }
+    }
+
+    /// fsyncs the directory that holds `path`, so a rename into it survives a power cut.
+    public static func syncDirectory(containing path: String) {
+        let dir = (path as NSString).deletingLastPathComponent
+        syncDirectory(dir.isEmpty ? "." : dir)
+    }
+
+    public static func syncDirectory(_ dir: String) {
+        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 {
+            fsync(fd)
+            close(fd)
+        }
+    }
+}
+
+/// A buffered writer over a file descriptor (large tensors go straight through).
+public final class FileSink {
+    let fd: Int32
+    let path: String
+    private var buffer: [UInt8] = []
+    public private(set) var bytesWritten = 0
+
+    init(fd: Int32, path: String) {
+        self.fd = fd
+        self.path = path
+        buffer.reserveCapacity(1 << 16)
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        if bytes.count >= 1 << 16 {
+            try flush()
+            try writeAll(bytes)
+        } else {
+            buffer.append(contentsOf: bytes)
+            if buffer.count >= 1 << 16 { try flush() }
+        }
+        bytesWritten += bytes.count
+    }
+
+    public func write(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try write($0) } }
+
+    func flush() throws {
+        if buffer.isEmpty { return }
+        try buffer.withUnsafeBytes { try writeAll($0) }
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    private func writeAll(_ bytes: UnsafeRawBufferPointer) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw CheckpointError.io(path: path, reason: String(cString: strerror(errno)))
+            }
+            offset += n
+        }
+    }
+}
