@@ -1,0 +1,43 @@
+import ArgumentParser
+import FedLMTensor
+import Logging
+
+/// The `fedlm` command line.
+@main
+struct FedLM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fedlm",
+        abstract: "Asynchronous federated pre-training of GPT-2-style language models.",
+        subcommands: [TrainCommand.self, SampleCommand.self, BenchCommand.self, ConfigCommand.self,
+                      CheckpointCommand.self])
+
+    static func main() {
+        // Before anything else: OpenBLAS picks its kernels at load time, and may need a re-exec.
+        let choice = BLASRuntime.ensureFastKernels()
+        BLASRuntime.configureThreads()
+        FlushToZero.enable()
+        Runtime.kernelChoice = choice
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .info
+            return handler
+        }
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+/// Process-wide facts decided at start-up.
+enum Runtime {
+    nonisolated(unsafe) static var kernelChoice: BLASRuntime.KernelChoice = .generic("unknown")
+    static let logger = Logger(label: "fedlm")
+
+    /// Logs the BLAS kernel choice and the thread count; every command that computes calls it.
+    static func announce() {
+        logger.info("\(BLASRuntime.describe(kernelChoice)); \(ComputeThreads.count) compute threads; flush-to-zero \(FlushToZero.isEnabled ? "on" : "OFF")")
+    }
+}
