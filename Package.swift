@@ -57,5 +57,7 @@ let package = Package(
         .testTarget(name: "FedLMTensorTests", dependencies: ["FedLMTensor"]),
         .testTarget(name: "FedLMModelTests", dependencies: ["FedLMModel", "FedLMCheckpoint"]),
         .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),
+        // Runs the built `fedlm` binary as a separate process (crash, signal and re-exec tests).
+        .testTarget(name: "FedLMCLITests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),
     ]
 )

@@ -7,6 +7,8 @@
 #define MXCSR_DAZ (1u << 6)
 #define MXCSR_FTZ (1u << 15)
 
+void fedlm_cpu_relax(void) { _mm_pause(); }
+
 void fedlm_enable_flush_to_zero(void) { _mm_setcsr(_mm_getcsr() | MXCSR_DAZ | MXCSR_FTZ); }
 
 int fedlm_flush_to_zero_enabled(void) {
@@ -46,6 +48,7 @@ uint32_t fedlm_cpu_features(void) {
 }
 
 #elif defined(__aarch64__)
+void fedlm_cpu_relax(void) { __asm__ volatile("yield"); }
 void fedlm_enable_flush_to_zero(void) {
     uint64_t fpcr;
     __asm__ volatile("mrs %0, fpcr" : "=r"(fpcr));
@@ -59,6 +62,7 @@ int fedlm_flush_to_zero_enabled(void) {
 }
 uint32_t fedlm_cpu_features(void) { return 0; }
 #else
+void fedlm_cpu_relax(void) {}
 void fedlm_enable_flush_to_zero(void) {}
 int fedlm_flush_to_zero_enabled(void) { return 0; }
 uint32_t fedlm_cpu_features(void) { return 0; }

@@ -24,13 +24,7 @@ public func parallel(parts: Int = ComputeThreads.count, _ body: (Int) -> Void) {
         body(0)
         return
     }
-    withoutActuallyEscaping(body) { body in
-        let box = UnsafeSendableBox(body)
-        DispatchQueue.concurrentPerform(iterations: parts) { part in
-            FlushToZero.enable()
-            box.value(part)
-        }
-    }
+    WorkerPool.shared.run(parts: parts, body)
 }
 
 /// Splits `0..<count` into `ComputeThreads.count` contiguous ranges (aligned to `granularity`)
@@ -58,9 +52,3 @@ public func chunk(_ part: Int, of parts: Int, count: Int, granularity: Int = 1) 
     return lo..<hi
 }
 
-/// Lets a non-Sendable closure cross into `concurrentPerform`; the closure only touches
-/// disjoint memory per part by construction of every caller.
-struct UnsafeSendableBox<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
-}

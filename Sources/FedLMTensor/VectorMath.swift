@@ -16,7 +16,7 @@ public enum VectorMath {
         let ln2Hi: Float = 0.693_359_375
         let ln2Lo: Float = -2.121_944_4e-4
         let magic: Float = 12_582_912  // 1.5 * 2^23
-        var x = pointwiseMin(pointwiseMax(x, V(repeating: -87.33)), V(repeating: 88.3))
+        var x = clamp(x, -87.33, 88.3)
         let t = x * log2e + magic
         let n = t - magic
         x = x - n * ln2Hi
@@ -35,13 +35,33 @@ public enum VectorMath {
         return r * scale
     }
 
+    /// Lane-wise clamp. Written as a lane loop because the standard library's generic
+    /// `pointwiseMin`/`pointwiseMax` are not inlined and cost a call per vector; LLVM turns this
+    /// loop into vector compare-and-select.
+    @inline(__always)
+    public static func clamp(_ v: V, _ lo: Float, _ hi: Float) -> V {
+        var r = v
+        for i in 0..<8 {
+            let x = v[i]
+            r[i] = x < lo ? lo : (x > hi ? hi : x)
+        }
+        return r
+    }
+
+    @inline(__always)
+    public static func maximum(_ a: V, _ b: V) -> V {
+        var r = a
+        for i in 0..<8 where b[i] > a[i] { r[i] = b[i] }
+        return r
+    }
+
     @inline(__always)
     public static func exp(_ x: Float) -> Float { exp(V(repeating: x))[0] }
 
     /// tanh per lane via 1 - 2 / (e^(2x) + 1); absolute error ~1e-7.
     @inline(__always)
     public static func tanh(_ x: V) -> V {
-        let e = exp(2 * pointwiseMin(pointwiseMax(x, V(repeating: -20)), V(repeating: 20)))
+        let e = exp(2 * clamp(x, -20, 20))
         return 1 - 2 / (e + 1)
     }
 

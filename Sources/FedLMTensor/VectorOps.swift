@@ -30,7 +30,7 @@ public enum VectorOps {
         var i = 0
         if n >= 8 {
             var acc = V(repeating: -.infinity)
-            while i + 8 <= n { acc = pointwiseMax(acc, VectorMath.load(a + i)); i += 8 }
+            while i + 8 <= n { acc = VectorMath.maximum(acc, VectorMath.load(a + i)); i += 8 }
             m = acc.max()
         }
         while i < n { m = Swift.max(m, a[i]); i += 1 }

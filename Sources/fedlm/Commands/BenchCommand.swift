@@ -37,12 +37,14 @@ struct BenchSgemmCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "sgemm", abstract: "sgemm GFLOP/s through FedLM's GEMM path.")
 
     @Option(help: "Compute threads (default: all cores).") var threads: Int?
+    @Option(help: "Seconds per shape.") var seconds: Double = 1
 
     func run() throws {
         if let threads { ComputeThreads.set(threads) }
         Runtime.announce()
         for (m, n, k) in [(1024, 1024, 1024), (4096, 768, 256), (4096, 4096, 256), (4096, 256, 1024), (256, 1024, 4096)] {
-            print(String(format: "sgemm %5d x %5d x %5d: %6.1f GFLOP/s", m, n, k, SgemmPeak.measure(m: m, n: n, k: k)))
+            let rate = SgemmPeak.measure(m: m, n: n, k: k, seconds: seconds)
+            print(String(format: "sgemm %5d x %5d x %5d: %6.1f GFLOP/s", m, n, k, rate))
         }
     }
 }

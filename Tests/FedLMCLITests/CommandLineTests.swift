@@ -1,0 +1,93 @@
+import FedLMCheckpoint
+import Foundation
+import XCTest
+
+final class CommandLineTests: XCTestCase {
+    func testReexecutesWithFastOpenBLASKernelsWhenTheLibraryFallsBackToGenericOnes() throws {
+        // This machine's CPU may well be recognised by OpenBLAS; FEDLM_SIMULATE_GENERIC_BLAS makes
+        // fedlm treat the loaded core as a fallback, which drives the real re-exec path.
+        let (status, output) = try FedLMProcess.run(["bench", "sgemm", "--seconds", "0.05"],
+                                                    environment: ["FEDLM_SIMULATE_GENERIC_BLAS": "1"],
+                                                    removing: ["OPENBLAS_CORETYPE"])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("chosen by FedLM from CPU features"), output)
+        XCTAssertTrue(output.contains("OpenBLAS core SkylakeX") || output.contains("OpenBLAS core Haswell"), output)
+        XCTAssertTrue(output.contains("GFLOP/s"), output)
+    }
+
+    func testAnExplicitCoreTypeIsRespected() throws {
+        let (status, output) = try FedLMProcess.run(["bench", "sgemm", "--seconds", "0.05"],
+                                                    environment: ["OPENBLAS_CORETYPE": "Haswell"])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("OpenBLAS core Haswell (OPENBLAS_CORETYPE set by the environment)"), output)
+    }
+
+    func testABadConfigFailsNamingTheField() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let bad = scratch.dir + "/bad.toml"
+        try String(contentsOfFile: scratch.config, encoding: .utf8).replacingOccurrences(of: "n_head = 2", with: "n_head = 3")
+            .write(toFile: bad, atomically: true, encoding: .utf8)
+        let (status, output) = try FedLMProcess.run(["config", "check", bad])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(output.contains("model.n_head") && output.contains("do not divide"), output)
+        let (ok, text) = try FedLMProcess.run(["config", "check", scratch.config])
+        XCTAssertEqual(ok, 0, text)
+        XCTAssertTrue(text.contains("parameters:"), text)
+    }
+
+    func testInterruptedTrainingResumesToTheSameModelAsAnUninterruptedRun() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let common = ["train", "--config", scratch.config, "--text", scratch.corpus, "--sample-bytes", "0",
+                      "--validate-every", "10", "--threads", "2"]
+        let (status, output) = try FedLMProcess.run(common + ["--out", scratch.dir + "/straight", "--checkpoint-every", "0"])
+        XCTAssertEqual(status, 0, output)
+
+        let interrupted = try FedLMProcess(common + ["--out", scratch.dir + "/resumed", "--checkpoint-every", "2"])
+        let checkpoint = scratch.dir + "/resumed/checkpoint"
+        let deadline = Date().addingTimeInterval(120)
+        while !FileManager.default.fileExists(atPath: checkpoint + "/training_state.json"), Date() < deadline {
+            usleep(20_000)
+        }
+        interrupted.signal(SIGINT)
+        XCTAssertEqual(interrupted.wait(), 0, interrupted.output)
+        let stoppedAt = try Checkpoint.load(from: checkpoint).state?.step ?? -1
+        XCTAssertGreaterThan(stoppedAt, 0)
+        print("interrupted at step \(stoppedAt) of 40")
+        let (resumedStatus, resumedOutput) = try FedLMProcess.run(common + ["--out", scratch.dir + "/resumed", "--resume"])
+        XCTAssertEqual(resumedStatus, 0, resumedOutput)
+        if stoppedAt < 40 { XCTAssertTrue(resumedOutput.contains("resumed from"), resumedOutput) }
+        let a = try Data(contentsOf: URL(fileURLWithPath: scratch.dir + "/straight/checkpoint/model.safetensors"))
+        let b = try Data(contentsOf: URL(fileURLWithPath: checkpoint + "/model.safetensors"))
+        XCTAssertEqual(a, b, "resumed run must end bit-for-bit where the uninterrupted run ends")
+    }
+
+    func testSIGKILLAtRandomMomentsNeverLeavesABrokenCheckpoint() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let out = scratch.dir + "/crash"
+        let args = ["train", "--config", scratch.config, "--text", scratch.corpus, "--sample-bytes", "0",
+                    "--steps", "100000", "--checkpoint-every", "1", "--out", out, "--resume"]
+        var lastStep = -1
+        for round in 0..<5 {
+            let p = try FedLMProcess(args)
+            // Let it start, then kill at a random point of its checkpoint-every-step loop.
+            let deadline = Date().addingTimeInterval(120)
+            while Date() < deadline {
+                if let step = try? Checkpoint.load(from: out + "/checkpoint").state?.step, step > lastStep { break }
+                usleep(10_000)
+            }
+            usleep(UInt32.random(in: 0...150_000))
+            p.signal(SIGKILL)
+            p.wait()
+            // The checkpoint directory verifies (checksums, shapes) and never goes backwards.
+            let loaded = try Checkpoint.load(from: out + "/checkpoint")
+            let step = loaded.state?.step ?? -1
+            XCTAssertGreaterThanOrEqual(step, lastStep, "round \(round)")
+            lastStep = step
+        }
+        print("survived 5 SIGKILLs; last checkpoint at step \(lastStep)")
+        XCTAssertGreaterThan(lastStep, 0)
+    }
+}

@@ -1,0 +1,93 @@
+import Foundation
+import XCTest
+
+/// Runs the `fedlm` executable that `swift build` placed next to the test bundle.
+struct FedLMProcess {
+    static var binary: String {
+        var dir = Bundle(for: Marker.self).bundleURL.deletingLastPathComponent()
+        if !FileManager.default.fileExists(atPath: dir.appendingPathComponent("fedlm").path) {
+            dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent().appendingPathComponent(".build/debug")
+        }
+        return dir.appendingPathComponent("fedlm").path
+    }
+
+    final class Marker {}
+
+    let process = Process()
+    let outputFile: String
+
+    /// Starts `fedlm arguments...`; stdout and stderr go to a file (pipes could fill and block).
+    init(_ arguments: [String], environment: [String: String] = [:], removing: [String] = []) throws {
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        for key in removing { env.removeValue(forKey: key) }
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        outputFile = NSTemporaryDirectory() + "fedlm-out-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).log"
+        FileManager.default.createFile(atPath: outputFile, contents: nil)
+        let handle = FileHandle(forWritingAtPath: outputFile)!
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+    }
+
+    var output: String { (try? String(contentsOfFile: outputFile, encoding: .utf8)) ?? "" }
+
+    @discardableResult
+    func wait() -> Int32 {
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
+
+    /// Runs to completion and returns (exit status, combined output).
+    static func run(_ arguments: [String], environment: [String: String] = [:], removing: [String] = []) throws -> (Int32, String) {
+        let p = try FedLMProcess(arguments, environment: environment, removing: removing)
+        let status = p.wait()
+        return (status, p.output)
+    }
+}
+
+/// A scratch directory with a tiny byte-level config and a deterministic text corpus.
+struct Scratch {
+    let dir: String
+
+    init() throws {
+        dir = NSTemporaryDirectory() + "fedlm-cli-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try """
+            [model]
+            n_layer = 2
+            n_embd = 32
+            n_head = 2
+            n_positions = 32
+            vocab_size = 256
+
+            [training]
+            batch_size = 4
+            learning_rate = 3e-3
+            min_learning_rate = 3e-4
+            warmup_steps = 5
+            max_steps = 40
+            seed = 77
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let words = ["the", "federated", "model", "learns", "from", "many", "private", "corpora", "without", "sharing", "data"]
+        var rng = SystemRandomNumberGenerator()
+        _ = rng
+        var text = ""
+        var state: UInt64 = 12345
+        while text.utf8.count < 40_000 {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            text += words[Int(state >> 33) % words.count] + ((state >> 20) % 9 == 0 ? ".\n" : " ")
+        }
+        try text.write(toFile: corpus, atomically: true, encoding: .utf8)
+    }
+
+    var config: String { dir + "/test.toml" }
+    var corpus: String { dir + "/corpus.txt" }
+
+    func remove() { try? FileManager.default.removeItem(atPath: dir) }
+}
