@@ -23,6 +23,10 @@ public struct HuggingFaceConfig: Codable, Equatable {
     public var tie_word_embeddings: Bool
     public var use_cache = true
     public var torch_dtype = "float32"
+    /// Written as null unless a tokenizer defines them: transformers otherwise assumes GPT-2's
+    /// 50256, which lies outside smaller vocabularies.
+    public var bos_token_id: Int?
+    public var eos_token_id: Int?
 
     public init(_ c: GPT2Config) {
         vocab_size = c.vocabulary
@@ -72,7 +76,32 @@ public struct HuggingFaceConfig: Codable, Equatable {
     enum CodingKeys: String, CodingKey {
         case architectures, model_type, vocab_size, n_positions, n_ctx, n_embd, n_layer, n_head, n_inner,
              activation_function, resid_pdrop, embd_pdrop, attn_pdrop, layer_norm_epsilon, initializer_range,
-             scale_attn_weights, tie_word_embeddings, use_cache, torch_dtype
+             scale_attn_weights, tie_word_embeddings, use_cache, torch_dtype, bos_token_id, eos_token_id
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(architectures, forKey: .architectures)
+        try c.encode(model_type, forKey: .model_type)
+        try c.encode(vocab_size, forKey: .vocab_size)
+        try c.encode(n_positions, forKey: .n_positions)
+        try c.encode(n_ctx, forKey: .n_ctx)
+        try c.encode(n_embd, forKey: .n_embd)
+        try c.encode(n_layer, forKey: .n_layer)
+        try c.encode(n_head, forKey: .n_head)
+        try c.encode(n_inner, forKey: .n_inner)  // null: 4 * n_embd
+        try c.encode(activation_function, forKey: .activation_function)
+        try c.encode(resid_pdrop, forKey: .resid_pdrop)
+        try c.encode(embd_pdrop, forKey: .embd_pdrop)
+        try c.encode(attn_pdrop, forKey: .attn_pdrop)
+        try c.encode(layer_norm_epsilon, forKey: .layer_norm_epsilon)
+        try c.encode(initializer_range, forKey: .initializer_range)
+        try c.encode(scale_attn_weights, forKey: .scale_attn_weights)
+        try c.encode(tie_word_embeddings, forKey: .tie_word_embeddings)
+        try c.encode(use_cache, forKey: .use_cache)
+        try c.encode(torch_dtype, forKey: .torch_dtype)
+        try c.encode(bos_token_id, forKey: .bos_token_id)
+        try c.encode(eos_token_id, forKey: .eos_token_id)
     }
 
     public init(from decoder: Decoder) throws {
@@ -96,5 +125,7 @@ public struct HuggingFaceConfig: Codable, Equatable {
         tie_word_embeddings = try c.decodeIfPresent(Bool.self, forKey: .tie_word_embeddings) ?? true
         use_cache = try c.decodeIfPresent(Bool.self, forKey: .use_cache) ?? true
         torch_dtype = try c.decodeIfPresent(String.self, forKey: .torch_dtype) ?? "float32"
+        bos_token_id = try c.decodeIfPresent(Int.self, forKey: .bos_token_id)
+        eos_token_id = try c.decodeIfPresent(Int.self, forKey: .eos_token_id)
     }
 }
