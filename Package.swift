@@ -48,7 +48,7 @@ let package = Package(
                 dependencies: ["FedLMModel", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: optimize),
         .executableTarget(name: "fedlm",
-                          dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTensor",
+                          dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTensor", "CFedLMRuntime",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: optimize),

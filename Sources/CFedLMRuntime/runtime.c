@@ -1,4 +1,7 @@
 #include "fedlm_runtime.h"
+#include <stdio.h>
+
+void fedlm_line_buffer_stdout(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>

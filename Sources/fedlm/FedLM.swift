@@ -1,4 +1,5 @@
 import ArgumentParser
+import CFedLMRuntime
 import FedLMTensor
 import Logging
 
@@ -16,6 +17,7 @@ struct FedLM: ParsableCommand {
         let choice = BLASRuntime.ensureFastKernels()
         BLASRuntime.configureThreads()
         FlushToZero.enable()
+        fedlm_line_buffer_stdout()
         Runtime.kernelChoice = choice
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

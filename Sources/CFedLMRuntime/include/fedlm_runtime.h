@@ -9,6 +9,9 @@ void fedlm_enable_flush_to_zero(void);
 /// 1 if FTZ and DAZ are both set on the calling thread.
 int fedlm_flush_to_zero_enabled(void);
 
+/// Makes stdout line-buffered, so progress lines interleave with the log when piped.
+void fedlm_line_buffer_stdout(void);
+
 /// A spin-wait hint (x86 `pause`): keeps a spinning thread from starving its sibling.
 void fedlm_cpu_relax(void);
 

@@ -16,7 +16,8 @@ public struct ByteCorpus: Sendable {
     }
 
     /// Reads and concatenates files; a directory contributes its regular files (sorted, so the
-    /// corpus is the same on every run).
+    /// corpus is the same on every run), skipping symbolic links (which would repeat text) and
+    /// `.dat` index files.
     public static func load(paths: [String], validationFraction: Double = 0.05) throws -> ByteCorpus {
         var bytes: [UInt8] = []
         let fm = FileManager.default
@@ -29,8 +30,8 @@ public struct ByteCorpus: Sendable {
             if isDirectory.boolValue {
                 let items = (try? fm.subpathsOfDirectory(atPath: path)) ?? []
                 files = items.sorted().map { path + "/" + $0 }.filter {
-                    var d: ObjCBool = false
-                    return fm.fileExists(atPath: $0, isDirectory: &d) && !d.boolValue && !$0.hasSuffix(".dat")
+                    let type = (try? fm.attributesOfItem(atPath: $0)[.type]) as? FileAttributeType
+                    return type == .typeRegular && !$0.hasSuffix(".dat")
                 }
             } else {
                 files = [path]
