@@ -43,12 +43,14 @@ let package = Package(
         .target(name: "FedLMModel",
                 dependencies: ["FedLMTensor", .product(name: "TOMLKit", package: "TOMLKit")],
                 swiftSettings: optimize),
+        // GPT-2 byte-level BPE: pre-tokenizer, BPE, trainer, Hugging Face tokenizer.json.
+        .target(name: "FedLMTokenizer", dependencies: ["FedLMTensor"], swiftSettings: optimize),
         // safetensors + Hugging Face config.json + optimizer state; atomic writes.
         .target(name: "FedLMCheckpoint",
                 dependencies: ["FedLMModel", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: optimize),
         .executableTarget(name: "fedlm",
-                          dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTensor", "CFedLMRuntime",
+                          dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "CFedLMRuntime",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: optimize),
@@ -56,6 +58,7 @@ let package = Package(
         .testTarget(name: "SystemLibraryTests", dependencies: ["CZeroMQ", "COpenBLAS", "CSQLite", "FedLMTensor"]),
         .testTarget(name: "FedLMTensorTests", dependencies: ["FedLMTensor"]),
         .testTarget(name: "FedLMModelTests", dependencies: ["FedLMModel", "FedLMCheckpoint"]),
+        .testTarget(name: "FedLMTokenizerTests", dependencies: ["FedLMTokenizer"]),
         .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),
         // Runs the built `fedlm` binary as a separate process (crash, signal and re-exec tests).
         .testTarget(name: "FedLMCLITests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),

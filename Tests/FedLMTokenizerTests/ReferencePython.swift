@@ -1,0 +1,52 @@
+import Foundation
+import XCTest
+
+/// Finds the Python that has the reference packages (JAX, safetensors, ...).
+///
+/// The test command installs them into `.venv-test` and sets `FEDLM_PYTHON`; it also sets
+/// `FEDLM_REQUIRE_REFERENCE=1`, so in CI a missing interpreter fails the test instead of
+/// skipping it.
+enum ReferencePython {
+    static var packageRoot: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    }
+
+    static func interpreter() throws -> String {
+        let env = ProcessInfo.processInfo.environment
+        let candidates: [String?] = [env["FEDLM_PYTHON"], packageRoot.appendingPathComponent(".venv-test/bin/python").path]
+        for case let path? in candidates where FileManager.default.isExecutableFile(atPath: path) { return path }
+        if env["FEDLM_REQUIRE_REFERENCE"] == "1" {
+            XCTFail("FEDLM_REQUIRE_REFERENCE=1 but no reference Python found (set FEDLM_PYTHON)")
+        }
+        throw XCTSkip("no reference Python; run the README's test command, which installs it")
+    }
+
+    /// Runs a script under Tests/Reference with arguments; fails the test with its output on error.
+    @discardableResult
+    static func run(_ script: String, _ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try interpreter())
+        process.arguments = [packageRoot.appendingPathComponent("Tests/Reference/\(script)").path] + arguments
+        var env = ProcessInfo.processInfo.environment
+        env["JAX_PLATFORMS"] = "cpu"
+        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        process.environment = env
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw NSError(domain: "ReferencePython", code: Int(process.terminationStatus),
+                          userInfo: [NSLocalizedDescriptionKey: "\(script) failed:\n\(output)"])
+        }
+        return output
+    }
+
+    static func temporaryDirectory(_ name: String) -> String {
+        let dir = NSTemporaryDirectory() + "fedlm-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+}
