@@ -45,12 +45,16 @@ let package = Package(
                 swiftSettings: optimize),
         // GPT-2 byte-level BPE: pre-tokenizer, BPE, trainer, Hugging Face tokenizer.json.
         .target(name: "FedLMTokenizer", dependencies: ["FedLMTensor"], swiftSettings: optimize),
+        // Token shards, manifests, preparing text into shards, sampling training windows.
+        .target(name: "FedLMData",
+                dependencies: ["FedLMTokenizer", "FedLMModel", "FedLMTensor", .product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: optimize),
         // safetensors + Hugging Face config.json + optimizer state; atomic writes.
         .target(name: "FedLMCheckpoint",
                 dependencies: ["FedLMModel", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: optimize),
         .executableTarget(name: "fedlm",
-                          dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "CFedLMRuntime",
+                          dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "FedLMData", "CFedLMRuntime",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: optimize),
@@ -59,6 +63,7 @@ let package = Package(
         .testTarget(name: "FedLMTensorTests", dependencies: ["FedLMTensor"]),
         .testTarget(name: "FedLMModelTests", dependencies: ["FedLMModel", "FedLMCheckpoint"]),
         .testTarget(name: "FedLMTokenizerTests", dependencies: ["FedLMTokenizer"]),
+        .testTarget(name: "FedLMDataTests", dependencies: ["FedLMData", "FedLMTokenizer", "FedLMModel"]),
         .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),
         // Runs the built `fedlm` binary as a separate process (crash, signal and re-exec tests).
         .testTarget(name: "FedLMCLITests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),

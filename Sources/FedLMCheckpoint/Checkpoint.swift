@@ -41,8 +41,10 @@ public enum Checkpoint {
     }
 
     /// Writes a complete checkpoint to `directory` atomically (replacing any older one there).
+    /// `extraFiles` maps a file name in the checkpoint to a file to copy there (e.g. the
+    /// tokenizer.json, so the directory is self-contained); they are checksummed like the rest.
     public static func save(model: GPT2Model, optimizer: (any Optimizer)? = nil, state: TrainingState? = nil,
-                            to directory: String) throws {
+                            extraFiles: [String: String] = [:], to directory: String) throws {
         let fm = FileManager.default
         let parent = (directory as NSString).deletingLastPathComponent
         if !parent.isEmpty { try? fm.createDirectory(atPath: parent, withIntermediateDirectories: true) }
@@ -71,8 +73,13 @@ public enum Checkpoint {
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
                 try AtomicFile.write(try encoder.encode(state), to: staging + "/" + stateFile)
             }
+            for (name, source) in extraFiles.sorted(by: { $0.key < $1.key }) {
+                guard let data = fm.contents(atPath: source) else { throw CheckpointError.io(path: source, reason: "cannot read") }
+                try AtomicFile.write(data, to: staging + "/" + name)
+            }
             var sums: [String: String] = [:]
-            for file in [modelFile, configFile, optimizerFile, stateFile] where fm.fileExists(atPath: staging + "/" + file) {
+            for file in [modelFile, configFile, optimizerFile, stateFile] + extraFiles.keys.sorted()
+                where fm.fileExists(atPath: staging + "/" + file) {
                 sums[file] = try sha256(ofFile: staging + "/" + file)
             }
             let encoder = JSONEncoder()

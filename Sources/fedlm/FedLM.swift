@@ -9,7 +9,7 @@ struct FedLM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fedlm",
         abstract: "Asynchronous federated pre-training of GPT-2-style language models.",
-        subcommands: [TrainCommand.self, SampleCommand.self, TokenizerCommand.self, BenchCommand.self, ConfigCommand.self,
+        subcommands: [TrainCommand.self, EvalCommand.self, SampleCommand.self, TokenizerCommand.self, DataCommand.self, BenchCommand.self, ConfigCommand.self,
                       CheckpointCommand.self])
 
     static func main() {

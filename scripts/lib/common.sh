@@ -28,3 +28,32 @@ ensure_python_venv() {
   "$dir/bin/pip" install --quiet --disable-pip-version-check "$@"
   echo "$*" > "$stamp"
 }
+
+# The demo corpus: five clusters of real text from Debian packages (fortune cookies in English,
+# German, Spanish and Italian; Python's standard library as code). Prints CLUSTER=FILE,FILE...
+# arguments for `fedlm data prepare`.
+DEMO_CORPUS_PACKAGES=(fortunes fortunes-de fortunes-es fortunes-it libpython3-stdlib)
+demo_corpus_clusters() {
+  local f=/usr/share/games/fortunes
+  local py
+  py=$(ls -d /usr/lib/python3.[0-9]* 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$py" ] || { echo "no /usr/lib/python3.X found" >&2; return 1; }
+  join() { paste -sd, -; }
+  echo "en=$(find "$f" -maxdepth 1 -type f ! -name '*.dat' | sort | join)"
+  for lang in de es it; do echo "$lang=$(find "$f/$lang" -type f ! -name '*.dat' | sort | join)"; done
+  echo "code=$(find "$py" -maxdepth 1 -type f -name '*.py' | sort | join)"
+}
+
+# prepare_demo_data DIR: tokenizer (vocabulary 4096) and token shards of the demo corpus in DIR.
+prepare_demo_data() {
+  local dir=$1
+  [ -f "$dir/shards/manifest.json" ] && return 0
+  mkdir -p "$dir"
+  mapfile -t clusters < <(demo_corpus_clusters)
+  local files=()
+  for c in "${clusters[@]}"; do IFS=, read -ra list <<< "${c#*=}"; files+=("${list[@]}"); done
+  echo "==> training the tokenizer on ${#files[@]} files"
+  .build/release/fedlm tokenizer train --vocab 4096 --out "$dir/tokenizer.json" "${files[@]}"
+  echo "==> preparing token shards"
+  .build/release/fedlm data prepare --tokenizer "$dir/tokenizer.json" --out "$dir/shards" "${clusters[@]}"
+}

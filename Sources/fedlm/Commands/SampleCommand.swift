@@ -1,11 +1,11 @@
 import ArgumentParser
 import FedLMCheckpoint
 import FedLMModel
+import FedLMTokenizer
 import Foundation
 
 struct SampleCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "sample",
-                                                    abstract: "Generate text from a checkpoint (byte-level models).")
+    static let configuration = CommandConfiguration(commandName: "sample", abstract: "Generate text from a checkpoint.")
 
     @Option(help: "Checkpoint directory.") var checkpoint: String
     @Option(help: "Prompt text.") var prompt: String = ""
@@ -16,9 +16,25 @@ struct SampleCommand: ParsableCommand {
 
     func run() throws {
         let model = try Checkpoint.load(from: checkpoint).model
-        let promptTokens = Array(prompt.utf8).map { Int32($0) }
-        let generated = try Sampler.generate(model: model, prompt: promptTokens, tokens: tokens,
-                                             temperature: temperature, topK: topK, seed: seed)
-        print(prompt + String(decoding: generated.map { UInt8(clamping: $0) }, as: UTF8.self))
+        let tokenizerFile = checkpoint + "/tokenizer.json"
+        let text = try SampleText.generate(model: model, tokenizerFile: FileManager.default.fileExists(atPath: tokenizerFile) ? tokenizerFile : nil,
+                                           prompt: prompt, tokens: tokens, temperature: temperature, topK: topK, seed: seed)
+        print(prompt + text)
+    }
+}
+
+/// Sampling with the checkpoint's tokenizer, or bytes as tokens when it has none.
+enum SampleText {
+    static func generate(model: GPT2Model, tokenizerFile: String?, prompt: String, tokens: Int, temperature: Float,
+                         topK: Int, seed: UInt64) throws -> String {
+        if let tokenizerFile {
+            let t = try TokenizerFile.load(path: tokenizerFile)
+            let ids = try Sampler.generate(model: model, prompt: t.encode(prompt), tokens: tokens, temperature: temperature,
+                                           topK: topK, seed: seed)
+            return String(decoding: try t.decode(ids), as: UTF8.self)
+        }
+        let ids = try Sampler.generate(model: model, prompt: Array(prompt.utf8).map { Int32($0) }, tokens: tokens,
+                                       temperature: temperature, topK: topK, seed: seed)
+        return String(decoding: ids.map { UInt8(clamping: $0) }, as: UTF8.self)
     }
 }

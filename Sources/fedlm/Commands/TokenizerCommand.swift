@@ -1,4 +1,5 @@
 import ArgumentParser
+import FedLMData
 import FedLMTokenizer
 import Foundation
 
@@ -19,10 +20,14 @@ struct TokenizerCommand: ParsableCommand {
             var trainer = try BPETrainer(vocabularySize: vocab, maxDistinctWords: maxWords)
             let start = Date()
             var documents = 0
-            try TextSources.forEachDocument(inputs) { _, text in
-                trainer.add(text)
-                trainer.endDocument()
-                documents += 1
+            for file in try TextInputs.files(inputs) {
+                try TextInputs.forEachDocument(file, onBadLine: { location, reason in
+                    throw DataError.badInput(location: location, reason: reason)
+                }) { text in
+                    trainer.add(text)
+                    trainer.endDocument()
+                    documents += 1
+                }
             }
             let tokenizer = try trainer.train()
             try TokenizerFile.write(tokenizer, to: out)
@@ -50,7 +55,9 @@ struct TokenizerCommand: ParsableCommand {
         func run() throws {
             let t = try TokenizerFile.load(path: tokenizer)
             var text: [UInt8] = []
-            try TextSources.forEachDocument(inputs) { _, doc in text.append(contentsOf: doc) }
+            for file in try TextInputs.files(inputs) {
+                try TextInputs.forEachDocument(file, onBadLine: { _, _ in }) { doc in text.append(contentsOf: doc) }
+            }
             var rates: [Double] = []
             var tokens = 0
             for _ in 0..<reps {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import FedLMCheckpoint
+import FedLMData
 import FedLMModel
 import FedLMTensor
 import Foundation
@@ -9,21 +10,26 @@ import Foundation
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "Train a model centrally on text (byte-level tokens) with checkpoints and exact resume.")
+        abstract: "Train a model centrally, with per-cluster validation, atomic checkpoints and exact resume.")
 
     @Option(help: "Config preset (tiny, small, ...) or TOML path.") var config: String = "tiny"
-    @Option(parsing: .upToNextOption, help: "Text files or folders to train on (bytes are tokens).") var text: [String]
+    @Option(help: "Prepared data directory (`fedlm data prepare`).") var data: String?
+    @Option(parsing: .upToNextOption, help: "Or: text files or folders, with bytes as tokens.") var text: [String] = []
+    @Option(help: "Stop after this many training tokens (sets the step count from the batch shape).") var tokens: Int?
     @Option(help: "Optimizer steps (default: the config's max_steps).") var steps: Int?
     @Option(help: "Run directory: checkpoints go to <out>/checkpoint.") var out: String = "runs/train"
     @Option(help: "Checkpoint every N steps (0: only at the end).") var checkpointEvery: Int = 100
     @Option(help: "Validate every N steps.") var validateEvery: Int = 50
+    @Option(help: "Validation batches per cluster.") var validationBatches: Int = 4
     @Flag(help: "Continue from <out>/checkpoint if it exists.") var resume = false
-    @Option(help: "Bytes of sample text to print at the end (0: none).") var sampleBytes: Int = 200
+    @Option(help: "Tokens of sample text to print at the end (0: none).") var sampleBytes: Int = 200
     @Option(help: "Compute threads (default: all cores).") var threads: Int?
 
     func validate() throws {
-        guard !text.isEmpty else { throw ValidationError("--text needs at least one file or folder") }
+        guard (data == nil) != text.isEmpty else { throw ValidationError("give either --data DIR or --text FILES") }
         if let steps, steps <= 0 { throw ValidationError("--steps must be positive") }
+        if let tokens, tokens <= 0 { throw ValidationError("--tokens must be positive") }
+        if steps != nil, tokens != nil { throw ValidationError("give --steps or --tokens, not both") }
         guard checkpointEvery >= 0, validateEvery > 0 else { throw ValidationError("--checkpoint-every >= 0, --validate-every > 0") }
     }
 
@@ -31,17 +37,21 @@ struct TrainCommand: ParsableCommand {
         if let threads { ComputeThreads.set(threads) }
         Runtime.announce()
         var file = try ConfigResolution.load(config)
-        // Bytes are tokens: the vocabulary must hold all 256 values.
-        guard file.model.vocabulary >= 256 else {
-            throw ValidationError("byte-level training needs vocab_size >= 256, the config has \(file.model.vocabulary)")
+        let source: TrainingData
+        if let data {
+            source = PreparedData(dataset: try TokenDataset(directory: data))
+        } else {
+            source = ByteData(corpus: try ByteCorpus.load(paths: text))
         }
+        guard file.model.vocabulary >= source.vocabularySize else {
+            throw ValidationError("the data needs vocab_size >= \(source.vocabularySize), the config has \(file.model.vocabulary)")
+        }
+        let seqLen = file.training.sequenceLength ?? file.model.context
         if let steps { file.training.maxSteps = steps }
+        if let tokens { file.training.maxSteps = max(1, tokens / (file.training.batchSize * seqLen)) }
         let training = file.training
-        let seqLen = training.sequenceLength ?? file.model.context
-        let corpus = try ByteCorpus.load(paths: text)
-        guard corpus.validation.count > seqLen + 1 else {
-            throw ValidationError("the text is too short: \(corpus.train.count + corpus.validation.count) bytes for sequence length \(seqLen)")
-        }
+        let validationSets = try source.validationSets(batch: training.batchSize, sequence: seqLen, maxBatches: validationBatches)
+        guard !validationSets.isEmpty else { throw ValidationError("the data has no validation windows of \(seqLen + 1) tokens") }
         let checkpointDir = out + "/checkpoint"
         var model = try GPT2Model(config: file.model, seed: training.seed)
         var stepper = TrainingStep(model: model, training: training)
@@ -59,21 +69,37 @@ struct TrainCommand: ParsableCommand {
             if let state = loaded.state, let s = state.samplerState { rng.state = s; tokensSeen = state.tokensSeen }
             Runtime.logger.info("resumed from \(checkpointDir) at step \(stepper.step)")
         }
-        Runtime.logger.info("training \(config): \(file.model.parameterCount) parameters, \(corpus.train.count) training bytes, batch \(training.batchSize) x \(seqLen), \(training.maxSteps) steps")
+        Runtime.logger.info("training \(config): \(file.model.parameterCount) parameters; \(source.summary); batch \(training.batchSize) x \(seqLen), \(training.maxSteps) steps")
 
-        func validationLoss() throws -> Float {
-            var vrng = SeededGenerator(seed: 99)  // the same windows every time, so curves compare
-            var total: Float = 0
-            for _ in 0..<4 {
-                total += try model.loss(ByteCorpus.batch(from: corpus.validation, batch: training.batchSize,
-                                                         sequence: seqLen, rng: &vrng))
+        // The validation curve goes to <out>/validation.csv: step, tokens, seconds, one column per cluster, mean.
+        let curvePath = out + "/validation.csv"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        if !FileManager.default.fileExists(atPath: curvePath) || stepper.step == 0 {
+            try (["step", "tokens", "seconds"] + validationSets.map(\.name) + ["mean"]).joined(separator: ",")
+                .appending("\n").write(toFile: curvePath, atomically: true, encoding: .utf8)
+        }
+        func validate(_ step: Int, trainLoss: Float?, rate: Double) throws {
+            let losses = try validationSets.map { try meanLoss(model, $0.batches) }
+            let mean = losses.reduce(0, +) / Float(losses.count)
+            if isatty(1) != 0 { print("") }
+            var line = String(format: "step %5d", step)
+            if let trainLoss { line += String(format: "  train %.4f", trainLoss) }
+            line += "  validation " + zip(validationSets, losses).map { String(format: "%@ %.4f", $0.name, $1) }.joined(separator: " ")
+            if losses.count > 1 { line += String(format: "  mean %.4f", mean) }
+            if rate > 0 { line += String(format: "  %.0f tok/s", rate) }
+            print(line)
+            let row = ["\(step)", "\(tokensSeen)", String(format: "%.1f", now() - start)] + (losses + [mean]).map { String(format: "%.5f", $0) }
+            if let handle = FileHandle(forWritingAtPath: curvePath) {
+                handle.seekToEndOfFile()
+                handle.write((row.joined(separator: ",") + "\n").data(using: .utf8)!)
+                try? handle.close()
             }
-            return total / 4
         }
         func save() throws {
             try Checkpoint.save(model: model, optimizer: stepper.optimizer,
                                 state: .init(step: stepper.step, optimizer: training.optimizer.rawValue,
                                              tokensSeen: tokensSeen, samplerState: rng.state),
+                                extraFiles: source.tokenizerFile.map { ["tokenizer.json": $0] } ?? [:],
                                 to: checkpointDir)
         }
 
@@ -81,9 +107,9 @@ struct TrainCommand: ParsableCommand {
         let start = now()
         let firstStep = stepper.step
         var lastReport: TrainingStep.Report?
-        if stepper.step == 0 { print(String(format: "step %5d  validation loss %.4f", 0, try validationLoss())) }
+        if stepper.step == 0 { try validate(0, trainLoss: nil, rate: 0) }
         while stepper.step < training.maxSteps, !StopSignal.requested {
-            let batch = ByteCorpus.batch(from: corpus.train, batch: training.batchSize, sequence: seqLen, rng: &rng)
+            let batch = try source.trainBatch(batch: training.batchSize, sequence: seqLen, rng: &rng)
             lastReport = try stepper.run(batch)
             tokensSeen += batch.inputs.count
             let step = stepper.step
@@ -96,21 +122,16 @@ struct TrainCommand: ParsableCommand {
                              rate, eta), terminator: "")
                 fflush(nil)
             }
-            if step % validateEvery == 0 || step == training.maxSteps {
-                if isatty(1) != 0 { print("") }
-                print(String(format: "step %5d  train loss %.4f  validation loss %.4f  %.0f tok/s", step,
-                             lastReport!.loss, try validationLoss(), rate))
-            }
+            if step % validateEvery == 0 || step == training.maxSteps { try validate(step, trainLoss: lastReport!.loss, rate: rate) }
             if checkpointEvery > 0, step % checkpointEvery == 0 { try save() }
         }
         if isatty(1) != 0 { print("") }
         try save()
         Runtime.logger.info("checkpoint written to \(checkpointDir) at step \(stepper.step)\(StopSignal.requested ? " (interrupted; --resume continues)" : "")")
         if sampleBytes > 0, !StopSignal.requested {
-            let prompt = Array(corpus.validation.prefix(32)).map { Int32($0) }
-            let generated = try Sampler.generate(model: model, prompt: prompt, tokens: sampleBytes, seed: 7)
-            let text = String(decoding: generated.map { UInt8(clamping: $0) }, as: UTF8.self)
-            print("--- sample after \"\(String(decoding: prompt.map { UInt8($0) }, as: UTF8.self))\" ---\n\(text)\n---")
+            let text = try SampleText.generate(model: model, tokenizerFile: source.tokenizerFile, prompt: "The ",
+                                               tokens: sampleBytes, temperature: 0.8, topK: 40, seed: 7)
+            print("--- sample ---\n\(text)\n---")
         }
     }
 }
