@@ -59,10 +59,12 @@ let package = Package(
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: optimize),
 
+        // Shared by the test targets: finding and running the Python references.
+        .target(name: "FedLMTestSupport", path: "Tests/FedLMTestSupport"),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CZeroMQ", "COpenBLAS", "CSQLite", "FedLMTensor"]),
         .testTarget(name: "FedLMTensorTests", dependencies: ["FedLMTensor"]),
-        .testTarget(name: "FedLMModelTests", dependencies: ["FedLMModel", "FedLMCheckpoint"]),
-        .testTarget(name: "FedLMTokenizerTests", dependencies: ["FedLMTokenizer"]),
+        .testTarget(name: "FedLMModelTests", dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTestSupport"]),
+        .testTarget(name: "FedLMTokenizerTests", dependencies: ["FedLMTokenizer", "FedLMTensor", "FedLMTestSupport"]),
         .testTarget(name: "FedLMDataTests", dependencies: ["FedLMData", "FedLMTokenizer", "FedLMModel"]),
         .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),
         // Runs the built `fedlm` binary as a separate process (crash, signal and re-exec tests).

@@ -168,8 +168,12 @@ public enum Checkpoint {
                 throw CheckpointError.io(path: optPath, reason: "no optimizer state in this checkpoint")
             }
             let optFile = try SafeTensorsFile(path: optPath)
+            // The file holds every state vector ("exp_avg.<name>", "exp_avg_sq.<name>", ...);
+            // each must be complete, with exact shapes.
             for (name, vector) in optimizer.stateVectors {
-                try readVector(optFile, into: vector, prefix: name + ".", allowingOthers: true)
+                for e in vector.layout.entries {
+                    try optFile.copyFloats(name + "." + e.name, shape: e.shape, into: vector.pointer + e.offset)
+                }
             }
             guard let stepText = optFile.metadata["step"], let step = Int(stepText) else {
                 throw CheckpointError.malformed(path: optPath, reason: "metadata has no optimizer step")
@@ -177,10 +181,6 @@ public enum Checkpoint {
             optimizer.restore(step: step)
         }
         return (model, state)
-    }
-
-    static func readVector(_ file: SafeTensorsFile, into v: ParameterVector, prefix: String, allowingOthers: Bool) throws {
-        for e in v.layout.entries { try file.copyFloats(prefix + e.name, shape: e.shape, into: v.pointer + e.offset) }
     }
 
     /// Checks every file listed in checksums.json against its SHA-256.

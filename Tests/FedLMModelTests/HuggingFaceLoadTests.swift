@@ -1,3 +1,4 @@
+import FedLMTestSupport
 import FedLMCheckpoint
 import FedLMModel
 import FedLMTensor

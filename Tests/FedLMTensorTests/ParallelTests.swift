@@ -32,12 +32,14 @@ final class ParallelTests: XCTestCase {
         }
         XCTAssertEqual(flags, [Bool](repeating: true, count: 8))
         XCTAssertEqual(products, [Float](repeating: 0, count: 8))
-        // And a genuinely subnormal input is read as zero (DAZ).
-        var sub: Float = 0
-        parallel(parts: 2) { _ in
-            let denormal = Float(bitPattern: 1)  // smallest positive subnormal
-            if denormal * 1e30 == 0 { sub = 0 } else { sub = 1 }
+        // And a genuinely subnormal input is read as zero (DAZ) on every worker.
+        var scaled = [Float](repeating: 1, count: 4)
+        scaled.withUnsafeMutableBufferPointer { out in
+            parallel(parts: 4) { part in
+                let denormal = Float(bitPattern: 1)  // the smallest positive subnormal
+                out[part] = denormal * 1e30
+            }
         }
-        XCTAssertEqual(sub, 0)
+        XCTAssertEqual(scaled, [0, 0, 0, 0])
     }
 }

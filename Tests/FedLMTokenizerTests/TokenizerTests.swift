@@ -1,3 +1,4 @@
+import FedLMTestSupport
 import FedLMTensor
 import FedLMTokenizer
 import Foundation

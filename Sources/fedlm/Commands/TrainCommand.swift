@@ -71,14 +71,18 @@ struct TrainCommand: ParsableCommand {
         }
         Runtime.logger.info("training \(config): \(file.model.parameterCount) parameters; \(source.summary); batch \(training.batchSize) x \(seqLen), \(training.maxSteps) steps")
 
-        // The validation curve goes to <out>/validation.csv: step, tokens, seconds, one column per cluster, mean.
+        // The validation curve goes to <out>/validation.csv: step, tokens, seconds of training
+        // (validation time excluded), one column per cluster, mean.
         let curvePath = out + "/validation.csv"
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         if !FileManager.default.fileExists(atPath: curvePath) || stepper.step == 0 {
             try (["step", "tokens", "seconds"] + validationSets.map(\.name) + ["mean"]).joined(separator: ",")
                 .appending("\n").write(toFile: curvePath, atomically: true, encoding: .utf8)
         }
+        var validationSeconds = 0.0
         func validate(_ step: Int, trainLoss: Float?, rate: Double) throws {
+            let validationStart = now()
+            defer { validationSeconds += now() - validationStart }
             let losses = try validationSets.map { try meanLoss(model, $0.batches) }
             let mean = losses.reduce(0, +) / Float(losses.count)
             if isatty(1) != 0 { print("") }
@@ -88,7 +92,7 @@ struct TrainCommand: ParsableCommand {
             if losses.count > 1 { line += String(format: "  mean %.4f", mean) }
             if rate > 0 { line += String(format: "  %.0f tok/s", rate) }
             print(line)
-            let row = ["\(step)", "\(tokensSeen)", String(format: "%.1f", now() - start)] + (losses + [mean]).map { String(format: "%.5f", $0) }
+            let row = ["\(step)", "\(tokensSeen)", String(format: "%.1f", validationStart - start - validationSeconds)] + (losses + [mean]).map { String(format: "%.5f", $0) }
             if let handle = FileHandle(forWritingAtPath: curvePath) {
                 handle.seekToEndOfFile()
                 handle.write((row.joined(separator: ",") + "\n").data(using: .utf8)!)
@@ -113,7 +117,7 @@ struct TrainCommand: ParsableCommand {
             lastReport = try stepper.run(batch)
             tokensSeen += batch.inputs.count
             let step = stepper.step
-            let elapsed = now() - start
+            let elapsed = now() - start - validationSeconds
             let rate = Double((step - firstStep) * training.batchSize * seqLen) / elapsed
             let eta = Double(training.maxSteps - step) * elapsed / Double(step - firstStep)
             if isatty(1) != 0 {

@@ -6,12 +6,12 @@ import XCTest
 /// The test command installs them into `.venv-test` and sets `FEDLM_PYTHON`; it also sets
 /// `FEDLM_REQUIRE_REFERENCE=1`, so in CI a missing interpreter fails the test instead of
 /// skipping it.
-enum ReferencePython {
-    static var packageRoot: URL {
+public enum ReferencePython {
+    public static var packageRoot: URL {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     }
 
-    static func interpreter() throws -> String {
+    public static func interpreter() throws -> String {
         let env = ProcessInfo.processInfo.environment
         let candidates: [String?] = [env["FEDLM_PYTHON"], packageRoot.appendingPathComponent(".venv-test/bin/python").path]
         for case let path? in candidates where FileManager.default.isExecutableFile(atPath: path) { return path }
@@ -23,7 +23,7 @@ enum ReferencePython {
 
     /// Runs a script under Tests/Reference with arguments; fails the test with its output on error.
     @discardableResult
-    static func run(_ script: String, _ arguments: [String]) throws -> String {
+    public static func run(_ script: String, _ arguments: [String]) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try interpreter())
         process.arguments = [packageRoot.appendingPathComponent("Tests/Reference/\(script)").path] + arguments
@@ -44,7 +44,7 @@ enum ReferencePython {
         return output
     }
 
-    static func temporaryDirectory(_ name: String) -> String {
+    public static func temporaryDirectory(_ name: String) -> String {
         let dir = NSTemporaryDirectory() + "fedlm-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         return dir
