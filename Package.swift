@@ -49,6 +49,8 @@ let package = Package(
         .target(name: "FedLMData",
                 dependencies: ["FedLMTokenizer", "FedLMModel", "FedLMTensor", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: optimize),
+        // Asynchronous and synchronous aggregation strategies and server optimizers (no I/O).
+        .target(name: "FedLMAggregation", dependencies: ["FedLMModel", "FedLMTensor"], swiftSettings: optimize),
         // safetensors + Hugging Face config.json + optimizer state; atomic writes.
         .target(name: "FedLMCheckpoint",
                 dependencies: ["FedLMModel", .product(name: "Crypto", package: "swift-crypto")],
@@ -65,6 +67,7 @@ let package = Package(
         .testTarget(name: "FedLMTensorTests", dependencies: ["FedLMTensor"]),
         .testTarget(name: "FedLMModelTests", dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTestSupport"]),
         .testTarget(name: "FedLMTokenizerTests", dependencies: ["FedLMTokenizer", "FedLMTensor", "FedLMTestSupport"]),
+        .testTarget(name: "FedLMAggregationTests", dependencies: ["FedLMAggregation", "FedLMModel"]),
         .testTarget(name: "FedLMDataTests", dependencies: ["FedLMData", "FedLMTokenizer", "FedLMModel"]),
         .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),
         // Runs the built `fedlm` binary as a separate process (crash, signal and re-exec tests).

@@ -19,10 +19,13 @@ enum SgemmPeak {
         Gemm.multiply(m: m, n: n, k: k, a: a.pointer, lda: k, b: b.pointer, ldb: n, c: c.pointer, ldc: n)
         var best = 0.0
         let start = now()
-        while now() - start < seconds {
-            let t0 = now()
-            Gemm.multiply(m: m, n: n, k: k, a: a.pointer, lda: k, b: b.pointer, ldb: n, c: c.pointer, ldc: n)
-            best = max(best, 2.0 * Double(m * n * k) / (now() - t0) / 1e9)
+        // The buffers must outlive every call that uses their pointers.
+        withExtendedLifetime((a, b, c)) {
+            while now() - start < seconds {
+                let t0 = now()
+                Gemm.multiply(m: m, n: n, k: k, a: a.pointer, lda: k, b: b.pointer, ldb: n, c: c.pointer, ldc: n)
+                best = max(best, 2.0 * Double(m * n * k) / (now() - t0) / 1e9)
+            }
         }
         return best
     }

@@ -1,0 +1,165 @@
+import FedLMModel
+
+/// What became of one update.
+public enum AggregationDecision: Equatable, Sendable {
+    /// The global model changed: a new version exists.
+    case applied
+    /// Kept for a later aggregate (`count` of `needed` so far).
+    case buffered(count: Int, needed: Int)
+    /// Not used; the model is unchanged. The reason goes back to the trainer.
+    case refused(String)
+}
+
+/// One trainer's contribution, already validated (shapes, finite values) by the caller.
+/// Vectors are held by reference, so their storage lives as long as the contribution.
+public struct Contribution {
+    /// The pseudo-gradient w_start - w_end, laid out like the model.
+    public let delta: ParameterVector
+    /// The weights the trainer started from (version tau), when the aggregator still has them;
+    /// FedAsync needs them to form the trainer's model w_start - delta.
+    public let base: ParameterVector?
+    /// Current version minus the version the trainer started from.
+    public let staleness: Int
+    /// Data weight, e.g. tokens trained on (FedAvg weights by it).
+    public let dataWeight: Double
+
+    public init(delta: ParameterVector, base: ParameterVector? = nil, staleness: Int, dataWeight: Double = 1) {
+        self.delta = delta
+        self.base = base
+        self.staleness = staleness
+        self.dataWeight = dataWeight
+    }
+}
+
+/// Folds arriving updates into the global model. Implementations are plain state machines over
+/// vectors: no sockets, no clocks, so they are tested on exact numbers.
+public protocol AggregationStrategy: AnyObject {
+    var name: String { get }
+    /// Updates older than this many versions are refused.
+    var maxStaleness: Int { get }
+    func receive(_ c: Contribution, model: ParameterVector) -> AggregationDecision
+}
+
+extension AggregationStrategy {
+    /// The refusal every strategy gives an update of the wrong shape or too stale.
+    func refusal(_ c: Contribution, model: ParameterVector) -> AggregationDecision? {
+        if c.delta.layout != model.layout || (c.base.map { $0.layout != model.layout } ?? false) {
+            return .refused("the update's tensors do not match the model's names and shapes")
+        }
+        if c.staleness < 0 { return .refused("base version is newer than the current model (staleness \(c.staleness))") }
+        if c.staleness > maxStaleness {
+            return .refused("staleness \(c.staleness) exceeds the maximum of \(maxStaleness); fetch the latest release")
+        }
+        return nil
+    }
+}
+
+/// FedAsync (Xie et al.): every update is mixed in on arrival,
+/// w <- (1 - a_t) w + a_t w_client,  a_t = a * s(t - tau),  w_client = w_tau - delta.
+public final class FedAsync: AggregationStrategy {
+    public let mixing: Double
+    public let weight: StalenessWeight
+    public let maxStaleness: Int
+    public var name: String { "fedasync" }
+
+    public init(mixing: Double = 0.5, weight: StalenessWeight = .polynomial(exponent: 0.5), maxStaleness: Int = 16) {
+        self.mixing = mixing
+        self.weight = weight
+        self.maxStaleness = maxStaleness
+    }
+
+    public func receive(_ c: Contribution, model: ParameterVector) -> AggregationDecision {
+        if let refusal = refusal(c, model: model) { return refusal }
+        guard let base = c.base else {
+            return .refused("the weights of the base version are no longer held; fetch the latest release")
+        }
+        let a = Float(mixing * weight.weight(staleness: c.staleness))
+        let w = model.pointer, b = base.pointer, d = c.delta.pointer
+        for i in 0..<model.count { w[i] = (1 - a) * w[i] + a * (b[i] - d[i]) }
+        return .applied
+    }
+}
+
+/// FedBuff (Nguyen et al.): buffer K updates, each scaled by s(staleness), then apply their mean
+/// through the server optimizer:  g = (1/K) sum_i s(tau_i) delta_i;  w <- opt(w, g).
+public final class FedBuff: AggregationStrategy {
+    public let bufferSize: Int
+    public let weight: StalenessWeight
+    public let maxStaleness: Int
+    public let optimizer: ServerOptimizer
+    private let buffer: ParameterVector
+    public private(set) var buffered = 0
+    public var name: String { "fedbuff" }
+
+    public init(bufferSize: Int, weight: StalenessWeight = .inverseSquareRoot, maxStaleness: Int = 16,
+                optimizer: ServerOptimizerKind, layout: ParameterLayout) {
+        precondition(bufferSize >= 1)
+        self.bufferSize = bufferSize
+        self.weight = weight
+        self.maxStaleness = maxStaleness
+        self.optimizer = ServerOptimizer(optimizer, layout: layout)
+        self.buffer = ParameterVector(layout: layout)
+    }
+
+    public func receive(_ c: Contribution, model: ParameterVector) -> AggregationDecision {
+        if let refusal = refusal(c, model: model) { return refusal }
+        let s = Float(weight.weight(staleness: c.staleness))
+        let b = buffer.pointer, d = c.delta.pointer
+        for i in 0..<buffer.count { b[i] += s * d[i] }
+        buffered += 1
+        guard buffered == bufferSize else { return .buffered(count: buffered, needed: bufferSize) }
+        let inv = 1 / Float(bufferSize)
+        for i in 0..<buffer.count { b[i] *= inv }
+        optimizer.apply(buffer, to: model)
+        buffer.zero()
+        buffered = 0
+        return .applied
+    }
+}
+
+/// Synchronous FedAvg rounds, the baseline: each round waits for every selected trainer's
+/// update on the round's version, then applies the data-weighted mean through the server
+/// optimizer. Updates on another version are refused.
+public final class SynchronousFedAvg: AggregationStrategy {
+    public let optimizer: ServerOptimizer
+    public private(set) var expected: Int
+    private let sum: ParameterVector
+    private var received = 0
+    private var totalWeight = 0.0
+    public var maxStaleness: Int { 0 }
+    public var name: String { "sync" }
+
+    public init(participants: Int, optimizer: ServerOptimizerKind, layout: ParameterLayout) {
+        precondition(participants >= 1)
+        expected = participants
+        self.optimizer = ServerOptimizer(optimizer, layout: layout)
+        sum = ParameterVector(layout: layout)
+    }
+
+    /// Changes how many updates the next round waits for (trainers joined or left). Only
+    /// between rounds, so a round never mixes two selections.
+    public func setParticipants(_ n: Int) {
+        precondition(n >= 1)
+        if received == 0 { expected = n }
+    }
+
+    public var waitingFor: Int { expected - received }
+
+    public func receive(_ c: Contribution, model: ParameterVector) -> AggregationDecision {
+        if c.delta.layout != model.layout { return .refused("the update's tensors do not match the model's names and shapes") }
+        if c.staleness != 0 { return .refused("synchronous round expects the current version (staleness \(c.staleness))") }
+        guard c.dataWeight > 0, c.dataWeight.isFinite else { return .refused("data weight must be positive") }
+        let w = Float(c.dataWeight), s = sum.pointer, d = c.delta.pointer
+        for i in 0..<sum.count { s[i] += w * d[i] }
+        received += 1
+        totalWeight += c.dataWeight
+        guard received == expected else { return .buffered(count: received, needed: expected) }
+        let inv = Float(1 / totalWeight)
+        for i in 0..<sum.count { s[i] *= inv }
+        optimizer.apply(sum, to: model)
+        sum.zero()
+        received = 0
+        totalWeight = 0
+        return .applied
+    }
+}

@@ -1,0 +1,109 @@
+import FedLMAggregation
+import FedLMModel
+import XCTest
+
+/// Strategies and server optimizers on exact numbers. Every vector is constant, so each
+/// coordinate must equal the scalar worked out by hand in the comments.
+final class AggregationTests: XCTestCase {
+    let layout = ParameterLayout(config: GPT2Config(layers: 1, embedding: 2, heads: 1, context: 1, vocabulary: 1))
+
+    func vector(_ value: Float) -> ParameterVector {
+        let v = ParameterVector(layout: layout)
+        for i in 0..<v.count { v.pointer[i] = value }
+        return v
+    }
+
+    func assertAll(_ v: ParameterVector, _ expected: Float, accuracy: Float = 1e-6, _ message: String = "",
+                   file: StaticString = #filePath, line: UInt = #line) {
+        for i in 0..<v.count {
+            XCTAssertEqual(v.pointer[i], expected, accuracy: accuracy, "\(message) coordinate \(i)", file: file, line: line)
+        }
+    }
+
+    func testStalenessWeights() {
+        XCTAssertEqual(StalenessWeight.constant.weight(staleness: 7), 1)
+        XCTAssertEqual(StalenessWeight.polynomial(exponent: 0.5).weight(staleness: 3), 0.5)  // 4^-0.5
+        XCTAssertEqual(StalenessWeight.hinge(slope: 0.5, cutoff: 2).weight(staleness: 2), 1)
+        XCTAssertEqual(StalenessWeight.hinge(slope: 0.5, cutoff: 2).weight(staleness: 4), 0.5)  // 1 / (0.5 * 2 + 1)
+        XCTAssertEqual(StalenessWeight.inverseSquareRoot.weight(staleness: 3), 0.5)
+        XCTAssertEqual(StalenessWeight.inverseSquareRoot.weight(staleness: 0), 1)
+    }
+
+    func testFedAsyncMixesTheClientModelByStaleness() {
+        let model = vector(1), base = vector(2), delta = vector(0.5)
+        let s = FedAsync(mixing: 0.5, weight: .polynomial(exponent: 0.5), maxStaleness: 16)
+        // a = 0.5 * 4^-0.5 = 0.25; w_client = 2 - 0.5 = 1.5; w = 0.75 * 1 + 0.25 * 1.5 = 1.125
+        XCTAssertEqual(s.receive(Contribution(delta: delta, base: base, staleness: 3), model: model), .applied)
+        assertAll(model, 1.125)
+        // Too stale, or without base weights: refused, model untouched.
+        guard case .refused(let why) = s.receive(Contribution(delta: delta, base: base, staleness: 17), model: model) else {
+            return XCTFail("expected a refusal")
+        }
+        XCTAssertTrue(why.contains("exceeds the maximum of 16"), why)
+        guard case .refused = s.receive(Contribution(delta: delta, staleness: 0), model: model) else { return XCTFail() }
+        guard case .refused = s.receive(Contribution(delta: delta, base: base, staleness: -1), model: model) else {
+            return XCTFail()
+        }
+        assertAll(model, 1.125)
+        // A pseudo-gradient for another model shape is refused.
+        let other = ParameterVector(layout: ParameterLayout(config: GPT2Config(layers: 2, embedding: 2, heads: 1, context: 1, vocabulary: 1)))
+        guard case .refused(let shape) = s.receive(Contribution(delta: other, base: base, staleness: 0), model: model) else {
+            return XCTFail()
+        }
+        XCTAssertTrue(shape.contains("shapes"), shape)
+        assertAll(model, 1.125)
+    }
+
+    func testFedBuffAveragesKStalenessWeightedUpdatesThenSteps() {
+        let model = vector(1), d1 = vector(0.2), d2 = vector(0.4), d3 = vector(0.1)
+        let s = FedBuff(bufferSize: 2, weight: .inverseSquareRoot, optimizer: .sgd(learningRate: 1), layout: layout)
+        XCTAssertEqual(s.receive(Contribution(delta: d1, staleness: 0), model: model), .buffered(count: 1, needed: 2))
+        assertAll(model, 1, "buffered updates do not touch the model")
+        // g = (1 * 0.2 + 0.5 * 0.4) / 2 = 0.2; w = 1 - 0.2
+        XCTAssertEqual(s.receive(Contribution(delta: d2, staleness: 3), model: model), .applied)
+        assertAll(model, 0.8)
+        XCTAssertEqual(s.buffered, 0)
+        // The buffer starts empty again: one more update of 0.1 with K = 2 waits.
+        XCTAssertEqual(s.receive(Contribution(delta: d3, staleness: 0), model: model), .buffered(count: 1, needed: 2))
+    }
+
+    func testNesterovServerOptimizerMatchesPyTorchSGDNesterov() {
+        let w = vector(1), g = vector(1)
+        let opt = ServerOptimizer(.nesterov(learningRate: 0.7, momentum: 0.9), layout: layout)
+        opt.apply(g, to: w)  // m = 1; w = 1 - 0.7 * (1 + 0.9) = -0.33
+        assertAll(w, -0.33)
+        opt.apply(g, to: w)  // m = 1.9; w = -0.33 - 0.7 * (1 + 1.71) = -2.227
+        assertAll(w, -2.227, accuracy: 1e-5)
+    }
+
+    func testAdamServerOptimizerFirstStepIsLearningRateTimesSign() {
+        let w = vector(1), g = vector(-0.3)
+        let opt = ServerOptimizer(.adam(learningRate: 0.1, beta1: 0.9, beta2: 0.99, epsilon: 0), layout: layout)
+        opt.apply(g, to: w)  // m_hat = g, v_hat = g^2 -> w += 0.1
+        assertAll(w, 1.1)
+    }
+
+    func testDelayedNesterovUpdatesMomentumOncePerPeriod() {
+        let w = vector(1), g = vector(1)
+        let opt = ServerOptimizer(.delayedNesterov(learningRate: 1, momentum: 0.5, period: 2), layout: layout)
+        opt.apply(g, to: w)  // plain step: w = 0
+        assertAll(w, 0)
+        opt.apply(g, to: w)  // w = -1; m = 0.5 * 0 + 2 / 2 = 1; w -= 0.5 * 1
+        assertAll(w, -1.5)
+        opt.apply(g, to: w)  // plain step again: w = -2.5
+        assertAll(w, -2.5)
+    }
+
+    func testSynchronousFedAvgWaitsForEveryoneAndWeightsByData() {
+        let model = vector(1), stale = vector(9), d1 = vector(0.4), d2 = vector(0.8)
+        let s = SynchronousFedAvg(participants: 2, optimizer: .sgd(learningRate: 1), layout: layout)
+        guard case .refused = s.receive(Contribution(delta: stale, staleness: 1), model: model) else { return XCTFail() }
+        XCTAssertEqual(s.receive(Contribution(delta: d1, staleness: 0, dataWeight: 1), model: model),
+                       .buffered(count: 1, needed: 2))
+        // g = (1 * 0.4 + 3 * 0.8) / 4 = 0.7; w = 0.3
+        XCTAssertEqual(s.receive(Contribution(delta: d2, staleness: 0, dataWeight: 3), model: model), .applied)
+        assertAll(model, 0.3)
+        s.setParticipants(1)
+        XCTAssertEqual(s.waitingFor, 1)
+    }
+}
