@@ -49,6 +49,8 @@ let package = Package(
         .target(name: "FedLMData",
                 dependencies: ["FedLMTokenizer", "FedLMModel", "FedLMTensor", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: optimize),
+        // A small Swift layer over libzmq: sockets, options, multipart messages, poller, relay.
+        .target(name: "FedLMZeroMQ", dependencies: ["CZeroMQ"]),
         // Asynchronous and synchronous aggregation strategies and server optimizers (no I/O).
         .target(name: "FedLMAggregation", dependencies: ["FedLMModel", "FedLMTensor"], swiftSettings: optimize),
         // safetensors + Hugging Face config.json + optimizer state; atomic writes.
@@ -67,6 +69,7 @@ let package = Package(
         .testTarget(name: "FedLMTensorTests", dependencies: ["FedLMTensor"]),
         .testTarget(name: "FedLMModelTests", dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTestSupport"]),
         .testTarget(name: "FedLMTokenizerTests", dependencies: ["FedLMTokenizer", "FedLMTensor", "FedLMTestSupport"]),
+        .testTarget(name: "FedLMZeroMQTests", dependencies: ["FedLMZeroMQ"]),
         .testTarget(name: "FedLMAggregationTests", dependencies: ["FedLMAggregation", "FedLMModel"]),
         .testTarget(name: "FedLMDataTests", dependencies: ["FedLMData", "FedLMTokenizer", "FedLMModel"]),
         .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),

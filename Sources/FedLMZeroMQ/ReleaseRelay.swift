@@ -1,0 +1,51 @@
+import CZeroMQ
+import Foundation
+
+/// The broker's pub/sub relay: an XSUB socket that publishers (the aggregator) connect to and an
+/// XPUB socket that subscribers connect to, joined by `zmq_proxy_steerable` on its own thread.
+/// Subscriptions flow up, releases flow down; the relay holds no state of its own.
+public final class ReleaseRelay: @unchecked Sendable {
+    private let context: ZMQContext
+    private let control: ZMQSocket
+    private let controlEndpoint: String
+    private let thread: Thread
+    private let finished = DispatchSemaphore(value: 0)
+    public let publisherEndpoint: String
+    public let subscriberEndpoint: String
+
+    /// Binds both sides (use `tcp://host:*` to let the OS choose ports) and starts relaying.
+    public init(context: ZMQContext, publishers: String, subscribers: String, highWaterMark: Int32 = 64) throws {
+        self.context = context
+        let xsub = try ZMQSocket(context, .xsub)
+        let xpub = try ZMQSocket(context, .xpub)
+        try xsub.setHighWaterMarks(send: highWaterMark, receive: highWaterMark)
+        try xpub.setHighWaterMarks(send: highWaterMark, receive: highWaterMark)
+        try xsub.bind(publishers)
+        try xpub.bind(subscribers)
+        publisherEndpoint = xsub.lastEndpoint
+        subscriberEndpoint = xpub.lastEndpoint
+        controlEndpoint = "inproc://fedlm-relay-control-\(UInt64.random(in: 0...UInt64.max))"
+        let controlServer = try ZMQSocket(context, .pair)
+        try controlServer.bind(controlEndpoint)
+        control = try ZMQSocket(context, .pair)
+        try control.connect(controlEndpoint)
+        let done = finished
+        thread = Thread {
+            // Blocks until TERMINATE arrives on the control socket.
+            zmq_proxy_steerable(xsub.handle, xpub.handle, nil, controlServer.handle)
+            xsub.close()
+            xpub.close()
+            controlServer.close()
+            done.signal()
+        }
+        thread.name = "fedlm-release-relay"
+        thread.start()
+    }
+
+    /// Stops relaying and closes both sockets.
+    public func stop() {
+        _ = try? control.send([Array("TERMINATE".utf8)])
+        finished.wait()
+        control.close()
+    }
+}

@@ -1,0 +1,106 @@
+import CZeroMQ
+import FedLMZeroMQ
+import Foundation
+import XCTest
+
+/// The ZeroMQ layer over real sockets on TCP loopback.
+final class ZeroMQTests: XCTestCase {
+    let context = ZMQContext()
+
+    func testRouterAndDealerExchangeMultipartMessagesByRoutingID() throws {
+        let router = try ZMQSocket(context, .router)
+        try router.setRouterMandatory(true)
+        try router.bind("tcp://127.0.0.1:*")
+        let dealer = try ZMQSocket(context, .dealer)
+        try dealer.setRoutingID(Array("trainer-7".utf8))
+        try dealer.connect(router.lastEndpoint)
+        let big = [UInt8](repeating: 0xAB, count: 3 << 20)
+        try dealer.send([Array("UPDATE".utf8), big])
+        let received = try XCTUnwrap(try router.receive(timeout: 5000))
+        XCTAssertEqual(received.count, 3)
+        XCTAssertEqual(received[0], Array("trainer-7".utf8), "ROUTER prefixes the sender's routing id")
+        XCTAssertEqual(received[1], Array("UPDATE".utf8))
+        XCTAssertEqual(received[2], big)
+        try router.send([received[0], Array("ACK".utf8)])
+        XCTAssertEqual(try dealer.receive(timeout: 5000), [Array("ACK".utf8)])
+        // With ROUTER_MANDATORY, an unknown peer is an error, not a silent drop.
+        XCTAssertThrowsError(try router.send([Array("nobody".utf8), Array("x".utf8)])) {
+            XCTAssertEqual(($0 as? ZMQError)?.code, EHOSTUNREACH)
+        }
+    }
+
+    func testReceiveTimesOutWithNil() throws {
+        let pull = try ZMQSocket(context, .pull)
+        try pull.bind("tcp://127.0.0.1:*")
+        let start = Date()
+        XCTAssertNil(try pull.receive(timeout: 50))
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(start), 0.04)
+    }
+
+    func testOversizedMessagesAreRefusedByTheReceiver() throws {
+        let pull = try ZMQSocket(context, .pull)
+        try pull.setMaximumMessageSize(1024)
+        try pull.bind("tcp://127.0.0.1:*")
+        let push = try ZMQSocket(context, .push)
+        try push.connect(pull.lastEndpoint)
+        try push.send([[UInt8](repeating: 1, count: 4096)])
+        XCTAssertNil(try pull.receive(timeout: 300), "a message over the limit never arrives")
+        // A fresh sender within the limit still gets through.
+        let polite = try ZMQSocket(context, .push)
+        try polite.connect(pull.lastEndpoint)
+        try polite.send([[UInt8](repeating: 2, count: 100)])
+        XCTAssertEqual(try pull.receive(timeout: 5000)?.first?.count, 100)
+    }
+
+    func testReleaseRelayForwardsToSubscribersIncludingLateOnes() throws {
+        let relay = try ReleaseRelay(context: context, publishers: "tcp://127.0.0.1:*", subscribers: "tcp://127.0.0.1:*")
+        defer { relay.stop() }
+        let publisher = try ZMQSocket(context, .pub)
+        try publisher.connect(relay.publisherEndpoint)
+        func subscriber(_ topic: String) throws -> ZMQSocket {
+            let s = try ZMQSocket(context, .sub)
+            try s.subscribe(Array(topic.utf8))
+            try s.connect(relay.subscriberEndpoint)
+            return s
+        }
+        let early = try subscriber("release/")
+        let onlyCode = try subscriber("release/code")
+        // Subscriptions propagate asynchronously: publish until the first one arrives.
+        var got: [[UInt8]]?
+        for _ in 0..<100 where got == nil {
+            try publisher.send([Array("release/en".utf8), Array("v1".utf8)])
+            got = try early.receive(timeout: 20)
+        }
+        XCTAssertEqual(got?[1], Array("v1".utf8))
+        let late = try subscriber("release/")
+        var lateGot: [[UInt8]]?
+        for _ in 0..<100 where lateGot == nil {
+            try publisher.send([Array("release/code".utf8), Array("v2".utf8)])
+            lateGot = try late.receive(timeout: 20)
+        }
+        XCTAssertEqual(lateGot?[0], Array("release/code".utf8))
+        // The code-only subscriber saw code releases and never an "en" one.
+        var topics = Set<String>()
+        while let m = try onlyCode.receive(timeout: 50) { topics.insert(String(decoding: m[0], as: UTF8.self)) }
+        XCTAssertEqual(topics, ["release/code"])
+    }
+
+    func testPollerReportsWhichSocketsAreReadable() throws {
+        let a = try ZMQSocket(context, .pull), b = try ZMQSocket(context, .pull)
+        try a.bind("tcp://127.0.0.1:*")
+        try b.bind("tcp://127.0.0.1:*")
+        let push = try ZMQSocket(context, .push)
+        try push.connect(b.lastEndpoint)
+        try push.send([[1]])
+        XCTAssertEqual(try ZMQPoller.readable([a, b], timeout: 5000), [1])
+        XCTAssertEqual(try ZMQPoller.readable([a], timeout: 10), [])
+    }
+
+    func testErrorsNameTheOperationAndEndpoint() throws {
+        let s = try ZMQSocket(context, .router)
+        XCTAssertThrowsError(try s.bind("nonsense://here")) {
+            XCTAssertTrue("\($0)".contains("bind nonsense://here"), "\($0)")
+        }
+        XCTAssertGreaterThanOrEqual(ZMQContext.version.0, 4)
+    }
+}
