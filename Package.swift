@@ -51,6 +51,8 @@ let package = Package(
                 swiftSettings: optimize),
         // A small Swift layer over libzmq: sockets, options, multipart messages, poller, relay.
         .target(name: "FedLMZeroMQ", dependencies: ["CZeroMQ"]),
+        // Wire protocol v1: messages, codec, tensor chunks with CRC-32C, validation (no I/O).
+        .target(name: "FedLMProtocol", dependencies: ["CFedLMRuntime"], exclude: ["PROTOCOL.md"]),
         // Asynchronous and synchronous aggregation strategies and server optimizers (no I/O).
         .target(name: "FedLMAggregation", dependencies: ["FedLMModel", "FedLMTensor"], swiftSettings: optimize),
         // safetensors + Hugging Face config.json + optimizer state; atomic writes.
@@ -70,6 +72,7 @@ let package = Package(
         .testTarget(name: "FedLMModelTests", dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTestSupport"]),
         .testTarget(name: "FedLMTokenizerTests", dependencies: ["FedLMTokenizer", "FedLMTensor", "FedLMTestSupport"]),
         .testTarget(name: "FedLMZeroMQTests", dependencies: ["FedLMZeroMQ"]),
+        .testTarget(name: "FedLMProtocolTests", dependencies: ["FedLMProtocol", "FedLMTensor"]),
         .testTarget(name: "FedLMAggregationTests", dependencies: ["FedLMAggregation", "FedLMModel"]),
         .testTarget(name: "FedLMDataTests", dependencies: ["FedLMData", "FedLMTokenizer", "FedLMModel"]),
         .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),

@@ -70,3 +70,50 @@ void fedlm_enable_flush_to_zero(void) {}
 int fedlm_flush_to_zero_enabled(void) { return 0; }
 uint32_t fedlm_cpu_features(void) { return 0; }
 #endif
+
+/* CRC-32C: table fallback (reflected polynomial 0x82F63B78) and the SSE4.2 instruction. */
+static uint32_t crc32c_table[256];
+
+/* Built once at load time, before any thread can call fedlm_crc32c. */
+__attribute__((constructor)) static void crc32c_build_table(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc32c_table[i] = c;
+    }
+}
+
+static uint32_t crc32c_software(uint32_t crc, const unsigned char *p, size_t n) {
+    crc = ~crc;
+    while (n--) crc = crc32c_table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+#if defined(__x86_64__)
+#include <string.h>
+__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc, const unsigned char *p, size_t n) {
+    uint64_t c = ~crc & 0xFFFFFFFFu;
+    while (n >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = __builtin_ia32_crc32di(c, v);
+        p += 8;
+        n -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return ~c32;
+}
+
+static int crc32c_has_sse42 = 0;
+__attribute__((constructor)) static void crc32c_detect(void) {
+    unsigned a, b, c, d;
+    crc32c_has_sse42 = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_SSE4_2);
+}
+
+uint32_t fedlm_crc32c(uint32_t crc, const void *data, size_t length) {
+    return crc32c_has_sse42 ? crc32c_sse42(crc, data, length) : crc32c_software(crc, data, length);
+}
+#else
+uint32_t fedlm_crc32c(uint32_t crc, const void *data, size_t length) { return crc32c_software(crc, data, length); }
+#endif

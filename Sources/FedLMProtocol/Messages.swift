@@ -1,0 +1,129 @@
+/// Message types of protocol version 1 (see PROTOCOL.md beside this file).
+public enum MessageType: UInt8, Sendable, CaseIterable {
+    case hello = 1, welcome, fetch, release, update, ack, error, heartbeat, bye
+}
+
+/// trainer -> aggregator: register (or re-register after a reconnect).
+public struct Hello: Codable, Equatable, Sendable {
+    public var trainerID: String
+    /// Declared data cluster, or nil to let the aggregator assign one.
+    public var cluster: String?
+    public var software: String
+    public init(trainerID: String, cluster: String? = nil, software: String = "fedlm") {
+        self.trainerID = trainerID
+        self.cluster = cluster
+        self.software = software
+    }
+}
+
+/// aggregator -> trainer: accepted; how to behave.
+public struct Welcome: Codable, Equatable, Sendable {
+    public var trainerID: String
+    public var cluster: String?
+    public var heartbeatMilliseconds: Int
+    public var maxStaleness: Int
+    public var latestVersion: Int
+    public init(trainerID: String, cluster: String?, heartbeatMilliseconds: Int, maxStaleness: Int, latestVersion: Int) {
+        self.trainerID = trainerID
+        self.cluster = cluster
+        self.heartbeatMilliseconds = heartbeatMilliseconds
+        self.maxStaleness = maxStaleness
+        self.latestVersion = latestVersion
+    }
+}
+
+/// trainer or subscriber -> aggregator: send me the latest release (of my cluster), unless I
+/// already have `haveVersion`.
+public struct Fetch: Codable, Equatable, Sendable {
+    public var cluster: String?
+    public var haveVersion: Int?
+    public init(cluster: String? = nil, haveVersion: Int? = nil) {
+        self.cluster = cluster
+        self.haveVersion = haveVersion
+    }
+}
+
+/// A model release: a complete set of weights at a version (the tensors follow as chunks).
+public struct ReleaseInfo: Codable, Equatable, Sendable {
+    public var version: Int
+    public var cluster: String?
+    public init(version: Int, cluster: String? = nil) {
+        self.version = version
+        self.cluster = cluster
+    }
+}
+
+/// trainer -> aggregator: a pseudo-gradient (start weights minus end weights; tensors follow).
+public struct UpdateInfo: Codable, Equatable, Sendable {
+    /// Unique per update; the trainer resends the same id until it is acknowledged.
+    public var updateID: String
+    public var trainerID: String
+    /// The release version the local steps started from.
+    public var baseVersion: Int
+    public var cluster: String?
+    public var tokens: Int
+    public var localSteps: Int
+    public init(updateID: String, trainerID: String, baseVersion: Int, cluster: String? = nil, tokens: Int, localSteps: Int) {
+        self.updateID = updateID
+        self.trainerID = trainerID
+        self.baseVersion = baseVersion
+        self.cluster = cluster
+        self.tokens = tokens
+        self.localSteps = localSteps
+    }
+}
+
+/// aggregator -> trainer: the update is durable in the ledger (applied, buffered, or a duplicate
+/// of one that was); the trainer may forget it.
+public struct Ack: Codable, Equatable, Sendable {
+    public enum Outcome: String, Codable, Sendable { case applied, buffered, duplicate }
+    public var updateID: String
+    public var outcome: Outcome
+    /// The global version after this update.
+    public var version: Int
+    public init(updateID: String, outcome: Outcome, version: Int) {
+        self.updateID = updateID
+        self.outcome = outcome
+        self.version = version
+    }
+}
+
+/// A refusal: what it refers to (an update id, ...), the code, and a readable detail.
+public struct ErrorReply: Codable, Equatable, Sendable {
+    public var code: ProtocolError.Code
+    public var detail: String
+    public var refersTo: String?
+    public init(code: ProtocolError.Code, detail: String, refersTo: String? = nil) {
+        self.code = code
+        self.detail = detail
+        self.refersTo = refersTo
+    }
+    public init(_ e: ProtocolError, refersTo: String? = nil) { self.init(code: e.code, detail: e.detail, refersTo: refersTo) }
+}
+
+/// One protocol message.
+public enum Message: Equatable, Sendable {
+    case hello(Hello)
+    case welcome(Welcome)
+    case fetch(Fetch)
+    case release(ReleaseInfo, TensorPayload)
+    case update(UpdateInfo, TensorPayload)
+    case ack(Ack)
+    case error(ErrorReply)
+    case heartbeat
+    case bye(String)
+
+    public var type: MessageType {
+        switch self {
+        case .hello: return .hello
+        case .welcome: return .welcome
+        case .fetch: return .fetch
+        case .release: return .release
+        case .update: return .update
+        case .ack: return .ack
+        case .error: return .error
+        case .heartbeat: return .heartbeat
+        case .bye: return .bye
+        }
+    }
+}

@@ -1,0 +1,115 @@
+import Foundation
+
+/// Messages to and from ZeroMQ frames (after any ROUTER routing-id frames):
+///
+///     frame 0   "FEDLM" + protocol version byte (1)
+///     frame 1   message type, one byte
+///     frame 2   header: JSON object (UTF-8), at most `maxHeaderBytes`
+///     frame 3+  tensor chunks (RELEASE and UPDATE only), raw FP32 little-endian
+///
+/// Decoding validates everything before returning: frame count, magic, version, type, header
+/// fields, chunk sizes and CRC-32Cs, finite values, size limits. Any problem is a
+/// `ProtocolError` naming it; nothing half-decoded escapes.
+public struct WireCodec: Sendable {
+    public static let version: UInt8 = 1
+    public static let magic = Array("FEDLM".utf8)
+
+    public var maxHeaderBytes = 64 * 1024
+    /// Largest tensor payload accepted, in FP32 values (default: 256M values = 1 GiB).
+    public var maxValues = 256 << 20
+    public var chunkBytes = TensorPayload.defaultChunkBytes
+
+    public init() {}
+
+    struct TensorHeader<Info: Codable>: Codable {
+        var info: Info
+        var layout: TensorPayload.Layout
+    }
+
+    public func encode(_ message: Message) -> [[UInt8]] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        func json<T: Encodable>(_ v: T) -> [UInt8] { Array(try! encoder.encode(v)) }
+        var frames: [[UInt8]] = [Self.magic + [Self.version], [message.type.rawValue]]
+        switch message {
+        case .hello(let h): frames.append(json(h))
+        case .welcome(let w): frames.append(json(w))
+        case .fetch(let f): frames.append(json(f))
+        case .ack(let a): frames.append(json(a))
+        case .error(let e): frames.append(json(e))
+        case .heartbeat: frames.append(Array("{}".utf8))
+        case .bye(let reason): frames.append(json(["reason": reason]))
+        case .release(let info, let payload):
+            let (layout, chunks) = payload.encode(chunkBytes: chunkBytes)
+            frames.append(json(TensorHeader(info: info, layout: layout)))
+            frames += chunks
+        case .update(let info, let payload):
+            let (layout, chunks) = payload.encode(chunkBytes: chunkBytes)
+            frames.append(json(TensorHeader(info: info, layout: layout)))
+            frames += chunks
+        }
+        return frames
+    }
+
+    public func decode(_ frames: [[UInt8]]) throws -> Message {
+        guard frames.count >= 3 else { throw ProtocolError(.malformed, "\(frames.count) frames; a message has at least 3") }
+        guard frames[0].count == Self.magic.count + 1, Array(frames[0].prefix(Self.magic.count)) == Self.magic else {
+            throw ProtocolError(.malformed, "first frame is not the FEDLM protocol marker")
+        }
+        guard frames[0].last == Self.version else {
+            throw ProtocolError(.unsupportedVersion, "protocol version \(frames[0].last!), this peer speaks \(Self.version)")
+        }
+        guard frames[1].count == 1 else { throw ProtocolError(.malformed, "the type frame has \(frames[1].count) bytes") }
+        guard let type = MessageType(rawValue: frames[1][0]) else {
+            throw ProtocolError(.unknownType, "message type \(frames[1][0]) is not defined in version \(Self.version)")
+        }
+        let header = frames[2]
+        guard header.count <= maxHeaderBytes else {
+            throw ProtocolError(.tooLarge, "header of \(header.count) bytes exceeds \(maxHeaderBytes)")
+        }
+        let tensorFrames = frames[3...]
+        if type != .release && type != .update && !tensorFrames.isEmpty {
+            throw ProtocolError(.malformed, "\(type) carries \(tensorFrames.count) unexpected frames")
+        }
+        let decoder = JSONDecoder()
+        func parse<T: Decodable>(_ t: T.Type) throws -> T {
+            do { return try decoder.decode(T.self, from: Data(header)) } catch let e as DecodingError {
+                throw ProtocolError(.malformed, "\(type) header: \(Self.describe(e))")
+            } catch {
+                throw ProtocolError(.malformed, "\(type) header is not valid JSON")
+            }
+        }
+        switch type {
+        case .hello: return .hello(try parse(Hello.self))
+        case .welcome: return .welcome(try parse(Welcome.self))
+        case .fetch: return .fetch(try parse(Fetch.self))
+        case .ack: return .ack(try parse(Ack.self))
+        case .error: return .error(try parse(ErrorReply.self))
+        case .heartbeat: _ = try parse([String: String].self); return .heartbeat
+        case .bye: return .bye(try parse([String: String].self)["reason"] ?? "")
+        case .release:
+            let h = try parse(TensorHeader<ReleaseInfo>.self)
+            return .release(h.info, try TensorPayload.decode(h.layout, frames: tensorFrames, maxValues: maxValues))
+        case .update:
+            let h = try parse(TensorHeader<UpdateInfo>.self)
+            guard !h.info.updateID.isEmpty, !h.info.trainerID.isEmpty else {
+                throw ProtocolError(.malformed, "update header needs a non-empty updateID and trainerID")
+            }
+            guard h.info.baseVersion >= 0, h.info.tokens >= 0, h.info.localSteps >= 0 else {
+                throw ProtocolError(.malformed, "update header has a negative baseVersion, tokens or localSteps")
+            }
+            return .update(h.info, try TensorPayload.decode(h.layout, frames: tensorFrames, maxValues: maxValues))
+        }
+    }
+
+    static func describe(_ e: DecodingError) -> String {
+        switch e {
+        case .keyNotFound(let key, _): return "missing field '\(key.stringValue)'"
+        case .typeMismatch(_, let c), .valueNotFound(_, let c):
+            return "field '\(c.codingPath.map(\.stringValue).joined(separator: "."))' has the wrong type"
+        case .dataCorrupted(let c):
+            return c.codingPath.isEmpty ? "not valid JSON" : "field '\(c.codingPath.map(\.stringValue).joined(separator: "."))' is invalid"
+        @unknown default: return "invalid"
+        }
+    }
+}

@@ -1,0 +1,147 @@
+import CFedLMRuntime
+import FedLMProtocol
+import FedLMTensor
+import Foundation
+import XCTest
+
+final class WireCodecTests: XCTestCase {
+    var codec: WireCodec = {
+        var c = WireCodec()
+        c.chunkBytes = 64  // many chunks even for small tensors
+        return c
+    }()
+
+    let specs = [TensorSpec(name: "transformer.wte.weight", shape: [5, 4]), TensorSpec(name: "transformer.ln_f.bias", shape: [4])]
+    var payload: TensorPayload { TensorPayload(specs: specs, values: (0..<24).map { Float($0) * 0.5 - 3 }) }
+    var update: Message {
+        .update(UpdateInfo(updateID: "u-1", trainerID: "t-1", baseVersion: 3, cluster: "de", tokens: 4096, localSteps: 8), payload)
+    }
+
+    func code(_ frames: [[UInt8]], file: StaticString = #filePath, line: UInt = #line) -> ProtocolError.Code? {
+        do {
+            _ = try codec.decode(frames)
+            return nil
+        } catch let e as ProtocolError {
+            return e.code
+        } catch {
+            XCTFail("not a ProtocolError: \(error)", file: file, line: line)
+            return nil
+        }
+    }
+
+    func testEveryMessageTypeRoundTrips() throws {
+        let messages: [Message] = [
+            .hello(Hello(trainerID: "t-1", cluster: "en")),
+            .welcome(Welcome(trainerID: "t-1", cluster: "en", heartbeatMilliseconds: 1000, maxStaleness: 8, latestVersion: 12)),
+            .fetch(Fetch(cluster: "code", haveVersion: 4)),
+            .release(ReleaseInfo(version: 7, cluster: "it"), payload),
+            update,
+            .ack(Ack(updateID: "u-1", outcome: .applied, version: 8)),
+            .error(ErrorReply(code: .tooStale, detail: "staleness 9 exceeds 8", refersTo: "u-2")),
+            .heartbeat,
+            .bye("shutting down"),
+        ]
+        XCTAssertEqual(Set(messages.map(\.type)), Set(MessageType.allCases))
+        for m in messages {
+            let frames = codec.encode(m)
+            XCTAssertEqual(try codec.decode(frames), m)
+        }
+        XCTAssertEqual(codec.encode(update).count, 3 + 2, "96 bytes of tensors in 64-byte chunks")
+    }
+
+    func testMalformedFramesGetTheirOwnErrorCodes() throws {
+        let good = codec.encode(update)
+        XCTAssertEqual(code(Array(good.prefix(2))), .malformed)
+        var f = good; f[0] = Array("FEDLX".utf8) + [1]; XCTAssertEqual(code(f), .malformed)
+        f = good; f[0] = Array("FEDLM".utf8) + [2]; XCTAssertEqual(code(f), .unsupportedVersion)
+        f = good; f[1] = [99]; XCTAssertEqual(code(f), .unknownType)
+        f = good; f[1] = [5, 5]; XCTAssertEqual(code(f), .malformed)
+        f = good; f[2] = Array("{not json".utf8); XCTAssertEqual(code(f), .malformed)
+        f = codec.encode(.hello(Hello(trainerID: "x"))); f.append([1, 2, 3]); XCTAssertEqual(code(f), .malformed)
+        f = good; f.removeLast(); XCTAssertEqual(code(f), .malformed, "a chunk is missing")
+        f = good; f[3].removeLast(); XCTAssertEqual(code(f), .malformed, "a chunk is short")
+        f = good; f[4][0] ^= 0x01; XCTAssertEqual(code(f), .badChecksum)
+        var small = codec
+        small.maxHeaderBytes = 10
+        XCTAssertThrowsError(try small.decode(good)) { XCTAssertEqual(($0 as? ProtocolError)?.code, .tooLarge) }
+        small = codec
+        small.maxValues = 10
+        XCTAssertThrowsError(try small.decode(good)) { XCTAssertEqual(($0 as? ProtocolError)?.code, .tooLarge) }
+    }
+
+    func testHeaderFieldsAreCheckedByName() throws {
+        var f = codec.encode(update)
+        var header = try JSONSerialization.jsonObject(with: Data(f[2])) as! [String: Any]
+        var info = header["info"] as! [String: Any]
+        info.removeValue(forKey: "baseVersion")
+        header["info"] = info
+        f[2] = Array(try JSONSerialization.data(withJSONObject: header))
+        XCTAssertThrowsError(try codec.decode(f)) { XCTAssertTrue("\($0)".contains("missing field 'baseVersion'"), "\($0)") }
+        info["baseVersion"] = "three"
+        header["info"] = info
+        f[2] = Array(try JSONSerialization.data(withJSONObject: header))
+        XCTAssertThrowsError(try codec.decode(f)) { XCTAssertTrue("\($0)".contains("baseVersion"), "\($0)") }
+        info["baseVersion"] = -1
+        header["info"] = info
+        f[2] = Array(try JSONSerialization.data(withJSONObject: header))
+        XCTAssertThrowsError(try codec.decode(f)) { XCTAssertTrue("\($0)".contains("negative"), "\($0)") }
+    }
+
+    func testNonFiniteValuesAreRefusedNamingTheTensor() {
+        var values = payload.values
+        values[22] = .nan
+        let frames = codec.encode(.update(UpdateInfo(updateID: "u", trainerID: "t", baseVersion: 0, tokens: 1, localSteps: 1),
+                                          TensorPayload(specs: specs, values: values)))
+        XCTAssertThrowsError(try codec.decode(frames)) {
+            XCTAssertEqual(($0 as? ProtocolError)?.code, .nonFinite)
+            XCTAssertTrue("\($0)".contains("transformer.ln_f.bias") && "\($0)".contains("element 2"), "\($0)")
+        }
+    }
+
+    func testShapeCheckAgainstTheModel() throws {
+        XCTAssertNoThrow(try payload.check(against: specs))
+        let other = [TensorSpec(name: "transformer.wte.weight", shape: [4, 5]), specs[1]]
+        XCTAssertThrowsError(try payload.check(against: other)) {
+            XCTAssertEqual(($0 as? ProtocolError)?.code, .shapeMismatch)
+            XCTAssertTrue("\($0)".contains("[5, 4]"), "\($0)")
+        }
+        XCTAssertThrowsError(try payload.check(against: [specs[0]]))
+    }
+
+    func testCRC32CMatchesTheStandardCheckValue() {
+        let check = Array("123456789".utf8)
+        XCTAssertEqual(check.withUnsafeBytes { fedlm_crc32c(0, $0.baseAddress, 9) }, 0xE306_9283)
+        // Continuation equals one pass, at any split (covers the 8-byte and byte-wise paths).
+        let data = (0..<1000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        let whole = data.withUnsafeBytes { fedlm_crc32c(0, $0.baseAddress, 1000) }
+        for split in [1, 7, 8, 9, 500, 999] {
+            let a = data.withUnsafeBytes { fedlm_crc32c(0, $0.baseAddress, split) }
+            let b = data.withUnsafeBytes { fedlm_crc32c(a, $0.baseAddress! + split, 1000 - split) }
+            XCTAssertEqual(b, whole, "split \(split)")
+        }
+    }
+
+    /// Random corruption of valid messages: decoding either succeeds or throws a ProtocolError,
+    /// never crashes, whatever is flipped, cut or appended.
+    func testRandomMutationsNeverCrashTheDecoder() {
+        var rng = SeededGenerator(seed: 42)
+        let seeds = [codec.encode(update), codec.encode(.hello(Hello(trainerID: "t"))),
+                     codec.encode(.release(ReleaseInfo(version: 1), payload)), codec.encode(.ack(Ack(updateID: "u", outcome: .buffered, version: 2)))]
+        var refused = 0
+        for _ in 0..<3000 {
+            var f = seeds[Int(rng.next() % UInt64(seeds.count))]
+            for _ in 0..<(1 + Int(rng.next() % 3)) {
+                let i = Int(rng.next() % UInt64(f.count))
+                switch rng.next() % 5 {
+                case 0 where !f[i].isEmpty: f[i][Int(rng.next() % UInt64(f[i].count))] ^= UInt8(truncatingIfNeeded: rng.next() | 1)
+                case 1 where !f[i].isEmpty: f[i].removeLast(Int(rng.next() % UInt64(f[i].count)) + 1)
+                case 2: f[i].append(UInt8(truncatingIfNeeded: rng.next()))
+                case 3 where f.count > 1: f.remove(at: i)
+                default: f.insert(Array("{}".utf8), at: i)
+                }
+            }
+            do { _ = try codec.decode(f) } catch is ProtocolError { refused += 1 } catch { XCTFail("unexpected \(error)") }
+        }
+        XCTAssertGreaterThan(refused, 2500, "nearly every mutation is caught")
+    }
+}
