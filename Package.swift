@@ -53,6 +53,8 @@ let package = Package(
         .target(name: "FedLMZeroMQ", dependencies: ["CZeroMQ"]),
         // Wire protocol v1: messages, codec, tensor chunks with CRC-32C, validation (no I/O).
         .target(name: "FedLMProtocol", dependencies: ["CFedLMRuntime"], exclude: ["PROTOCOL.md"]),
+        // The aggregator's SQLite ledger (WAL): trainers, updates, versions, metrics.
+        .target(name: "FedLMLedger", dependencies: ["CSQLite"]),
         // Asynchronous and synchronous aggregation strategies and server optimizers (no I/O).
         .target(name: "FedLMAggregation", dependencies: ["FedLMModel", "FedLMTensor"], swiftSettings: optimize),
         // safetensors + Hugging Face config.json + optimizer state; atomic writes.
@@ -73,6 +75,7 @@ let package = Package(
         .testTarget(name: "FedLMTokenizerTests", dependencies: ["FedLMTokenizer", "FedLMTensor", "FedLMTestSupport"]),
         .testTarget(name: "FedLMZeroMQTests", dependencies: ["FedLMZeroMQ"]),
         .testTarget(name: "FedLMProtocolTests", dependencies: ["FedLMProtocol", "FedLMTensor"]),
+        .testTarget(name: "FedLMLedgerTests", dependencies: ["FedLMLedger"]),
         .testTarget(name: "FedLMAggregationTests", dependencies: ["FedLMAggregation", "FedLMModel"]),
         .testTarget(name: "FedLMDataTests", dependencies: ["FedLMData", "FedLMTokenizer", "FedLMModel"]),
         .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),

@@ -1,0 +1,181 @@
+import Foundation
+
+/// The aggregator's durable record (SQLite, WAL, synchronous=FULL): who trained, every update
+/// and what became of it, every model version and its checkpoint, and metrics.
+///
+/// It is what makes restarts exact: an update id is recorded (with the file holding its
+/// pseudo-gradient) before it is acknowledged, so after a crash the aggregator reloads the newest
+/// good checkpoint and replays, in order, the updates recorded after it; an id already in the
+/// ledger is never applied again.
+public final class Ledger {
+    public struct UpdateRecord: Equatable, Sendable {
+        public var seq: Int
+        public var id: String
+        public var trainer: String
+        public var cluster: String?
+        public var baseVersion: Int
+        public var staleness: Int
+        public var weight: Double
+        public var norm: Double
+        public var tokens: Int
+        /// applied, buffered or refused
+        public var outcome: String
+        /// The global version right after this update.
+        public var versionAfter: Int
+        /// Where the pseudo-gradient is kept until a checkpoint covers it (nil once covered, or refused).
+        public var deltaPath: String?
+        public var reason: String?
+        public var receivedAt: Double
+
+        public init(seq: Int = 0, id: String, trainer: String, cluster: String?, baseVersion: Int, staleness: Int, weight: Double,
+                    norm: Double, tokens: Int, outcome: String, versionAfter: Int, deltaPath: String?, reason: String?,
+                    receivedAt: Double) {
+            self.seq = seq
+            self.id = id
+            self.trainer = trainer
+            self.cluster = cluster
+            self.baseVersion = baseVersion
+            self.staleness = staleness
+            self.weight = weight
+            self.norm = norm
+            self.tokens = tokens
+            self.outcome = outcome
+            self.versionAfter = versionAfter
+            self.deltaPath = deltaPath
+            self.reason = reason
+            self.receivedAt = receivedAt
+        }
+    }
+
+    public struct VersionRecord: Equatable, Sendable {
+        public var number: Int
+        public var checkpointPath: String
+        public var sha256: String
+        /// Updates up to this sequence number are in the checkpoint.
+        public var lastUpdateSeq: Int
+        public var createdAt: Double
+
+        public init(number: Int, checkpointPath: String, sha256: String, lastUpdateSeq: Int, createdAt: Double) {
+            self.number = number
+            self.checkpointPath = checkpointPath
+            self.sha256 = sha256
+            self.lastUpdateSeq = lastUpdateSeq
+            self.createdAt = createdAt
+        }
+    }
+
+    public let database: SQLiteDatabase
+
+    public init(path: String) throws {
+        database = try SQLiteDatabase(path: path)
+        try database.execute("""
+            PRAGMA journal_mode=WAL;
+            PRAGMA synchronous=FULL;
+            CREATE TABLE IF NOT EXISTS trainers (
+                id TEXT PRIMARY KEY, cluster TEXT, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+                updates INTEGER NOT NULL DEFAULT 0);
+            CREATE TABLE IF NOT EXISTS updates (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, trainer TEXT NOT NULL, cluster TEXT,
+                base_version INTEGER NOT NULL, staleness INTEGER NOT NULL, weight REAL NOT NULL, norm REAL NOT NULL,
+                tokens INTEGER NOT NULL, outcome TEXT NOT NULL, version_after INTEGER NOT NULL, delta_path TEXT,
+                reason TEXT, received_at REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS versions (
+                number INTEGER PRIMARY KEY, checkpoint_path TEXT NOT NULL, sha256 TEXT NOT NULL,
+                last_update_seq INTEGER NOT NULL, created_at REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS metrics (
+                time REAL NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL, value REAL NOT NULL);
+            """)
+    }
+
+    public func touchTrainer(_ id: String, cluster: String?, at time: Double = Date().timeIntervalSince1970) throws {
+        try database.query("""
+            INSERT INTO trainers (id, cluster, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
+            ON CONFLICT(id) DO UPDATE SET last_seen = ?3, cluster = COALESCE(?2, cluster)
+            """, [.text(id), .init(cluster), .real(time)])
+    }
+
+    public func trainerCount() throws -> Int { try database.query("SELECT COUNT(*) FROM trainers")[0][0].int ?? 0 }
+
+    /// Records an update; fails (UNIQUE) if the id is already there, which callers check first.
+    @discardableResult
+    public func recordUpdate(_ r: UpdateRecord) throws -> Int {
+        try database.transaction {
+            try database.query("""
+                INSERT INTO updates (id, trainer, cluster, base_version, staleness, weight, norm, tokens, outcome,
+                                     version_after, delta_path, reason, received_at)
+                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                """, [.text(r.id), .text(r.trainer), .init(r.cluster), .init(r.baseVersion), .init(r.staleness), .real(r.weight),
+                      .real(r.norm), .init(r.tokens), .text(r.outcome), .init(r.versionAfter), .init(r.deltaPath),
+                      .init(r.reason), .real(r.receivedAt)])
+            let seq = Int(database.lastInsertRowID)
+            if r.outcome != "refused" {
+                try database.query("UPDATE trainers SET updates = updates + 1 WHERE id = ?1", [.text(r.trainer)])
+            }
+            return seq
+        }
+    }
+
+    public func update(id: String) throws -> UpdateRecord? {
+        try database.query(Self.updateColumns + " WHERE id = ?1", [.text(id)]).first.map(Self.update(row:))
+    }
+
+    /// Applied or buffered updates recorded after `seq`, in order (what a restart replays).
+    public func updates(after seq: Int) throws -> [UpdateRecord] {
+        try database.query(Self.updateColumns + " WHERE seq > ?1 AND outcome != 'refused' ORDER BY seq", [.init(seq)])
+            .map(Self.update(row:))
+    }
+
+    public func updateCount(outcome: String? = nil) throws -> Int {
+        if let outcome {
+            return try database.query("SELECT COUNT(*) FROM updates WHERE outcome = ?1", [.text(outcome)])[0][0].int ?? 0
+        }
+        return try database.query("SELECT COUNT(*) FROM updates")[0][0].int ?? 0
+    }
+
+    public var lastUpdateSeq: Int {
+        get throws { try database.query("SELECT COALESCE(MAX(seq), 0) FROM updates")[0][0].int ?? 0 }
+    }
+
+    /// Records a checkpointed version and forgets the delta files it now covers (returned, for deletion).
+    @discardableResult
+    public func recordVersion(_ v: VersionRecord) throws -> [String] {
+        try database.transaction {
+            try database.query("""
+                INSERT OR REPLACE INTO versions (number, checkpoint_path, sha256, last_update_seq, created_at)
+                VALUES (?1, ?2, ?3, ?4, ?5)
+                """, [.init(v.number), .text(v.checkpointPath), .text(v.sha256), .init(v.lastUpdateSeq), .real(v.createdAt)])
+            let covered = try database.query("SELECT delta_path FROM updates WHERE seq <= ?1 AND delta_path IS NOT NULL",
+                                             [.init(v.lastUpdateSeq)]).compactMap { $0[0].string }
+            try database.query("UPDATE updates SET delta_path = NULL WHERE seq <= ?1", [.init(v.lastUpdateSeq)])
+            return covered
+        }
+    }
+
+    /// Checkpointed versions, newest first.
+    public func versions() throws -> [VersionRecord] {
+        try database.query("SELECT number, checkpoint_path, sha256, last_update_seq, created_at FROM versions ORDER BY number DESC")
+            .map { VersionRecord(number: $0[0].int!, checkpointPath: $0[1].string!, sha256: $0[2].string!,
+                                 lastUpdateSeq: $0[3].int!, createdAt: $0[4].double!) }
+    }
+
+    public func recordMetric(_ name: String, _ value: Double, version: Int, at time: Double = Date().timeIntervalSince1970) throws {
+        try database.query("INSERT INTO metrics (time, version, name, value) VALUES (?1, ?2, ?3, ?4)",
+                           [.real(time), .init(version), .text(name), .real(value)])
+    }
+
+    public func metrics(_ name: String) throws -> [(version: Int, value: Double)] {
+        try database.query("SELECT version, value FROM metrics WHERE name = ?1 ORDER BY time", [.text(name)])
+            .map { ($0[0].int!, $0[1].double!) }
+    }
+
+    static let updateColumns = """
+        SELECT seq, id, trainer, cluster, base_version, staleness, weight, norm, tokens, outcome, version_after,
+               delta_path, reason, received_at FROM updates
+        """
+
+    static func update(row r: [SQLiteDatabase.Value]) -> UpdateRecord {
+        UpdateRecord(seq: r[0].int!, id: r[1].string!, trainer: r[2].string!, cluster: r[3].string, baseVersion: r[4].int!,
+                     staleness: r[5].int!, weight: r[6].double!, norm: r[7].double!, tokens: r[8].int!, outcome: r[9].string!,
+                     versionAfter: r[10].int!, deltaPath: r[11].string, reason: r[12].string, receivedAt: r[13].double!)
+    }
+}

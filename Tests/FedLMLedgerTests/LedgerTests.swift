@@ -1,0 +1,66 @@
+import FedLMLedger
+import Foundation
+import XCTest
+
+final class LedgerTests: XCTestCase {
+    var path = ""
+    override func setUp() { path = NSTemporaryDirectory() + "ledger-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sqlite" }
+    override func tearDown() {
+        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+    }
+
+    func record(_ id: String, outcome: String = "applied", version: Int, delta: String? = nil) -> Ledger.UpdateRecord {
+        Ledger.UpdateRecord(seq: 0, id: id, trainer: "t1", cluster: "en", baseVersion: version - 1, staleness: 0, weight: 1,
+                            norm: 0.5, tokens: 100, outcome: outcome, versionAfter: version, deltaPath: delta, reason: nil,
+                            receivedAt: 1)
+    }
+
+    func testUpdatesAreUniqueByIDAndReplayInOrder() throws {
+        let ledger = try Ledger(path: path)
+        try ledger.touchTrainer("t1", cluster: "en")
+        let s1 = try ledger.recordUpdate(record("u1", version: 1, delta: "d/u1"))
+        let s2 = try ledger.recordUpdate(record("u2", outcome: "refused", version: 1))
+        let s3 = try ledger.recordUpdate(record("u3", outcome: "buffered", version: 1, delta: "d/u3"))
+        XCTAssertLessThan(s1, s2)
+        XCTAssertLessThan(s2, s3)
+        XCTAssertThrowsError(try ledger.recordUpdate(record("u1", version: 9)), "an id is recorded once")
+        XCTAssertEqual(try ledger.update(id: "u1")?.versionAfter, 1)
+        XCTAssertNil(try ledger.update(id: "nope"))
+        XCTAssertEqual(try ledger.updates(after: 0).map(\.id), ["u1", "u3"], "refused updates are not replayed")
+        XCTAssertEqual(try ledger.updates(after: s1).map(\.id), ["u3"])
+        XCTAssertEqual(try ledger.database.query("SELECT updates FROM trainers WHERE id = 't1'")[0][0].int, 2)
+    }
+
+    func testAVersionCoversEarlierDeltasAndEverythingSurvivesReopening() throws {
+        do {
+            let ledger = try Ledger(path: path)
+            try ledger.touchTrainer("t1", cluster: nil)
+            try ledger.recordUpdate(record("u1", version: 1, delta: "d/u1"))
+            let s2 = try ledger.recordUpdate(record("u2", version: 2, delta: "d/u2"))
+            try ledger.recordUpdate(record("u3", version: 3, delta: "d/u3"))
+            let covered = try ledger.recordVersion(.init(number: 2, checkpointPath: "ck/v2", sha256: "ab", lastUpdateSeq: s2, createdAt: 5))
+            XCTAssertEqual(Set(covered), ["d/u1", "d/u2"])
+            try ledger.recordMetric("validation_loss", 4.2, version: 2)
+        }
+        let reopened = try Ledger(path: path)
+        XCTAssertEqual(try reopened.versions().map(\.number), [2])
+        XCTAssertEqual(try reopened.updates(after: reopened.versions()[0].lastUpdateSeq).map(\.id), ["u3"])
+        XCTAssertEqual(try reopened.update(id: "u3")?.deltaPath, "d/u3")
+        XCTAssertNil(try reopened.update(id: "u1")?.deltaPath)
+        XCTAssertEqual(try reopened.metrics("validation_loss").first?.value, 4.2)
+        XCTAssertEqual(try reopened.database.query("PRAGMA journal_mode")[0][0].string, "wal")
+    }
+
+    func testAFailedTransactionLeavesNothingBehind() throws {
+        let ledger = try Ledger(path: path)
+        struct Boom: Error {}
+        XCTAssertThrowsError(try ledger.database.transaction {
+            try ledger.database.query("INSERT INTO metrics VALUES (1, 1, 'x', 1)")
+            throw Boom()
+        })
+        XCTAssertEqual(try ledger.database.query("SELECT COUNT(*) FROM metrics")[0][0].int, 0)
+        XCTAssertThrowsError(try ledger.database.query("SELECT nope FROM nowhere")) {
+            XCTAssertTrue("\($0)".contains("nowhere"), "\($0)")
+        }
+    }
+}
