@@ -38,6 +38,11 @@ public protocol AggregationStrategy: AnyObject {
     /// Updates older than this many versions are refused.
     var maxStaleness: Int { get }
     func receive(_ c: Contribution, model: ParameterVector) -> AggregationDecision
+    /// Everything needed to continue exactly after a restart: vectors (buffers, optimizer
+    /// moments) and scalars (counts, steps). Saved with each checkpoint.
+    var stateVectors: [(name: String, vector: ParameterVector)] { get }
+    var stateScalars: [String: Double] { get }
+    func restore(scalars: [String: Double])
 }
 
 extension AggregationStrategy {
@@ -68,6 +73,10 @@ public final class FedAsync: AggregationStrategy {
         self.maxStaleness = maxStaleness
     }
 
+    public var stateVectors: [(name: String, vector: ParameterVector)] { [] }
+    public var stateScalars: [String: Double] { [:] }
+    public func restore(scalars: [String: Double]) {}
+
     public func receive(_ c: Contribution, model: ParameterVector) -> AggregationDecision {
         if let refusal = refusal(c, model: model) { return refusal }
         guard let base = c.base else {
@@ -90,6 +99,15 @@ public final class FedBuff: AggregationStrategy {
     private let buffer: ParameterVector
     public private(set) var buffered = 0
     public var name: String { "fedbuff" }
+
+    public var stateVectors: [(name: String, vector: ParameterVector)] {
+        [("buffer", buffer)] + optimizer.stateVectors.map { ("optimizer.\($0.name)", $0.vector) }
+    }
+    public var stateScalars: [String: Double] { ["buffered": Double(buffered), "optimizer.steps": Double(optimizer.steps)] }
+    public func restore(scalars: [String: Double]) {
+        buffered = Int(scalars["buffered"] ?? 0)
+        optimizer.restore(steps: Int(scalars["optimizer.steps"] ?? 0))
+    }
 
     public init(bufferSize: Int, weight: StalenessWeight = .inverseSquareRoot, maxStaleness: Int = 16,
                 optimizer: ServerOptimizerKind, layout: ParameterLayout) {
@@ -128,6 +146,19 @@ public final class SynchronousFedAvg: AggregationStrategy {
     private var totalWeight = 0.0
     public var maxStaleness: Int { 0 }
     public var name: String { "sync" }
+
+    public var stateVectors: [(name: String, vector: ParameterVector)] {
+        [("sum", sum)] + optimizer.stateVectors.map { ("optimizer.\($0.name)", $0.vector) }
+    }
+    public var stateScalars: [String: Double] {
+        ["received": Double(received), "totalWeight": totalWeight, "expected": Double(expected), "optimizer.steps": Double(optimizer.steps)]
+    }
+    public func restore(scalars: [String: Double]) {
+        received = Int(scalars["received"] ?? 0)
+        totalWeight = scalars["totalWeight"] ?? 0
+        expected = Int(scalars["expected"] ?? Double(expected))
+        optimizer.restore(steps: Int(scalars["optimizer.steps"] ?? 0))
+    }
 
     public init(participants: Int, optimizer: ServerOptimizerKind, layout: ParameterLayout) {
         precondition(participants >= 1)

@@ -136,17 +136,22 @@ public final class Ledger {
         get throws { try database.query("SELECT COALESCE(MAX(seq), 0) FROM updates")[0][0].int ?? 0 }
     }
 
-    /// Records a checkpointed version and forgets the delta files it now covers (returned, for deletion).
+    /// Records a checkpointed version. Delta files are released (returned, for deletion) only
+    /// once the version before this one covers them too, so that if the newest checkpoint turns
+    /// out corrupt, the previous one plus the kept deltas still restore the exact state.
     @discardableResult
     public func recordVersion(_ v: VersionRecord) throws -> [String] {
         try database.transaction {
+            let previous = try database.query("SELECT MAX(last_update_seq) FROM versions WHERE number < ?1", [.init(v.number)])
+                .first?[0].int
             try database.query("""
                 INSERT OR REPLACE INTO versions (number, checkpoint_path, sha256, last_update_seq, created_at)
                 VALUES (?1, ?2, ?3, ?4, ?5)
                 """, [.init(v.number), .text(v.checkpointPath), .text(v.sha256), .init(v.lastUpdateSeq), .real(v.createdAt)])
+            guard let previous else { return [] }
             let covered = try database.query("SELECT delta_path FROM updates WHERE seq <= ?1 AND delta_path IS NOT NULL",
-                                             [.init(v.lastUpdateSeq)]).compactMap { $0[0].string }
-            try database.query("UPDATE updates SET delta_path = NULL WHERE seq <= ?1", [.init(v.lastUpdateSeq)])
+                                             [.init(previous)]).compactMap { $0[0].string }
+            try database.query("UPDATE updates SET delta_path = NULL WHERE seq <= ?1", [.init(previous)])
             return covered
         }
     }

@@ -38,14 +38,18 @@ final class LedgerTests: XCTestCase {
             try ledger.recordUpdate(record("u1", version: 1, delta: "d/u1"))
             let s2 = try ledger.recordUpdate(record("u2", version: 2, delta: "d/u2"))
             try ledger.recordUpdate(record("u3", version: 3, delta: "d/u3"))
+            let s1 = try ledger.database.query("SELECT seq FROM updates WHERE id = 'u1'")[0][0].int!
+            // The first version releases nothing; the next releases what the first covered.
+            XCTAssertEqual(try ledger.recordVersion(.init(number: 1, checkpointPath: "ck/v1", sha256: "aa", lastUpdateSeq: s1, createdAt: 4)), [])
             let covered = try ledger.recordVersion(.init(number: 2, checkpointPath: "ck/v2", sha256: "ab", lastUpdateSeq: s2, createdAt: 5))
-            XCTAssertEqual(Set(covered), ["d/u1", "d/u2"])
+            XCTAssertEqual(Set(covered), ["d/u1"])
             try ledger.recordMetric("validation_loss", 4.2, version: 2)
         }
         let reopened = try Ledger(path: path)
-        XCTAssertEqual(try reopened.versions().map(\.number), [2])
+        XCTAssertEqual(try reopened.versions().map(\.number), [2, 1])
         XCTAssertEqual(try reopened.updates(after: reopened.versions()[0].lastUpdateSeq).map(\.id), ["u3"])
         XCTAssertEqual(try reopened.update(id: "u3")?.deltaPath, "d/u3")
+        XCTAssertEqual(try reopened.update(id: "u2")?.deltaPath, "d/u2", "kept until a second checkpoint covers it")
         XCTAssertNil(try reopened.update(id: "u1")?.deltaPath)
         XCTAssertEqual(try reopened.metrics("validation_loss").first?.value, 4.2)
         XCTAssertEqual(try reopened.database.query("PRAGMA journal_mode")[0][0].string, "wal")

@@ -1,0 +1,30 @@
+import FedLMModel
+
+/// How the aggregator folds updates in; the `[aggregation]` table of a topology.
+public struct AggregationConfig: Equatable, Sendable, Codable {
+    public enum Mode: String, Sendable, Codable, CaseIterable { case fedasync, fedbuff, sync }
+
+    public var mode: Mode = .fedbuff
+    /// FedBuff: updates per aggregate.
+    public var bufferSize = 4
+    /// FedAsync: the base mixing rate a.
+    public var mixing = 0.5
+    public var staleness: StalenessWeight = .inverseSquareRoot
+    public var maxStaleness = 8
+    public var serverOptimizer: ServerOptimizerKind = .nesterov(learningRate: 0.7, momentum: 0.9)
+    /// Sync: trainers per round.
+    public var participants = 2
+    /// Write a checkpoint (and publish a release) every this many versions.
+    public var checkpointEvery = 1
+
+    public init() {}
+
+    public func makeStrategy(layout: ParameterLayout) -> any AggregationStrategy {
+        switch mode {
+        case .fedasync: return FedAsync(mixing: mixing, weight: staleness, maxStaleness: maxStaleness)
+        case .fedbuff:
+            return FedBuff(bufferSize: bufferSize, weight: staleness, maxStaleness: maxStaleness, optimizer: serverOptimizer, layout: layout)
+        case .sync: return SynchronousFedAvg(participants: participants, optimizer: serverOptimizer, layout: layout)
+        }
+    }
+}

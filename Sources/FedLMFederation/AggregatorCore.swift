@@ -1,0 +1,258 @@
+import FedLMAggregation
+import FedLMCheckpoint
+import FedLMLedger
+import FedLMModel
+import FedLMProtocol
+import Foundation
+
+/// What the aggregator's service loop must do after the core handled a message.
+public enum AggregatorDirective: Equatable {
+    /// Send to one peer (by its routing id).
+    case reply(to: String, Message)
+    /// Publish a new release to subscribers.
+    case publish(ReleaseInfo)
+}
+
+/// The aggregator's protocol logic and durable state, without sockets.
+///
+/// For every UPDATE: dedupe by id (ledger), validate (trainer known, names and shapes, staleness),
+/// write the pseudo-gradient to an fsynced file, let the strategy fold it in, record the outcome
+/// in the ledger, and only then acknowledge. Every `checkpointEvery` versions the model and the
+/// strategy's state are checkpointed and the ledger forgets the delta files the checkpoint covers.
+/// `open` restores: newest checkpoint whose hash verifies, then replay of the updates recorded
+/// after it, so nothing acknowledged is lost and nothing is applied twice.
+public final class AggregatorCore {
+    public let runDirectory: String
+    public let config: AggregationConfig
+    public let ledger: Ledger
+    public private(set) var model: GPT2Model
+    public private(set) var version: Int
+    public private(set) var strategy: any AggregationStrategy
+    public let specs: [TensorSpec]
+    private var lastCheckpointedVersion: Int
+    /// Weights of recent versions (FedAsync mixes with the trainer's starting weights).
+    private var recentVersions: [Int: ParameterVector] = [:]
+    private var knownTrainers: [String: String?] = [:]
+    public var log: (String) -> Void = { _ in }
+
+    var checkpointsDirectory: String { runDirectory + "/checkpoints" }
+    var deltasDirectory: String { runDirectory + "/deltas" }
+
+    /// Opens a run directory: restores it if it has a ledger with versions, else starts from
+    /// `initialModel` as version 0 (checkpointed at once).
+    public init(runDirectory: String, config: AggregationConfig, initialModel: @autoclosure () throws -> GPT2Model,
+                log: @escaping (String) -> Void = { _ in }) throws {
+        self.runDirectory = runDirectory
+        self.config = config
+        self.log = log
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: runDirectory + "/checkpoints", withIntermediateDirectories: true)
+        try fm.createDirectory(atPath: runDirectory + "/deltas", withIntermediateDirectories: true)
+        ledger = try Ledger(path: runDirectory + "/ledger.sqlite")
+        // Newest checkpoint first; if it (or the replay after it) fails, the one before.
+        var restored: Restored?
+        for v in try ledger.versions() {
+            do {
+                restored = try Self.restore(v, config: config, ledger: ledger)
+                break
+            } catch {
+                log("cannot restore from v\(v.number) (\(error)); trying the previous checkpoint")
+            }
+        }
+        if let r = restored {
+            model = r.model
+            version = r.version
+            strategy = r.strategy
+            specs = r.model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) }
+            lastCheckpointedVersion = r.checkpoint.number
+            log("restored v\(r.checkpoint.number) from \(r.checkpoint.checkpointPath), replayed \(r.replayed) updates -> version \(version)")
+        } else {
+            model = try initialModel()
+            version = 0
+            strategy = config.makeStrategy(layout: model.layout)
+            specs = model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) }
+            lastCheckpointedVersion = -1
+            try checkpoint()
+        }
+        rememberVersion()
+    }
+
+    // MARK: Messages
+
+    public func handle(_ message: Message, from peer: String, now: Double = Date().timeIntervalSince1970) throws -> [AggregatorDirective] {
+        switch message {
+        case .hello(let h):
+            try ledger.touchTrainer(h.trainerID, cluster: h.cluster, at: now)
+            knownTrainers[h.trainerID] = h.cluster
+            return [.reply(to: peer, .welcome(Welcome(trainerID: h.trainerID, cluster: h.cluster, heartbeatMilliseconds: 1000,
+                                                      maxStaleness: config.maxStaleness, latestVersion: version)))]
+        case .fetch(let f):
+            if let have = f.haveVersion, have == version { return [.reply(to: peer, .heartbeat)] }
+            return [.reply(to: peer, release())]
+        case .update(let info, let payload):
+            return [.reply(to: peer, try handleUpdate(info, payload, now: now))]
+        case .heartbeat:
+            return [.reply(to: peer, .heartbeat)]
+        case .bye:
+            return []
+        case .welcome, .release, .ack, .error:
+            return [.reply(to: peer, .error(ErrorReply(code: .malformed, detail: "\(message.type) is not sent to the aggregator")))]
+        }
+    }
+
+    /// The current model as a RELEASE.
+    public func release() -> Message {
+        .release(ReleaseInfo(version: version), TensorPayload(specs: specs, values: model.parameters.storage.array))
+    }
+
+    private func handleUpdate(_ info: UpdateInfo, _ payload: TensorPayload, now: Double) throws -> Message {
+        if let earlier = try ledger.update(id: info.updateID) {
+            if earlier.outcome == "refused" {
+                return .error(ErrorReply(code: .duplicate, detail: earlier.reason ?? "refused before", refersTo: info.updateID))
+            }
+            return .ack(Ack(updateID: info.updateID, outcome: .duplicate, version: earlier.versionAfter))
+        }
+        func refuse(_ e: ProtocolError, staleness: Int = 0) throws -> Message {
+            try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster,
+                                          baseVersion: info.baseVersion, staleness: staleness, weight: 0, norm: 0, tokens: info.tokens,
+                                          outcome: "refused", versionAfter: version, deltaPath: nil, reason: e.description,
+                                          receivedAt: now))
+            log("refused update \(info.updateID) from \(info.trainerID): \(e)")
+            return .error(ErrorReply(e, refersTo: info.updateID))
+        }
+        guard knownTrainers[info.trainerID] != nil else {
+            return .error(ErrorReply(code: .unknownTrainer, detail: "say HELLO first", refersTo: info.updateID))
+        }
+        do { try payload.check(against: specs) } catch let e as ProtocolError { return try refuse(e) }
+        let staleness = version - info.baseVersion
+        if staleness < 0 { return try refuse(ProtocolError(.malformed, "base version \(info.baseVersion) is newer than \(version)")) }
+        if staleness > config.maxStaleness {
+            return try refuse(ProtocolError(.tooStale, "staleness \(staleness) exceeds \(config.maxStaleness); fetch the latest release"),
+                              staleness: staleness)
+        }
+        // Durable first: the pseudo-gradient goes to an fsynced file before anything changes.
+        let delta = ParameterVector(layout: model.layout)
+        payload.values.withUnsafeBufferPointer { delta.pointer.update(from: $0.baseAddress!, count: delta.count) }
+        let deltaPath = deltasDirectory + "/\(Self.safeName(info.updateID)).safetensors"
+        try SafeTensors.write([.init(name: "delta", dtype: .f32, shape: [delta.count],
+                                     bytes: UnsafeRawBufferPointer(start: delta.pointer, count: delta.count * 4))], to: deltaPath)
+        let decision = strategy.receive(Contribution(delta: delta, base: recentVersions[info.baseVersion], staleness: staleness,
+                                                     dataWeight: Double(max(info.tokens, 1))), model: model.parameters)
+        if case .refused(let why) = decision {
+            try? FileManager.default.removeItem(atPath: deltaPath)
+            return try refuse(ProtocolError(.tooStale, why), staleness: staleness)
+        }
+        if decision == .applied { version += 1 }
+        let norm = Double(GradientClipping.norm(delta))
+        try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster, baseVersion: info.baseVersion,
+                                      staleness: staleness, weight: StalenessWeightOf(config).weight(staleness), norm: norm,
+                                      tokens: info.tokens, outcome: decision == .applied ? "applied" : "buffered",
+                                      versionAfter: version, deltaPath: deltaPath, reason: nil, receivedAt: now))
+        if decision == .applied {
+            rememberVersion()
+            if version - lastCheckpointedVersion >= checkpointInterval { try checkpoint() }
+        }
+        return .ack(Ack(updateID: info.updateID, outcome: decision == .applied ? .applied : .buffered, version: version))
+    }
+
+    /// FedAsync mixes with the trainer's starting weights, which a restart no longer holds, so it
+    /// checkpoints every version (nothing is ever left to replay); the others every `checkpointEvery`.
+    var checkpointInterval: Int { config.mode == .fedasync ? 1 : max(1, config.checkpointEvery) }
+
+    /// Is there a release newer than `v` to publish?
+    public func releaseAvailable(after v: Int) -> Bool { version > v }
+
+    // MARK: Checkpoints
+
+    /// Checkpoints the model and the strategy's state as version `version`, then records it.
+    public func checkpoint() throws {
+        let dir = checkpointsDirectory + "/v\(version)"
+        let statePath = runDirectory + "/.aggregator_state.safetensors"
+        try SafeTensors.write(strategy.stateVectors.flatMap { name, v in
+            v.layout.entries.map { e in
+                SafeTensors.Source(name: "\(name).\(e.name)", dtype: .f32, shape: e.shape,
+                                   bytes: UnsafeRawBufferPointer(start: v.pointer + e.offset, count: e.count * 4))
+            }
+        }, metadata: strategy.stateScalars.mapValues { String($0) }.merging(["strategy": strategy.name]) { a, _ in a }, to: statePath)
+        let lastSeq = try ledger.lastUpdateSeq
+        try Checkpoint.save(model: model, state: .init(step: version, optimizer: strategy.name, tokensSeen: 0),
+                            extraFiles: ["aggregator_state.safetensors": statePath], to: dir)
+        let sha = try Checkpoint.sha256(ofFile: dir + "/" + Checkpoint.modelFile)
+        let covered = try ledger.recordVersion(.init(number: version, checkpointPath: dir, sha256: sha, lastUpdateSeq: lastSeq,
+                                                     createdAt: Date().timeIntervalSince1970))
+        for path in covered { try? FileManager.default.removeItem(atPath: path) }
+        lastCheckpointedVersion = version
+    }
+
+    struct Restored {
+        let model: GPT2Model
+        let strategy: any AggregationStrategy
+        let version: Int
+        let checkpoint: Ledger.VersionRecord
+        let replayed: Int
+    }
+
+    /// Loads checkpoint `v` (hash-checked) with the strategy's state, then replays, in order,
+    /// every update recorded after it; throws if anything needed is missing or disagrees.
+    static func restore(_ v: Ledger.VersionRecord, config: AggregationConfig, ledger: Ledger) throws -> Restored {
+        let sha = try Checkpoint.sha256(ofFile: v.checkpointPath + "/" + Checkpoint.modelFile)
+        guard sha == v.sha256 else {
+            throw CheckpointError.checksumMismatch(path: v.checkpointPath, expected: v.sha256, found: sha)
+        }
+        let model = try Checkpoint.load(from: v.checkpointPath).model
+        let strategy = config.makeStrategy(layout: model.layout)
+        let state = try SafeTensorsFile(path: v.checkpointPath + "/aggregator_state.safetensors")
+        for (name, vector) in strategy.stateVectors {
+            for e in vector.layout.entries { try state.copyFloats("\(name).\(e.name)", shape: e.shape, into: vector.pointer + e.offset) }
+        }
+        strategy.restore(scalars: state.metadata.compactMapValues(Double.init))
+        var version = v.number
+        let pending = try ledger.updates(after: v.lastUpdateSeq)
+        for u in pending {
+            guard let path = u.deltaPath else {
+                throw FederationError.replayDiverged("the pseudo-gradient of update \(u.id) is no longer kept")
+            }
+            let delta = ParameterVector(layout: model.layout)
+            try SafeTensorsFile(path: path).copyFloats("delta", shape: [delta.count], into: delta.pointer)
+            let decision = strategy.receive(Contribution(delta: delta, staleness: u.staleness, dataWeight: Double(max(u.tokens, 1))),
+                                            model: model.parameters)
+            if decision == .applied { version += 1 }
+            guard version == u.versionAfter else {
+                throw FederationError.replayDiverged("update \(u.id) gave version \(version), the ledger says \(u.versionAfter)")
+            }
+        }
+        return Restored(model: model, strategy: strategy, version: version, checkpoint: v, replayed: pending.count)
+    }
+
+    private func rememberVersion() {
+        guard config.mode == .fedasync else { return }
+        let copy = ParameterVector(layout: model.layout)
+        copy.copy(from: model.parameters)
+        recentVersions[version] = copy
+        for v in recentVersions.keys where v < version - config.maxStaleness { recentVersions[v] = nil }
+    }
+
+    static func safeName(_ id: String) -> String {
+        String(id.unicodeScalars.map { CharacterSet.alphanumerics.contains($0) || $0 == "-" || $0 == "_" ? Character($0) : "_" })
+    }
+}
+
+/// The staleness weight the config applies (for the ledger's record of each update).
+struct StalenessWeightOf {
+    let config: AggregationConfig
+    init(_ c: AggregationConfig) { config = c }
+    func weight(_ s: Int) -> Double { config.mode == .sync ? 1 : config.staleness.weight(staleness: s) }
+}
+
+public enum FederationError: Error, CustomStringConvertible {
+    case replayDiverged(String)
+    case badTopology(String)
+    case peer(String)
+    public var description: String {
+        switch self {
+        case .replayDiverged(let why): return "restart replay diverged: \(why)"
+        case .badTopology(let why): return "topology: \(why)"
+        case .peer(let why): return why
+        }
+    }
+}

@@ -1,0 +1,105 @@
+import FedLMAggregation
+import FedLMCheckpoint
+import FedLMFederation
+import FedLMLedger
+import FedLMModel
+import FedLMProtocol
+import Foundation
+import XCTest
+
+/// The aggregator's logic without sockets, on a real run directory (SQLite ledger, checkpoints).
+final class AggregatorCoreTests: XCTestCase {
+    var dir = ""
+    let modelConfig = GPT2Config(layers: 1, embedding: 8, heads: 2, context: 4, vocabulary: 11)
+    var config: AggregationConfig {
+        var c = AggregationConfig()
+        c.mode = .fedbuff
+        c.bufferSize = 2
+        c.maxStaleness = 3
+        c.checkpointEvery = 3
+        return c
+    }
+
+    override func setUp() { dir = NSTemporaryDirectory() + "fedlm-agg-\(getpid())-\(UInt32.random(in: 0...UInt32.max))" }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func core() throws -> AggregatorCore {
+        try AggregatorCore(runDirectory: dir, config: config, initialModel: try GPT2Model(config: modelConfig, seed: 1))
+    }
+
+    func update(_ id: String, base: Int, scale: Float, specs: [TensorSpec]) -> Message {
+        let n = specs.reduce(0) { $0 + $1.count }
+        return .update(UpdateInfo(updateID: id, trainerID: "t1", baseVersion: base, tokens: 64, localSteps: 4),
+                       TensorPayload(specs: specs, values: (0..<n).map { Float($0 % 7) * scale }))
+    }
+
+    func reply(_ d: [AggregatorDirective]) -> Message? {
+        if case .reply(_, let m)? = d.first { return m }
+        return nil
+    }
+
+    func testUpdatesAreAcknowledgedDedupedAndRefusedWithReasons() throws {
+        let c = try core()
+        let u = update("u1", base: 0, scale: 0.01, specs: c.specs)
+        guard case .error(let e)? = reply(try c.handle(u, from: "peer")) else { return XCTFail() }
+        XCTAssertEqual(e.code, .unknownTrainer)
+        guard case .welcome(let w)? = reply(try c.handle(.hello(Hello(trainerID: "t1")), from: "peer")) else { return XCTFail() }
+        XCTAssertEqual(w.latestVersion, 0)
+        XCTAssertEqual(reply(try c.handle(u, from: "peer")), .ack(Ack(updateID: "u1", outcome: .buffered, version: 0)))
+        XCTAssertEqual(reply(try c.handle(update("u2", base: 0, scale: 0.02, specs: c.specs), from: "peer")),
+                       .ack(Ack(updateID: "u2", outcome: .applied, version: 1)))
+        // The same id again: acknowledged as a duplicate, not applied.
+        let before = c.model.parameters.storage.array
+        XCTAssertEqual(reply(try c.handle(update("u2", base: 0, scale: 0.02, specs: c.specs), from: "peer")),
+                       .ack(Ack(updateID: "u2", outcome: .duplicate, version: 1)))
+        XCTAssertEqual(c.model.parameters.storage.array, before)
+        // Wrong shapes and too stale: refused, recorded, model untouched.
+        let wrong = [TensorSpec(name: "transformer.wte.weight", shape: [11, 8])]
+        guard case .error(let shape)? = reply(try c.handle(.update(UpdateInfo(updateID: "u3", trainerID: "t1", baseVersion: 1, tokens: 1, localSteps: 1),
+                                                                    TensorPayload(specs: wrong, values: [Float](repeating: 0, count: 88))), from: "peer"))
+        else { return XCTFail() }
+        XCTAssertEqual(shape.code, .shapeMismatch)
+        for i in 0..<8 { _ = try c.handle(update("f\(i)", base: c.version, scale: 0.001, specs: c.specs), from: "peer") }
+        guard case .error(let stale)? = reply(try c.handle(update("old", base: 0, scale: 0.01, specs: c.specs), from: "peer")) else {
+            return XCTFail()
+        }
+        XCTAssertEqual(stale.code, .tooStale)
+        XCTAssertEqual(try c.ledger.updateCount(outcome: "refused"), 2)
+        XCTAssertEqual(c.model.parameters.storage.array.allSatisfy(\.isFinite), true)
+    }
+
+    func testRestartRestoresTheExactModelByReplayingAfterTheNewestGoodCheckpoint() throws {
+        var specs: [TensorSpec] = []
+        var expected: [Float] = []
+        var version = 0
+        do {
+            let c = try core()
+            specs = c.specs
+            _ = try c.handle(.hello(Hello(trainerID: "t1")), from: "p")
+            for i in 0..<9 {  // 4 versions (K = 2), checkpoints at v0 and v3, one update buffered
+                _ = try c.handle(update("u\(i)", base: max(0, c.version - 1), scale: 0.01 * Float(i + 1), specs: specs), from: "p")
+            }
+            expected = c.model.parameters.storage.array
+            version = c.version
+            XCTAssertEqual(version, 4)
+        }
+        // Reopen: checkpoint v3, then replay of the updates after it (including the buffered one).
+        let reopened = try core()
+        XCTAssertEqual(reopened.version, version)
+        XCTAssertEqual(reopened.model.parameters.storage.array.map(\.bitPattern), expected.map(\.bitPattern))
+        // One more update on each: identical, so the buffered state was restored too.
+        _ = try reopened.handle(.hello(Hello(trainerID: "t1")), from: "p")
+        XCTAssertEqual(reply(try reopened.handle(update("u9", base: version, scale: 0.05, specs: specs), from: "p")),
+                       .ack(Ack(updateID: "u9", outcome: .applied, version: version + 1)))
+        let afterOne = reopened.model.parameters.storage.array
+
+        // Corrupt the newest checkpoint: the restart falls back to the previous one and replays more.
+        let newest = try reopened.ledger.versions()[0].checkpointPath
+        var data = try Data(contentsOf: URL(fileURLWithPath: newest + "/model.safetensors"))
+        data[data.count - 1] ^= 0xFF
+        try data.write(to: URL(fileURLWithPath: newest + "/model.safetensors"))
+        let fallback = try core()
+        XCTAssertEqual(fallback.version, version + 1)
+        XCTAssertEqual(fallback.model.parameters.storage.array.map(\.bitPattern), afterOne.map(\.bitPattern))
+    }
+}
