@@ -71,8 +71,10 @@ let package = Package(
                                .product(name: "TOMLKit", package: "TOMLKit")],
                 swiftSettings: optimize),
         .executableTarget(name: "fedlm",
-                          dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "FedLMData", "FedLMFederation", "CFedLMRuntime",
+                          dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "FedLMData", "FedLMFederation",
+                                         "FedLMLedger", "FedLMAggregation", "CFedLMRuntime",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: optimize),
 

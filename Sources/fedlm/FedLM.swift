@@ -5,14 +5,15 @@ import Logging
 
 /// The `fedlm` command line.
 @main
-struct FedLM: ParsableCommand {
+struct FedLM: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fedlm",
         abstract: "Asynchronous federated pre-training of GPT-2-style language models.",
-        subcommands: [TrainCommand.self, EvalCommand.self, SampleCommand.self, TokenizerCommand.self, DataCommand.self, BenchCommand.self, ConfigCommand.self,
+        subcommands: [UpCommand.self, BrokerCommand.self, AggregatorCommand.self, TrainerCommand.self, SubscribeCommand.self,
+                      TrainCommand.self, EvalCommand.self, SampleCommand.self, TokenizerCommand.self, DataCommand.self, BenchCommand.self, ConfigCommand.self,
                       CheckpointCommand.self])
 
-    static func main() {
+    static func main() async {
         // Before anything else: OpenBLAS picks its kernels at load time, and may need a re-exec.
         let choice = BLASRuntime.ensureFastKernels()
         BLASRuntime.configureThreads()
@@ -26,7 +27,11 @@ struct FedLM: ParsableCommand {
         }
         do {
             var command = try parseAsRoot()
-            try command.run()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
         } catch {
             exit(withError: error)
         }

@@ -1,0 +1,100 @@
+import FedLMModel
+import FedLMProtocol
+import FedLMZeroMQ
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Runs an `AggregatorCore` behind the broker: receives [peer, frames...] on a DEALER,
+/// decodes and validates, lets the core decide, sends replies, publishes a release after each
+/// new version, and sends heartbeats so the broker knows it is there.
+public final class AggregatorService: Service, @unchecked Sendable {
+    public let core: AggregatorCore
+    public let endpoints: BrokerEndpoints
+    public let limits: TransportLimits
+    /// Validation loss per cluster of a model (nil: no evaluation).
+    public var evaluate: ((GPT2Model) throws -> [(String, Float)])?
+    public var evaluateEvery = 5
+    let logger: Logger
+    private let stopFlag = StopFlag()
+    private let codec = WireCodec()
+
+    public init(core: AggregatorCore, endpoints: BrokerEndpoints, limits: TransportLimits = TransportLimits(),
+                logger: Logger = Logger(label: "fedlm.aggregator")) {
+        self.core = core
+        self.endpoints = endpoints
+        self.limits = limits
+        self.logger = logger
+    }
+
+    public func stop() { stopFlag.set() }
+
+    public func run() async throws {
+        try await withGracefulShutdownHandler {
+            try await Task.detached { try self.loop() }.value
+        } onGracefulShutdown: {
+            self.stop()
+        }
+    }
+
+    func loop() throws {
+        let context = ZMQContext()
+        let dealer = try ZMQSocket(context, .dealer)
+        try dealer.setRoutingID(Array("aggregator".utf8))
+        try dealer.setMaximumMessageSize(limits.maxMessageBytes)
+        try dealer.setHighWaterMarks(send: limits.highWaterMark, receive: limits.highWaterMark)
+        try dealer.setHeartbeat(interval: limits.heartbeatInterval, timeout: limits.heartbeatTimeout)
+        try dealer.connect(BrokerEndpoints.connectable(endpoints.aggregator))
+        let publisher = try ZMQSocket(context, .pub)
+        try publisher.setHighWaterMarks(send: 4, receive: 4)
+        try publisher.connect(BrokerEndpoints.connectable(endpoints.publish))
+        defer {
+            dealer.close()
+            publisher.close()
+        }
+        logger.info("aggregator (\(core.config.mode.rawValue)) at version \(core.version), connected to \(endpoints.aggregator)")
+        var lastHeartbeat = 0.0
+        var published = -1
+        var evaluated = -1
+        while !stopFlag.isSet {
+            let now = Date().timeIntervalSince1970
+            if now - lastHeartbeat > 0.5 {
+                try dealer.send([[]] + codec.encode(.heartbeat))
+                lastHeartbeat = now
+            }
+            guard let message = try dealer.receive(timeout: 100), message.count >= 2 else { continue }
+            let peer = message[0]
+            let peerName = String(decoding: peer, as: UTF8.self)
+            let decoded: Message
+            do { decoded = try codec.decode(Array(message[1...])) } catch let e as ProtocolError {
+                logger.warning("refused a message from \(peerName): \(e)")
+                try dealer.send([peer] + codec.encode(.error(ErrorReply(e))))
+                continue
+            }
+            for directive in try core.handle(decoded, from: peerName) {
+                switch directive {
+                case .reply(let to, let reply): try dealer.send([Array(to.utf8)] + codec.encode(reply))
+                case .publish: break
+                }
+            }
+            if case .update(let info, _) = decoded {
+                logger.info("update \(info.updateID) from \(info.trainerID) on v\(info.baseVersion) -> version \(core.version)")
+            }
+            if core.version > published {
+                // Releases go out on the topic "release" (per-cluster topics come with clusters).
+                _ = try? publisher.send([Array("release".utf8)] + codec.encode(core.release()), wait: false)
+                published = core.version
+            }
+            if let evaluate, core.version >= evaluated + evaluateEvery {
+                let losses = try evaluate(core.model)
+                for (cluster, loss) in losses { try core.ledger.recordMetric("validation_loss/\(cluster)", Double(loss), version: core.version) }
+                let mean = losses.map(\.1).reduce(0, +) / Float(max(losses.count, 1))
+                try core.ledger.recordMetric("validation_loss", Double(mean), version: core.version)
+                logger.info("version \(core.version): validation loss \(String(format: "%.4f", mean))")
+                evaluated = core.version
+            }
+        }
+        try core.checkpoint()
+        logger.info("aggregator stopped at version \(core.version) (checkpointed)")
+    }
+}

@@ -1,0 +1,27 @@
+/// Where the broker listens. Trainers and subscribers use `trainers` (ROUTER) and `releases`
+/// (XPUB); the aggregator uses `aggregator` (ROUTER) and `publish` (XSUB).
+public struct BrokerEndpoints: Equatable, Sendable, Codable {
+    public var trainers = "tcp://127.0.0.1:5555"
+    public var aggregator = "tcp://127.0.0.1:5556"
+    public var publish = "tcp://127.0.0.1:5557"
+    public var releases = "tcp://127.0.0.1:5558"
+    public init() {}
+
+    /// The same addresses for connecting (a bind on `tcp://*:N` is reached at `tcp://127.0.0.1:N` locally).
+    public static func connectable(_ endpoint: String) -> String {
+        endpoint.replacingOccurrences(of: "tcp://*:", with: "tcp://127.0.0.1:").replacingOccurrences(of: "tcp://0.0.0.0:", with: "tcp://127.0.0.1:")
+    }
+}
+
+/// Socket limits set deliberately so a flood or a huge message cannot exhaust memory.
+public struct TransportLimits: Equatable, Sendable, Codable {
+    /// Largest inbound message (bytes); a 124M-parameter update is about 500 MB.
+    public var maxMessageBytes: Int64 = 1 << 30
+    /// Messages queued per peer.
+    public var highWaterMark: Int32 = 16
+    /// ZMTP heartbeat interval and timeout (ms): any traffic counts, so a large frame in flight
+    /// never causes a false timeout.
+    public var heartbeatInterval: Int32 = 1000
+    public var heartbeatTimeout: Int32 = 10_000
+    public init() {}
+}

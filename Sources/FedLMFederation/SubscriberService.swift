@@ -1,0 +1,84 @@
+import FedLMCheckpoint
+import FedLMModel
+import FedLMProtocol
+import FedLMZeroMQ
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Receives model releases: subscribes first, then fetches a snapshot of the latest release,
+/// then takes the stream, dropping what the snapshot already covers, so it neither misses nor
+/// double-counts a version. Each new version is written to `<out>/v<N>` as a checkpoint that
+/// `transformers` loads, and reported to `onRelease`.
+public final class SubscriberService: Service, @unchecked Sendable {
+    public let endpoints: BrokerEndpoints
+    public let outDirectory: String?
+    public let modelConfig: GPT2Config
+    public var onRelease: (Int) -> Void = { _ in }
+    public var maxReleases: Int?
+    let logger: Logger
+    private let stopFlag = StopFlag()
+    private let codec = WireCodec()
+
+    public init(endpoints: BrokerEndpoints, modelConfig: GPT2Config, outDirectory: String?, logger: Logger = Logger(label: "fedlm.subscriber")) {
+        self.endpoints = endpoints
+        self.modelConfig = modelConfig
+        self.outDirectory = outDirectory
+        self.logger = logger
+    }
+
+    public func stop() { stopFlag.set() }
+
+    public func run() async throws {
+        try await withGracefulShutdownHandler {
+            try await Task.detached { try self.loop() }.value
+        } onGracefulShutdown: {
+            self.stop()
+        }
+    }
+
+    func loop() throws {
+        let context = ZMQContext()
+        let sub = try ZMQSocket(context, .sub)
+        try sub.setMaximumMessageSize(1 << 31)
+        try sub.subscribe(Array("release".utf8))
+        try sub.connect(BrokerEndpoints.connectable(endpoints.releases))
+        let dealer = try ZMQSocket(context, .dealer)
+        try dealer.setRoutingID(Array("subscriber-\(getpid())-\(UInt32.random(in: 0...UInt32.max))".utf8))
+        try dealer.connect(BrokerEndpoints.connectable(endpoints.trainers))
+        defer { sub.close(); dealer.close() }
+        let model = try GPT2Model(config: modelConfig)
+        var latest = -1
+        var received = 0
+        func take(_ info: ReleaseInfo, _ payload: TensorPayload) throws {
+            guard info.version > latest else { return }  // already covered by the snapshot or an earlier message
+            latest = info.version
+            received += 1
+            if let outDirectory {
+                try payload.check(against: model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) })
+                payload.values.withUnsafeBufferPointer { model.parameters.pointer.update(from: $0.baseAddress!, count: model.parameters.count) }
+                try Checkpoint.save(model: model, to: outDirectory + "/v\(info.version)")
+            }
+            logger.info("release v\(info.version)")
+            onRelease(info.version)
+        }
+        // Snapshot (the subscription above is already in place, so nothing falls in between).
+        try dealer.send(codec.encode(.fetch(Fetch())))
+        var lastAsk = Date().timeIntervalSince1970
+        var haveSnapshot = false
+        while !stopFlag.isSet, received < (maxReleases ?? .max) {
+            let ready = try ZMQPoller.readable([sub, dealer], timeout: 100)
+            if ready.contains(1), let reply = try dealer.receive(timeout: 0), case .release(let info, let payload)? = try? codec.decode(reply) {
+                haveSnapshot = true
+                try take(info, payload)
+            }
+            if ready.contains(0), let message = try sub.receive(timeout: 0), message.count > 1 {
+                if case .release(let info, let payload)? = try? codec.decode(Array(message[1...])) { try take(info, payload) }
+            }
+            if !haveSnapshot, Date().timeIntervalSince1970 - lastAsk > 2 {
+                try dealer.send(codec.encode(.fetch(Fetch())))
+                lastAsk = Date().timeIntervalSince1970
+            }
+        }
+    }
+}

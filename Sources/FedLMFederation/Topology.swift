@@ -1,0 +1,173 @@
+import FedLMAggregation
+import FedLMModel
+import Foundation
+import TOMLKit
+
+/// A deployment: which processes, where, with which data (`Topologies/*.toml`).
+///
+///     name = "demo"
+///     run_directory = "runs/federation-demo"
+///     model = "Config/demo.toml"            # [model] + [training] (the trainers' local AdamW)
+///     data = "runs/demo-data/shards"        # prepared data (each trainer uses its clusters)
+///
+///     [broker]                              # optional: these are the defaults
+///     trainers = "tcp://127.0.0.1:5555"
+///     aggregator = "tcp://127.0.0.1:5556"
+///     publish = "tcp://127.0.0.1:5557"
+///     releases = "tcp://127.0.0.1:5558"
+///
+///     [aggregation]
+///     mode = "fedbuff"                      # fedasync | fedbuff | sync
+///     buffer_size = 2                       # fedbuff
+///     mixing = 0.5                          # fedasync
+///     staleness = "inverse_sqrt"            # constant | polynomial | hinge | inverse_sqrt
+///     staleness_exponent = 0.5              # polynomial
+///     hinge_slope = 0.5                     # hinge
+///     hinge_cutoff = 2                      # hinge
+///     max_staleness = 8
+///     server_optimizer = "nesterov"         # sgd | nesterov | adam | delayed_nesterov
+///     server_learning_rate = 0.7
+///     server_momentum = 0.9
+///     delayed_period = 4                    # delayed_nesterov
+///     participants = 4                      # sync
+///     checkpoint_every = 5
+///     evaluate_every = 5
+///
+///     [[trainer]]
+///     name = "t-en"
+///     clusters = ["en"]                     # data clusters of `data` it trains on (default: all)
+///     local_steps = 20                      # H (upper bound when time_budget is set)
+///     time_budget = 5.0                     # optional seconds per update: H adapts to speed
+///     tokens = 500000                       # optional token budget
+///     slowdown = 1.0                        # optional straggler factor
+public struct Topology: Sendable {
+    public struct Trainer: Sendable, Equatable {
+        public var name: String
+        public var clusters: [String]?
+        public var localSteps: Int
+        public var timeBudget: Double?
+        public var tokens: Int?
+        public var slowdown: Double
+    }
+
+    public var path: String
+    public var name: String
+    public var runDirectory: String
+    public var modelConfigPath: String
+    public var dataDirectory: String
+    public var endpoints: BrokerEndpoints
+    public var aggregation: AggregationConfig
+    public var evaluateEvery: Int
+    public var trainers: [Trainer]
+
+    public static func load(path: String) throws -> Topology {
+        func bad(_ why: String) -> FederationError { .badTopology("\(path): \(why)") }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw bad("cannot read the file") }
+        let root: TOMLTable
+        do { root = try TOMLTable(string: text) } catch { throw bad("not valid TOML: \(error)") }
+        try allow(root, ["name", "run_directory", "model", "data", "broker", "aggregation", "trainer"], "", bad)
+        func string(_ t: TOMLTable, _ key: String, _ prefix: String) throws -> String? {
+            guard let v = t[key] else { return nil }
+            guard let s = v.string else { throw bad("'\(prefix)\(key)' must be a string") }
+            return s
+        }
+        func int(_ t: TOMLTable, _ key: String, _ prefix: String) throws -> Int? {
+            guard let v = t[key] else { return nil }
+            guard let i = v.int else { throw bad("'\(prefix)\(key)' must be an integer") }
+            return i
+        }
+        func double(_ t: TOMLTable, _ key: String, _ prefix: String) throws -> Double? {
+            guard let v = t[key] else { return nil }
+            if let d = v.double { return d }
+            if let i = v.int { return Double(i) }
+            throw bad("'\(prefix)\(key)' must be a number")
+        }
+        let base = (path as NSString).deletingLastPathComponent
+        // Relative paths are relative to the working directory (the repository root in the README).
+        _ = base
+        var t = Topology(path: path, name: try string(root, "name", "") ?? "federation",
+                         runDirectory: try string(root, "run_directory", "") ?? "runs/federation",
+                         modelConfigPath: try string(root, "model", "") ?? { throw bad("'model' (a config path) is required") }(),
+                         dataDirectory: try string(root, "data", "") ?? { throw bad("'data' (a prepared data directory) is required") }(),
+                         endpoints: BrokerEndpoints(), aggregation: AggregationConfig(), evaluateEvery: 5, trainers: [])
+        if let b = root["broker"] {
+            guard let b = b.table else { throw bad("[broker] must be a table") }
+            try allow(b, ["trainers", "aggregator", "publish", "releases"], "broker.", bad)
+            if let v = try string(b, "trainers", "broker.") { t.endpoints.trainers = v }
+            if let v = try string(b, "aggregator", "broker.") { t.endpoints.aggregator = v }
+            if let v = try string(b, "publish", "broker.") { t.endpoints.publish = v }
+            if let v = try string(b, "releases", "broker.") { t.endpoints.releases = v }
+        }
+        if let a = root["aggregation"] {
+            guard let a = a.table else { throw bad("[aggregation] must be a table") }
+            let p = "aggregation."
+            try allow(a, ["mode", "buffer_size", "mixing", "staleness", "staleness_exponent", "hinge_slope", "hinge_cutoff",
+                          "max_staleness", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
+                          "participants", "checkpoint_every", "evaluate_every", "adam_beta1", "adam_beta2"], p, bad)
+            var c = AggregationConfig()
+            if let m = try string(a, "mode", p) {
+                guard let mode = AggregationConfig.Mode(rawValue: m) else { throw bad("'aggregation.mode' is '\(m)', not fedasync, fedbuff or sync") }
+                c.mode = mode
+            }
+            if let v = try int(a, "buffer_size", p) { guard v >= 1 else { throw bad("'aggregation.buffer_size' must be >= 1") }; c.bufferSize = v }
+            if let v = try double(a, "mixing", p) { guard v > 0, v <= 1 else { throw bad("'aggregation.mixing' must be in (0, 1]") }; c.mixing = v }
+            if let v = try int(a, "max_staleness", p) { guard v >= 0 else { throw bad("'aggregation.max_staleness' must be >= 0") }; c.maxStaleness = v }
+            if let v = try int(a, "participants", p) { guard v >= 1 else { throw bad("'aggregation.participants' must be >= 1") }; c.participants = v }
+            if let v = try int(a, "checkpoint_every", p) { guard v >= 1 else { throw bad("'aggregation.checkpoint_every' must be >= 1") }; c.checkpointEvery = v }
+            if let v = try int(a, "evaluate_every", p) { guard v >= 1 else { throw bad("'aggregation.evaluate_every' must be >= 1") }; t.evaluateEvery = v }
+            switch try string(a, "staleness", p) ?? "inverse_sqrt" {
+            case "constant": c.staleness = .constant
+            case "polynomial": c.staleness = .polynomial(exponent: try double(a, "staleness_exponent", p) ?? 0.5)
+            case "hinge": c.staleness = .hinge(slope: try double(a, "hinge_slope", p) ?? 0.5, cutoff: try int(a, "hinge_cutoff", p) ?? 2)
+            case "inverse_sqrt": c.staleness = .inverseSquareRoot
+            case let other: throw bad("'aggregation.staleness' is '\(other)', not constant, polynomial, hinge or inverse_sqrt")
+            }
+            let lr = Float(try double(a, "server_learning_rate", p) ?? 0.7)
+            let mu = Float(try double(a, "server_momentum", p) ?? 0.9)
+            guard lr > 0, mu >= 0, mu < 1 else { throw bad("'aggregation.server_learning_rate' must be > 0 and server_momentum in [0, 1)") }
+            switch try string(a, "server_optimizer", p) ?? "nesterov" {
+            case "sgd": c.serverOptimizer = .sgd(learningRate: lr)
+            case "nesterov": c.serverOptimizer = .nesterov(learningRate: lr, momentum: mu)
+            case "adam": c.serverOptimizer = .adam(learningRate: lr, beta1: Float(try double(a, "adam_beta1", p) ?? 0.9),
+                                                   beta2: Float(try double(a, "adam_beta2", p) ?? 0.99), epsilon: 1e-8)
+            case "delayed_nesterov":
+                let period = try int(a, "delayed_period", p) ?? 4
+                guard period >= 1 else { throw bad("'aggregation.delayed_period' must be >= 1") }
+                c.serverOptimizer = .delayedNesterov(learningRate: lr, momentum: mu, period: period)
+            case let other: throw bad("'aggregation.server_optimizer' is '\(other)', not sgd, nesterov, adam or delayed_nesterov")
+            }
+            t.aggregation = c
+        }
+        guard let list = root["trainer"]?.array else { throw bad("at least one [[trainer]] is required") }
+        for (i, item) in list.enumerated() {
+            guard let tt = item.table else { throw bad("trainer \(i + 1) must be a table") }
+            let p = "trainer[\(i + 1)]."
+            try allow(tt, ["name", "clusters", "local_steps", "time_budget", "tokens", "slowdown"], p, bad)
+            guard let name = try string(tt, "name", p), !name.isEmpty, !name.contains("/") else {
+                throw bad("'\(p)name' is required (non-empty, no '/')")
+            }
+            var clusters: [String]?
+            if let c = tt["clusters"] {
+                guard let arr = c.array, let names = arr.map({ $0.string }) as? [String] else { throw bad("'\(p)clusters' must be a list of names") }
+                clusters = names
+            }
+            let steps = try int(tt, "local_steps", p) ?? 20
+            guard steps >= 1 else { throw bad("'\(p)local_steps' must be >= 1") }
+            let slowdown = try double(tt, "slowdown", p) ?? 1
+            guard slowdown >= 1 else { throw bad("'\(p)slowdown' must be >= 1") }
+            t.trainers.append(Trainer(name: name, clusters: clusters, localSteps: steps, timeBudget: try double(tt, "time_budget", p),
+                                      tokens: try int(tt, "tokens", p), slowdown: slowdown))
+        }
+        guard Set(t.trainers.map(\.name)).count == t.trainers.count else { throw bad("trainer names must be unique") }
+        if t.aggregation.mode == .sync, t.aggregation.participants > t.trainers.count {
+            throw bad("'aggregation.participants' (\(t.aggregation.participants)) exceeds the \(t.trainers.count) trainers")
+        }
+        return t
+    }
+
+    static func allow(_ t: TOMLTable, _ keys: [String], _ prefix: String, _ bad: (String) -> FederationError) throws {
+        for k in t.keys where !keys.contains(k) {
+            throw bad("unknown key '\(prefix)\(k)' (allowed: \(keys.joined(separator: ", ")))")
+        }
+    }
+}

@@ -1,0 +1,137 @@
+import ArgumentParser
+import FedLMAggregation
+import FedLMData
+import FedLMFederation
+import FedLMModel
+import FedLMTensor
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Runs one service until SIGINT/SIGTERM, then shuts it down gracefully.
+func runService(_ service: any Service, label: String) async throws {
+    let group = ServiceGroup(configuration: .init(services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint],
+                                                  logger: Logger(label: label)))
+    try await group.run()
+}
+
+struct BrokerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "broker",
+        abstract: "Run the broker: routes trainers to the aggregator and relays model releases (holds no model state).")
+    @Option(help: "Take the endpoints from this topology.") var topology: String?
+    @Option(help: "ROUTER for trainers and subscribers.") var trainers: String?
+    @Option(help: "ROUTER for the aggregator.") var aggregator: String?
+    @Option(help: "XSUB the aggregator publishes releases to.") var publish: String?
+    @Option(help: "XPUB subscribers receive releases from.") var releases: String?
+
+    func run() async throws {
+        var e = try topology.map { try Topology.load(path: $0).endpoints } ?? BrokerEndpoints()
+        if let trainers { e.trainers = trainers }
+        if let aggregator { e.aggregator = aggregator }
+        if let publish { e.publish = publish }
+        if let releases { e.releases = releases }
+        try await runService(BrokerService(endpoints: e), label: "fedlm.broker")
+    }
+}
+
+struct AggregatorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "aggregator",
+        abstract: "Run the aggregator: owns the global model, applies updates as they arrive, publishes releases; resumes its run directory.")
+    @Option(help: "Topology file (run directory, model, data, aggregation, endpoints).") var topology: String
+    @Option(help: "Compute threads (default: all cores).") var threads: Int?
+
+    func run() async throws {
+        if let threads { ComputeThreads.set(max(1, threads)) }
+        Runtime.announce()
+        let t = try Topology.load(path: topology)
+        let file = try ConfigResolution.load(t.modelConfigPath)
+        let logger = Logger(label: "fedlm.aggregator")
+        let core = try AggregatorCore(runDirectory: t.runDirectory, config: t.aggregation,
+                                      initialModel: try GPT2Model(config: file.model, seed: file.training.seed)) { logger.info("\($0)") }
+        let service = AggregatorService(core: core, endpoints: t.endpoints, logger: logger)
+        let data = PreparedData(dataset: try TokenDataset(directory: t.dataDirectory))
+        let sets = try data.validationSets(batch: 8, sequence: file.training.sequenceLength ?? file.model.context, maxBatches: 2)
+        service.evaluate = { model in try sets.map { ($0.name, try meanLoss(model, $0.batches)) } }
+        service.evaluateEvery = t.evaluateEvery
+        try await runService(service, label: "fedlm.aggregator")
+    }
+}
+
+struct TrainerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "trainer",
+        abstract: "Run a trainer: fetch the latest release, train H local steps on its own data, send the pseudo-gradient, repeat.")
+    @Option(help: "Topology file; with --name, takes everything from the trainer's entry.") var topology: String?
+    @Option(help: "The trainer's name in the topology, or its id.") var name: String?
+    @Option(help: "Broker address for trainers (without --topology).") var broker: String?
+    @Option(help: "Prepared data directory (without --topology).") var data: String?
+    @Option(help: "Model and local training config (without --topology).") var config: String = "tiny"
+    @Option(help: "Clusters of the data to train on, comma-separated (default: all).") var clusters: String?
+    @Option(help: "Seconds of local training per update; H adapts to the measured speed.") var timeBudget: Double?
+    @Option(help: "H: local steps per update (upper bound with --time-budget).") var maxLocalSteps: Int = 20
+    @Option(help: "Stop after this many tokens.") var tokens: Int?
+    @Option(help: "Directory for the trainer's pending update (resent after a restart).") var state: String?
+    @Option(help: "Compute threads (default: all cores; `fedlm up` gives each process one).") var threads: Int?
+
+    func run() async throws {
+        if let threads { ComputeThreads.set(max(1, threads)) }
+        Runtime.announce()
+        var endpoints = BrokerEndpoints()
+        var options: TrainerOptions
+        if let topology {
+            let t = try Topology.load(path: topology)
+            guard let name, let entry = t.trainers.first(where: { $0.name == name }) else {
+                throw ValidationError("--name must be one of: \(t.trainers.map(\.name).joined(separator: ", "))")
+            }
+            let file = try ConfigResolution.load(t.modelConfigPath)
+            endpoints = t.endpoints
+            options = TrainerOptions(id: entry.name, dataDirectory: t.dataDirectory, training: file.training, modelConfig: file.model,
+                                     stateDirectory: state ?? t.runDirectory + "/trainers/" + entry.name)
+            options.dataClusters = entry.clusters
+            options.cluster = entry.clusters?.count == 1 ? entry.clusters![0] : nil
+            options.maxLocalSteps = entry.localSteps
+            options.timeBudget = entry.timeBudget
+            options.tokenBudget = entry.tokens
+            options.slowdown = entry.slowdown
+        } else {
+            guard let broker, let data else { throw ValidationError("give --topology and --name, or --broker and --data") }
+            let file = try ConfigResolution.load(config)
+            endpoints.trainers = broker
+            let id = name ?? "trainer-\(ProcessInfo.processInfo.hostName)-\(getpid())"
+            options = TrainerOptions(id: id, dataDirectory: data, training: file.training, modelConfig: file.model,
+                                     stateDirectory: state ?? "runs/trainers/" + id)
+            options.dataClusters = clusters?.split(separator: ",").map(String.init)
+            options.maxLocalSteps = maxLocalSteps
+            options.timeBudget = timeBudget
+            options.tokenBudget = tokens
+        }
+        guard options.maxLocalSteps >= 1 else { throw ValidationError("--max-local-steps must be >= 1") }
+        try await runService(TrainerService(options: options, endpoints: endpoints), label: "fedlm.trainer")
+    }
+}
+
+struct SubscribeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "subscribe",
+        abstract: "Receive model releases as they are published (a snapshot of the latest first), optionally saving each.")
+    @Option(help: "Topology (for the endpoints and the model config).") var topology: String?
+    @Option(help: "Broker address for trainers (snapshot requests), without --topology.") var broker: String?
+    @Option(help: "Broker address for releases, without --topology.") var releases: String?
+    @Option(help: "Model config, without --topology.") var config: String = "tiny"
+    @Option(help: "Write each release to <out>/v<N> (a checkpoint transformers loads).") var out: String?
+    @Option(help: "Stop after this many releases.") var count: Int?
+
+    func run() async throws {
+        var endpoints = BrokerEndpoints()
+        var modelConfig = try ConfigResolution.load(config).model
+        if let topology {
+            let t = try Topology.load(path: topology)
+            endpoints = t.endpoints
+            modelConfig = try ConfigResolution.load(t.modelConfigPath).model
+        }
+        if let broker { endpoints.trainers = broker }
+        if let releases { endpoints.releases = releases }
+        let service = SubscriberService(endpoints: endpoints, modelConfig: modelConfig, outDirectory: out)
+        service.maxReleases = count
+        service.onRelease = { print("release v\($0)") }
+        try await runService(service, label: "fedlm.subscriber")
+    }
+}

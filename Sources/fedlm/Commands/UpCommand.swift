@@ -1,0 +1,98 @@
+import ArgumentParser
+import FedLMFederation
+import FedLMLedger
+import Foundation
+
+/// Starts a whole federation on this machine from a topology, as separate processes.
+struct UpCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "up",
+        abstract: "Start broker, aggregator and trainers of a topology as separate processes; show progress; stop all on Ctrl-C.",
+        discussion: "Leaves the run directory: ledger.sqlite, checkpoints/, logs/ (one log per process). Rerunning resumes it; --fresh starts over.")
+
+    @Argument(help: "Topology file, e.g. Topologies/demo.toml.") var topology: String
+    @Flag(help: "Delete the run directory first.") var fresh = false
+
+    func run() throws {
+        let t = try Topology.load(path: topology)
+        let fm = FileManager.default
+        if fresh { try? fm.removeItem(atPath: t.runDirectory) }
+        let logs = t.runDirectory + "/logs"
+        try fm.createDirectory(atPath: logs, withIntermediateDirectories: true)
+        let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        var children: [(name: String, process: Process)] = []
+        func spawn(_ name: String, _ arguments: [String]) throws -> Process {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: me)
+            p.arguments = arguments
+            let log = logs + "/\(name).log"
+            fm.createFile(atPath: log, contents: nil)
+            let handle = FileHandle(forWritingAtPath: log)!
+            handle.seekToEndOfFile()
+            p.standardOutput = handle
+            p.standardError = handle
+            try p.run()
+            children.append((name, p))
+            return p
+        }
+        StopSignal.install()
+        func stopAll(_ list: [(name: String, process: Process)]) {
+            for c in list where c.process.isRunning { c.process.terminate() }  // SIGTERM: graceful
+            for c in list { c.process.waitUntilExit() }
+        }
+        print("federation \(t.name): \(t.trainers.count) trainers, \(t.aggregation.mode.rawValue); logs in \(logs)")
+        let broker = try spawn("broker", ["broker", "--topology", topology])
+        Thread.sleep(forTimeInterval: 0.3)
+        // Several processes share this machine: one compute thread each, so no process spins
+        // waiting for a core another one holds.
+        let aggregator = try spawn("aggregator", ["aggregator", "--topology", topology, "--threads", "1"])
+        let trainers = try t.trainers.map {
+            try spawn("trainer-\($0.name)", ["trainer", "--topology", topology, "--name", $0.name, "--threads", "1"])
+        }
+        let totalTokens = t.trainers.compactMap(\.tokens).reduce(0, +)
+        let start = Date()
+        var lastLine = Date.distantPast
+        let tty = isatty(1) != 0
+        var failure: String?
+        while !StopSignal.requested {
+            Thread.sleep(forTimeInterval: 0.5)
+            for (name, p) in [("broker", broker), ("aggregator", aggregator)] where !p.isRunning {
+                failure = "\(name) exited with status \(p.terminationStatus); see \(logs)/\(name).log"
+            }
+            if failure != nil { break }
+            if trainers.allSatisfy({ !$0.isRunning }) { break }
+            if Date().timeIntervalSince(lastLine) >= (tty ? 1 : 10) {
+                lastLine = Date()
+                let line = Progress.line(runDirectory: t.runDirectory, elapsed: Date().timeIntervalSince(start), totalTokens: totalTokens)
+                if tty { print("\r" + line + "   ", terminator: ""); fflush(nil) } else { print(line) }
+            }
+        }
+        if tty { print("") }
+        if StopSignal.requested { print("stopping (Ctrl-C) ...") }
+        stopAll(children.filter { $0.name.hasPrefix("trainer") })
+        stopAll(children.filter { $0.name == "aggregator" })
+        stopAll(children.filter { $0.name == "broker" })
+        print(Progress.line(runDirectory: t.runDirectory, elapsed: Date().timeIntervalSince(start), totalTokens: totalTokens))
+        print("run directory: \(t.runDirectory) (ledger.sqlite, checkpoints/, logs/)")
+        if let failure { throw ValidationError(failure) }
+    }
+}
+
+/// One progress line from the ledger: version, updates/s, staleness, validation loss, ETA.
+enum Progress {
+    static func line(runDirectory: String, elapsed: Double, totalTokens: Int) -> String {
+        guard FileManager.default.fileExists(atPath: runDirectory + "/ledger.sqlite"),
+              let db = try? SQLiteDatabase(path: runDirectory + "/ledger.sqlite") else { return "waiting for the aggregator ..." }
+        let version = (try? db.query("SELECT COALESCE(MAX(version_after), 0) FROM updates"))?.first?[0].int ?? 0
+        let accepted = (try? db.query("SELECT COUNT(*), COALESCE(SUM(tokens), 0), COALESCE(AVG(staleness), 0) FROM updates WHERE outcome != 'refused'"))?.first
+        let refused = (try? db.query("SELECT COUNT(*) FROM updates WHERE outcome = 'refused'"))?.first?[0].int ?? 0
+        let loss = (try? db.query("SELECT value FROM metrics WHERE name = 'validation_loss' ORDER BY time DESC LIMIT 1"))?.first?[0].double
+        let updates = accepted?[0].int ?? 0, tokens = accepted?[1].int ?? 0, staleness = accepted?[2].double ?? 0
+        var s = String(format: "%5.0fs  version %d  updates %d (%.2f/s, %d refused)  mean staleness %.2f  tokens %d", elapsed, version,
+                       updates, Double(updates) / max(elapsed, 1), refused, staleness, tokens)
+        if let loss { s += String(format: "  validation loss %.4f", loss) }
+        if totalTokens > 0, tokens > 0 {
+            s += String(format: "  ETA %.0fs", max(0, Double(totalTokens - tokens) * elapsed / Double(tokens)))
+        }
+        return s
+    }
+}
