@@ -93,6 +93,6 @@ let package = Package(
         .testTarget(name: "FedLMDataTests", dependencies: ["FedLMData", "FedLMTokenizer", "FedLMModel"]),
         .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),
         // Runs the built `fedlm` binary as a separate process (crash, signal and re-exec tests).
-        .testTarget(name: "FedLMCLITests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),
+        .testTarget(name: "FedLMCLITests", dependencies: ["FedLMCheckpoint", "FedLMModel", "FedLMLedger"]),
     ]
 )

@@ -40,6 +40,7 @@ import TOMLKit
 ///     time_budget = 5.0                     # optional seconds per update: H adapts to speed
 ///     tokens = 500000                       # optional token budget
 ///     slowdown = 1.0                        # optional straggler factor
+///     ack_timeout = 30.0                    # optional: seconds before an unacknowledged update is resent
 public struct Topology: Sendable {
     public struct Trainer: Sendable, Equatable {
         public var name: String
@@ -48,6 +49,7 @@ public struct Topology: Sendable {
         public var timeBudget: Double?
         public var tokens: Int?
         public var slowdown: Double
+        public var ackTimeout: Double
     }
 
     public var path: String
@@ -142,7 +144,7 @@ public struct Topology: Sendable {
         for (i, item) in list.enumerated() {
             guard let tt = item.table else { throw bad("trainer \(i + 1) must be a table") }
             let p = "trainer[\(i + 1)]."
-            try allow(tt, ["name", "clusters", "local_steps", "time_budget", "tokens", "slowdown"], p, bad)
+            try allow(tt, ["name", "clusters", "local_steps", "time_budget", "tokens", "slowdown", "ack_timeout"], p, bad)
             guard let name = try string(tt, "name", p), !name.isEmpty, !name.contains("/") else {
                 throw bad("'\(p)name' is required (non-empty, no '/')")
             }
@@ -156,7 +158,8 @@ public struct Topology: Sendable {
             let slowdown = try double(tt, "slowdown", p) ?? 1
             guard slowdown >= 1 else { throw bad("'\(p)slowdown' must be >= 1") }
             t.trainers.append(Trainer(name: name, clusters: clusters, localSteps: steps, timeBudget: try double(tt, "time_budget", p),
-                                      tokens: try int(tt, "tokens", p), slowdown: slowdown))
+                                      tokens: try int(tt, "tokens", p), slowdown: slowdown,
+                                      ackTimeout: try double(tt, "ack_timeout", p) ?? 30))
         }
         guard Set(t.trainers.map(\.name)).count == t.trainers.count else { throw bad("trainer names must be unique") }
         if t.aggregation.mode == .sync, t.aggregation.participants > t.trainers.count {

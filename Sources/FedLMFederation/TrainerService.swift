@@ -28,6 +28,8 @@ public struct TrainerOptions: Sendable {
     public var slowdown = 1.0
     /// Where the unacknowledged update is kept across restarts.
     public var stateDirectory: String
+    /// Seconds to wait for an acknowledgement before sending the update again.
+    public var ackTimeout = 30.0
     public init(id: String, dataDirectory: String, training: TrainingConfig, modelConfig: GPT2Config, stateDirectory: String) {
         self.id = id
         self.dataDirectory = dataDirectory
@@ -126,9 +128,10 @@ public final class TrainerService: Service, @unchecked Sendable {
         /// Sends an update until acknowledged (or refused); true if the aggregator took it.
         func deliver(_ frames: [[UInt8]], id: String) throws -> Bool {
             var taken = false
-            _ = try request(frames, retry: 30) { reply in
+            _ = try request(frames, retry: o.ackTimeout) { reply in
                 switch reply {
                 case .ack(let a) where a.updateID == id:
+                    logger.info("\(o.id): update \(id) acknowledged (\(a.outcome.rawValue), version \(a.version))")
                     taken = true
                     return true
                 case .error(let e) where e.refersTo == id:

@@ -92,6 +92,7 @@ struct TrainerCommand: AsyncParsableCommand {
             options.timeBudget = entry.timeBudget
             options.tokenBudget = entry.tokens
             options.slowdown = entry.slowdown
+            options.ackTimeout = entry.ackTimeout
         } else {
             guard let broker, let data else { throw ValidationError("give --topology and --name, or --broker and --data") }
             let file = try ConfigResolution.load(config)

@@ -1,0 +1,147 @@
+import FedLMLedger
+import Foundation
+import XCTest
+
+/// The federation as it runs: broker, aggregator and three trainers as separate processes over
+/// TCP loopback, with a trainer and then the aggregator killed by SIGKILL and restarted mid-run.
+final class FederationTests: XCTestCase {
+    func testFederationLearnsAndSurvivesKilledTrainerAndAggregator() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let d = scratch.dir
+        let german = try String(contentsOfFile: scratch.corpus, encoding: .utf8)
+            .replacingOccurrences(of: "the", with: "der").replacingOccurrences(of: "model", with: "Modell")
+        try german.write(toFile: d + "/de.txt", atomically: true, encoding: .utf8)
+        var (status, out) = try FedLMProcess.run(["tokenizer", "train", "--vocab", "300", "--out", d + "/tok.json", scratch.corpus, d + "/de.txt"])
+        XCTAssertEqual(status, 0, out)
+        (status, out) = try FedLMProcess.run(["data", "prepare", "--tokenizer", d + "/tok.json", "--out", d + "/data",
+                                               "--validation-fraction", "0.2", "en=" + scratch.corpus, "de=" + d + "/de.txt"])
+        XCTAssertEqual(status, 0, out)
+        try """
+            [model]
+            n_layer = 2
+            n_embd = 32
+            n_head = 2
+            n_positions = 32
+            vocab_size = 300
+
+            [training]
+            batch_size = 4
+            learning_rate = 3e-3
+            warmup_steps = 5
+            max_steps = 1000
+            """.write(toFile: d + "/model.toml", atomically: true, encoding: .utf8)
+        let port = Int.random(in: 20_000...50_000)
+        let trainerBlock = { (name: String, clusters: String) in
+            """
+
+            [[trainer]]
+            name = "\(name)"
+            clusters = [\(clusters)]
+            local_steps = 5
+            tokens = 16000
+            ack_timeout = 3.0
+            """
+        }
+        try ("""
+            name = "test"
+            run_directory = "\(d)/run"
+            model = "\(d)/model.toml"
+            data = "\(d)/data"
+
+            [broker]
+            trainers = "tcp://127.0.0.1:\(port)"
+            aggregator = "tcp://127.0.0.1:\(port + 1)"
+            publish = "tcp://127.0.0.1:\(port + 2)"
+            releases = "tcp://127.0.0.1:\(port + 3)"
+
+            [aggregation]
+            mode = "fedbuff"
+            buffer_size = 2
+            server_optimizer = "sgd"
+            server_learning_rate = 1.0
+            max_staleness = 10
+            checkpoint_every = 3
+            evaluate_every = 2
+            """ + trainerBlock("t1", "\"en\"") + trainerBlock("t2", "\"de\"") + trainerBlock("t3", "\"en\", \"de\""))
+            .write(toFile: d + "/topology.toml", atomically: true, encoding: .utf8)
+        let topology = d + "/topology.toml"
+
+        let broker = try FedLMProcess(["broker", "--topology", topology])
+        var aggregator = try FedLMProcess(["aggregator", "--topology", topology, "--threads", "1"])
+        func trainer(_ name: String) throws -> FedLMProcess {
+            try FedLMProcess(["trainer", "--topology", topology, "--name", name, "--threads", "1"])
+        }
+        var trainers = ["t1": try trainer("t1"), "t2": try trainer("t2"), "t3": try trainer("t3")]
+        var logs: [String] = []
+        defer {
+            for p in trainers.values { p.signal(SIGKILL) }
+            aggregator.signal(SIGKILL)
+            broker.signal(SIGKILL)
+        }
+        let ledgerPath = d + "/run/ledger.sqlite"
+        func count(_ sql: String) -> Int {
+            guard FileManager.default.fileExists(atPath: ledgerPath), let db = try? SQLiteDatabase(path: ledgerPath) else { return 0 }
+            return (try? db.query(sql))?.first?[0].int ?? 0
+        }
+        func waitFor(_ what: String, seconds: Double = 120, _ condition: () -> Bool) {
+            let deadline = Date().addingTimeInterval(seconds)
+            while !condition(), Date() < deadline { usleep(100_000) }
+            XCTAssertTrue(condition(), "timed out waiting for \(what)")
+        }
+
+        // Kill trainer t1 once it has delivered two updates; restart it.
+        waitFor("t1's first updates") { count("SELECT COUNT(*) FROM updates WHERE trainer = 't1'") >= 2 }
+        trainers["t1"]!.signal(SIGKILL)
+        trainers["t1"]!.wait()
+        logs.append(trainers["t1"]!.output)
+        let t1Before = count("SELECT COUNT(*) FROM updates WHERE trainer = 't1'")
+        trainers["t1"] = try trainer("t1")
+
+        // Kill the aggregator at version >= 6; restart it on the same run directory.
+        waitFor("version 6") { count("SELECT MAX(version_after) FROM updates") >= 6 }
+        aggregator.signal(SIGKILL)
+        aggregator.wait()
+        logs.append(aggregator.output)
+        aggregator = try FedLMProcess(["aggregator", "--topology", topology, "--threads", "1"])
+
+        for name in ["t1", "t2", "t3"] {
+            let p = trainers[name]!
+            let deadline = Date().addingTimeInterval(240)
+            while p.process.isRunning, Date() < deadline { usleep(200_000) }
+            XCTAssertFalse(p.process.isRunning, "\(name) did not finish")
+            logs.append(p.output)
+        }
+        aggregator.signal(SIGTERM)
+        XCTAssertEqual(aggregator.wait(), 0, aggregator.output)
+        logs.append(aggregator.output)
+        broker.signal(SIGTERM)
+        broker.wait()
+        let allLogs = logs.joined(separator: "\n")
+
+        let ledger = try Ledger(path: ledgerPath)
+        // The restarted trainer came back and delivered more.
+        XCTAssertGreaterThan(count("SELECT COUNT(*) FROM updates WHERE trainer = 't1'"), t1Before, "t1 rejoined")
+        // The restarted aggregator restored from a checkpoint and the ledger.
+        XCTAssertTrue(allLogs.contains("restored v"), "aggregator restart restored its state")
+        // Every update a trainer saw acknowledged is in the ledger as applied or buffered.
+        let acked = allLogs.split(separator: "\n").compactMap { line -> String? in
+            guard let r = line.range(of: "update "), let end = line.range(of: " acknowledged") else { return nil }
+            return String(line[r.upperBound..<end.lowerBound])
+        }
+        XCTAssertGreaterThan(acked.count, 10)
+        for id in acked {
+            let record = try ledger.update(id: id)
+            XCTAssertNotNil(record, "acknowledged update \(id) is missing from the ledger")
+            XCTAssertTrue(["applied", "buffered"].contains(record?.outcome ?? ""), "\(id): \(record?.outcome ?? "nil")")
+        }
+        // Versions never go backwards, in the order updates were recorded.
+        let versions = try ledger.database.query("SELECT version_after FROM updates WHERE outcome != 'refused' ORDER BY seq").compactMap { $0[0].int }
+        XCTAssertEqual(versions, versions.sorted(), "versions are monotonic")
+        // And the federation learned: validation loss well below its start.
+        let losses = try ledger.metrics("validation_loss").map(\.value)
+        XCTAssertGreaterThan(losses.count, 3)
+        print("federation: \(acked.count) acknowledged updates, final version \(versions.last ?? 0), validation loss \(losses.first!) -> \(losses.last!)")
+        XCTAssertLessThan(losses.last!, losses.first! - 0.5, "validation loss \(losses)")
+    }
+}
