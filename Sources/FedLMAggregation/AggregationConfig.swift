@@ -14,8 +14,14 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
     public var serverOptimizer: ServerOptimizerKind = .nesterov(learningRate: 0.7, momentum: 0.9)
     /// Sync: trainers per round.
     public var participants = 2
-    /// Write a checkpoint (and publish a release) every this many versions.
+    /// Write a checkpoint every this many versions.
     public var checkpointEvery = 1
+
+    /// What an acknowledgement guarantees. `machine`: the update is on disk (fsync) before the
+    /// ack, so it survives a power cut. `process`: written through the OS cache, atomically, so it
+    /// survives the aggregator process being killed at any moment, but not a power cut; faster.
+    public enum Durability: String, Sendable, Codable, CaseIterable { case machine, process }
+    public var durability: Durability = .machine
 
     public init() {}
 

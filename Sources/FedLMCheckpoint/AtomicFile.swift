@@ -7,8 +7,9 @@ import Glibc
 /// the destination, fsync the parent directory. A reader sees the old file or the new one,
 /// never a half-written one.
 public enum AtomicFile {
-    /// Writes `produce`'s output through `write` calls to `path` atomically.
-    public static func write(to path: String, _ produce: (FileSink) throws -> Void) throws {
+    /// Writes `produce`'s output through `write` calls to `path` atomically. With `sync: false`
+    /// the data is not forced to disk (still atomic against a killed process, not a power cut).
+    public static func write(to path: String, sync: Bool = true, _ produce: (FileSink) throws -> Void) throws {
         let temporary = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw CheckpointError.io(path: temporary, reason: String(cString: strerror(errno))) }
@@ -16,7 +17,7 @@ public enum AtomicFile {
         do {
             try produce(sink)
             try sink.flush()
-            guard fsync(fd) == 0 else { throw CheckpointError.io(path: temporary, reason: "fsync: \(String(cString: strerror(errno)))") }
+            guard !sync || fsync(fd) == 0 else { throw CheckpointError.io(path: temporary, reason: "fsync: \(String(cString: strerror(errno)))") }
             close(fd)
         } catch {
             close(fd)
@@ -28,7 +29,7 @@ public enum AtomicFile {
             unlink(temporary)
             throw CheckpointError.io(path: path, reason: "rename: \(reason)")
         }
-        syncDirectory(containing: path)
+        if sync { syncDirectory(containing: path) }
     }
 
     public static func write(_ data: Data, to path: String) throws {

@@ -35,6 +35,8 @@ public final class AggregatorCore {
     private var knownTrainers: [String: String?] = [:]
     public var log: (String) -> Void = { _ in }
 
+    static let traceTiming = ProcessInfo.processInfo.environment["FEDLM_TRACE_TIMING"] == "1"
+
     var checkpointsDirectory: String { runDirectory + "/checkpoints" }
     var deltasDirectory: String { runDirectory + "/deltas" }
 
@@ -48,7 +50,7 @@ public final class AggregatorCore {
         let fm = FileManager.default
         try fm.createDirectory(atPath: runDirectory + "/checkpoints", withIntermediateDirectories: true)
         try fm.createDirectory(atPath: runDirectory + "/deltas", withIntermediateDirectories: true)
-        ledger = try Ledger(path: runDirectory + "/ledger.sqlite")
+        ledger = try Ledger(path: runDirectory + "/ledger.sqlite", durable: config.durability == .machine)
         // Newest checkpoint first; if it (or the replay after it) fails, the one before.
         var restored: Restored?
         for v in try ledger.versions() {
@@ -130,12 +132,23 @@ public final class AggregatorCore {
             return try refuse(ProtocolError(.tooStale, "staleness \(staleness) exceeds \(config.maxStaleness); fetch the latest release"),
                               staleness: staleness)
         }
-        // Durable first: the pseudo-gradient goes to an fsynced file before anything changes.
+        var marks: [(String, Double)] = [("start", Date().timeIntervalSince1970)]
+        func mark(_ name: String) { marks.append((name, Date().timeIntervalSince1970)) }
+        defer {
+            if Self.traceTiming {
+                log("timing update: " + zip(marks.dropFirst(), marks).map { String(format: "%@ %.1fms", $0.0, ($0.1 - $1.1) * 1000) }.joined(separator: ", "))
+            }
+        }
+        // Durable first: the pseudo-gradient goes to a file (fsynced unless durability = process)
+        // before anything changes.
         let delta = ParameterVector(layout: model.layout)
         payload.values.withUnsafeBufferPointer { delta.pointer.update(from: $0.baseAddress!, count: delta.count) }
+        mark("copy")
         let deltaPath = deltasDirectory + "/\(Self.safeName(info.updateID)).safetensors"
         try SafeTensors.write([.init(name: "delta", dtype: .f32, shape: [delta.count],
-                                     bytes: UnsafeRawBufferPointer(start: delta.pointer, count: delta.count * 4))], to: deltaPath)
+                                     bytes: UnsafeRawBufferPointer(start: delta.pointer, count: delta.count * 4))], to: deltaPath,
+                              sync: config.durability == .machine)
+        mark("write delta")
         let decision = strategy.receive(Contribution(delta: delta, base: recentVersions[info.baseVersion], staleness: staleness,
                                                      dataWeight: Double(max(info.tokens, 1))), model: model.parameters)
         if case .refused(let why) = decision {
@@ -143,15 +156,19 @@ public final class AggregatorCore {
             return try refuse(ProtocolError(.tooStale, why), staleness: staleness)
         }
         if decision == .applied { version += 1 }
+        mark("strategy")
         let norm = Double(GradientClipping.norm(delta))
+        mark("norm")
         try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster, baseVersion: info.baseVersion,
                                       staleness: staleness, weight: StalenessWeightOf(config).weight(staleness), norm: norm,
                                       tokens: info.tokens, outcome: decision == .applied ? "applied" : "buffered",
                                       versionAfter: version, deltaPath: deltaPath, reason: nil, receivedAt: now))
+        mark("ledger")
         if decision == .applied {
             rememberVersion()
             if version - lastCheckpointedVersion >= checkpointInterval { try checkpoint() }
         }
+        mark("version")
         return .ack(Ack(updateID: info.updateID, outcome: decision == .applied ? .applied : .buffered, version: version))
     }
 

@@ -18,6 +18,8 @@ public final class AggregatorService: Service, @unchecked Sendable {
     let logger: Logger
     private let stopFlag = StopFlag()
     private let codec = WireCodec()
+    /// FEDLM_TRACE_TIMING=1 logs where each message's time goes.
+    private let traceTiming = ProcessInfo.processInfo.environment["FEDLM_TRACE_TIMING"] == "1"
 
     public init(core: AggregatorCore, endpoints: BrokerEndpoints, limits: TransportLimits = TransportLimits(),
                 logger: Logger = Logger(label: "fedlm.aggregator")) {
@@ -29,15 +31,26 @@ public final class AggregatorService: Service, @unchecked Sendable {
 
     public func stop() { stopFlag.set() }
 
+    private var cachedRelease: (version: Int, frames: [[UInt8]])?
+
+    /// The current release, encoded once per version.
+    func releaseFrames() -> [[UInt8]] {
+        if let c = cachedRelease, c.version == core.version { return c.frames }
+        let frames = codec.encode(core.release())
+        cachedRelease = (core.version, frames)
+        return frames
+    }
+
     public func run() async throws {
         try await withGracefulShutdownHandler {
-            try await Task.detached { try self.loop() }.value
+            try await Task.detached { try self.runBlocking() }.value
         } onGracefulShutdown: {
             self.stop()
         }
     }
 
-    func loop() throws {
+    /// The service loop on the calling thread, until `stop()`.
+    public func runBlocking() throws {
         let context = ZMQContext()
         let dealer = try ZMQSocket(context, .dealer)
         try dealer.setRoutingID(Array("aggregator".utf8))
@@ -62,7 +75,11 @@ public final class AggregatorService: Service, @unchecked Sendable {
                 try dealer.send([[]] + codec.encode(.heartbeat))
                 lastHeartbeat = now
             }
-            guard let message = try dealer.receive(timeout: 100), message.count >= 2 else { continue }
+            let tPoll = Date().timeIntervalSince1970
+            guard try dealer.poll(timeout: 100) else { continue }
+            let tReady = Date().timeIntervalSince1970
+            guard let message = try dealer.receive(timeout: 0), message.count >= 2 else { continue }
+            let tReceived = Date().timeIntervalSince1970
             let peer = message[0]
             let peerName = String(decoding: peer, as: UTF8.self)
             let decoded: Message
@@ -71,18 +88,32 @@ public final class AggregatorService: Service, @unchecked Sendable {
                 try dealer.send([peer] + codec.encode(.error(ErrorReply(e))))
                 continue
             }
-            for directive in try core.handle(decoded, from: peerName) {
+            let tDecoded = Date().timeIntervalSince1970
+            // A FETCH is answered with the release frames encoded once per version (shared with
+            // the publication below); everything else goes through the core.
+            var directives: [AggregatorDirective] = []
+            if case .fetch(let f) = decoded, f.haveVersion != core.version {
+                try dealer.send([peer] + releaseFrames())
+            } else {
+                directives = try core.handle(decoded, from: peerName)
+            }
+            let tHandled = Date().timeIntervalSince1970
+            for directive in directives {
                 switch directive {
                 case .reply(let to, let reply): try dealer.send([Array(to.utf8)] + codec.encode(reply))
                 case .publish: break
                 }
+            }
+            if traceTiming {
+                let tSent = Date().timeIntervalSince1970
+                logger.info("timing \(decoded.type): wait \(ms(tReady - tPoll)) receive \(ms(tReceived - tReady)) decode \(ms(tDecoded - tReceived)) handle \(ms(tHandled - tDecoded)) reply \(ms(tSent - tHandled))")
             }
             if case .update(let info, _) = decoded {
                 logger.info("update \(info.updateID) from \(info.trainerID) on v\(info.baseVersion) -> version \(core.version)")
             }
             if core.version > published {
                 // Releases go out on the topic "release" (per-cluster topics come with clusters).
-                _ = try? publisher.send([Array("release".utf8)] + codec.encode(core.release()), wait: false)
+                _ = try? publisher.send([Array("release".utf8)] + releaseFrames(), wait: false)
                 published = core.version
             }
             if let evaluate, core.version >= evaluated + evaluateEvery {
@@ -98,3 +129,5 @@ public final class AggregatorService: Service, @unchecked Sendable {
         logger.info("aggregator stopped at version \(core.version) (checkpointed)")
     }
 }
+
+private func ms(_ seconds: Double) -> String { String(format: "%.1fms", seconds * 1000) }

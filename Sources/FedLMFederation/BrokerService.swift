@@ -29,13 +29,14 @@ public final class BrokerService: Service, @unchecked Sendable {
 
     public func run() async throws {
         try await withGracefulShutdownHandler {
-            try await Task.detached { try self.loop() }.value
+            try await Task.detached { try self.runBlocking() }.value
         } onGracefulShutdown: {
             self.stop()
         }
     }
 
-    func loop() throws {
+    /// The service loop on the calling thread, until `stop()`.
+    public func runBlocking() throws {
         let context = ZMQContext()
         let trainers = try ZMQSocket(context, .router)
         let aggregator = try ZMQSocket(context, .router)
@@ -62,29 +63,35 @@ public final class BrokerService: Service, @unchecked Sendable {
         while !stopFlag.isSet {
             let ready = try ZMQPoller.readable([trainers, aggregator], timeout: 100)
             let now = Date().timeIntervalSince1970
-            if ready.contains(0), let message = try trainers.receive(timeout: 0), message.count >= 2 {
-                let peer = message[0]
-                if peersSeen[peer] == nil { logger.info("peer \(String(decoding: peer, as: UTF8.self)) connected") }
-                peersSeen[peer] = now
-                if let id = aggregatorID, now - aggregatorSeen < timeout {
-                    do { try aggregator.send([id] + message) } catch {
-                        logger.warning("aggregator unreachable: \(error)")
-                        aggregatorID = nil
-                    }
-                } else {
+            // Frames are handed from socket to socket without copies (tensors are most of the bytes).
+            if ready.contains(0) {
+                var unavailable: [UInt8]?
+                let head = try trainers.forward(to: aggregator, head: 1) { head in
+                    if let id = aggregatorID, now - aggregatorSeen < timeout { return [id, head[0]] }
+                    unavailable = head[0]
+                    return nil
+                }
+                if let peer = head?.first {
+                    if peersSeen[peer] == nil { logger.info("peer \(String(decoding: peer, as: UTF8.self)) connected") }
+                    peersSeen[peer] = now
+                }
+                if let peer = unavailable {
                     let reply = codec.encode(.error(ErrorReply(code: .unavailable, detail: "no aggregator is connected to the broker")))
                     _ = try? trainers.send([peer] + reply)
                 }
             }
-            if ready.contains(1), let message = try aggregator.receive(timeout: 0), message.count >= 2 {
-                if aggregatorID != message[0] { logger.info("aggregator connected") }
-                aggregatorID = message[0]
-                aggregatorSeen = now
-                let target = message[1]
-                if !target.isEmpty {
-                    do { try trainers.send(Array(message[1...])) } catch {
-                        logger.info("peer \(String(decoding: target, as: UTF8.self)) is gone; reply dropped")
+            if ready.contains(1) {
+                do {
+                    let head = try aggregator.forward(to: trainers, head: 2) { head in
+                        head[1].isEmpty ? nil : [head[1]]  // an empty target addresses the broker itself (heartbeat)
                     }
+                    if let id = head?.first {
+                        if aggregatorID != id { logger.info("aggregator connected") }
+                        aggregatorID = id
+                        aggregatorSeen = now
+                    }
+                } catch let e as ZMQError where e.code == EHOSTUNREACH {
+                    logger.info("a reply's trainer is gone; dropped")
                 }
             }
             if now - lastSweep > 1 {

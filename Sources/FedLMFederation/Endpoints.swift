@@ -18,7 +18,7 @@ public struct TransportLimits: Equatable, Sendable, Codable {
     /// Largest inbound message (bytes); a 124M-parameter update is about 500 MB.
     public var maxMessageBytes: Int64 = 1 << 30
     /// Messages queued per peer.
-    public var highWaterMark: Int32 = 16
+    public var highWaterMark: Int32 = 1000
     /// ZMTP heartbeat interval and timeout (ms): any traffic counts, so a large frame in flight
     /// never causes a false timeout.
     public var heartbeatInterval: Int32 = 1000

@@ -31,13 +31,14 @@ public final class SubscriberService: Service, @unchecked Sendable {
 
     public func run() async throws {
         try await withGracefulShutdownHandler {
-            try await Task.detached { try self.loop() }.value
+            try await Task.detached { try self.runBlocking() }.value
         } onGracefulShutdown: {
             self.stop()
         }
     }
 
-    func loop() throws {
+    /// The service loop on the calling thread, until `stop()`.
+    public func runBlocking() throws {
         let context = ZMQContext()
         let sub = try ZMQSocket(context, .sub)
         try sub.setMaximumMessageSize(1 << 31)

@@ -65,7 +65,7 @@ public final class TrainerService: Service, @unchecked Sendable {
 
     public func run() async throws {
         try await withGracefulShutdownHandler {
-            try await Task.detached { try self.loop() }.value
+            try await Task.detached { try self.runBlocking() }.value
         } onGracefulShutdown: {
             self.stop()
         }
@@ -73,7 +73,8 @@ public final class TrainerService: Service, @unchecked Sendable {
 
     var pendingPath: String { options.stateDirectory + "/pending-update.safetensors" }
 
-    func loop() throws {
+    /// The service loop on the calling thread, until `stop()`.
+    public func runBlocking() throws {
         let o = options
         try FileManager.default.createDirectory(atPath: o.stateDirectory, withIntermediateDirectories: true)
         let data = try TokenDataset(directory: o.dataDirectory)

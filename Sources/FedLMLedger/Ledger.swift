@@ -66,11 +66,12 @@ public final class Ledger {
 
     public let database: SQLiteDatabase
 
-    public init(path: String) throws {
+    /// `durable: false` commits without fsync (WAL with synchronous=NORMAL: safe against a killed
+    /// process, not against a power cut).
+    public init(path: String, durable: Bool = true) throws {
         database = try SQLiteDatabase(path: path)
+        try database.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=\(durable ? "FULL" : "NORMAL");")
         try database.execute("""
-            PRAGMA journal_mode=WAL;
-            PRAGMA synchronous=FULL;
             CREATE TABLE IF NOT EXISTS trainers (
                 id TEXT PRIMARY KEY, cluster TEXT, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
                 updates INTEGER NOT NULL DEFAULT 0);

@@ -149,6 +149,56 @@ public final class ZMQSocket: @unchecked Sendable {
         return frames
     }
 
+    /// Moves one whole multipart message from this socket to `destination` without copying its
+    /// frames: libzmq hands the buffers over. The first `head` frames are received as bytes and
+    /// given to `route`, which returns the frames to send before the rest (e.g. routing ids), or
+    /// nil to discard the rest. Returns the head frames, or nil if nothing was waiting. If the
+    /// destination refuses the message (an unknown ROUTER peer), the rest is discarded and the
+    /// error thrown after the incoming message has been fully consumed.
+    public func forward(to destination: ZMQSocket, head: Int, route: ([[UInt8]]) -> [[UInt8]]?) throws -> [[UInt8]]? {
+        guard try poll(timeout: 0) else { return nil }
+        var headFrames: [[UInt8]] = []
+        var prefix: [[UInt8]]?
+        var failure: Error?
+        var more = true
+        while more {
+            var msg = zmq_msg_t()
+            zmq_msg_init(&msg)
+            defer { zmq_msg_close(&msg) }
+            while zmq_msg_recv(&msg, handle, 0) < 0 {
+                let error = ZMQError.last("receive")
+                if error.code != EINTR { throw error }
+            }
+            more = zmq_msg_more(&msg) != 0
+            if headFrames.count < head {
+                headFrames.append(Array(UnsafeRawBufferPointer(start: zmq_msg_data(&msg), count: zmq_msg_size(&msg))))
+                if headFrames.count == head, more {
+                    prefix = route(headFrames)
+                    if let p = prefix {
+                        do { try destination.send(p, more: true) } catch {
+                            failure = error
+                            prefix = nil
+                        }
+                    }
+                }
+                continue
+            }
+            guard prefix != nil, failure == nil else { continue }  // discarding: drain the frames
+            if zmq_msg_send(&msg, destination.handle, more ? ZMQ_SNDMORE : 0) < 0 { failure = ZMQError.last("forward") }
+        }
+        if let failure { throw failure }
+        return headFrames
+    }
+
+    /// Sends frames, leaving the message open (more frames follow) when `more` is set.
+    func send(_ frames: [[UInt8]], more: Bool) throws {
+        for (i, frame) in frames.enumerated() {
+            let flags: Int32 = (i < frames.count - 1 || more) ? ZMQ_SNDMORE : 0
+            let rc = frame.withUnsafeBytes { zmq_send(handle, $0.baseAddress, frame.count, flags) }
+            if rc < 0 { throw ZMQError.last("send") }
+        }
+    }
+
     /// Waits until a message can be received; false after `timeout` ms.
     public func poll(timeout: Int32) throws -> Bool {
         var item = zmq_pollitem_t(socket: handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
