@@ -1,3 +1,4 @@
+import FedLMCheckpoint
 import FedLMLedger
 import Foundation
 import XCTest
@@ -143,5 +144,75 @@ final class FederationTests: XCTestCase {
         XCTAssertGreaterThan(losses.count, 3)
         print("federation: \(acked.count) acknowledged updates, final version \(versions.last ?? 0), validation loss \(losses.first!) -> \(losses.last!)")
         XCTAssertLessThan(losses.last!, losses.first! - 0.5, "validation loss \(losses)")
+    }
+
+    func testALateSubscriberGetsASnapshotThenEveryLaterVersionOnce() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let d = scratch.dir
+        var (status, out) = try FedLMProcess.run(["tokenizer", "train", "--vocab", "280", "--out", d + "/tok.json", scratch.corpus])
+        XCTAssertEqual(status, 0, out)
+        (status, out) = try FedLMProcess.run(["data", "prepare", "--tokenizer", d + "/tok.json", "--out", d + "/data",
+                                               "--validation-fraction", "0.2", "en=" + scratch.corpus])
+        XCTAssertEqual(status, 0, out)
+        try """
+            [model]
+            n_layer = 1
+            n_embd = 16
+            n_head = 2
+            n_positions = 16
+            vocab_size = 280
+
+            [training]
+            batch_size = 2
+            """.write(toFile: d + "/model.toml", atomically: true, encoding: .utf8)
+        let port = Int.random(in: 20_000...50_000)
+        try """
+            run_directory = "\(d)/run"
+            model = "\(d)/model.toml"
+            data = "\(d)/data"
+            [broker]
+            trainers = "tcp://127.0.0.1:\(port)"
+            aggregator = "tcp://127.0.0.1:\(port + 1)"
+            publish = "tcp://127.0.0.1:\(port + 2)"
+            releases = "tcp://127.0.0.1:\(port + 3)"
+            [aggregation]
+            mode = "fedasync"
+            server_optimizer = "sgd"
+            [[trainer]]
+            name = "t1"
+            local_steps = 2
+            tokens = 6000
+            """.write(toFile: d + "/topology.toml", atomically: true, encoding: .utf8)
+        let topology = d + "/topology.toml"
+        let broker = try FedLMProcess(["broker", "--topology", topology])
+        let aggregator = try FedLMProcess(["aggregator", "--topology", topology, "--threads", "1"])
+        let trainer = try FedLMProcess(["trainer", "--topology", topology, "--name", "t1", "--threads", "1"])
+        defer { for p in [trainer, aggregator, broker] { p.signal(SIGKILL) } }
+        // Join late: after a few versions exist.
+        let ledgerPath = d + "/run/ledger.sqlite"
+        let deadline = Date().addingTimeInterval(60)
+        func version() -> Int {
+            guard let db = try? SQLiteDatabase(path: ledgerPath) else { return 0 }
+            return (try? db.query("SELECT COALESCE(MAX(version_after), 0) FROM updates"))?.first?[0].int ?? 0
+        }
+        while version() < 3, Date() < deadline { usleep(50_000) }
+        let joinedAt = version()
+        XCTAssertGreaterThanOrEqual(joinedAt, 3)
+        let subscriber = try FedLMProcess(["subscribe", "--topology", topology, "--out", d + "/releases", "--count", "6"])
+        defer { subscriber.signal(SIGKILL) }
+        let end = Date().addingTimeInterval(60)
+        while subscriber.process.isRunning, Date() < end { usleep(100_000) }
+        XCTAssertFalse(subscriber.process.isRunning, "subscriber did not receive 6 releases")
+        let versions = subscriber.output.split(separator: "\n").compactMap { line -> Int? in
+            line.hasPrefix("release v") ? Int(line.dropFirst("release v".count)) : nil
+        }
+        XCTAssertEqual(versions.count, 6, subscriber.output)
+        XCTAssertGreaterThanOrEqual(versions.first ?? 0, joinedAt, "the first release is a snapshot of the state when it joined")
+        XCTAssertEqual(versions, versions.sorted(), "in order")
+        XCTAssertEqual(Set(versions).count, versions.count, "no version twice")
+        // Consecutive: nothing missed between the snapshot and the stream (FedAsync: one version per update).
+        XCTAssertEqual(versions.last! - versions.first!, versions.count - 1, "no version skipped: \(versions)")
+        for v in versions { XCTAssertNoThrow(try Checkpoint.verifyChecksums(d + "/releases/v\(v)")) }
     }
 }
