@@ -34,8 +34,9 @@ struct EvalCommand: ParsableCommand {
         }
         print("cluster        loss    perplexity   tokens")
         for r in rows {
-            print(String(format: "%-12@ %7.4f  %10.2f  %7d", r["cluster"] as! String, r["loss"] as! Double, r["perplexity"] as! Double, r["tokens"] as! Int))
+            let name = (r["cluster"] as! String).padding(toLength: 12, withPad: " ", startingAt: 0)
+            print(name + String(format: " %7.4f  %10.2f  %7d", r["loss"] as! Double, r["perplexity"] as! Double, r["tokens"] as! Int))
         }
-        print(String(format: "%-12@ %7.4f  %10.2f", "mean", mean, exp(mean)))
+        print("mean        " + String(format: " %7.4f  %10.2f", mean, exp(mean)))
     }
 }

@@ -13,11 +13,13 @@ struct SampleCommand: ParsableCommand {
     @Option(help: "Sampling temperature (0: greedy).") var temperature: Float = 0.8
     @Option(help: "Sample among the k most likely tokens (0: all).") var topK: Int = 40
     @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Option(help: "tokenizer.json (default: the checkpoint's own; without one, bytes are tokens).") var tokenizer: String?
 
     func run() throws {
         let model = try Checkpoint.load(from: checkpoint).model
-        let tokenizerFile = checkpoint + "/tokenizer.json"
-        let text = try SampleText.generate(model: model, tokenizerFile: FileManager.default.fileExists(atPath: tokenizerFile) ? tokenizerFile : nil,
+        let own = checkpoint + "/tokenizer.json"
+        let tokenizerFile = tokenizer ?? (FileManager.default.fileExists(atPath: own) ? own : nil)
+        let text = try SampleText.generate(model: model, tokenizerFile: tokenizerFile,
                                            prompt: prompt, tokens: tokens, temperature: temperature, topK: topK, seed: seed)
         print(prompt + text)
     }
