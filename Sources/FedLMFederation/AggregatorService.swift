@@ -3,12 +3,11 @@ import FedLMProtocol
 import FedLMZeroMQ
 import Foundation
 import Logging
-import ServiceLifecycle
 
 /// Runs an `AggregatorCore` behind the broker: receives [peer, frames...] on a DEALER,
 /// decodes and validates, lets the core decide, sends replies, publishes a release after each
 /// new version, and sends heartbeats so the broker knows it is there.
-public final class AggregatorService: Service, @unchecked Sendable {
+public final class AggregatorService: BlockingService, @unchecked Sendable {
     public let core: AggregatorCore
     public let endpoints: BrokerEndpoints
     public let limits: TransportLimits
@@ -41,22 +40,12 @@ public final class AggregatorService: Service, @unchecked Sendable {
         return frames
     }
 
-    public func run() async throws {
-        try await withGracefulShutdownHandler {
-            try await Task.detached { try self.runBlocking() }.value
-        } onGracefulShutdown: {
-            self.stop()
-        }
-    }
-
     /// The service loop on the calling thread, until `stop()`.
     public func runBlocking() throws {
         let context = ZMQContext()
         let dealer = try ZMQSocket(context, .dealer)
         try dealer.setRoutingID(Array("aggregator".utf8))
-        try dealer.setMaximumMessageSize(limits.maxMessageBytes)
-        try dealer.setHighWaterMarks(send: limits.highWaterMark, receive: limits.highWaterMark)
-        try dealer.setHeartbeat(interval: limits.heartbeatInterval, timeout: limits.heartbeatTimeout)
+        try limits.apply(to: dealer)
         try dealer.connect(BrokerEndpoints.connectable(endpoints.aggregator))
         let publisher = try ZMQSocket(context, .pub)
         try publisher.setHighWaterMarks(send: 4, receive: 4)

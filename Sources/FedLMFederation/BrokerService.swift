@@ -2,7 +2,6 @@ import FedLMProtocol
 import FedLMZeroMQ
 import Foundation
 import Logging
-import ServiceLifecycle
 
 /// The broker: routes trainers' messages to the aggregator and back, and relays releases.
 /// It holds no model state; it knows only which peers it has heard from recently.
@@ -12,7 +11,7 @@ import ServiceLifecycle
 /// to T. The aggregator says where it is by sending [""] + HEARTBEAT (an empty peer addresses the
 /// broker). While no aggregator has been heard from within the heartbeat timeout, trainers get
 /// ERROR `unavailable` at once instead of waiting.
-public final class BrokerService: Service, @unchecked Sendable {
+public final class BrokerService: BlockingService, @unchecked Sendable {
     public let endpoints: BrokerEndpoints
     public let limits: TransportLimits
     let logger: Logger
@@ -27,23 +26,13 @@ public final class BrokerService: Service, @unchecked Sendable {
 
     public func stop() { stopFlag.set() }
 
-    public func run() async throws {
-        try await withGracefulShutdownHandler {
-            try await Task.detached { try self.runBlocking() }.value
-        } onGracefulShutdown: {
-            self.stop()
-        }
-    }
-
     /// The service loop on the calling thread, until `stop()`.
     public func runBlocking() throws {
         let context = ZMQContext()
         let trainers = try ZMQSocket(context, .router)
         let aggregator = try ZMQSocket(context, .router)
         for s in [trainers, aggregator] {
-            try s.setMaximumMessageSize(limits.maxMessageBytes)
-            try s.setHighWaterMarks(send: limits.highWaterMark, receive: limits.highWaterMark)
-            try s.setHeartbeat(interval: limits.heartbeatInterval, timeout: limits.heartbeatTimeout)
+            try limits.apply(to: s)
             try s.setRouterMandatory(true)
         }
         try trainers.bind(endpoints.trainers)

@@ -24,4 +24,13 @@ public struct TransportLimits: Equatable, Sendable, Codable {
     public var heartbeatInterval: Int32 = 1000
     public var heartbeatTimeout: Int32 = 10_000
     public init() {}
+
+    /// Sets the message size limit, high-water marks and heartbeats on a socket.
+    public func apply(to socket: ZMQSocket) throws {
+        try socket.setMaximumMessageSize(maxMessageBytes)
+        try socket.setHighWaterMarks(send: highWaterMark, receive: highWaterMark)
+        try socket.setHeartbeat(interval: heartbeatInterval, timeout: heartbeatTimeout)
+    }
 }
+
+import FedLMZeroMQ

@@ -4,13 +4,12 @@ import FedLMProtocol
 import FedLMZeroMQ
 import Foundation
 import Logging
-import ServiceLifecycle
 
 /// Receives model releases: subscribes first, then fetches a snapshot of the latest release,
 /// then takes the stream, dropping what the snapshot already covers, so it neither misses nor
 /// double-counts a version. Each new version is written to `<out>/v<N>` as a checkpoint that
 /// `transformers` loads, and reported to `onRelease`.
-public final class SubscriberService: Service, @unchecked Sendable {
+public final class SubscriberService: BlockingService, @unchecked Sendable {
     public let endpoints: BrokerEndpoints
     public let outDirectory: String?
     public let modelConfig: GPT2Config
@@ -28,14 +27,6 @@ public final class SubscriberService: Service, @unchecked Sendable {
     }
 
     public func stop() { stopFlag.set() }
-
-    public func run() async throws {
-        try await withGracefulShutdownHandler {
-            try await Task.detached { try self.runBlocking() }.value
-        } onGracefulShutdown: {
-            self.stop()
-        }
-    }
 
     /// The service loop on the calling thread, until `stop()`.
     public func runBlocking() throws {

@@ -6,7 +6,6 @@ import FedLMTensor
 import FedLMZeroMQ
 import Foundation
 import Logging
-import ServiceLifecycle
 
 /// What one trainer does and on which data.
 public struct TrainerOptions: Sendable {
@@ -43,7 +42,7 @@ public struct TrainerOptions: Sendable {
 /// sends the pseudo-gradient (start minus end weights) tagged with its base version, and repeats.
 /// An update is written to disk before it is sent and deleted only when acknowledged, so a
 /// trainer restarted after any crash resends it (the aggregator dedupes by id).
-public final class TrainerService: Service, @unchecked Sendable {
+public final class TrainerService: BlockingService, @unchecked Sendable {
     public let options: TrainerOptions
     public let endpoints: BrokerEndpoints
     public let limits: TransportLimits
@@ -63,14 +62,6 @@ public final class TrainerService: Service, @unchecked Sendable {
 
     public func stop() { stopFlag.set() }
 
-    public func run() async throws {
-        try await withGracefulShutdownHandler {
-            try await Task.detached { try self.runBlocking() }.value
-        } onGracefulShutdown: {
-            self.stop()
-        }
-    }
-
     var pendingPath: String { options.stateDirectory + "/pending-update.safetensors" }
 
     /// The service loop on the calling thread, until `stop()`.
@@ -87,9 +78,7 @@ public final class TrainerService: Service, @unchecked Sendable {
         let context = ZMQContext()
         let socket = try ZMQSocket(context, .dealer)
         try socket.setRoutingID(Array(o.id.utf8))
-        try socket.setMaximumMessageSize(limits.maxMessageBytes)
-        try socket.setHighWaterMarks(send: limits.highWaterMark, receive: limits.highWaterMark)
-        try socket.setHeartbeat(interval: limits.heartbeatInterval, timeout: limits.heartbeatTimeout)
+        try limits.apply(to: socket)
         try socket.connect(BrokerEndpoints.connectable(endpoints.trainers))
         defer { socket.close() }
 
@@ -191,7 +180,7 @@ public final class TrainerService: Service, @unchecked Sendable {
             if try deliver(frames, id: id) { updatesAcknowledged += 1 }
             logger.info("\(o.id): round \(round) on v\(info.version): \(h) steps, loss \(String(format: "%.4f", lastLoss)), \(tokensTrained) tokens")
         }
-        if !stopFlag.isSet { try? socket.send(codec.encode(.bye("done"))) }
+        if !stopFlag.isSet { _ = try? socket.send(codec.encode(.bye("done"))) }
         logger.info("\(o.id): stopped after \(tokensTrained) tokens, \(updatesAcknowledged) updates acknowledged")
     }
 }

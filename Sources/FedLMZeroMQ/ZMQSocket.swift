@@ -54,10 +54,10 @@ public final class ZMQSocket: @unchecked Sendable {
 
     /// The endpoint last bound, with the port the OS chose for `tcp://127.0.0.1:*`.
     public var lastEndpoint: String {
-        var buffer = [CChar](repeating: 0, count: 512)
+        var buffer = [UInt8](repeating: 0, count: 512)
         var size = buffer.count
         zmq_getsockopt(handle, ZMQ_LAST_ENDPOINT, &buffer, &size)
-        return String(cString: buffer)
+        return String(decoding: buffer.prefix { $0 != 0 }, as: UTF8.self)
     }
 
     // MARK: Options

@@ -10,48 +10,26 @@ final class DataFlowTests: XCTestCase {
         defer { scratch.remove() }
         let d = scratch.dir
         // Two clusters: the scratch corpus and a German-ish variant of it.
-        let german = try String(contentsOfFile: scratch.corpus, encoding: .utf8)
-            .replacingOccurrences(of: "the", with: "der").replacingOccurrences(of: "model", with: "Modell")
-        try german.write(toFile: d + "/de.txt", atomically: true, encoding: .utf8)
-
-        var (status, out) = try FedLMProcess.run(["tokenizer", "train", "--vocab", "300", "--out", d + "/tok.json", scratch.corpus, d + "/de.txt"])
-        XCTAssertEqual(status, 0, out)
-        (status, out) = try FedLMProcess.run(["data", "prepare", "--tokenizer", d + "/tok.json", "--out", d + "/data",
-                                               "--validation-fraction", "0.2", "en=" + scratch.corpus, d + "/de.txt"])
-        XCTAssertEqual(status, 0, out)
-        XCTAssertTrue(out.contains("en:") && out.contains("de:"), out)
-
-        try """
-            [model]
-            n_layer = 2
-            n_embd = 32
-            n_head = 2
-            n_positions = 32
-            vocab_size = 300
-
-            [training]
-            batch_size = 4
-            learning_rate = 3e-3
-            warmup_steps = 5
-            max_steps = 30
-            """.write(toFile: d + "/model.toml", atomically: true, encoding: .utf8)
-        (status, out) = try FedLMProcess.run(["train", "--config", d + "/model.toml", "--data", d + "/data", "--out", d + "/run",
+        let data = try scratch.prepareData(vocab: 300, clusters: ["en": scratch.corpus, "de": try scratch.writeGermanVariant()])
+        _ = try scratch.writeModelConfig(vocab: 300, training: "learning_rate = 3e-3\nwarmup_steps = 5\nmax_steps = 30")
+        var status: Int32, out: String
+        (status, out) = try FedLMProcess.run(["train", "--config", d + "/model.toml", "--data", data, "--out", d + "/run",
                                                "--validate-every", "15", "--sample-bytes", "20"])
         XCTAssertEqual(status, 0, out)
-        XCTAssertTrue(out.contains("validation en") && out.contains(" de "), out)
+        XCTAssertTrue(out.contains("validation de") && out.contains(" en "), out)
         let curve = try String(contentsOfFile: d + "/run/validation.csv", encoding: .utf8).split(separator: "\n")
-        XCTAssertEqual(curve.first, "step,tokens,seconds,en,de,mean")
+        XCTAssertEqual(curve.first, "step,tokens,seconds,de,en,mean")
         XCTAssertEqual(curve.count, 4, "header + steps 0, 15, 30")
         let first = Double(curve[1].split(separator: ",").last!)!, last = Double(curve[3].split(separator: ",").last!)!
         XCTAssertLessThan(last, first, "validation loss falls")
         XCTAssertTrue(FileManager.default.fileExists(atPath: d + "/run/checkpoint/tokenizer.json"))
         XCTAssertNoThrow(try Checkpoint.verifyChecksums(d + "/run/checkpoint"))
 
-        (status, out) = try FedLMProcess.run(["eval", "--checkpoint", d + "/run/checkpoint", "--data", d + "/data", "--json"])
+        (status, out) = try FedLMProcess.run(["eval", "--checkpoint", d + "/run/checkpoint", "--data", data, "--json"])
         XCTAssertEqual(status, 0, out)
         let json = try JSONSerialization.jsonObject(with: Data(out.split(separator: "\n").last!.utf8)) as! [String: Any]
         let clusters = (json["clusters"] as! [[String: Any]]).map { $0["cluster"] as! String }
-        XCTAssertEqual(clusters, ["en", "de"])
+        XCTAssertEqual(clusters, ["de", "en"])
         XCTAssertEqual(json["mean_loss"] as! Double, last, accuracy: 0.3)
 
         (status, out) = try FedLMProcess.run(["sample", "--checkpoint", d + "/run/checkpoint", "--prompt", "the ", "--tokens", "10"])

@@ -26,7 +26,7 @@ struct FedLMProcess {
         for (k, v) in environment { env[k] = v }
         process.environment = env
         outputFile = NSTemporaryDirectory() + "fedlm-out-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).log"
-        FileManager.default.createFile(atPath: outputFile, contents: nil)
+        _ = FileManager.default.createFile(atPath: outputFile, contents: nil)
         let handle = FileHandle(forWritingAtPath: outputFile)!
         process.standardOutput = handle
         process.standardError = handle
@@ -75,8 +75,6 @@ struct Scratch {
             seed = 77
             """.write(toFile: config, atomically: true, encoding: .utf8)
         let words = ["the", "federated", "model", "learns", "from", "many", "private", "corpora", "without", "sharing", "data"]
-        var rng = SystemRandomNumberGenerator()
-        _ = rng
         var text = ""
         var state: UInt64 = 12345
         while text.utf8.count < 40_000 {
@@ -88,6 +86,45 @@ struct Scratch {
 
     var config: String { dir + "/test.toml" }
     var corpus: String { dir + "/corpus.txt" }
+
+    /// A second data cluster: the corpus with a few words made German.
+    func writeGermanVariant() throws -> String {
+        let path = dir + "/de.txt"
+        try String(contentsOfFile: corpus, encoding: .utf8)
+            .replacingOccurrences(of: "the", with: "der").replacingOccurrences(of: "model", with: "Modell")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// `fedlm tokenizer train` on the clusters' files, then `fedlm data prepare`; returns the data directory.
+    func prepareData(vocab: Int, clusters: [String: String]) throws -> String {
+        var (status, out) = try FedLMProcess.run(["tokenizer", "train", "--vocab", "\(vocab)", "--out", dir + "/tok.json"]
+                                                 + clusters.keys.sorted().map { clusters[$0]! })
+        XCTAssertEqual(status, 0, out)
+        (status, out) = try FedLMProcess.run(["data", "prepare", "--tokenizer", dir + "/tok.json", "--out", dir + "/data",
+                                               "--validation-fraction", "0.2"] + clusters.keys.sorted().map { "\($0)=\(clusters[$0]!)" })
+        XCTAssertEqual(status, 0, out)
+        return dir + "/data"
+    }
+
+    /// A small model config for the prepared data; returns its path.
+    func writeModelConfig(layers: Int = 2, embedding: Int = 32, context: Int = 32, vocab: Int, batch: Int = 4,
+                          training: String = "learning_rate = 3e-3\nwarmup_steps = 5\nmax_steps = 1000") throws -> String {
+        let path = dir + "/model.toml"
+        try """
+            [model]
+            n_layer = \(layers)
+            n_embd = \(embedding)
+            n_head = 2
+            n_positions = \(context)
+            vocab_size = \(vocab)
+
+            [training]
+            batch_size = \(batch)
+            \(training)
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
 
     func remove() { try? FileManager.default.removeItem(atPath: dir) }
 }

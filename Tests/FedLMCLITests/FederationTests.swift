@@ -10,29 +10,9 @@ final class FederationTests: XCTestCase {
         let scratch = try Scratch()
         defer { scratch.remove() }
         let d = scratch.dir
-        let german = try String(contentsOfFile: scratch.corpus, encoding: .utf8)
-            .replacingOccurrences(of: "the", with: "der").replacingOccurrences(of: "model", with: "Modell")
-        try german.write(toFile: d + "/de.txt", atomically: true, encoding: .utf8)
-        var (status, out) = try FedLMProcess.run(["tokenizer", "train", "--vocab", "300", "--out", d + "/tok.json", scratch.corpus, d + "/de.txt"])
-        XCTAssertEqual(status, 0, out)
-        (status, out) = try FedLMProcess.run(["data", "prepare", "--tokenizer", d + "/tok.json", "--out", d + "/data",
-                                               "--validation-fraction", "0.2", "en=" + scratch.corpus, "de=" + d + "/de.txt"])
-        XCTAssertEqual(status, 0, out)
-        try """
-            [model]
-            n_layer = 2
-            n_embd = 32
-            n_head = 2
-            n_positions = 32
-            vocab_size = 300
-
-            [training]
-            batch_size = 4
-            learning_rate = 3e-3
-            warmup_steps = 5
-            max_steps = 1000
-            """.write(toFile: d + "/model.toml", atomically: true, encoding: .utf8)
-        let port = Int.random(in: 20_000...50_000)
+        let data = try scratch.prepareData(vocab: 300, clusters: ["en": scratch.corpus, "de": try scratch.writeGermanVariant()])
+        let model = try scratch.writeModelConfig(vocab: 300)
+        let port = Int.random(in: 20_000...32_000)  // below the ephemeral port range
         let trainerBlock = { (name: String, clusters: String) in
             """
 
@@ -47,8 +27,8 @@ final class FederationTests: XCTestCase {
         try ("""
             name = "test"
             run_directory = "\(d)/run"
-            model = "\(d)/model.toml"
-            data = "\(d)/data"
+            model = "\(model)"
+            data = "\(data)"
 
             [broker]
             trainers = "tcp://127.0.0.1:\(port)"
@@ -150,27 +130,13 @@ final class FederationTests: XCTestCase {
         let scratch = try Scratch()
         defer { scratch.remove() }
         let d = scratch.dir
-        var (status, out) = try FedLMProcess.run(["tokenizer", "train", "--vocab", "280", "--out", d + "/tok.json", scratch.corpus])
-        XCTAssertEqual(status, 0, out)
-        (status, out) = try FedLMProcess.run(["data", "prepare", "--tokenizer", d + "/tok.json", "--out", d + "/data",
-                                               "--validation-fraction", "0.2", "en=" + scratch.corpus])
-        XCTAssertEqual(status, 0, out)
-        try """
-            [model]
-            n_layer = 1
-            n_embd = 16
-            n_head = 2
-            n_positions = 16
-            vocab_size = 280
-
-            [training]
-            batch_size = 2
-            """.write(toFile: d + "/model.toml", atomically: true, encoding: .utf8)
-        let port = Int.random(in: 20_000...50_000)
+        let data = try scratch.prepareData(vocab: 280, clusters: ["en": scratch.corpus])
+        let model = try scratch.writeModelConfig(layers: 1, embedding: 16, context: 16, vocab: 280, batch: 2, training: "")
+        let port = Int.random(in: 20_000...32_000)  // below the ephemeral port range
         try """
             run_directory = "\(d)/run"
-            model = "\(d)/model.toml"
-            data = "\(d)/data"
+            model = "\(model)"
+            data = "\(data)"
             [broker]
             trainers = "tcp://127.0.0.1:\(port)"
             aggregator = "tcp://127.0.0.1:\(port + 1)"

@@ -102,7 +102,7 @@ struct BenchUpdateCommand: ParsableCommand {
         let strategyGBs = bytes / median(strategyT) / 1e9
 
         // 4. The full exchange through a real broker and aggregator.
-        let port = Int.random(in: 20_000...50_000)
+        let port = Int.random(in: 20_000...32_000)  // below the ephemeral port range
         var endpoints = BrokerEndpoints()
         endpoints.trainers = "tcp://127.0.0.1:\(port)"
         endpoints.aggregator = "tcp://127.0.0.1:\(port + 1)"

@@ -25,7 +25,7 @@ struct UpCommand: ParsableCommand {
             p.executableURL = URL(fileURLWithPath: me)
             p.arguments = arguments
             let log = logs + "/\(name).log"
-            fm.createFile(atPath: log, contents: nil)
+            _ = fm.createFile(atPath: log, contents: nil)
             let handle = FileHandle(forWritingAtPath: log)!
             handle.seekToEndOfFile()
             p.standardOutput = handle
