@@ -181,4 +181,73 @@ final class FederationTests: XCTestCase {
         XCTAssertEqual(versions.last! - versions.first!, versions.count - 1, "no version skipped: \(versions)")
         for v in versions { XCTAssertNoThrow(try Checkpoint.verifyChecksums(d + "/releases/v\(v)")) }
     }
+
+    func testTrainersCarryOnThroughABrokerRestartWithoutLosingUpdates() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let d = scratch.dir
+        let data = try scratch.prepareData(vocab: 280, clusters: ["en": scratch.corpus])
+        let model = try scratch.writeModelConfig(layers: 1, embedding: 16, context: 16, vocab: 280, batch: 2, training: "")
+        let port = Int.random(in: 20_000...32_000)  // below the ephemeral port range
+        try """
+            run_directory = "\(d)/run"
+            model = "\(model)"
+            data = "\(data)"
+            [broker]
+            trainers = "tcp://127.0.0.1:\(port)"
+            aggregator = "tcp://127.0.0.1:\(port + 1)"
+            publish = "tcp://127.0.0.1:\(port + 2)"
+            releases = "tcp://127.0.0.1:\(port + 3)"
+            [aggregation]
+            mode = "fedbuff"
+            buffer_size = 2
+            server_optimizer = "sgd"
+            server_learning_rate = 1.0
+            max_staleness = 50
+            [[trainer]]
+            name = "a"
+            local_steps = 3
+            tokens = 6000
+            ack_timeout = 2.0
+            [[trainer]]
+            name = "b"
+            local_steps = 3
+            tokens = 6000
+            ack_timeout = 2.0
+            """.write(toFile: d + "/topology.toml", atomically: true, encoding: .utf8)
+        let topology = d + "/topology.toml"
+        var broker = try FedLMProcess(["broker", "--topology", topology])
+        let aggregator = try FedLMProcess(["aggregator", "--topology", topology, "--threads", "1"])
+        let trainers = try ["a", "b"].map { try FedLMProcess(["trainer", "--topology", topology, "--name", $0, "--threads", "1"]) }
+        defer { for p in trainers + [aggregator, broker] { p.signal(SIGKILL) } }
+        let ledgerPath = d + "/run/ledger.sqlite"
+        func updates() -> Int {
+            guard let db = try? SQLiteDatabase(path: ledgerPath) else { return 0 }
+            return (try? db.query("SELECT COUNT(*) FROM updates WHERE outcome != 'refused'"))?.first?[0].int ?? 0
+        }
+        var deadline = Date().addingTimeInterval(60)
+        while updates() < 4, Date() < deadline { usleep(50_000) }
+        // The broker dies with messages in flight, and comes back a second later on the same ports.
+        broker.signal(SIGKILL)
+        broker.wait()
+        let atKill = updates()
+        usleep(1_000_000)
+        broker = try FedLMProcess(["broker", "--topology", topology])
+        deadline = Date().addingTimeInterval(120)
+        for t in trainers { while t.process.isRunning, Date() < deadline { usleep(100_000) } }
+        XCTAssertTrue(trainers.allSatisfy { !$0.process.isRunning }, "trainers finished after the broker restart")
+        XCTAssertGreaterThan(updates(), atKill, "updates kept flowing after the broker came back")
+        aggregator.signal(SIGTERM)
+        aggregator.wait()
+        let ledger = try Ledger(path: ledgerPath)
+        let logs = trainers.map(\.output).joined(separator: "\n")
+        let acked = logs.split(separator: "\n").compactMap { line -> String? in
+            guard let r = line.range(of: "update "), let end = line.range(of: " acknowledged") else { return nil }
+            return String(line[r.upperBound..<end.lowerBound])
+        }
+        XCTAssertGreaterThan(acked.count, atKill)
+        for id in acked { XCTAssertNotNil(try ledger.update(id: id), "acknowledged update \(id) missing") }
+        // Each trainer trained its whole token budget: every finished update was delivered.
+        for t in trainers { XCTAssertTrue(t.output.contains("stopped after"), t.output) }
+    }
 }
