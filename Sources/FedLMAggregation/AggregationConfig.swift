@@ -12,8 +12,11 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
     public var staleness: StalenessWeight = .inverseSquareRoot
     public var maxStaleness = 8
     public var serverOptimizer: ServerOptimizerKind = .nesterov(learningRate: 0.7, momentum: 0.9)
-    /// Sync: trainers per round.
+    /// Sync: trainers per round (fewer while fewer are alive).
     public var participants = 2
+    /// A trainer silent this long (seconds) is forgotten: it must say HELLO again, and sync
+    /// rounds stop waiting for it. Trainers send heartbeats while they train.
+    public var trainerTimeout = 60.0
     /// Write a checkpoint every this many versions.
     public var checkpointEvery = 1
 

@@ -22,12 +22,15 @@ public struct Contribution {
     public let staleness: Int
     /// Data weight, e.g. tokens trained on (FedAvg weights by it).
     public let dataWeight: Double
+    /// Who sent it (a synchronous round takes one update per trainer).
+    public let trainer: String
 
-    public init(delta: ParameterVector, base: ParameterVector? = nil, staleness: Int, dataWeight: Double = 1) {
+    public init(delta: ParameterVector, base: ParameterVector? = nil, staleness: Int, dataWeight: Double = 1, trainer: String = "") {
         self.delta = delta
         self.base = base
         self.staleness = staleness
         self.dataWeight = dataWeight
+        self.trainer = trainer
     }
 }
 
@@ -144,6 +147,9 @@ public final class SynchronousFedAvg: AggregationStrategy {
     private let sum: ParameterVector
     private var received = 0
     private var totalWeight = 0.0
+    /// Trainers in the current round (rebuilt by replay after a restart, lost across a
+    /// checkpoint taken mid-round).
+    private var contributors = Set<String>()
     public var maxStaleness: Int { 0 }
     public var name: String { "sync" }
 
@@ -167,11 +173,27 @@ public final class SynchronousFedAvg: AggregationStrategy {
         sum = ParameterVector(layout: layout)
     }
 
-    /// Changes how many updates the next round waits for (trainers joined or left). Only
-    /// between rounds, so a round never mixes two selections.
-    public func setParticipants(_ n: Int) {
+    /// Changes how many updates rounds wait for (trainers joined, left or died). Growing takes
+    /// effect from the next round; shrinking applies at once, and if the current round already
+    /// has that many updates it completes now (returns `.applied`), so a dead participant never
+    /// stalls the federation.
+    @discardableResult
+    public func setParticipants(_ n: Int, model: ParameterVector) -> AggregationDecision {
         precondition(n >= 1)
-        if received == 0 { expected = n }
+        if received == 0 || n < expected { expected = n }
+        guard received > 0, received >= expected else { return .buffered(count: received, needed: expected) }
+        completeRound(model)
+        return .applied
+    }
+
+    private func completeRound(_ model: ParameterVector) {
+        let inv = Float(1 / totalWeight), s = sum.pointer
+        for i in 0..<sum.count { s[i] *= inv }
+        optimizer.apply(sum, to: model)
+        sum.zero()
+        received = 0
+        totalWeight = 0
+        contributors = []
     }
 
     public var waitingFor: Int { expected - received }
@@ -180,17 +202,16 @@ public final class SynchronousFedAvg: AggregationStrategy {
         if c.delta.layout != model.layout { return .refused("the update's tensors do not match the model's names and shapes") }
         if c.staleness != 0 { return .refused("synchronous round expects the current version (staleness \(c.staleness))") }
         guard c.dataWeight > 0, c.dataWeight.isFinite else { return .refused("data weight must be positive") }
+        guard !contributors.contains(c.trainer) else {
+            return .refused("\(c.trainer) already contributed to this round; wait for the next version")
+        }
+        contributors.insert(c.trainer)
         let w = Float(c.dataWeight), s = sum.pointer, d = c.delta.pointer
         for i in 0..<sum.count { s[i] += w * d[i] }
         received += 1
         totalWeight += c.dataWeight
-        guard received == expected else { return .buffered(count: received, needed: expected) }
-        let inv = Float(1 / totalWeight)
-        for i in 0..<sum.count { s[i] *= inv }
-        optimizer.apply(sum, to: model)
-        sum.zero()
-        received = 0
-        totalWeight = 0
+        guard received >= expected else { return .buffered(count: received, needed: expected) }
+        completeRound(model)
         return .applied
     }
 }

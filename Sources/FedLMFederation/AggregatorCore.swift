@@ -33,6 +33,8 @@ public final class AggregatorCore {
     /// Weights of recent versions (FedAsync mixes with the trainer's starting weights).
     private var recentVersions: [Int: ParameterVector] = [:]
     private var knownTrainers: [String: String?] = [:]
+    /// When each known trainer was last heard from.
+    private var lastSeen: [String: Double] = [:]
     public var log: (String) -> Void = { _ in }
 
     static let traceTiming = ProcessInfo.processInfo.environment["FEDLM_TRACE_TIMING"] == "1"
@@ -82,12 +84,16 @@ public final class AggregatorCore {
     // MARK: Messages
 
     public func handle(_ message: Message, from peer: String, now: Double = Date().timeIntervalSince1970) throws -> [AggregatorDirective] {
+        if knownTrainers[peer] != nil { lastSeen[peer] = now }
         switch message {
         case .hello(let h):
             try ledger.touchTrainer(h.trainerID, cluster: h.cluster, at: now)
             knownTrainers[h.trainerID] = h.cluster
+            lastSeen[h.trainerID] = now
+            try adjustParticipants(growOnly: true)
             return [.reply(to: peer, .welcome(Welcome(trainerID: h.trainerID, cluster: h.cluster, heartbeatMilliseconds: 1000,
-                                                      maxStaleness: config.maxStaleness, latestVersion: version)))]
+                                                      maxStaleness: config.maxStaleness, latestVersion: version,
+                                                      mode: config.mode.rawValue)))]
         case .fetch(let f):
             if let have = f.haveVersion, have == version { return [.reply(to: peer, .heartbeat)] }
             return [.reply(to: peer, release())]
@@ -150,7 +156,8 @@ public final class AggregatorCore {
                               sync: config.durability == .machine)
         mark("write delta")
         let decision = strategy.receive(Contribution(delta: delta, base: recentVersions[info.baseVersion], staleness: staleness,
-                                                     dataWeight: Double(max(info.tokens, 1))), model: model.parameters)
+                                                     dataWeight: Double(max(info.tokens, 1)), trainer: info.trainerID),
+                                        model: model.parameters)
         if case .refused(let why) = decision {
             try? FileManager.default.removeItem(atPath: deltaPath)
             return try refuse(ProtocolError(.tooStale, why), staleness: staleness)
@@ -170,6 +177,35 @@ public final class AggregatorCore {
         }
         mark("version")
         return .ack(Ack(updateID: info.updateID, outcome: decision == .applied ? .applied : .buffered, version: version))
+    }
+
+    /// Forgets trainers silent for longer than the timeout (they re-register with HELLO) and
+    /// lets a synchronous round stop waiting for them. Returns the trainers forgotten.
+    @discardableResult
+    public func expireSilentTrainers(now: Double = Date().timeIntervalSince1970) throws -> [String] {
+        let silent = lastSeen.filter { now - $0.value > config.trainerTimeout }.map(\.key).sorted()
+        for t in silent {
+            knownTrainers[t] = nil
+            lastSeen[t] = nil
+            log("trainer \(t) silent for over \(Int(config.trainerTimeout)) s: forgotten")
+        }
+        if !silent.isEmpty { try adjustParticipants(growOnly: false) }
+        return silent
+    }
+
+    /// Sync rounds wait for min(participants, trainers alive), at least one. A HELLO only grows
+    /// a round back (after trainers died); trainers not yet joined are still waited for.
+    private func adjustParticipants(growOnly: Bool) throws {
+        guard let sync = strategy as? SynchronousFedAvg else { return }
+        let target = max(1, min(config.participants, knownTrainers.count))
+        if growOnly, target <= sync.expected { return }
+        if sync.setParticipants(target, model: model.parameters) == .applied {
+            version += 1
+            try ledger.recordMetric("round_closed_early", 1, version: version)
+            rememberVersion()
+            // A version no update record explains: checkpoint it, so a restart never has to replay across it.
+            try checkpoint()
+        }
     }
 
     /// FedAsync mixes with the trainer's starting weights, which a restart no longer holds, so it
@@ -231,8 +267,8 @@ public final class AggregatorCore {
             }
             let delta = ParameterVector(layout: model.layout)
             try SafeTensorsFile(path: path).copyFloats("delta", shape: [delta.count], into: delta.pointer)
-            let decision = strategy.receive(Contribution(delta: delta, staleness: u.staleness, dataWeight: Double(max(u.tokens, 1))),
-                                            model: model.parameters)
+            let decision = strategy.receive(Contribution(delta: delta, staleness: u.staleness, dataWeight: Double(max(u.tokens, 1)),
+                                                         trainer: u.trainer), model: model.parameters)
             if decision == .applied { version += 1 }
             guard version == u.versionAfter else {
                 throw FederationError.replayDiverged("update \(u.id) gave version \(version), the ledger says \(u.versionAfter)")

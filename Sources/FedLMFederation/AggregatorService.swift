@@ -63,6 +63,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
             if now - lastHeartbeat > 0.5 {
                 try dealer.send([[]] + codec.encode(.heartbeat))
                 lastHeartbeat = now
+                try core.expireSilentTrainers(now: now)
             }
             let tPoll = Date().timeIntervalSince1970
             guard try dealer.poll(timeout: 100) else { continue }

@@ -29,7 +29,8 @@ import TOMLKit
 ///     server_learning_rate = 0.7
 ///     server_momentum = 0.9
 ///     delayed_period = 4                    # delayed_nesterov
-///     participants = 4                      # sync
+///     participants = 4                      # sync (fewer while fewer trainers are alive)
+///     trainer_timeout = 60.0                # seconds of silence before a trainer is forgotten
 ///     checkpoint_every = 5
 ///     durability = "machine"                # machine (fsync before ack) | process (survives kill -9)
 ///     evaluate_every = 5
@@ -106,7 +107,8 @@ public struct Topology: Sendable {
             let p = "aggregation."
             try allow(a, ["mode", "buffer_size", "mixing", "staleness", "staleness_exponent", "hinge_slope", "hinge_cutoff",
                           "max_staleness", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
-                          "participants", "checkpoint_every", "evaluate_every", "adam_beta1", "adam_beta2", "durability"], p, bad)
+                          "participants", "checkpoint_every", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
+                          "trainer_timeout"], p, bad)
             var c = AggregationConfig()
             if let m = try string(a, "mode", p) {
                 guard let mode = AggregationConfig.Mode(rawValue: m) else { throw bad("'aggregation.mode' is '\(m)', not fedasync, fedbuff or sync") }
@@ -115,6 +117,10 @@ public struct Topology: Sendable {
             if let v = try string(a, "durability", p) {
                 guard let d = AggregationConfig.Durability(rawValue: v) else { throw bad("'aggregation.durability' is '\(v)', not machine or process") }
                 c.durability = d
+            }
+            if let v = try double(a, "trainer_timeout", p) {
+                guard v > 0 else { throw bad("'aggregation.trainer_timeout' must be positive") }
+                c.trainerTimeout = v
             }
             if let v = try int(a, "buffer_size", p) { guard v >= 1 else { throw bad("'aggregation.buffer_size' must be >= 1") }; c.bufferSize = v }
             if let v = try double(a, "mixing", p) { guard v > 0, v <= 1 else { throw bad("'aggregation.mixing' must be in (0, 1]") }; c.mixing = v }

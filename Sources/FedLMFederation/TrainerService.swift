@@ -108,20 +108,24 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
             return false
         }
 
+        var mode = "fedbuff"
         func hello() throws -> Bool {
             try request(codec.encode(.hello(Hello(trainerID: o.id, cluster: o.cluster)))) {
-                if case .welcome = $0 { return true }
+                if case .welcome(let w) = $0 { mode = w.mode; return true }
                 return false
             }
         }
 
         /// Sends an update until acknowledged (or refused); true if the aggregator took it.
+        var lastBuffered = false
         func deliver(_ frames: [[UInt8]], id: String) throws -> Bool {
             var taken = false
+            lastBuffered = false
             _ = try request(frames, retry: o.ackTimeout) { reply in
                 switch reply {
                 case .ack(let a) where a.updateID == id:
                     logger.info("\(o.id): update \(id) acknowledged (\(a.outcome.rawValue), version \(a.version))")
+                    lastBuffered = a.outcome == .buffered
                     taken = true
                     return true
                 case .error(let e) where e.refersTo == id:
@@ -145,12 +149,21 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         let start = ParameterVector(layout: model.layout)
         var stepSeconds = 0.0
         var round = 0
+        var lastBase: Int?
         while !stopFlag.isSet, tokensTrained < (o.tokenBudget ?? .max) {
             var release: (ReleaseInfo, TensorPayload)?
-            guard try request(codec.encode(.fetch(Fetch(cluster: o.cluster))), accept: {
+            // In a synchronous round, after a buffered update: wait for the round's next version
+            // (the aggregator answers a FETCH for the version we have with a heartbeat).
+            let have = (mode == "sync" && lastBuffered) ? lastBase : nil
+            guard try request(codec.encode(.fetch(Fetch(cluster: o.cluster, haveVersion: have))), accept: {
                 if case .release(let info, let payload) = $0 { release = (info, payload); return true }
+                if case .heartbeat = $0, have != nil {
+                    Thread.sleep(forTimeInterval: 0.1)
+                    try socket.send(codec.encode(.fetch(Fetch(cluster: o.cluster, haveVersion: have))))
+                }
                 return false
             }), let (info, payload) = release else { break }
+            lastBase = info.version
             try payload.check(against: model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) })
             payload.values.withUnsafeBufferPointer { model.parameters.pointer.update(from: $0.baseAddress!, count: model.parameters.count) }
             start.copy(from: model.parameters)
@@ -160,10 +173,16 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
             if let total = o.tokenBudget { h = max(1, min(h, (total - tokensTrained) / (o.training.batchSize * sequence))) }
             let t0 = Date().timeIntervalSince1970
             var lastLoss: Float = 0
+            var lastHeartbeat = t0
             for _ in 0..<h {
                 let batch = try data.batch(.train, clusters: o.dataClusters, batch: o.training.batchSize, sequence: sequence, rng: &rng)
                 lastLoss = try step.run(batch).loss
                 tokensTrained += batch.inputs.count
+                // Say we are alive during long local training (replies are ignored by `request`).
+                if Date().timeIntervalSince1970 - lastHeartbeat > 1 {
+                    _ = try? socket.send(codec.encode(.heartbeat), wait: false)
+                    lastHeartbeat = Date().timeIntervalSince1970
+                }
             }
             let elapsed = Date().timeIntervalSince1970 - t0
             if o.slowdown > 1 { Thread.sleep(forTimeInterval: elapsed * (o.slowdown - 1)) }

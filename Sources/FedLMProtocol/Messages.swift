@@ -23,12 +23,17 @@ public struct Welcome: Codable, Equatable, Sendable {
     public var heartbeatMilliseconds: Int
     public var maxStaleness: Int
     public var latestVersion: Int
-    public init(trainerID: String, cluster: String?, heartbeatMilliseconds: Int, maxStaleness: Int, latestVersion: Int) {
+    /// The aggregation mode: with "sync", a trainer whose update is buffered waits for the next
+    /// version instead of training on the same one again.
+    public var mode: String
+    public init(trainerID: String, cluster: String?, heartbeatMilliseconds: Int, maxStaleness: Int, latestVersion: Int,
+                mode: String = "fedbuff") {
         self.trainerID = trainerID
         self.cluster = cluster
         self.heartbeatMilliseconds = heartbeatMilliseconds
         self.maxStaleness = maxStaleness
         self.latestVersion = latestVersion
+        self.mode = mode
     }
 }
 

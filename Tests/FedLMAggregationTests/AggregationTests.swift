@@ -98,12 +98,23 @@ final class AggregationTests: XCTestCase {
         let model = vector(1), stale = vector(9), d1 = vector(0.4), d2 = vector(0.8)
         let s = SynchronousFedAvg(participants: 2, optimizer: .sgd(learningRate: 1), layout: layout)
         guard case .refused = s.receive(Contribution(delta: stale, staleness: 1), model: model) else { return XCTFail() }
-        XCTAssertEqual(s.receive(Contribution(delta: d1, staleness: 0, dataWeight: 1), model: model),
+        XCTAssertEqual(s.receive(Contribution(delta: d1, staleness: 0, dataWeight: 1, trainer: "a"), model: model),
                        .buffered(count: 1, needed: 2))
+        // One update per trainer per round.
+        guard case .refused(let twice) = s.receive(Contribution(delta: d1, staleness: 0, dataWeight: 1, trainer: "a"), model: model) else {
+            return XCTFail()
+        }
+        XCTAssertTrue(twice.contains("already contributed"), twice)
         // g = (1 * 0.4 + 3 * 0.8) / 4 = 0.7; w = 0.3
-        XCTAssertEqual(s.receive(Contribution(delta: d2, staleness: 0, dataWeight: 3), model: model), .applied)
+        XCTAssertEqual(s.receive(Contribution(delta: d2, staleness: 0, dataWeight: 3, trainer: "b"), model: model), .applied)
         assertAll(model, 0.3)
-        s.setParticipants(1)
+        // A participant dies mid-round: shrinking to the one that delivered completes the round.
+        s.setParticipants(3, model: model)
+        XCTAssertEqual(s.receive(Contribution(delta: d1, staleness: 0, dataWeight: 1, trainer: "a"), model: model), .buffered(count: 1, needed: 3))
+        XCTAssertEqual(s.setParticipants(2, model: model), .buffered(count: 1, needed: 2))
+        assertAll(model, 0.3, "still waiting for the second")
+        XCTAssertEqual(s.setParticipants(1, model: model), .applied)
+        assertAll(model, -0.1)  // 0.3 - 0.4
         XCTAssertEqual(s.waitingFor, 1)
     }
 }

@@ -250,4 +250,63 @@ final class FederationTests: XCTestCase {
         // Each trainer trained its whole token budget: every finished update was delivered.
         for t in trainers { XCTAssertTrue(t.output.contains("stopped after"), t.output) }
     }
+
+    func testSynchronousRoundsContinueWhenAParticipantDies() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let d = scratch.dir
+        let data = try scratch.prepareData(vocab: 280, clusters: ["en": scratch.corpus])
+        let model = try scratch.writeModelConfig(layers: 1, embedding: 16, context: 16, vocab: 280, batch: 2, training: "")
+        let port = Int.random(in: 20_000...32_000)  // below the ephemeral port range
+        try """
+            run_directory = "\(d)/run"
+            model = "\(model)"
+            data = "\(data)"
+            [broker]
+            trainers = "tcp://127.0.0.1:\(port)"
+            aggregator = "tcp://127.0.0.1:\(port + 1)"
+            publish = "tcp://127.0.0.1:\(port + 2)"
+            releases = "tcp://127.0.0.1:\(port + 3)"
+            [aggregation]
+            mode = "sync"
+            participants = 2
+            server_optimizer = "sgd"
+            server_learning_rate = 1.0
+            trainer_timeout = 2.0
+            [[trainer]]
+            name = "a"
+            local_steps = 2
+            tokens = 4000
+            ack_timeout = 2.0
+            [[trainer]]
+            name = "b"
+            local_steps = 2
+            tokens = 100000
+            ack_timeout = 2.0
+            """.write(toFile: d + "/topology.toml", atomically: true, encoding: .utf8)
+        let topology = d + "/topology.toml"
+        let broker = try FedLMProcess(["broker", "--topology", topology])
+        let aggregator = try FedLMProcess(["aggregator", "--topology", topology, "--threads", "1"])
+        let a = try FedLMProcess(["trainer", "--topology", topology, "--name", "a", "--threads", "1"])
+        let b = try FedLMProcess(["trainer", "--topology", topology, "--name", "b", "--threads", "1"])
+        defer { for p in [a, b, aggregator, broker] { p.signal(SIGKILL) } }
+        let ledgerPath = d + "/run/ledger.sqlite"
+        func version() -> Int {
+            guard let db = try? SQLiteDatabase(path: ledgerPath) else { return 0 }
+            return (try? db.query("SELECT COALESCE(MAX(version_after), 0) FROM updates"))?.first?[0].int ?? 0
+        }
+        var deadline = Date().addingTimeInterval(60)
+        while version() < 2, Date() < deadline { usleep(50_000) }
+        XCTAssertGreaterThanOrEqual(version(), 2, "rounds complete with both participants")
+        // b dies; after the timeout the rounds continue with a alone until a's budget is spent.
+        b.signal(SIGKILL)
+        let atDeath = version()
+        deadline = Date().addingTimeInterval(60)
+        while a.process.isRunning, Date() < deadline { usleep(100_000) }
+        XCTAssertFalse(a.process.isRunning, "trainer a finished its budget although b died")
+        XCTAssertGreaterThan(version(), atDeath + 1, "versions kept advancing after b died")
+        aggregator.signal(SIGTERM)
+        aggregator.wait()
+        XCTAssertTrue(aggregator.output.contains("trainer b silent"), String(aggregator.output.suffix(3000)))
+    }
 }

@@ -27,9 +27,9 @@ final class AggregatorCoreTests: XCTestCase {
         try AggregatorCore(runDirectory: dir, config: config, initialModel: try GPT2Model(config: modelConfig, seed: 1))
     }
 
-    func update(_ id: String, base: Int, scale: Float, specs: [TensorSpec]) -> Message {
+    func update(_ id: String, base: Int, scale: Float, specs: [TensorSpec], trainer: String = "t1") -> Message {
         let n = specs.reduce(0) { $0 + $1.count }
-        return .update(UpdateInfo(updateID: id, trainerID: "t1", baseVersion: base, tokens: 64, localSteps: 4),
+        return .update(UpdateInfo(updateID: id, trainerID: trainer, baseVersion: base, tokens: 64, localSteps: 4),
                        TensorPayload(specs: specs, values: (0..<n).map { Float($0 % 7) * scale }))
     }
 
@@ -101,5 +101,29 @@ final class AggregatorCoreTests: XCTestCase {
         let fallback = try core()
         XCTAssertEqual(fallback.version, version + 1)
         XCTAssertEqual(fallback.model.parameters.storage.array.map(\.bitPattern), afterOne.map(\.bitPattern))
+    }
+
+    func testASyncRoundStopsWaitingForATrainerThatWentSilent() throws {
+        var c = AggregationConfig()
+        c.mode = .sync
+        c.participants = 2
+        c.serverOptimizer = .sgd(learningRate: 1)
+        c.trainerTimeout = 10
+        let core = try AggregatorCore(runDirectory: dir, config: c, initialModel: try GPT2Model(config: modelConfig, seed: 1))
+        _ = try core.handle(.hello(Hello(trainerID: "t1")), from: "t1", now: 0)
+        _ = try core.handle(.hello(Hello(trainerID: "t2")), from: "t2", now: 0)
+        let u = update("u1", base: 0, scale: 0.01, specs: core.specs)
+        XCTAssertEqual(reply(try core.handle(u, from: "t1", now: 5)), .ack(Ack(updateID: "u1", outcome: .buffered, version: 0)))
+        XCTAssertEqual(try core.expireSilentTrainers(now: 12), ["t2"], "t2 has been silent for 12 s, t1 for 7 s")
+        XCTAssertEqual(core.version, 1, "the round closed with the update it had")
+        // The forgotten trainer must register again before its updates count.
+        guard case .error(let e)? = reply(try core.handle(update("u2", base: 1, scale: 0.01, specs: core.specs, trainer: "t2"), from: "t2", now: 13)) else {
+            return XCTFail()
+        }
+        XCTAssertEqual(e.code, .unknownTrainer)
+        // A restart continues from the early-closed round's checkpoint.
+        let reopened = try AggregatorCore(runDirectory: dir, config: c, initialModel: try GPT2Model(config: modelConfig, seed: 1))
+        XCTAssertEqual(reopened.version, 1)
+        XCTAssertEqual(reopened.model.parameters.storage.array, core.model.parameters.storage.array)
     }
 }
