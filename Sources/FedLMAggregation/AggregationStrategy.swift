@@ -1,4 +1,5 @@
 import FedLMModel
+import FedLMTensor
 
 /// What became of one update.
 public enum AggregationDecision: Equatable, Sendable {
@@ -87,7 +88,7 @@ public final class FedAsync: AggregationStrategy {
         }
         let a = Float(mixing * weight.weight(staleness: c.staleness))
         let w = model.pointer, b = base.pointer, d = c.delta.pointer
-        for i in 0..<model.count { w[i] = (1 - a) * w[i] + a * (b[i] - d[i]) }
+        parallelFor(model.count, granularity: 4096) { r in for i in r { w[i] = (1 - a) * w[i] + a * (b[i] - d[i]) } }
         return .applied
     }
 }
@@ -125,13 +126,17 @@ public final class FedBuff: AggregationStrategy {
     public func receive(_ c: Contribution, model: ParameterVector) -> AggregationDecision {
         if let refusal = refusal(c, model: model) { return refusal }
         let s = Float(weight.weight(staleness: c.staleness))
+        let inv = 1 / Float(bufferSize)
+        if bufferSize == 1 {
+            // Nothing to buffer: step with s * delta directly (one pass instead of three).
+            optimizer.apply(c.delta, scale: s, to: model)
+            return .applied
+        }
         let b = buffer.pointer, d = c.delta.pointer
-        for i in 0..<buffer.count { b[i] += s * d[i] }
+        parallelFor(buffer.count, granularity: 4096) { r in for i in r { b[i] += s * d[i] } }
         buffered += 1
         guard buffered == bufferSize else { return .buffered(count: buffered, needed: bufferSize) }
-        let inv = 1 / Float(bufferSize)
-        for i in 0..<buffer.count { b[i] *= inv }
-        optimizer.apply(buffer, to: model)
+        optimizer.apply(buffer, scale: inv, to: model)
         buffer.zero()
         buffered = 0
         return .applied
@@ -187,9 +192,7 @@ public final class SynchronousFedAvg: AggregationStrategy {
     }
 
     private func completeRound(_ model: ParameterVector) {
-        let inv = Float(1 / totalWeight), s = sum.pointer
-        for i in 0..<sum.count { s[i] *= inv }
-        optimizer.apply(sum, to: model)
+        optimizer.apply(sum, scale: Float(1 / totalWeight), to: model)
         sum.zero()
         received = 0
         totalWeight = 0
@@ -207,7 +210,7 @@ public final class SynchronousFedAvg: AggregationStrategy {
         }
         contributors.insert(c.trainer)
         let w = Float(c.dataWeight), s = sum.pointer, d = c.delta.pointer
-        for i in 0..<sum.count { s[i] += w * d[i] }
+        parallelFor(sum.count, granularity: 4096) { r in for i in r { s[i] += w * d[i] } }
         received += 1
         totalWeight += c.dataWeight
         guard received >= expected else { return .buffered(count: received, needed: expected) }

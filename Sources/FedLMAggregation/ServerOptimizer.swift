@@ -1,4 +1,5 @@
 import FedLMModel
+import FedLMTensor
 
 /// The outer optimizer: applies an aggregated pseudo-gradient (the mean of w_start - w_end over
 /// the contributing trainers) to the global model.
@@ -42,41 +43,51 @@ public final class ServerOptimizer {
 
     public func restore(steps: Int) { self.steps = steps }
 
-    /// w <- step(w, g).
-    public func apply(_ gradient: ParameterVector, to model: ParameterVector) {
+    /// w <- step(w, scale * g), in one pass over memory split across the compute threads.
+    public func apply(_ gradient: ParameterVector, scale: Float = 1, to model: ParameterVector) {
         precondition(gradient.layout == model.layout, "server optimizer: gradient and model layouts differ")
         let g = gradient.pointer, w = model.pointer, count = model.count
         steps += 1
+        let step = steps
         switch kind {
         case .sgd(let lr):
-            for i in 0..<count { w[i] -= lr * g[i] }
+            let k = lr * scale
+            parallelFor(count, granularity: 4096) { r in for i in r { w[i] -= k * g[i] } }
         case .nesterov(let lr, let mu):
             let m = momentum!.pointer
-            for i in 0..<count {
-                m[i] = mu * m[i] + g[i]
-                w[i] -= lr * (g[i] + mu * m[i])
+            parallelFor(count, granularity: 4096) { r in
+                for i in r {
+                    let gi = scale * g[i]
+                    m[i] = mu * m[i] + gi
+                    w[i] -= lr * (gi + mu * m[i])
+                }
             }
         case .adam(let lr, let b1, let b2, let eps):
             let m = momentum!.pointer, v = second!.pointer
-            let c1 = 1 - Float(pow(Double(b1), Double(steps))), c2 = 1 - Float(pow(Double(b2), Double(steps)))
-            for i in 0..<count {
-                m[i] = b1 * m[i] + (1 - b1) * g[i]
-                v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i]
-                w[i] -= lr * (m[i] / c1) / ((v[i] / c2).squareRoot() + eps)
+            let c1 = 1 - Float(pow(Double(b1), Double(step))), c2 = 1 - Float(pow(Double(b2), Double(step)))
+            parallelFor(count, granularity: 4096) { r in
+                for i in r {
+                    let gi = scale * g[i]
+                    m[i] = b1 * m[i] + (1 - b1) * gi
+                    v[i] = b2 * v[i] + (1 - b2) * gi * gi
+                    w[i] -= lr * (m[i] / c1) / ((v[i] / c2).squareRoot() + eps)
+                }
             }
         case .delayedNesterov(let lr, let mu, let period):
             precondition(period >= 1, "delayed Nesterov period must be at least 1")
             let m = momentum!.pointer, p = pending!.pointer
-            for i in 0..<count {
-                p[i] += g[i]
-                w[i] -= lr * g[i]
-            }
-            if steps % period == 0 {
-                let inv = 1 / Float(period)
-                for i in 0..<count {
-                    m[i] = mu * m[i] + p[i] * inv
-                    w[i] -= lr * mu * m[i]
-                    p[i] = 0
+            let flush = step % period == 0
+            let inv = 1 / Float(period)
+            parallelFor(count, granularity: 4096) { r in
+                for i in r {
+                    let gi = scale * g[i]
+                    p[i] += gi
+                    w[i] -= lr * gi
+                    if flush {
+                        m[i] = mu * m[i] + p[i] * inv
+                        w[i] -= lr * mu * m[i]
+                        p[i] = 0
+                    }
                 }
             }
         }
