@@ -127,21 +127,7 @@ final class FederationTests: XCTestCase {
     }
 
     func testALateSubscriberGetsASnapshotThenEveryLaterVersionOnce() throws {
-        let scratch = try Scratch()
-        defer { scratch.remove() }
-        let d = scratch.dir
-        let data = try scratch.prepareData(vocab: 280, clusters: ["en": scratch.corpus])
-        let model = try scratch.writeModelConfig(layers: 1, embedding: 16, context: 16, vocab: 280, batch: 2, training: "")
-        let port = Int.random(in: 20_000...32_000)  // below the ephemeral port range
-        try """
-            run_directory = "\(d)/run"
-            model = "\(model)"
-            data = "\(data)"
-            [broker]
-            trainers = "tcp://127.0.0.1:\(port)"
-            aggregator = "tcp://127.0.0.1:\(port + 1)"
-            publish = "tcp://127.0.0.1:\(port + 2)"
-            releases = "tcp://127.0.0.1:\(port + 3)"
+        let f = try SmallFederation("""
             [aggregation]
             mode = "fedasync"
             server_optimizer = "sgd"
@@ -149,23 +135,19 @@ final class FederationTests: XCTestCase {
             name = "t1"
             local_steps = 2
             tokens = 6000
-            """.write(toFile: d + "/topology.toml", atomically: true, encoding: .utf8)
-        let topology = d + "/topology.toml"
-        let broker = try FedLMProcess(["broker", "--topology", topology])
-        let aggregator = try FedLMProcess(["aggregator", "--topology", topology, "--threads", "1"])
-        let trainer = try FedLMProcess(["trainer", "--topology", topology, "--name", "t1", "--threads", "1"])
+            """)
+        defer { f.scratch.remove() }
+        let d = f.scratch.dir
+        let broker = try f.start("broker")
+        let aggregator = try f.start("aggregator", ["--threads", "1"])
+        let trainer = try f.start("trainer", ["--name", "t1", "--threads", "1"])
         defer { for p in [trainer, aggregator, broker] { p.signal(SIGKILL) } }
         // Join late: after a few versions exist.
-        let ledgerPath = d + "/run/ledger.sqlite"
         let deadline = Date().addingTimeInterval(60)
-        func version() -> Int {
-            guard let db = try? SQLiteDatabase(path: ledgerPath) else { return 0 }
-            return (try? db.query("SELECT COALESCE(MAX(version_after), 0) FROM updates"))?.first?[0].int ?? 0
-        }
-        while version() < 3, Date() < deadline { usleep(50_000) }
-        let joinedAt = version()
+        while f.version < 3, Date() < deadline { usleep(50_000) }
+        let joinedAt = f.version
         XCTAssertGreaterThanOrEqual(joinedAt, 3)
-        let subscriber = try FedLMProcess(["subscribe", "--topology", topology, "--out", d + "/releases", "--count", "6"])
+        let subscriber = try f.start("subscribe", ["--out", d + "/releases", "--count", "6"])
         defer { subscriber.signal(SIGKILL) }
         let end = Date().addingTimeInterval(60)
         while subscriber.process.isRunning, Date() < end { usleep(100_000) }
@@ -183,48 +165,29 @@ final class FederationTests: XCTestCase {
     }
 
     func testTrainersCarryOnThroughABrokerRestartWithoutLosingUpdates() throws {
-        let scratch = try Scratch()
-        defer { scratch.remove() }
-        let d = scratch.dir
-        let data = try scratch.prepareData(vocab: 280, clusters: ["en": scratch.corpus])
-        let model = try scratch.writeModelConfig(layers: 1, embedding: 16, context: 16, vocab: 280, batch: 2, training: "")
-        let port = Int.random(in: 20_000...32_000)  // below the ephemeral port range
-        try """
-            run_directory = "\(d)/run"
-            model = "\(model)"
-            data = "\(data)"
-            [broker]
-            trainers = "tcp://127.0.0.1:\(port)"
-            aggregator = "tcp://127.0.0.1:\(port + 1)"
-            publish = "tcp://127.0.0.1:\(port + 2)"
-            releases = "tcp://127.0.0.1:\(port + 3)"
+        let trainer = { (name: String) in
+            """
+            [[trainer]]
+            name = "\(name)"
+            local_steps = 3
+            tokens = 6000
+            ack_timeout = 2.0
+            """
+        }
+        let f = try SmallFederation("""
             [aggregation]
             mode = "fedbuff"
             buffer_size = 2
             server_optimizer = "sgd"
             server_learning_rate = 1.0
             max_staleness = 50
-            [[trainer]]
-            name = "a"
-            local_steps = 3
-            tokens = 6000
-            ack_timeout = 2.0
-            [[trainer]]
-            name = "b"
-            local_steps = 3
-            tokens = 6000
-            ack_timeout = 2.0
-            """.write(toFile: d + "/topology.toml", atomically: true, encoding: .utf8)
-        let topology = d + "/topology.toml"
-        var broker = try FedLMProcess(["broker", "--topology", topology])
-        let aggregator = try FedLMProcess(["aggregator", "--topology", topology, "--threads", "1"])
-        let trainers = try ["a", "b"].map { try FedLMProcess(["trainer", "--topology", topology, "--name", $0, "--threads", "1"]) }
+            """ + "\n" + trainer("a") + "\n" + trainer("b"))
+        defer { f.scratch.remove() }
+        var broker = try f.start("broker")
+        let aggregator = try f.start("aggregator", ["--threads", "1"])
+        let trainers = try ["a", "b"].map { try f.start("trainer", ["--name", $0, "--threads", "1"]) }
         defer { for p in trainers + [aggregator, broker] { p.signal(SIGKILL) } }
-        let ledgerPath = d + "/run/ledger.sqlite"
-        func updates() -> Int {
-            guard let db = try? SQLiteDatabase(path: ledgerPath) else { return 0 }
-            return (try? db.query("SELECT COUNT(*) FROM updates WHERE outcome != 'refused'"))?.first?[0].int ?? 0
-        }
+        func updates() -> Int { f.ledger("SELECT COUNT(*) FROM updates WHERE outcome != 'refused'") }
         var deadline = Date().addingTimeInterval(60)
         while updates() < 4, Date() < deadline { usleep(50_000) }
         // The broker dies with messages in flight, and comes back a second later on the same ports.
@@ -232,14 +195,14 @@ final class FederationTests: XCTestCase {
         broker.wait()
         let atKill = updates()
         usleep(1_000_000)
-        broker = try FedLMProcess(["broker", "--topology", topology])
+        broker = try f.start("broker")
         deadline = Date().addingTimeInterval(120)
         for t in trainers { while t.process.isRunning, Date() < deadline { usleep(100_000) } }
         XCTAssertTrue(trainers.allSatisfy { !$0.process.isRunning }, "trainers finished after the broker restart")
         XCTAssertGreaterThan(updates(), atKill, "updates kept flowing after the broker came back")
         aggregator.signal(SIGTERM)
         aggregator.wait()
-        let ledger = try Ledger(path: ledgerPath)
+        let ledger = try Ledger(path: f.ledgerPath)
         let logs = trainers.map(\.output).joined(separator: "\n")
         let acked = logs.split(separator: "\n").compactMap { line -> String? in
             guard let r = line.range(of: "update "), let end = line.range(of: " acknowledged") else { return nil }
@@ -252,21 +215,7 @@ final class FederationTests: XCTestCase {
     }
 
     func testSynchronousRoundsContinueWhenAParticipantDies() throws {
-        let scratch = try Scratch()
-        defer { scratch.remove() }
-        let d = scratch.dir
-        let data = try scratch.prepareData(vocab: 280, clusters: ["en": scratch.corpus])
-        let model = try scratch.writeModelConfig(layers: 1, embedding: 16, context: 16, vocab: 280, batch: 2, training: "")
-        let port = Int.random(in: 20_000...32_000)  // below the ephemeral port range
-        try """
-            run_directory = "\(d)/run"
-            model = "\(model)"
-            data = "\(data)"
-            [broker]
-            trainers = "tcp://127.0.0.1:\(port)"
-            aggregator = "tcp://127.0.0.1:\(port + 1)"
-            publish = "tcp://127.0.0.1:\(port + 2)"
-            releases = "tcp://127.0.0.1:\(port + 3)"
+        let f = try SmallFederation("""
             [aggregation]
             mode = "sync"
             participants = 2
@@ -283,18 +232,14 @@ final class FederationTests: XCTestCase {
             local_steps = 2
             tokens = 100000
             ack_timeout = 2.0
-            """.write(toFile: d + "/topology.toml", atomically: true, encoding: .utf8)
-        let topology = d + "/topology.toml"
-        let broker = try FedLMProcess(["broker", "--topology", topology])
-        let aggregator = try FedLMProcess(["aggregator", "--topology", topology, "--threads", "1"])
-        let a = try FedLMProcess(["trainer", "--topology", topology, "--name", "a", "--threads", "1"])
-        let b = try FedLMProcess(["trainer", "--topology", topology, "--name", "b", "--threads", "1"])
+            """)
+        defer { f.scratch.remove() }
+        let broker = try f.start("broker")
+        let aggregator = try f.start("aggregator", ["--threads", "1"])
+        let a = try f.start("trainer", ["--name", "a", "--threads", "1"])
+        let b = try f.start("trainer", ["--name", "b", "--threads", "1"])
         defer { for p in [a, b, aggregator, broker] { p.signal(SIGKILL) } }
-        let ledgerPath = d + "/run/ledger.sqlite"
-        func version() -> Int {
-            guard let db = try? SQLiteDatabase(path: ledgerPath) else { return 0 }
-            return (try? db.query("SELECT COALESCE(MAX(version_after), 0) FROM updates"))?.first?[0].int ?? 0
-        }
+        func version() -> Int { f.version }
         var deadline = Date().addingTimeInterval(60)
         while version() < 2, Date() < deadline { usleep(50_000) }
         XCTAssertGreaterThanOrEqual(version(), 2, "rounds complete with both participants")
@@ -309,4 +254,43 @@ final class FederationTests: XCTestCase {
         aggregator.wait()
         XCTAssertTrue(aggregator.output.contains("trainer b silent"), String(aggregator.output.suffix(3000)))
     }
+}
+
+/// A small federation's files: one data cluster, a one-layer model, a topology on free ports.
+struct SmallFederation {
+    let scratch: Scratch
+    let topology: String
+    var ledgerPath: String { scratch.dir + "/run/ledger.sqlite" }
+
+    /// `body` is the topology's [aggregation] table and [[trainer]] entries.
+    init(_ body: String) throws {
+        scratch = try Scratch()
+        let data = try scratch.prepareData(vocab: 280, clusters: ["en": scratch.corpus])
+        let model = try scratch.writeModelConfig(layers: 1, embedding: 16, context: 16, vocab: 280, batch: 2, training: "")
+        let port = Int.random(in: 20_000...32_000)  // below the ephemeral port range
+        topology = scratch.dir + "/topology.toml"
+        try """
+            run_directory = "\(scratch.dir)/run"
+            model = "\(model)"
+            data = "\(data)"
+            [broker]
+            trainers = "tcp://127.0.0.1:\(port)"
+            aggregator = "tcp://127.0.0.1:\(port + 1)"
+            publish = "tcp://127.0.0.1:\(port + 2)"
+            releases = "tcp://127.0.0.1:\(port + 3)"
+            \(body)
+            """.write(toFile: topology, atomically: true, encoding: .utf8)
+    }
+
+    func start(_ role: String, _ extra: [String] = []) throws -> FedLMProcess {
+        try FedLMProcess([role, "--topology", topology] + extra)
+    }
+
+    /// An integer from the aggregator's ledger (0 while it does not exist yet).
+    func ledger(_ sql: String) -> Int {
+        guard FileManager.default.fileExists(atPath: ledgerPath), let db = try? SQLiteDatabase(path: ledgerPath) else { return 0 }
+        return (try? db.query(sql))?.first?[0].int ?? 0
+    }
+
+    var version: Int { ledger("SELECT COALESCE(MAX(version_after), 0) FROM updates") }
 }
