@@ -1,0 +1,45 @@
+import FedLMFederation
+import FedLMModel
+import Foundation
+import XCTest
+
+/// Every topology and config shipped in the repository loads, and the topologies' model
+/// configs and trainer names are consistent.
+final class ShippedFilesTests: XCTestCase {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    func files(_ folder: String) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: root.appendingPathComponent(folder).path)
+            .filter { $0.hasSuffix(".toml") }.sorted().map { root.appendingPathComponent(folder).appendingPathComponent($0).path }
+    }
+
+    func testEveryShippedConfigAndTopologyLoads() throws {
+        let configs = try files("Config")
+        XCTAssertGreaterThanOrEqual(configs.count, 5)
+        for c in configs { XCTAssertNoThrow(try ConfigFile.load(path: c), c) }
+        let topologies = try files("Topologies")
+        XCTAssertFalse(topologies.isEmpty)
+        for t in topologies {
+            let topology = try Topology.load(path: t)
+            XCTAssertNoThrow(try ConfigFile.load(path: root.appendingPathComponent(topology.modelConfigPath).path), t)
+            XCTAssertFalse(topology.trainers.isEmpty, t)
+        }
+    }
+
+    func testBadTopologiesAreRefusedNamingTheKey() throws {
+        let path = NSTemporaryDirectory() + "bad-topology-\(getpid()).toml"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        func error(_ text: String) -> String {
+            try? text.write(toFile: path, atomically: true, encoding: .utf8)
+            do { _ = try Topology.load(path: path); return "no error" } catch { return "\(error)" }
+        }
+        let base = "model = \"m.toml\"\ndata = \"d\"\n"
+        XCTAssertTrue(error(base + "[aggregation]\nmode = \"fedavg\"\n[[trainer]]\nname = \"a\"").contains("aggregation.mode"))
+        XCTAssertTrue(error(base + "[aggregation]\nbufer_size = 2\n[[trainer]]\nname = \"a\"").contains("aggregation.bufer_size"))
+        XCTAssertTrue(error(base + "[[trainer]]\nname = \"a\"\nslowdown = 0.5").contains("trainer[1].slowdown"))
+        XCTAssertTrue(error(base + "[[trainer]]\nname = \"a\"\n[[trainer]]\nname = \"a\"").contains("unique"))
+        XCTAssertTrue(error(base).contains("[[trainer]]"))
+        XCTAssertTrue(error("data = \"d\"\n[[trainer]]\nname = \"a\"").contains("'model'"))
+        XCTAssertTrue(error(base + "[aggregation]\nmode = \"sync\"\nparticipants = 3\n[[trainer]]\nname = \"a\"").contains("participants"))
+    }
+}
