@@ -1,4 +1,5 @@
 import ArgumentParser
+import FedLMData
 import FedLMFederation
 import FedLMLedger
 import Foundation
@@ -14,6 +15,14 @@ struct UpCommand: ParsableCommand {
 
     func run() throws {
         let t = try Topology.load(path: topology)
+        // Fail before starting anything if the model config or the prepared data is not there.
+        _ = try ConfigResolution.load(t.modelConfigPath)
+        let manifest = try DataManifest.load(directory: t.dataDirectory)
+        for trainer in t.trainers {
+            for c in trainer.clusters ?? [] where !manifest.clusters.contains(where: { $0.name == c }) {
+                throw RunFailure("\(topology): trainer \(trainer.name) names cluster '\(c)', which \(t.dataDirectory) does not have (it has: \(manifest.clusters.map(\.name).joined(separator: ", ")))")
+            }
+        }
         let fm = FileManager.default
         if fresh { try? fm.removeItem(atPath: t.runDirectory) }
         let logs = t.runDirectory + "/logs"
@@ -73,7 +82,7 @@ struct UpCommand: ParsableCommand {
         stopAll(children.filter { $0.name == "broker" })
         print(Progress.line(runDirectory: t.runDirectory, elapsed: Date().timeIntervalSince(start), totalTokens: totalTokens))
         print("run directory: \(t.runDirectory) (ledger.sqlite, checkpoints/, logs/)")
-        if let failure { throw ValidationError(failure) }
+        if let failure { throw RunFailure(failure) }
     }
 }
 
@@ -95,4 +104,10 @@ enum Progress {
         }
         return s
     }
+}
+
+/// A failure while running (not a usage mistake): printed without the usage text.
+struct RunFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }
