@@ -58,15 +58,8 @@ public enum Checkpoint {
                             to: staging + "/" + modelFile, metadata: ["format": "pt", "producer": "fedlm"])
             try AtomicFile.write(try HuggingFaceConfig(model.config).encoded(), to: staging + "/" + configFile)
             if let optimizer {
-                var sources: [SafeTensors.Source] = []
-                for (name, vector) in optimizer.stateVectors {
-                    for e in vector.layout.entries {
-                        sources.append(SafeTensors.Source(name: "\(name).\(e.name)", dtype: .f32, shape: e.shape,
-                                                          bytes: UnsafeRawBufferPointer(start: vector.pointer + e.offset,
-                                                                                        count: e.count * 4)))
-                    }
-                }
-                try SafeTensors.write(sources, metadata: ["step": String(optimizer.step)], to: staging + "/" + optimizerFile)
+                try SafeTensors.write(tensorSources(of: optimizer.stateVectors), metadata: ["step": String(optimizer.step)],
+                                      to: staging + "/" + optimizerFile)
             }
             if let state {
                 let encoder = JSONEncoder()
@@ -111,21 +104,38 @@ public enum Checkpoint {
     /// Writes a parameter vector as safetensors under Hugging Face names (`prefix` prepended).
     public static func writeVector(_ v: ParameterVector, prefix: String, tiedHead: Bool, to path: String,
                                    metadata: [String: String] = [:]) throws {
-        let sources = v.layout.entries.map { e in
+        try SafeTensors.write(tensorSources(of: v, prefix: prefix), metadata: metadata, to: path)
+    }
+
+    /// The tensors of a vector laid out like the model, named `prefix` + parameter name. The
+    /// vector must stay alive until they are written.
+    public static func tensorSources(of v: ParameterVector, prefix: String) -> [SafeTensors.Source] {
+        v.layout.entries.map { e in
             SafeTensors.Source(name: prefix + e.name, dtype: .f32, shape: e.shape,
                                bytes: UnsafeRawBufferPointer(start: v.pointer + e.offset, count: e.count * 4))
         }
-        try SafeTensors.write(sources, metadata: metadata, to: path)
+    }
+
+    /// Named state vectors (optimizer moments, aggregation buffers) as tensors "<name>.<parameter>".
+    public static func tensorSources(of vectors: [(name: String, vector: ParameterVector)]) -> [SafeTensors.Source] {
+        vectors.flatMap { tensorSources(of: $0.vector, prefix: $0.name + ".") }
+    }
+
+    /// Fills each named state vector from tensors "<name>.<parameter>"; every one must be there
+    /// with its exact shape.
+    public static func readStateVectors(_ file: SafeTensorsFile, into vectors: [(name: String, vector: ParameterVector)]) throws {
+        for (name, vector) in vectors { try copyTensors(from: file, into: vector, prefix: name + ".") }
+    }
+
+    static func copyTensors(from file: SafeTensorsFile, into v: ParameterVector, prefix: String) throws {
+        for e in v.layout.entries { try file.copyFloats(prefix + e.name, shape: e.shape, into: v.pointer + e.offset) }
     }
 
     /// Reads a parameter vector: every tensor of the layout must be present with its exact shape;
     /// any other tensor (bar Hugging Face's attention-mask buffers) is an error.
     public static func readVector(_ file: SafeTensorsFile, into v: ParameterVector, prefix: String = "") throws {
-        var expected = Set<String>()
-        for e in v.layout.entries {
-            expected.insert(prefix + e.name)
-            try file.copyFloats(prefix + e.name, shape: e.shape, into: v.pointer + e.offset)
-        }
+        try copyTensors(from: file, into: v, prefix: prefix)
+        let expected = Set(v.layout.entries.map { prefix + $0.name })
         for name in file.names where !expected.contains(name) {
             // A tied model may carry a copy of the head (some exporters write it); it must equal wte.
             if name == prefix + "lm_head.weight", v.layout.entry("lm_head.weight") == nil {
@@ -168,13 +178,8 @@ public enum Checkpoint {
                 throw CheckpointError.io(path: optPath, reason: "no optimizer state in this checkpoint")
             }
             let optFile = try SafeTensorsFile(path: optPath)
-            // The file holds every state vector ("exp_avg.<name>", "exp_avg_sq.<name>", ...);
-            // each must be complete, with exact shapes.
-            for (name, vector) in optimizer.stateVectors {
-                for e in vector.layout.entries {
-                    try optFile.copyFloats(name + "." + e.name, shape: e.shape, into: vector.pointer + e.offset)
-                }
-            }
+            // The file holds every state vector ("exp_avg.<name>", "exp_avg_sq.<name>", ...).
+            try readStateVectors(optFile, into: optimizer.stateVectors)
             guard let stepText = optFile.metadata["step"], let step = Int(stepText) else {
                 throw CheckpointError.malformed(path: optPath, reason: "metadata has no optimizer step")
             }

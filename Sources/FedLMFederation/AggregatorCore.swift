@@ -221,12 +221,7 @@ public final class AggregatorCore {
     public func checkpoint() throws {
         let dir = checkpointsDirectory + "/v\(version)"
         let statePath = runDirectory + "/.aggregator_state.safetensors"
-        try SafeTensors.write(strategy.stateVectors.flatMap { name, v in
-            v.layout.entries.map { e in
-                SafeTensors.Source(name: "\(name).\(e.name)", dtype: .f32, shape: e.shape,
-                                   bytes: UnsafeRawBufferPointer(start: v.pointer + e.offset, count: e.count * 4))
-            }
-        }, metadata: strategy.stateScalars.mapValues { String($0) }.merging(["strategy": strategy.name]) { a, _ in a }, to: statePath)
+        try SafeTensors.write(Checkpoint.tensorSources(of: strategy.stateVectors), metadata: strategy.stateScalars.mapValues { String($0) }.merging(["strategy": strategy.name]) { a, _ in a }, to: statePath)
         let lastSeq = try ledger.lastUpdateSeq
         try Checkpoint.save(model: model, state: .init(step: version, optimizer: strategy.name, tokensSeen: 0),
                             extraFiles: ["aggregator_state.safetensors": statePath], to: dir)
@@ -255,9 +250,7 @@ public final class AggregatorCore {
         let model = try Checkpoint.load(from: v.checkpointPath).model
         let strategy = config.makeStrategy(layout: model.layout)
         let state = try SafeTensorsFile(path: v.checkpointPath + "/aggregator_state.safetensors")
-        for (name, vector) in strategy.stateVectors {
-            for e in vector.layout.entries { try state.copyFloats("\(name).\(e.name)", shape: e.shape, into: vector.pointer + e.offset) }
-        }
+        try Checkpoint.readStateVectors(state, into: strategy.stateVectors)
         strategy.restore(scalars: state.metadata.compactMapValues(Double.init))
         var version = v.number
         let pending = try ledger.updates(after: v.lastUpdateSeq)

@@ -7,12 +7,6 @@ import XCTest
 /// TCP loopback, with a trainer and then the aggregator killed by SIGKILL and restarted mid-run.
 final class FederationTests: XCTestCase {
     func testFederationLearnsAndSurvivesKilledTrainerAndAggregator() throws {
-        let scratch = try Scratch()
-        defer { scratch.remove() }
-        let d = scratch.dir
-        let data = try scratch.prepareData(vocab: 300, clusters: ["en": scratch.corpus, "de": try scratch.writeGermanVariant()])
-        let model = try scratch.writeModelConfig(vocab: 300)
-        let port = Int.random(in: 20_000...32_000)  // below the ephemeral port range
         let trainerBlock = { (name: String, clusters: String) in
             """
 
@@ -24,18 +18,7 @@ final class FederationTests: XCTestCase {
             ack_timeout = 3.0
             """
         }
-        try ("""
-            name = "test"
-            run_directory = "\(d)/run"
-            model = "\(model)"
-            data = "\(data)"
-
-            [broker]
-            trainers = "tcp://127.0.0.1:\(port)"
-            aggregator = "tcp://127.0.0.1:\(port + 1)"
-            publish = "tcp://127.0.0.1:\(port + 2)"
-            releases = "tcp://127.0.0.1:\(port + 3)"
-
+        let f = try SmallFederation("""
             [aggregation]
             mode = "fedbuff"
             buffer_size = 2
@@ -44,15 +27,12 @@ final class FederationTests: XCTestCase {
             max_staleness = 10
             checkpoint_every = 3
             evaluate_every = 2
-            """ + trainerBlock("t1", "\"en\"") + trainerBlock("t2", "\"de\"") + trainerBlock("t3", "\"en\", \"de\""))
-            .write(toFile: d + "/topology.toml", atomically: true, encoding: .utf8)
-        let topology = d + "/topology.toml"
-
-        let broker = try FedLMProcess(["broker", "--topology", topology])
-        var aggregator = try FedLMProcess(["aggregator", "--topology", topology, "--threads", "1"])
-        func trainer(_ name: String) throws -> FedLMProcess {
-            try FedLMProcess(["trainer", "--topology", topology, "--name", name, "--threads", "1"])
-        }
+            """ + trainerBlock("t1", "\"en\"") + trainerBlock("t2", "\"de\"") + trainerBlock("t3", "\"en\", \"de\""),
+            twoClusters: true)
+        defer { f.scratch.remove() }
+        let broker = try f.start("broker")
+        var aggregator = try f.start("aggregator", ["--threads", "1"])
+        func trainer(_ name: String) throws -> FedLMProcess { try f.start("trainer", ["--name", name, "--threads", "1"]) }
         var trainers = ["t1": try trainer("t1"), "t2": try trainer("t2"), "t3": try trainer("t3")]
         var logs: [String] = []
         defer {
@@ -60,11 +40,7 @@ final class FederationTests: XCTestCase {
             aggregator.signal(SIGKILL)
             broker.signal(SIGKILL)
         }
-        let ledgerPath = d + "/run/ledger.sqlite"
-        func count(_ sql: String) -> Int {
-            guard FileManager.default.fileExists(atPath: ledgerPath), let db = try? SQLiteDatabase(path: ledgerPath) else { return 0 }
-            return (try? db.query(sql))?.first?[0].int ?? 0
-        }
+        let count = f.ledger
         func waitFor(_ what: String, seconds: Double = 120, _ condition: () -> Bool) {
             let deadline = Date().addingTimeInterval(seconds)
             while !condition(), Date() < deadline { usleep(100_000) }
@@ -84,7 +60,7 @@ final class FederationTests: XCTestCase {
         aggregator.signal(SIGKILL)
         aggregator.wait()
         logs.append(aggregator.output)
-        aggregator = try FedLMProcess(["aggregator", "--topology", topology, "--threads", "1"])
+        aggregator = try f.start("aggregator", ["--threads", "1"])
 
         for name in ["t1", "t2", "t3"] {
             let p = trainers[name]!
@@ -100,7 +76,7 @@ final class FederationTests: XCTestCase {
         broker.wait()
         let allLogs = logs.joined(separator: "\n")
 
-        let ledger = try Ledger(path: ledgerPath)
+        let ledger = try Ledger(path: f.ledgerPath)
         // The restarted trainer came back and delivered more.
         XCTAssertGreaterThan(count("SELECT COUNT(*) FROM updates WHERE trainer = 't1'"), t1Before, "t1 rejoined")
         // The restarted aggregator restored from a checkpoint and the ledger.
@@ -256,17 +232,25 @@ final class FederationTests: XCTestCase {
     }
 }
 
-/// A small federation's files: one data cluster, a one-layer model, a topology on free ports.
+/// A small federation's files: prepared data (one cluster, or English and German with
+/// `twoClusters`), a small model, a topology on free ports.
 struct SmallFederation {
     let scratch: Scratch
     let topology: String
     var ledgerPath: String { scratch.dir + "/run/ledger.sqlite" }
 
-    /// `body` is the topology's [aggregation] table and [[trainer]] entries.
-    init(_ body: String) throws {
+    /// `body` is the topology's [aggregation] table and [[trainer]] entries. The default model
+    /// is one layer of width 16; `twoClusters` uses two layers of width 32 on a larger vocabulary.
+    init(_ body: String, twoClusters: Bool = false) throws {
         scratch = try Scratch()
-        let data = try scratch.prepareData(vocab: 280, clusters: ["en": scratch.corpus])
-        let model = try scratch.writeModelConfig(layers: 1, embedding: 16, context: 16, vocab: 280, batch: 2, training: "")
+        let data: String, model: String
+        if twoClusters {
+            data = try scratch.prepareData(vocab: 300, clusters: ["en": scratch.corpus, "de": try scratch.writeGermanVariant()])
+            model = try scratch.writeModelConfig(vocab: 300)
+        } else {
+            data = try scratch.prepareData(vocab: 280, clusters: ["en": scratch.corpus])
+            model = try scratch.writeModelConfig(layers: 1, embedding: 16, context: 16, vocab: 280, batch: 2, training: "")
+        }
         let port = Int.random(in: 20_000...32_000)  // below the ephemeral port range
         topology = scratch.dir + "/topology.toml"
         try """
