@@ -36,6 +36,9 @@ public final class AggregatorCore {
     /// When each known trainer was last heard from.
     private var lastSeen: [String: Double] = [:]
     public var log: (String) -> Void = { _ in }
+    /// The pseudo-gradient being handled, reused from update to update (no strategy keeps it),
+    /// so a 40 MB update does not fault in 40 MB of fresh pages each time.
+    private lazy var deltaScratch = ParameterVector(layout: model.layout)
 
     static let traceTiming = ProcessInfo.processInfo.environment["FEDLM_TRACE_TIMING"] == "1"
 
@@ -147,7 +150,7 @@ public final class AggregatorCore {
         }
         // Durable first: the pseudo-gradient goes to a file (fsynced unless durability = process)
         // before anything changes.
-        let delta = ParameterVector(layout: model.layout)
+        let delta = deltaScratch
         payload.values.withUnsafeBufferPointer { delta.pointer.update(from: $0.baseAddress!, count: delta.count) }
         mark("copy")
         let deltaPath = deltasDirectory + "/\(Self.safeName(info.updateID)).safetensors"

@@ -56,6 +56,8 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         }
         logger.info("aggregator (\(core.config.mode.rawValue)) at version \(core.version), connected to \(endpoints.aggregator)")
         var lastHeartbeat = 0.0
+        var transfers = IncomingTransfers(codec: codec)
+        var streamStarted: [String: Double] = [:]  // for FEDLM_TRACE_TIMING
         var published = -1
         var evaluated = -1
         while !stopFlag.isSet {
@@ -64,6 +66,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
                 try dealer.send([[]] + codec.encode(.heartbeat))
                 lastHeartbeat = now
                 try core.expireSilentTrainers(now: now)
+                for peer in transfers.expire(now: now) { logger.warning("dropped the unfinished transfer from \(peer) after silence") }
             }
             let tPoll = Date().timeIntervalSince1970
             guard try dealer.poll(timeout: 100) else { continue }
@@ -73,17 +76,23 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
             let peer = message[0]
             let peerName = String(decoding: peer, as: UTF8.self)
             let decoded: Message
-            do { decoded = try codec.decode(Array(message[1...])) } catch let e as ProtocolError {
+            do {
+                guard let complete = try transfers.accept(Array(message[1...]), from: peerName, now: tReceived) else {
+                    if streamStarted[peerName] == nil { streamStarted[peerName] = tReady }
+                    continue
+                }
+                decoded = complete
+            } catch let e as ProtocolError {
                 logger.warning("refused a message from \(peerName): \(e)")
                 try dealer.send([peer] + codec.encode(.error(ErrorReply(e))))
                 continue
             }
             let tDecoded = Date().timeIntervalSince1970
             // A FETCH is answered with the release frames encoded once per version (shared with
-            // the publication below); everything else goes through the core.
+            // the publication below), streamed; everything else goes through the core.
             var directives: [AggregatorDirective] = []
             if case .fetch(let f) = decoded, f.haveVersion != core.version {
-                try dealer.send([peer] + releaseFrames())
+                try dealer.sendStreamed(releaseFrames(), prefix: [peer])
             } else {
                 directives = try core.handle(decoded, from: peerName)
             }
@@ -96,7 +105,8 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
             }
             if traceTiming {
                 let tSent = Date().timeIntervalSince1970
-                logger.info("timing \(decoded.type): wait \(ms(tReady - tPoll)) receive \(ms(tReceived - tReady)) decode \(ms(tDecoded - tReceived)) handle \(ms(tHandled - tDecoded)) reply \(ms(tSent - tHandled))")
+                let streamed = streamStarted.removeValue(forKey: peerName).map { "streamed in over \(ms(tReady - $0)), " } ?? ""
+                logger.info("timing \(decoded.type): \(streamed)wait \(ms(tReady - tPoll)) receive \(ms(tReceived - tReady)) decode \(ms(tDecoded - tReceived)) handle \(ms(tHandled - tDecoded)) reply \(ms(tSent - tHandled))")
             }
             if case .update(let info, _) = decoded {
                 logger.info("update \(info.updateID) from \(info.trainerID) on v\(info.baseVersion) -> version \(core.version)")

@@ -58,9 +58,11 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
         try dealer.send(codec.encode(.fetch(Fetch())))
         var lastAsk = Date().timeIntervalSince1970
         var haveSnapshot = false
+        var snapshot = StreamAssembler(codec: codec)  // the snapshot streams in chunk by chunk
         while !stopFlag.isSet, received < (maxReleases ?? .max) {
             let ready = try ZMQPoller.readable([sub, dealer], timeout: 100)
-            if ready.contains(1), let reply = try dealer.receive(timeout: 0), case .release(let info, let payload)? = try? codec.decode(reply) {
+            if ready.contains(1), let reply = try dealer.receive(timeout: 0),
+               case .release(let info, let payload)? = try? snapshot.accept(reply) {
                 haveSnapshot = true
                 try take(info, payload)
             }

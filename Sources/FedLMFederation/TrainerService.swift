@@ -82,27 +82,36 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         try socket.connect(BrokerEndpoints.connectable(endpoints.trainers))
         defer { socket.close() }
 
-        /// Sends `frames` and waits for a reply that `accept` takes; resends every `retry` seconds.
+        var assembler = StreamAssembler(codec: codec)
+        /// Sends `frames` and waits for a reply that `accept` takes; resends every `retry` seconds
+        /// (a release still streaming in counts as an answer in progress).
         func request(_ frames: [[UInt8]], retry: Double = 5, accept: (Message) throws -> Bool) throws -> Bool {
-            try socket.send(frames)
+            try socket.sendStreamed(frames)
             var sentAt = Date().timeIntervalSince1970
             while !stopFlag.isSet {
+                let now = Date().timeIntervalSince1970
                 if let reply = try socket.receive(timeout: 100) {
-                    let message: Message
-                    do { message = try codec.decode(reply) } catch {
+                    let message: Message?
+                    do { message = try assembler.accept(reply) } catch {
                         logger.warning("\(o.id): undecodable reply: \(error)")
                         continue
                     }
+                    guard let message else {
+                        sentAt = now
+                        continue
+                    }
                     if case .error(let e) = message, e.code == .unavailable {
-                        Thread.sleep(forTimeInterval: 0.5)
-                        try socket.send(frames)
-                        sentAt = Date().timeIntervalSince1970
+                        // The broker answers every message of a stream; resend at most twice a second.
+                        if now - sentAt > 0.5 {
+                            try socket.sendStreamed(frames)
+                            sentAt = now
+                        }
                         continue
                     }
                     if try accept(message) { return true }
-                } else if Date().timeIntervalSince1970 - sentAt > retry {
-                    try socket.send(frames)  // lost or the aggregator restarted: same message again
-                    sentAt = Date().timeIntervalSince1970
+                } else if now - sentAt > retry {
+                    try socket.sendStreamed(frames)  // lost or the aggregator restarted: same message again
+                    sentAt = now
                 }
             }
             return false
@@ -129,7 +138,7 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
                     taken = true
                     return true
                 case .error(let e) where e.refersTo == id:
-                    if e.code == .unknownTrainer { _ = try hello(); try socket.send(frames); return false }
+                    if e.code == .unknownTrainer { _ = try hello(); try socket.sendStreamed(frames); return false }
                     logger.info("\(o.id): update \(id) refused: \(e.code.rawValue): \(e.detail)")
                     return true
                 default: return false
@@ -159,7 +168,7 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
                 if case .release(let info, let payload) = $0 { release = (info, payload); return true }
                 if case .heartbeat = $0, have != nil {
                     Thread.sleep(forTimeInterval: 0.1)
-                    try socket.send(codec.encode(.fetch(Fetch(cluster: o.cluster, haveVersion: have))))
+                    try socket.sendStreamed(codec.encode(.fetch(Fetch(cluster: o.cluster, haveVersion: have))))
                 }
                 return false
             }), let (info, payload) = release else { break }

@@ -1,6 +1,7 @@
-/// Message types of protocol version 1 (see PROTOCOL.md beside this file).
+/// Message types of protocol version 2 (see PROTOCOL.md beside this file). CHUNK carries one
+/// tensor chunk of a streamed RELEASE or UPDATE (`MessageStream`); it is not a `Message` itself.
 public enum MessageType: UInt8, Sendable, CaseIterable {
-    case hello = 1, welcome, fetch, release, update, ack, error, heartbeat, bye
+    case hello = 1, welcome, fetch, release, update, ack, error, heartbeat, bye, chunk
 }
 
 /// trainer -> aggregator: register (or re-register after a reconnect).

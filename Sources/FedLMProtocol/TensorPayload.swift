@@ -53,8 +53,9 @@ public struct TensorPayload: Equatable, Sendable {
         return (Layout(tensors: specs, chunkBytes: chunkBytes, chunkCRC32C: crcs), frames)
     }
 
-    /// Rebuilds and validates a payload: sizes, checksums, finite values, limits.
-    static func decode(_ layout: Layout, frames: ArraySlice<[UInt8]>, maxValues: Int) throws -> TensorPayload {
+    /// The number of values a layout describes, after checking it: positive chunk size and
+    /// shapes, the size limit, and one checksum per chunk.
+    static func valueCount(of layout: Layout, maxValues: Int) throws -> Int {
         guard layout.chunkBytes > 0, layout.chunkBytes % 4 == 0 else {
             throw ProtocolError(.malformed, "chunk size \(layout.chunkBytes) is not a positive multiple of 4")
         }
@@ -72,36 +73,96 @@ public struct TensorPayload: Equatable, Sendable {
             }
             total += n
         }
+        guard total > 0 else { throw ProtocolError(.malformed, "a tensor message without tensors") }
         let expectedChunks = (total * 4 + layout.chunkBytes - 1) / layout.chunkBytes
-        guard frames.count == expectedChunks, layout.chunkCRC32C.count == expectedChunks else {
-            throw ProtocolError(.malformed, "\(frames.count) chunk frames and \(layout.chunkCRC32C.count) checksums for \(total) values in \(layout.chunkBytes)-byte chunks (expected \(expectedChunks))")
+        guard layout.chunkCRC32C.count == expectedChunks else {
+            throw ProtocolError(.malformed, "\(layout.chunkCRC32C.count) checksums for \(total) values in \(layout.chunkBytes)-byte chunks (expected \(expectedChunks))")
         }
-        var values = [Float](repeating: 0, count: total)
-        try values.withUnsafeMutableBytes { out in
-            var offset = 0
-            for (i, frame) in frames.enumerated() {
-                let expectedSize = min(layout.chunkBytes, total * 4 - offset)
-                guard frame.count == expectedSize else {
-                    throw ProtocolError(.malformed, "chunk \(i) has \(frame.count) bytes, expected \(expectedSize)")
-                }
+        return total
+    }
+
+    /// Rebuilds a payload chunk by chunk, validating each as it comes (size, CRC-32C, finite
+    /// values while the chunk is still in cache), so a stream's receiver does this work while
+    /// the rest of the stream is still on its way.
+    struct Receiver {
+        let layout: Layout
+        let total: Int
+        private(set) var received = 0
+        private var values: [Float]
+        private var firstNonFinite: Int?
+
+        init(layout: Layout, maxValues: Int) throws {
+            self.layout = layout
+            let total = try TensorPayload.valueCount(of: layout, maxValues: maxValues)
+            self.total = total
+            // Uninitialised on purpose: Float is a trivial type, every element is written by
+            // `add` before `finish` hands the array out, and pages are only committed as chunks
+            // arrive (a head announcing a huge payload costs nothing until the bytes come).
+            values = [Float](unsafeUninitializedCapacity: total) { _, initialized in initialized = total }
+        }
+
+        var chunkCount: Int { layout.chunkCRC32C.count }
+
+        /// Takes chunk `received` (chunks come in order).
+        mutating func add(_ frame: [UInt8], checksumVerified: Bool = false) throws {
+            let i = received
+            let offset = i * (layout.chunkBytes / 4)
+            let expectedSize = min(layout.chunkBytes, (total - offset) * 4)
+            guard frame.count == expectedSize else {
+                throw ProtocolError(.malformed, "chunk \(i) has \(frame.count) bytes, expected \(expectedSize)")
+            }
+            if !checksumVerified {
                 let crc = frame.withUnsafeBytes { fedlm_crc32c(0, $0.baseAddress, frame.count) }
                 guard crc == layout.chunkCRC32C[i] else {
                     throw ProtocolError(.badChecksum, "chunk \(i) has CRC-32C \(crc), the header says \(layout.chunkCRC32C[i])")
                 }
-                frame.withUnsafeBytes { out.baseAddress!.advanced(by: offset).copyMemory(from: $0.baseAddress!, byteCount: frame.count) }
-                offset += frame.count
             }
-        }
-        if let bad = values.firstIndex(where: { !$0.isFinite }) {
-            var index = bad
-            var name = "?"
-            for spec in layout.tensors {
-                if index < spec.count { name = spec.name; break }
-                index -= spec.count
+            let n = frame.count / 4
+            values.withUnsafeMutableBufferPointer { out in
+                let chunk = UnsafeMutableBufferPointer(rebasing: out[offset..<(offset + n)])
+                frame.withUnsafeBytes { UnsafeMutableRawBufferPointer(chunk).copyMemory(from: $0) }
+                if firstNonFinite == nil, let bad = TensorPayload.firstNonFinite(UnsafeBufferPointer(chunk)) { firstNonFinite = offset + bad }
             }
-            throw ProtocolError(.nonFinite, "tensor \(name) holds \(values[bad]) at element \(index)")
+            received += 1
         }
-        return TensorPayload(specs: layout.tensors, values: values)
+
+        /// The payload, once every chunk is in and every value is finite.
+        func finish() throws -> TensorPayload {
+            guard received == chunkCount else {
+                throw ProtocolError(.malformed, "\(received) of \(chunkCount) chunks arrived")
+            }
+            if let bad = firstNonFinite {
+                var index = bad
+                var name = "?"
+                for spec in layout.tensors {
+                    if index < spec.count { name = spec.name; break }
+                    index -= spec.count
+                }
+                throw ProtocolError(.nonFinite, "tensor \(name) holds \(values[bad]) at element \(index)")
+            }
+            return TensorPayload(specs: layout.tensors, values: values)
+        }
+    }
+
+    /// Rebuilds and validates a payload from its chunk frames: sizes, checksums, finite values, limits.
+    static func decode(_ layout: Layout, frames: ArraySlice<[UInt8]>, maxValues: Int) throws -> TensorPayload {
+        var receiver = try Receiver(layout: layout, maxValues: maxValues)
+        guard frames.count == receiver.chunkCount else {
+            throw ProtocolError(.malformed, "\(frames.count) chunk frames for \(receiver.total) values in \(layout.chunkBytes)-byte chunks (expected \(receiver.chunkCount))")
+        }
+        for frame in frames { try receiver.add(frame) }
+        return try receiver.finish()
+    }
+
+    /// Index of the first NaN or infinity, if any: a branch-free pass over the exponent bits
+    /// (vectorised), then a search only when one was seen.
+    static func firstNonFinite(_ values: UnsafeBufferPointer<Float>) -> Int? {
+        var highest: UInt32 = 0
+        values.withMemoryRebound(to: UInt32.self) { bits in
+            for b in bits { highest = max(highest, b & 0x7F80_0000) }
+        }
+        guard highest == 0x7F80_0000 else { return nil }
+        return values.firstIndex { !$0.isFinite }
     }
 
     /// Refuses a payload whose tensor names or shapes are not exactly `expected`.

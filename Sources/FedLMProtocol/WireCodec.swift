@@ -7,11 +7,14 @@ import Foundation
 ///     frame 2   header: JSON object (UTF-8), at most `maxHeaderBytes`
 ///     frame 3+  tensor chunks (RELEASE and UPDATE only), raw FP32 little-endian
 ///
+/// On point-to-point sockets a RELEASE or UPDATE is streamed instead: the head (frames 0-2) and
+/// then one CHUNK message per chunk (`MessageStream`, reassembled by `StreamAssembler`).
+///
 /// Decoding validates everything before returning: frame count, magic, version, type, header
 /// fields, chunk sizes and CRC-32Cs, finite values, size limits. Any problem is a
 /// `ProtocolError` naming it; nothing half-decoded escapes.
 public struct WireCodec: Sendable {
-    public static let version: UInt8 = 1
+    public static let version: UInt8 = 2
     public static let magic = Array("FEDLM".utf8)
 
     public var maxHeaderBytes = 64 * 1024
@@ -51,7 +54,8 @@ public struct WireCodec: Sendable {
         return frames
     }
 
-    public func decode(_ frames: [[UInt8]]) throws -> Message {
+    /// Checks the protocol marker and version in frame 0 (and that there is a type frame).
+    func checkMarker(_ frames: [[UInt8]]) throws {
         guard frames.count >= 3 else { throw ProtocolError(.malformed, "\(frames.count) frames; a message has at least 3") }
         guard frames[0].count == Self.magic.count + 1, Array(frames[0].prefix(Self.magic.count)) == Self.magic else {
             throw ProtocolError(.malformed, "first frame is not the FEDLM protocol marker")
@@ -60,14 +64,44 @@ public struct WireCodec: Sendable {
             throw ProtocolError(.unsupportedVersion, "protocol version \(frames[0].last!), this peer speaks \(Self.version)")
         }
         guard frames[1].count == 1 else { throw ProtocolError(.malformed, "the type frame has \(frames[1].count) bytes") }
+    }
+
+    struct LayoutOnly: Codable { var layout: TensorPayload.Layout }
+
+    /// The tensor layout in the header of a streamed RELEASE or UPDATE head.
+    func streamLayout(head header: [UInt8]) throws -> TensorPayload.Layout {
+        guard header.count <= maxHeaderBytes else {
+            throw ProtocolError(.tooLarge, "header of \(header.count) bytes exceeds \(maxHeaderBytes)")
+        }
+        do { return try JSONDecoder().decode(LayoutOnly.self, from: Data(header)).layout } catch let e as DecodingError {
+            throw ProtocolError(.malformed, "stream head: \(Self.describe(e))")
+        } catch {
+            throw ProtocolError(.malformed, "stream head is not valid JSON")
+        }
+    }
+
+    public func decode(_ frames: [[UInt8]]) throws -> Message { try decode(frames, tensors: nil) }
+
+    /// Decodes and validates one message. `tensors`, when given, supplies the payload of a
+    /// RELEASE or UPDATE that a `StreamAssembler` already rebuilt (frames are then the head only).
+    func decode(_ frames: [[UInt8]], tensors: TensorPayload?) throws -> Message {
+        try checkMarker(frames)
         guard let type = MessageType(rawValue: frames[1][0]) else {
             throw ProtocolError(.unknownType, "message type \(frames[1][0]) is not defined in version \(Self.version)")
         }
+        if type == .chunk { throw ProtocolError(.malformed, "a CHUNK outside a stream") }
         let header = frames[2]
         guard header.count <= maxHeaderBytes else {
             throw ProtocolError(.tooLarge, "header of \(header.count) bytes exceeds \(maxHeaderBytes)")
         }
         let tensorFrames = frames[3...]
+        func payload(_ layout: TensorPayload.Layout) throws -> TensorPayload {
+            guard let tensors else { return try TensorPayload.decode(layout, frames: tensorFrames, maxValues: maxValues) }
+            guard tensorFrames.isEmpty, tensors.specs == layout.tensors else {
+                throw ProtocolError(.malformed, "a stream's head does not match its tensors")
+            }
+            return tensors
+        }
         if type != .release && type != .update && !tensorFrames.isEmpty {
             throw ProtocolError(.malformed, "\(type) carries \(tensorFrames.count) unexpected frames")
         }
@@ -89,7 +123,8 @@ public struct WireCodec: Sendable {
         case .bye: return .bye(try parse([String: String].self)["reason"] ?? "")
         case .release:
             let h = try parse(TensorHeader<ReleaseInfo>.self)
-            return .release(h.info, try TensorPayload.decode(h.layout, frames: tensorFrames, maxValues: maxValues))
+            return .release(h.info, try payload(h.layout))
+        case .chunk: throw ProtocolError(.malformed, "a CHUNK outside a stream")  // refused above
         case .update:
             let h = try parse(TensorHeader<UpdateInfo>.self)
             guard !h.info.updateID.isEmpty, !h.info.trainerID.isEmpty else {
@@ -98,7 +133,7 @@ public struct WireCodec: Sendable {
             guard h.info.baseVersion >= 0, h.info.tokens >= 0, h.info.localSteps >= 0 else {
                 throw ProtocolError(.malformed, "update header has a negative baseVersion, tokens or localSteps")
             }
-            return .update(h.info, try TensorPayload.decode(h.layout, frames: tensorFrames, maxValues: maxValues))
+            return .update(h.info, try payload(h.layout))
         }
     }
 

@@ -19,6 +19,7 @@ struct FedLM: AsyncParsableCommand {
         BLASRuntime.configureThreads()
         FlushToZero.enable()
         fedlm_line_buffer_stdout()
+        fedlm_reuse_large_allocations()
         Runtime.kernelChoice = choice
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

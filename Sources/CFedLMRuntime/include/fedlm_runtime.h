@@ -13,6 +13,10 @@ int fedlm_flush_to_zero_enabled(void);
 /// Makes stdout line-buffered, so progress lines interleave with the log when piped.
 void fedlm_line_buffer_stdout(void);
 
+/// Makes large allocations come from (and return to) the heap instead of fresh mappings, so
+/// buffers for big messages are reused without page faults (glibc; a no-op elsewhere).
+void fedlm_reuse_large_allocations(void);
+
 /// A spin-wait hint (x86 `pause`): keeps a spinning thread from starving its sibling.
 void fedlm_cpu_relax(void);
 

@@ -1,0 +1,55 @@
+import FedLMProtocol
+
+/// The aggregator's streams in progress, one `StreamAssembler` per peer, bounded so that peers
+/// starting many transfers (or dying mid-transfer) cannot make it hold unbounded memory.
+struct IncomingTransfers {
+    let codec: WireCodec
+    /// Transfers in progress at once; a new one beyond this is refused with `unavailable`.
+    var maxInProgress = 32
+    /// Seconds without a chunk after which an unfinished transfer is dropped.
+    var idleTimeout = 60.0
+    private var assemblers: [String: StreamAssembler] = [:]
+    private var lastActivity: [String: Double] = [:]
+
+    init(codec: WireCodec) { self.codec = codec }
+
+    var inProgress: Int { assemblers.values.filter(\.inProgress).count }
+
+    /// Takes one message from `peer`; returns the message it completes, if any.
+    mutating func accept(_ frames: [[UInt8]], from peer: String, now: Double) throws -> Message? {
+        let wasInProgress = assemblers[peer]?.inProgress ?? false
+        let others = inProgress - (wasInProgress ? 1 : 0)
+        // Mutated in place: a copy of the assembler would share, and then copy, its buffer.
+        let message: Message?
+        do { message = try assemblers[peer, default: StreamAssembler(codec: codec)].accept(frames) } catch {
+            forgetIfIdle(peer, now: now)
+            throw error
+        }
+        forgetIfIdle(peer, now: now)
+        if !wasInProgress, assemblers[peer] != nil, others >= maxInProgress {
+            assemblers[peer] = nil
+            lastActivity[peer] = nil
+            throw ProtocolError(.unavailable, "\(maxInProgress) transfers are already in progress; try again shortly")
+        }
+        return message
+    }
+
+    private mutating func forgetIfIdle(_ peer: String, now: Double) {
+        if assemblers[peer]?.inProgress == true {
+            lastActivity[peer] = now
+        } else {
+            assemblers[peer] = nil
+            lastActivity[peer] = nil
+        }
+    }
+
+    /// Drops transfers idle for longer than `idleTimeout`; returns their peers.
+    mutating func expire(now: Double) -> [String] {
+        let idle = lastActivity.filter { now - $0.value > idleTimeout }.map(\.key).sorted()
+        for peer in idle {
+            assemblers[peer] = nil
+            lastActivity[peer] = nil
+        }
+        return idle
+    }
+}

@@ -1,0 +1,119 @@
+import CFedLMRuntime
+
+/// Tensor messages on point-to-point sockets travel as a stream of small messages, so that every
+/// hop (trainer -> broker -> aggregator and back) forwards each chunk as soon as it arrives
+/// instead of storing a whole multipart message first: ZeroMQ delivers a multipart message only
+/// when all of its frames are in, so a 42 MB update through the broker used to cost two full
+/// transfers back to back; streamed, the hops overlap.
+///
+/// The stream of a RELEASE or UPDATE is its head, `[marker, type, header]` (the header's layout
+/// lists the chunk count and every CRC-32C), followed by one CHUNK message per tensor chunk:
+/// `[marker, CHUNK, position, chunk bytes]`, where `position` is 8 bytes: the chunk's index and the
+/// chunk count, each a little-endian UInt32. Messages without tensors are sent as they are.
+/// Publications (PUB/SUB) keep the one-message form: a PUB socket drops whole messages under
+/// pressure, which a subscriber notices by version, whereas a dropped chunk would not be.
+public enum MessageStream {
+    /// The messages to send, in order, for one encoded message (as `WireCodec.encode` returns it).
+    public static func split(_ frames: [[UInt8]]) -> [[[UInt8]]] {
+        guard frames.count > 3 else { return [frames] }
+        let chunks = frames[3...]
+        let marker = frames[0]
+        var messages: [[[UInt8]]] = [Array(frames[0..<3])]
+        messages.reserveCapacity(chunks.count + 1)
+        for (index, chunk) in chunks.enumerated() {
+            messages.append([marker, [MessageType.chunk.rawValue], position(index, of: chunks.count), chunk])
+        }
+        return messages
+    }
+
+    /// The position frame of chunk `index` of `count` (exposed for tests that forge streams).
+    public static func positionForTesting(_ index: Int, of count: Int) -> [UInt8] { position(index, of: count) }
+
+    static func position(_ index: Int, of count: Int) -> [UInt8] {
+        var bytes: [UInt8] = []
+        withUnsafeBytes(of: UInt32(index).littleEndian) { bytes += $0 }
+        withUnsafeBytes(of: UInt32(count).littleEndian) { bytes += $0 }
+        return bytes
+    }
+}
+
+/// Reassembles the messages of one peer into protocol messages (one assembler per peer: a peer's
+/// messages arrive in order over one connection). Each chunk is checked (position, size, CRC-32C,
+/// finite values) and copied into place as it arrives, so that work overlaps the transfer; the
+/// header is decoded and validated like any other when the last chunk is in.
+///
+/// A state machine without I/O: feed it each received message, get a `Message` when one is
+/// complete. A chunk that does not continue the transfer in progress is refused with a
+/// `ProtocolError` naming what is wrong, and the transfer is forgotten (its remaining chunks are
+/// then dropped silently, so one broken transfer gets one error); a new head replaces an
+/// unfinished transfer (its sender gave up on it and started again).
+public struct StreamAssembler: Sendable {
+    public let codec: WireCodec
+    private var head: [[UInt8]]?
+    private var receiver: TensorPayload.Receiver?
+    /// Transfers replaced by a new head before they completed.
+    public private(set) var abandoned = 0
+    /// CHUNK messages that belonged to no transfer in progress (dropped silently).
+    public private(set) var discarded = 0
+
+    public init(codec: WireCodec = WireCodec()) { self.codec = codec }
+
+    /// True while a transfer has started and not finished.
+    public var inProgress: Bool { head != nil }
+
+    /// Takes one received message; returns the message it completes, or nil while a stream is
+    /// still arriving.
+    public mutating func accept(_ frames: [[UInt8]]) throws -> Message? {
+        guard frames.count >= 2, frames[1].count == 1 else { return try codec.decode(frames) }
+        let type = frames[1][0]
+        if type == MessageType.chunk.rawValue {
+            return try acceptChunk(frames)
+        }
+        if frames.count == 3, type == MessageType.release.rawValue || type == MessageType.update.rawValue {
+            try codec.checkMarker(frames)
+            if head != nil { abandoned += 1 }
+            reset()
+            receiver = try TensorPayload.Receiver(layout: codec.streamLayout(head: frames[2]), maxValues: codec.maxValues)
+            head = frames
+            return nil
+        }
+        return try codec.decode(frames)
+    }
+
+    private mutating func acceptChunk(_ frames: [[UInt8]]) throws -> Message? {
+        try codec.checkMarker(frames)
+        guard let head, var receiver else {
+            // The rest of a stream already refused, or one whose head this peer never saw (it
+            // restarted mid-transfer): nothing to attach it to, and the sender retries anyway.
+            discarded += 1
+            return nil
+        }
+        func fail(_ code: ProtocolError.Code, _ detail: String) -> ProtocolError {
+            reset()
+            return ProtocolError(code, detail)
+        }
+        guard frames.count == 4, frames[2].count == 8 else {
+            throw fail(.malformed, "a CHUNK has \(frames.count) frames and a \(frames[2].count)-byte position (expected 4 frames, 8 bytes)")
+        }
+        let (index, count) = frames[2].withUnsafeBytes {
+            (Int(UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self))),
+             Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self))))
+        }
+        guard count == receiver.chunkCount, index == receiver.received else {
+            throw fail(.malformed, "CHUNK \(index) of \(count) arrived; expected chunk \(receiver.received) of \(receiver.chunkCount) (lost or reordered)")
+        }
+        self.receiver = nil  // keeps the values uniquely referenced while `add` writes into them
+        do { try receiver.add(frames[3]) } catch let e as ProtocolError { throw fail(e.code, e.detail) }
+        guard receiver.received == receiver.chunkCount else {
+            self.receiver = receiver
+            return nil
+        }
+        reset()
+        return try codec.decode(head, tensors: receiver.finish())
+    }
+
+    private mutating func reset() {
+        head = nil
+        receiver = nil
+    }
+}

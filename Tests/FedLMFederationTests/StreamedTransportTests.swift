@@ -1,0 +1,128 @@
+import FedLMAggregation
+import FedLMFederation
+import FedLMModel
+import FedLMProtocol
+import FedLMZeroMQ
+import Foundation
+import XCTest
+
+/// Tensor messages streamed chunk by chunk through a real broker to a real aggregator over TCP
+/// loopback: releases arrive as a head and CHUNK messages, a corrupted stream gets exactly one
+/// error and changes nothing, stray chunks are dropped silently, and a good update is applied.
+final class StreamedTransportTests: XCTestCase {
+    /// About 0.7M parameters: 2.7 MB of tensors, three 1 MiB chunks.
+    let modelConfig = GPT2Config(layers: 2, embedding: 128, heads: 4, context: 16, vocabulary: 2048)
+    var dir = ""
+    var broker: BrokerService!
+    var service: AggregatorService!
+    var threads: [Thread] = []
+    let codec = WireCodec()
+    var trainer: ZMQSocket!
+    let context = ZMQContext()
+
+    override func setUpWithError() throws {
+        dir = NSTemporaryDirectory() + "fedlm-stream-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let port = Int.random(in: 20_000...32_000)
+        var endpoints = BrokerEndpoints()
+        endpoints.trainers = "tcp://127.0.0.1:\(port)"
+        endpoints.aggregator = "tcp://127.0.0.1:\(port + 1)"
+        endpoints.publish = "tcp://127.0.0.1:\(port + 2)"
+        endpoints.releases = "tcp://127.0.0.1:\(port + 3)"
+        var config = AggregationConfig()
+        config.mode = .fedbuff
+        config.bufferSize = 1
+        config.staleness = .constant
+        config.serverOptimizer = .sgd(learningRate: 1)
+        config.durability = .process
+        broker = BrokerService(endpoints: endpoints)
+        service = AggregatorService(core: try AggregatorCore(runDirectory: dir, config: config,
+                                                             initialModel: try GPT2Model(config: modelConfig, seed: 5)),
+                                    endpoints: endpoints)
+        threads = [Thread { [broker] in try? broker!.runBlocking() }, Thread { [service] in try? service!.runBlocking() }]
+        threads.forEach { $0.start() }
+        trainer = try ZMQSocket(context, .dealer)
+        try trainer.setRoutingID(Array("t1".utf8))
+        try trainer.connect(endpoints.trainers)
+    }
+
+    override func tearDown() {
+        trainer?.close()
+        service?.stop()
+        broker?.stop()
+        while threads.contains(where: \.isExecuting) { usleep(1000) }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    /// Every message that arrives within `seconds`, as raw frames.
+    func drain(for seconds: Double) throws -> [[[UInt8]]] {
+        var got: [[[UInt8]]] = []
+        let end = Date().timeIntervalSince1970 + seconds
+        while Date().timeIntervalSince1970 < end {
+            if let m = try trainer.receive(timeout: 50) { got.append(m) }
+        }
+        return got
+    }
+
+    /// Sends `frames` (streamed) and returns the first complete reply and how many messages it took.
+    func call(_ frames: [[UInt8]]) throws -> (Message, messages: Int) {
+        for part in MessageStream.split(frames) { try trainer.send(part) }
+        var assembler = StreamAssembler(codec: codec)
+        var count = 0
+        let end = Date().timeIntervalSince1970 + 20
+        while Date().timeIntervalSince1970 < end {
+            guard let m = try trainer.receive(timeout: 100) else { continue }
+            count += 1
+            if let done = try assembler.accept(m) {
+                if case .error(let e) = done, e.code == .unavailable {  // the aggregator has not reached the broker yet
+                    usleep(100_000)
+                    for part in MessageStream.split(frames) { try trainer.send(part) }
+                    count = 0
+                    continue
+                }
+                return (done, count)
+            }
+        }
+        throw XCTSkip("no reply within 20 s")
+    }
+
+    func testReleasesAndUpdatesStreamThroughTheBroker() throws {
+        guard case .welcome = try call(codec.encode(.hello(Hello(trainerID: "t1")))).0 else { return XCTFail("expected WELCOME") }
+        let (reply, messages) = try call(codec.encode(.fetch(Fetch())))
+        guard case .release(let info, let release) = reply else { return XCTFail("expected a release, got \(reply.type)") }
+        let initial = try GPT2Model(config: modelConfig, seed: 5)
+        XCTAssertEqual(info.version, 0)
+        XCTAssertEqual(messages, 1 + (initial.parameters.count * 4 + (1 << 20) - 1) / (1 << 20), "a head and one message per 1 MiB chunk")
+        XCTAssertEqual(release.values, initial.parameters.storage.array)
+
+        // A stream with a corrupted chunk: one ERROR naming it, nothing for the chunks after it.
+        let delta = (0..<release.values.count).map { Float($0 % 13) * 1e-3 }
+        let good = codec.encode(.update(UpdateInfo(updateID: "u1", trainerID: "t1", baseVersion: 0, tokens: 64, localSteps: 1),
+                                        TensorPayload(specs: release.specs, values: delta)))
+        var stream = MessageStream.split(good)
+        XCTAssertGreaterThanOrEqual(stream.count, 4)
+        stream[1][3][100] ^= 0x01
+        for part in stream { try trainer.send(part) }
+        let replies = try drain(for: 1.0).map { try codec.decode($0) }
+        XCTAssertEqual(replies.count, 1, "one error for one broken stream: \(replies.map(\.type))")
+        guard case .error(let e)? = replies.first else { return XCTFail("expected ERROR") }
+        XCTAssertEqual(e.code, .badChecksum)
+        XCTAssertTrue(e.detail.contains("chunk 0"), e.detail)
+
+        // Chunks that belong to no stream are dropped without a reply.
+        for part in stream.dropFirst() { try trainer.send(part) }
+        XCTAssertEqual(try drain(for: 0.5).count, 0)
+
+        // The same update id, intact: applied (the broken attempt left no trace), and the next
+        // release is the initial weights minus the delta.
+        guard case .ack(let ack) = try call(good).0 else { return XCTFail("expected ACK") }
+        XCTAssertEqual(ack.outcome, .applied)
+        XCTAssertEqual(ack.version, 1)
+        guard case .release(let next, let after) = try call(codec.encode(.fetch(Fetch(haveVersion: 0)))).0 else {
+            return XCTFail("expected the new release")
+        }
+        XCTAssertEqual(next.version, 1)
+        for i in stride(from: 0, to: delta.count, by: 9973) {
+            XCTAssertEqual(after.values[i], release.values[i] - delta[i], accuracy: 1e-6)
+        }
+    }
+}
