@@ -152,8 +152,8 @@ public final class SynchronousFedAvg: AggregationStrategy {
     private let sum: ParameterVector
     private var received = 0
     private var totalWeight = 0.0
-    /// Trainers in the current round (rebuilt by replay after a restart, lost across a
-    /// checkpoint taken mid-round).
+    /// Trainers in the current round (kept in the checkpoint as `contributor.<id>` scalars, and
+    /// rebuilt by replay after a restart), so nobody contributes twice to one round.
     private var contributors = Set<String>()
     public var maxStaleness: Int { 0 }
     public var name: String { "sync" }
@@ -162,9 +162,13 @@ public final class SynchronousFedAvg: AggregationStrategy {
         [("sum", sum)] + optimizer.stateVectors.map { ("optimizer.\($0.name)", $0.vector) }
     }
     public var stateScalars: [String: Double] {
-        ["received": Double(received), "totalWeight": totalWeight, "expected": Double(expected), "optimizer.steps": Double(optimizer.steps)]
+        var scalars = ["received": Double(received), "totalWeight": totalWeight, "expected": Double(expected),
+                       "optimizer.steps": Double(optimizer.steps)]
+        for trainer in contributors { scalars["contributor." + trainer] = 1 }
+        return scalars
     }
     public func restore(scalars: [String: Double]) {
+        contributors = Set(scalars.keys.filter { $0.hasPrefix("contributor.") }.map { String($0.dropFirst("contributor.".count)) })
         received = Int(scalars["received"] ?? 0)
         totalWeight = scalars["totalWeight"] ?? 0
         expected = Int(scalars["expected"] ?? Double(expected))

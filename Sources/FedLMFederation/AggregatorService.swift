@@ -30,12 +30,13 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
 
     public func stop() { stopFlag.set() }
 
-    private var cachedRelease: (version: Int, frames: [[UInt8]])?
+    private var cachedRelease: (version: Int, frames: SharedFrames)?
 
-    /// The current release, encoded once per version.
-    func releaseFrames() -> [[UInt8]] {
+    /// The current release, encoded once per version and sent (to each fetcher, and published)
+    /// without further copies.
+    func releaseFrames() -> SharedFrames {
         if let c = cachedRelease, c.version == core.version { return c.frames }
-        let frames = codec.encode(core.release())
+        let frames = SharedFrames(codec.encode(core.release()))
         cachedRelease = (core.version, frames)
         return frames
     }
@@ -113,7 +114,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
             }
             if core.version > published {
                 // Releases go out on the topic "release" (per-cluster topics come with clusters).
-                _ = try? publisher.send([Array("release".utf8)] + releaseFrames(), wait: false)
+                try? publisher.publish(releaseFrames(), topic: Array("release".utf8))
                 published = core.version
             }
             if let evaluate, core.version >= evaluated + evaluateEvery {

@@ -55,10 +55,21 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
             // Frames are handed from socket to socket without copies (tensors are most of the bytes).
             if ready.contains(0) {
                 var unavailable: [UInt8]?
-                let head = try trainers.forward(to: aggregator, head: 1) { head in
-                    if let id = aggregatorID, now - aggregatorSeen < timeout { return [id, head[0]] }
-                    unavailable = head[0]
-                    return nil
+                var from: [UInt8]?
+                var head: [[UInt8]]?
+                do {
+                    head = try trainers.forward(to: aggregator, head: 1) { head in
+                        from = head[0]
+                        if let id = aggregatorID, now - aggregatorSeen < timeout { return [id, head[0]] }
+                        unavailable = head[0]
+                        return nil
+                    }
+                } catch let e as ZMQError where e.code == EHOSTUNREACH {
+                    // The aggregator's connection is gone (it crashed or stopped) before its
+                    // heartbeats timed out: the trainer hears `unavailable` and retries.
+                    logger.info("aggregator disconnected")
+                    aggregatorID = nil
+                    unavailable = from
                 }
                 if let peer = head?.first {
                     if peersSeen[peer] == nil { logger.info("peer \(String(decoding: peer, as: UTF8.self)) connected") }

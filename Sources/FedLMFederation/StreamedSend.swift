@@ -8,4 +8,21 @@ extension ZMQSocket {
     func sendStreamed(_ frames: [[UInt8]], prefix: [[UInt8]] = []) throws {
         for message in MessageStream.split(frames) { try send(prefix + message) }
     }
+
+    /// Streams an encoded tensor message held in `shared` without copying its chunks.
+    func sendStreamed(_ shared: SharedFrames, prefix: [[UInt8]] = []) throws {
+        guard shared.count > 3 else { try send(prefix + shared.frames); return }
+        try send(prefix + Array(shared.frames[0..<3]))
+        let count = shared.count - 3
+        for i in 0..<count {
+            try send(prefix + MessageStream.chunkPrefix(index: i, count: count), shared: shared, range: (3 + i)..<(4 + i))
+        }
+    }
+
+    /// Publishes an encoded message held in `shared` as one message under `topic`, without
+    /// copying its tensor frames.
+    func publish(_ shared: SharedFrames, topic: [UInt8]) throws {
+        guard shared.count > 3 else { try send([topic] + shared.frames); return }
+        try send([topic] + Array(shared.frames[0..<3]), shared: shared, range: 3..<shared.count)
+    }
 }

@@ -17,23 +17,21 @@ public enum MessageStream {
     public static func split(_ frames: [[UInt8]]) -> [[[UInt8]]] {
         guard frames.count > 3 else { return [frames] }
         let chunks = frames[3...]
-        let marker = frames[0]
         var messages: [[[UInt8]]] = [Array(frames[0..<3])]
         messages.reserveCapacity(chunks.count + 1)
         for (index, chunk) in chunks.enumerated() {
-            messages.append([marker, [MessageType.chunk.rawValue], position(index, of: chunks.count), chunk])
+            messages.append(chunkPrefix(index: index, count: chunks.count) + [chunk])
         }
         return messages
     }
 
-    /// The position frame of chunk `index` of `count` (exposed for tests that forge streams).
-    public static func positionForTesting(_ index: Int, of count: Int) -> [UInt8] { position(index, of: count) }
-
-    static func position(_ index: Int, of count: Int) -> [UInt8] {
-        var bytes: [UInt8] = []
-        withUnsafeBytes(of: UInt32(index).littleEndian) { bytes += $0 }
-        withUnsafeBytes(of: UInt32(count).littleEndian) { bytes += $0 }
-        return bytes
+    /// The frames of a CHUNK message before the chunk's bytes: marker, type, position (the
+    /// chunk's index and the chunk count, little-endian UInt32s).
+    public static func chunkPrefix(index: Int, count: Int) -> [[UInt8]] {
+        var position: [UInt8] = []
+        withUnsafeBytes(of: UInt32(index).littleEndian) { position += $0 }
+        withUnsafeBytes(of: UInt32(count).littleEndian) { position += $0 }
+        return [WireCodec.magic + [WireCodec.version], [MessageType.chunk.rawValue], position]
     }
 }
 

@@ -126,4 +126,27 @@ final class AggregatorCoreTests: XCTestCase {
         XCTAssertEqual(reopened.version, 1)
         XCTAssertEqual(reopened.model.parameters.storage.array, core.model.parameters.storage.array)
     }
+
+    /// A checkpoint taken mid-round (as on a graceful stop) keeps who already contributed: after
+    /// the restart the same trainer cannot count twice in that round, and the round completes
+    /// with the other trainer's update.
+    func testASyncRoundKeepsItsContributorsAcrossACheckpointAndRestart() throws {
+        var c = AggregationConfig()
+        c.mode = .sync
+        c.participants = 2
+        c.serverOptimizer = .sgd(learningRate: 1)
+        let first = try AggregatorCore(runDirectory: dir, config: c, initialModel: try GPT2Model(config: modelConfig, seed: 1))
+        for t in ["t1", "t2"] { _ = try first.handle(.hello(Hello(trainerID: t)), from: t) }
+        XCTAssertEqual(reply(try first.handle(update("u1", base: 0, scale: 0.01, specs: first.specs), from: "t1")),
+                       .ack(Ack(updateID: "u1", outcome: .buffered, version: 0)))
+        try first.checkpoint()  // mid-round, as the service does when it stops
+        let reopened = try AggregatorCore(runDirectory: dir, config: c, initialModel: try GPT2Model(config: modelConfig, seed: 1))
+        for t in ["t1", "t2"] { _ = try reopened.handle(.hello(Hello(trainerID: t)), from: t) }
+        guard case .error(let e)? = reply(try reopened.handle(update("u2", base: 0, scale: 0.01, specs: reopened.specs), from: "t1")) else {
+            return XCTFail("t1 contributed to this round before the restart")
+        }
+        XCTAssertTrue(e.detail.contains("already contributed"), e.detail)
+        XCTAssertEqual(reply(try reopened.handle(update("u3", base: 0, scale: 0.02, specs: reopened.specs, trainer: "t2"), from: "t2")),
+                       .ack(Ack(updateID: "u3", outcome: .applied, version: 1)))
+    }
 }

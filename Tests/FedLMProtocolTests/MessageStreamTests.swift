@@ -100,7 +100,7 @@ final class MessageStreamTests: XCTestCase {
         XCTAssertThrowsError(try codec.decode(stream[1])) { XCTAssertTrue("\($0)".contains("CHUNK outside a stream"), "\($0)") }
         // A chunk claiming another count, or of the wrong size, breaks the transfer with a reason.
         var s = stream
-        s[1][2] = MessageStream.positionForTesting(0, of: 7)
+        s[1][2] = MessageStream.chunkPrefix(index: 0, count: 7)[2]
         XCTAssertNil(try assembler.accept(s[0]))
         XCTAssertThrowsError(try assembler.accept(s[1])) { XCTAssertTrue("\($0)".contains("CHUNK 0 of 7"), "\($0)") }
         s = stream

@@ -103,4 +103,28 @@ final class ZeroMQTests: XCTestCase {
         }
         XCTAssertGreaterThanOrEqual(ZMQContext.version.0, 4)
     }
+
+    /// Zero-copy frames arrive intact, can be sent many times, and are let go once libzmq is done.
+    func testSharedFramesAreSentWithoutCopiesAndReleasedAfterwards() throws {
+        let router = try ZMQSocket(context, .router)
+        try router.bind("tcp://127.0.0.1:*")
+        let dealer = try ZMQSocket(context, .dealer)
+        try dealer.connect(router.lastEndpoint)
+        var shared: SharedFrames? = SharedFrames([Array("head".utf8), [UInt8](repeating: 1, count: 2 << 20), [], (0..<1000).map { UInt8($0 % 251) }])
+        weak let watch = shared
+        for i in 0..<5 {
+            try dealer.send([[UInt8(i)]], shared: shared!, range: 1..<4)
+        }
+        try dealer.send([Array("one".utf8)], shared: shared!, range: 3..<4)
+        let frames = shared!.frames
+        shared = nil
+        for i in 0..<5 {
+            let m = try XCTUnwrap(try router.receive(timeout: 5000))
+            XCTAssertEqual(Array(m.dropFirst()), [[UInt8(i)]] + Array(frames[1..<4]))
+        }
+        XCTAssertEqual(Array(try XCTUnwrap(try router.receive(timeout: 5000)).dropFirst()), [Array("one".utf8), frames[3]])
+        let deadline = Date().addingTimeInterval(5)
+        while watch != nil, Date() < deadline { usleep(1000) }
+        XCTAssertNil(watch, "libzmq released every frame's hold on the box")
+    }
 }
