@@ -1,3 +1,4 @@
+import Foundation
 import FedLMModel
 
 /// How the aggregator folds updates in; the `[aggregation]` table of a topology.
@@ -26,6 +27,9 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
     public enum Durability: String, Sendable, Codable, CaseIterable { case machine, process }
     public var durability: Durability = .machine
 
+    /// Personalized heads per data cluster (nil: one global model).
+    public var clusters: ClusterConfig?
+
     public init() {}
 
     public func makeStrategy(layout: ParameterLayout) -> any AggregationStrategy {
@@ -35,5 +39,24 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
             return FedBuff(bufferSize: bufferSize, weight: staleness, maxStaleness: maxStaleness, optimizer: serverOptimizer, layout: layout)
         case .sync: return SynchronousFedAvg(participants: participants, optimizer: serverOptimizer, layout: layout)
         }
+    }
+}
+
+/// The `[clusters]` table of a topology: personalized heads per data cluster.
+public struct ClusterConfig: Equatable, Sendable, Codable {
+    /// Clusters that exist from the start (more can be created while running).
+    public var names: [String]
+    /// Which parameters make up a cluster's head (nil: `ParameterPartition.defaultPatterns`).
+    public var headPatterns: [String]?
+    public init(names: [String], headPatterns: [String]? = nil) {
+        self.names = names
+        self.headPatterns = headPatterns
+    }
+
+    /// Cluster names become file names and pub/sub topics: letters, digits, '-', '_' and '.'.
+    public static func isValidName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 64 && name.unicodeScalars.allSatisfy {
+            CharacterSet.alphanumerics.contains($0) && $0.isASCII || "-_.".unicodeScalars.contains($0)
+        } && name != "." && name != ".."
     }
 }

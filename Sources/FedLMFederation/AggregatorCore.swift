@@ -28,6 +28,8 @@ public final class AggregatorCore {
     public private(set) var model: GPT2Model
     public private(set) var version: Int
     public private(set) var strategy: any AggregationStrategy
+    /// Personalized heads per data cluster (nil: one global model).
+    public private(set) var heads: PersonalizedHeads?
     public let specs: [TensorSpec]
     private var lastCheckpointedVersion: Int
     /// Weights of recent versions (FedAsync mixes with the trainer's starting weights).
@@ -70,18 +72,54 @@ public final class AggregatorCore {
             model = r.model
             version = r.version
             strategy = r.strategy
+            heads = r.heads
             specs = r.model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) }
             lastCheckpointedVersion = r.checkpoint.number
             log("restored v\(r.checkpoint.number) from \(r.checkpoint.checkpointPath), replayed \(r.replayed) updates -> version \(version)")
         } else {
-            model = try initialModel()
+            let fresh = try initialModel()
+            model = fresh
             version = 0
-            strategy = config.makeStrategy(layout: model.layout)
-            specs = model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) }
+            strategy = config.makeStrategy(layout: fresh.layout)
+            heads = try config.clusters.map { try Self.makeHeads($0, config: config, model: fresh) }
+            specs = fresh.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) }
             lastCheckpointedVersion = -1
-            try checkpoint()
         }
+        if let clusters = config.clusters {
+            for name in clusters.names where heads?.heads[name] == nil { try addCluster(name, origin: "config", checkpointNow: false) }
+            try adoptNewClusters(checkpointNow: false)
+        }
+        let restoredClusters = Set(restored?.heads?.names ?? [])
+        if restored == nil || (heads.map { Set($0.names) != restoredClusters } ?? false) { try checkpoint() }
         rememberVersion()
+    }
+
+    static func makeHeads(_ clusters: ClusterConfig, config: AggregationConfig, model: GPT2Model) throws -> PersonalizedHeads {
+        PersonalizedHeads(partition: try ParameterPartition(model: model.layout, layers: model.config.layers, patterns: clusters.headPatterns),
+                          config: config)
+    }
+
+    // MARK: Clusters
+
+    /// Creates a cluster whose head starts from the global model's head, registers it in the
+    /// ledger, and checkpoints (so a restart never has to replay an update into a cluster the
+    /// checkpoint does not know).
+    public func addCluster(_ name: String, origin: String, checkpointNow: Bool = true) throws {
+        guard let heads else { throw FederationError.peer("this federation has no clusters (add a [clusters] table)") }
+        guard ClusterConfig.isValidName(name) else {
+            throw FederationError.peer("cluster name '\(name)': use letters, digits, '-', '_' and '.' (at most 64)")
+        }
+        guard heads.heads[name] == nil else { return }
+        heads.add(name, from: model.parameters)
+        try ledger.addCluster(name, origin: origin)
+        log("cluster \(name) created (\(origin)), head from the global model at version \(version)")
+        if checkpointNow { try checkpoint() }
+    }
+
+    /// Creates clusters registered in the ledger by someone else (`fedlm cluster create`).
+    public func adoptNewClusters(checkpointNow: Bool = true) throws {
+        guard let heads else { return }
+        for name in try ledger.clusters() where heads.heads[name] == nil { try addCluster(name, origin: "ledger", checkpointNow: checkpointNow) }
     }
 
     // MARK: Messages
@@ -90,16 +128,29 @@ public final class AggregatorCore {
         if knownTrainers[peer] != nil { lastSeen[peer] = now }
         switch message {
         case .hello(let h):
+            if let c = h.cluster {
+                guard let heads else {
+                    return [.reply(to: peer, .error(ErrorReply(code: .unknownCluster, detail: "this federation has no clusters; leave the cluster out")))]
+                }
+                guard heads.heads[c] != nil else {
+                    return [.reply(to: peer, .error(ErrorReply(code: .unknownCluster,
+                                                               detail: "no cluster named '\(c)' (there are: \(heads.names.joined(separator: ", ")))")))]
+                }
+                try ledger.recordAssignment(trainer: h.trainerID, cluster: c, how: h.assignment ?? "declared", at: now)
+            }
             try ledger.touchTrainer(h.trainerID, cluster: h.cluster, at: now)
             knownTrainers[h.trainerID] = h.cluster
             lastSeen[h.trainerID] = now
             try adjustParticipants(growOnly: true)
             return [.reply(to: peer, .welcome(Welcome(trainerID: h.trainerID, cluster: h.cluster, heartbeatMilliseconds: 1000,
                                                       maxStaleness: config.maxStaleness, latestVersion: version,
-                                                      mode: config.mode.rawValue)))]
+                                                      mode: config.mode.rawValue, clusters: heads?.names)))]
         case .fetch(let f):
+            if let c = f.cluster, heads?.heads[c] == nil {
+                return [.reply(to: peer, .error(ErrorReply(code: .unknownCluster, detail: "no cluster named '\(c)'")))]
+            }
             if let have = f.haveVersion, have == version { return [.reply(to: peer, .heartbeat)] }
-            return [.reply(to: peer, release())]
+            return [.reply(to: peer, release(cluster: f.cluster))]
         case .update(let info, let payload):
             return [.reply(to: peer, try handleUpdate(info, payload, now: now))]
         case .heartbeat:
@@ -111,9 +162,22 @@ public final class AggregatorCore {
         }
     }
 
-    /// The current model as a RELEASE.
-    public func release() -> Message {
-        .release(ReleaseInfo(version: version), TensorPayload(specs: specs, values: model.parameters.storage.array))
+    /// The current model as a RELEASE: the global model, or a cluster's (global trunk, its head).
+    public func release(cluster: String? = nil) -> Message {
+        guard let cluster, let heads, let head = heads.heads[cluster] else {
+            return .release(ReleaseInfo(version: version), TensorPayload(specs: specs, values: model.parameters.storage.array))
+        }
+        let values = [Float](unsafeUninitializedCapacity: model.parameters.count) { out, n in
+            heads.release(cluster, model: model.parameters, into: out.baseAddress!)
+            n = model.parameters.count
+        }
+        return .release(ReleaseInfo(version: version, cluster: cluster, headVersion: head.version), TensorPayload(specs: specs, values: values))
+    }
+
+    /// The identity of what a release of `cluster` would carry now (changes when it must be re-sent).
+    public func releaseKey(cluster: String?) -> String {
+        guard let cluster, let head = heads?.heads[cluster] else { return "v\(version)" }
+        return "v\(version)/\(cluster)/h\(head.version)"
     }
 
     private func handleUpdate(_ info: UpdateInfo, _ payload: TensorPayload, now: Double) throws -> Message {
@@ -141,6 +205,22 @@ public final class AggregatorCore {
             return try refuse(ProtocolError(.tooStale, "staleness \(staleness) exceeds \(config.maxStaleness); fetch the latest release"),
                               staleness: staleness)
         }
+        // With clusters, the update's head part goes to its cluster's head: it must name one,
+        // and its head must not be too stale either.
+        var headStaleness: Int?
+        if let heads {
+            guard let c = info.cluster, let head = heads.heads[c] else {
+                return try refuse(ProtocolError(.unknownCluster, info.cluster.map { "no cluster named '\($0)'" } ?? "an update must name its cluster"))
+            }
+            let hs = head.version - (info.baseHeadVersion ?? head.version)
+            guard hs >= 0 else { return try refuse(ProtocolError(.malformed, "base head version \(info.baseHeadVersion!) is newer than \(head.version)")) }
+            guard hs <= config.maxStaleness else {
+                return try refuse(ProtocolError(.tooStale, "cluster \(c)'s head staleness \(hs) exceeds \(config.maxStaleness)"), staleness: staleness)
+            }
+            headStaleness = hs
+        } else if let c = info.cluster {
+            return try refuse(ProtocolError(.unknownCluster, "this federation has no clusters (the update names '\(c)')"))
+        }
         var marks: [(String, Double)] = [("start", Date().timeIntervalSince1970)]
         func mark(_ name: String) { marks.append((name, Date().timeIntervalSince1970)) }
         defer {
@@ -166,17 +246,27 @@ public final class AggregatorCore {
             return try refuse(ProtocolError(.tooStale, why), staleness: staleness)
         }
         if decision == .applied { version += 1 }
+        var headVersionAfter: Int?
+        if let heads, let c = info.cluster, let hs = headStaleness {
+            _ = heads.receive(delta: delta, cluster: c, staleness: hs, dataWeight: Double(max(info.tokens, 1)), trainer: info.trainerID)
+            headVersionAfter = heads.heads[c]!.version
+        }
         mark("strategy")
         let norm = Double(GradientClipping.norm(delta))
         mark("norm")
         try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster, baseVersion: info.baseVersion,
                                       staleness: staleness, weight: StalenessWeightOf(config).weight(staleness), norm: norm,
                                       tokens: info.tokens, outcome: decision == .applied ? "applied" : "buffered",
-                                      versionAfter: version, deltaPath: deltaPath, reason: nil, receivedAt: now))
+                                      versionAfter: version, deltaPath: deltaPath, reason: nil, receivedAt: now,
+                                      headStaleness: headStaleness, headVersionAfter: headVersionAfter))
         mark("ledger")
         if decision == .applied {
             rememberVersion()
             if version - lastCheckpointedVersion >= checkpointInterval { try checkpoint() }
+        } else if let headVersionAfter, headVersionAfter % (checkpointInterval * 4) == 0 {
+            // Heads also change between global versions (a buffered trunk update still moves its
+            // head): checkpoint now and then so replays stay short.
+            try checkpoint()
         }
         mark("version")
         return .ack(Ack(updateID: info.updateID, outcome: decision == .applied ? .applied : .buffered, version: version))
@@ -226,8 +316,16 @@ public final class AggregatorCore {
         let statePath = runDirectory + "/.aggregator_state.safetensors"
         try SafeTensors.write(Checkpoint.tensorSources(of: strategy.stateVectors), metadata: strategy.stateScalars.mapValues { String($0) }.merging(["strategy": strategy.name]) { a, _ in a }, to: statePath)
         let lastSeq = try ledger.lastUpdateSeq
+        var extra = ["aggregator_state.safetensors": statePath]
+        if let heads {
+            let headsPath = runDirectory + "/.heads.safetensors"
+            try SafeTensors.write(Checkpoint.tensorSources(of: heads.stateVectors),
+                                  metadata: heads.stateScalars.mapValues { String($0) }.merging(["clusters": heads.names.joined(separator: ",")]) { a, _ in a },
+                                  to: headsPath)
+            extra["heads.safetensors"] = headsPath
+        }
         try Checkpoint.save(model: model, state: .init(step: version, optimizer: strategy.name, tokensSeen: 0),
-                            extraFiles: ["aggregator_state.safetensors": statePath], to: dir)
+                            extraFiles: extra, to: dir)
         let sha = try Checkpoint.sha256(ofFile: dir + "/" + Checkpoint.modelFile)
         let covered = try ledger.recordVersion(.init(number: version, checkpointPath: dir, sha256: sha, lastUpdateSeq: lastSeq,
                                                      createdAt: Date().timeIntervalSince1970))
@@ -238,6 +336,7 @@ public final class AggregatorCore {
     struct Restored {
         let model: GPT2Model
         let strategy: any AggregationStrategy
+        let heads: PersonalizedHeads?
         let version: Int
         let checkpoint: Ledger.VersionRecord
         let replayed: Int
@@ -255,6 +354,18 @@ public final class AggregatorCore {
         let state = try SafeTensorsFile(path: v.checkpointPath + "/aggregator_state.safetensors")
         try Checkpoint.readStateVectors(state, into: strategy.stateVectors)
         strategy.restore(scalars: state.metadata.compactMapValues(Double.init))
+        var heads: PersonalizedHeads?
+        if let clusters = config.clusters {
+            let h = try makeHeads(clusters, config: config, model: model)
+            let headsPath = v.checkpointPath + "/heads.safetensors"
+            if FileManager.default.fileExists(atPath: headsPath) {
+                let file = try SafeTensorsFile(path: headsPath)
+                let names = (file.metadata["clusters"] ?? "").split(separator: ",").map(String.init)
+                h.restore(names: names, scalars: file.metadata.compactMapValues(Double.init), model: model.parameters)
+                try Checkpoint.readStateVectors(file, into: h.stateVectors)
+            }
+            heads = h
+        }
         var version = v.number
         let pending = try ledger.updates(after: v.lastUpdateSeq)
         for u in pending {
@@ -269,8 +380,15 @@ public final class AggregatorCore {
             guard version == u.versionAfter else {
                 throw FederationError.replayDiverged("update \(u.id) gave version \(version), the ledger says \(u.versionAfter)")
             }
+            if let heads, let c = u.cluster, let hs = u.headStaleness {
+                guard heads.heads[c] != nil else { throw FederationError.replayDiverged("update \(u.id) is for cluster \(c), which the checkpoint lacks") }
+                _ = heads.receive(delta: delta, cluster: c, staleness: hs, dataWeight: Double(max(u.tokens, 1)), trainer: u.trainer)
+                guard heads.heads[c]!.version == u.headVersionAfter else {
+                    throw FederationError.replayDiverged("update \(u.id) gave head version \(heads.heads[c]!.version) of \(c), the ledger says \(u.headVersionAfter ?? -1)")
+                }
+            }
         }
-        return Restored(model: model, strategy: strategy, version: version, checkpoint: v, replayed: pending.count)
+        return Restored(model: model, strategy: strategy, heads: heads, version: version, checkpoint: v, replayed: pending.count)
     }
 
     private func rememberVersion() {

@@ -11,8 +11,10 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
     public let core: AggregatorCore
     public let endpoints: BrokerEndpoints
     public let limits: TransportLimits
-    /// Validation loss per cluster of a model (nil: no evaluation).
-    public var evaluate: ((GPT2Model) throws -> [(String, Float)])?
+    /// Validation loss of a model on one data cluster's held-out data (nil: no evaluation).
+    public var evaluate: ((GPT2Model, String) throws -> Float)?
+    /// The data clusters to evaluate on.
+    public var validationClusters: [String] = []
     public var evaluateEvery = 5
     let logger: Logger
     private let stopFlag = StopFlag()
@@ -30,16 +32,21 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
 
     public func stop() { stopFlag.set() }
 
-    private var cachedRelease: (version: Int, frames: SharedFrames)?
+    private var cachedReleases: [String: (key: String, frames: SharedFrames)] = [:]
 
-    /// The current release, encoded once per version and sent (to each fetcher, and published)
-    /// without further copies.
-    func releaseFrames() -> SharedFrames {
-        if let c = cachedRelease, c.version == core.version { return c.frames }
-        let frames = SharedFrames(codec.encode(core.release()))
-        cachedRelease = (core.version, frames)
+    /// A release (the global model, or a cluster's), encoded once per version and sent to each
+    /// fetcher, and published, without further copies.
+    func releaseFrames(cluster: String? = nil) -> SharedFrames {
+        let key = core.releaseKey(cluster: cluster)
+        if let c = cachedReleases[cluster ?? ""], c.key == key { return c.frames }
+        let frames = SharedFrames(codec.encode(core.release(cluster: cluster)))
+        cachedReleases[cluster ?? ""] = (key, frames)
         return frames
     }
+
+    /// The pub/sub topic of a release: "global/" or "cluster/<name>/" (the trailing slash keeps
+    /// one cluster's subscription from matching another whose name it prefixes).
+    public static func topic(cluster: String?) -> [UInt8] { Array((cluster.map { "cluster/\($0)/" } ?? "global/").utf8) }
 
     /// The service loop on the calling thread, until `stop()`.
     public func runBlocking() throws {
@@ -59,7 +66,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         var lastHeartbeat = 0.0
         var transfers = IncomingTransfers(codec: codec)
         var streamStarted: [String: Double] = [:]  // for FEDLM_TRACE_TIMING
-        var published = -1
+        var published: [String: String] = [:]
         var evaluated = -1
         while !stopFlag.isSet {
             let now = Date().timeIntervalSince1970
@@ -67,6 +74,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
                 try dealer.send([[]] + codec.encode(.heartbeat))
                 lastHeartbeat = now
                 try core.expireSilentTrainers(now: now)
+                try core.adoptNewClusters()
                 for peer in transfers.expire(now: now) { logger.warning("dropped the unfinished transfer from \(peer) after silence") }
             }
             let tPoll = Date().timeIntervalSince1970
@@ -92,8 +100,8 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
             // A FETCH is answered with the release frames encoded once per version (shared with
             // the publication below), streamed; everything else goes through the core.
             var directives: [AggregatorDirective] = []
-            if case .fetch(let f) = decoded, f.haveVersion != core.version {
-                try dealer.sendStreamed(releaseFrames(), prefix: [peer])
+            if case .fetch(let f) = decoded, f.haveVersion != core.version, f.cluster == nil || core.heads?.heads[f.cluster!] != nil {
+                try dealer.sendStreamed(releaseFrames(cluster: f.cluster), prefix: [peer])
             } else {
                 directives = try core.handle(decoded, from: peerName)
             }
@@ -112,22 +120,45 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
             if case .update(let info, _) = decoded {
                 logger.info("update \(info.updateID) from \(info.trainerID) on v\(info.baseVersion) -> version \(core.version)")
             }
-            if core.version > published {
-                // Releases go out on the topic "release" (per-cluster topics come with clusters).
-                try? publisher.publish(releaseFrames(), topic: Array("release".utf8))
-                published = core.version
+            // Every release that changed goes out on its topic.
+            for cluster in [nil] + (core.heads?.names ?? []) as [String?] {
+                let key = core.releaseKey(cluster: cluster)
+                guard published[cluster ?? ""] != key else { continue }
+                try? publisher.publish(releaseFrames(cluster: cluster), topic: Self.topic(cluster: cluster))
+                published[cluster ?? ""] = key
             }
             if let evaluate, core.version >= evaluated + evaluateEvery {
-                let losses = try evaluate(core.model)
-                for (cluster, loss) in losses { try core.ledger.recordMetric("validation_loss/\(cluster)", Double(loss), version: core.version) }
-                let mean = losses.map(\.1).reduce(0, +) / Float(max(losses.count, 1))
-                try core.ledger.recordMetric("validation_loss", Double(mean), version: core.version)
-                logger.info("version \(core.version): validation loss \(String(format: "%.4f", mean))")
+                try evaluateReleases(evaluate)
                 evaluated = core.version
             }
         }
         try core.checkpoint()
         logger.info("aggregator stopped at version \(core.version) (checkpointed)")
+    }
+}
+
+extension AggregatorService {
+    /// Records the global model's validation loss on every data cluster ("validation_loss/<c>"
+    /// and their mean), and each personalized model's on the data cluster of its name
+    /// ("personalized_loss/<c>").
+    func evaluateReleases(_ evaluate: (GPT2Model, String) throws -> Float) throws {
+        let losses = try validationClusters.map { ($0, try evaluate(core.model, $0)) }
+        for (cluster, loss) in losses { try core.ledger.recordMetric("validation_loss/\(cluster)", Double(loss), version: core.version) }
+        let mean = losses.map(\.1).reduce(0, +) / Float(max(losses.count, 1))
+        try core.ledger.recordMetric("validation_loss", Double(mean), version: core.version)
+        var line = "version \(core.version): validation loss \(String(format: "%.4f", mean))"
+        if let heads = core.heads {
+            let personal = try GPT2Model(config: core.model.config)
+            var own: [Float] = []
+            for c in heads.names where validationClusters.contains(c) {
+                heads.release(c, model: core.model.parameters, into: personal.parameters.pointer)
+                let loss = try evaluate(personal, c)
+                try core.ledger.recordMetric("personalized_loss/\(c)", Double(loss), version: core.version)
+                own.append(loss)
+            }
+            if !own.isEmpty { line += String(format: ", personalized %.4f", own.reduce(0, +) / Float(own.count)) }
+        }
+        logger.info("\(line)")
     }
 }
 

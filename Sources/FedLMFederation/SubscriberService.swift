@@ -13,6 +13,8 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
     public let endpoints: BrokerEndpoints
     public let outDirectory: String?
     public let modelConfig: GPT2Config
+    /// The cluster whose releases to follow (nil: the global model).
+    public var cluster: String?
     public var onRelease: (Int) -> Void = { _ in }
     public var maxReleases: Int?
     let logger: Logger
@@ -33,29 +35,31 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
         let context = ZMQContext()
         let sub = try ZMQSocket(context, .sub)
         try sub.setMaximumMessageSize(1 << 31)
-        try sub.subscribe(Array("release".utf8))
+        try sub.subscribe(AggregatorService.topic(cluster: cluster))
         try sub.connect(BrokerEndpoints.connectable(endpoints.releases))
         let dealer = try ZMQSocket(context, .dealer)
         try dealer.setRoutingID(Array("subscriber-\(getpid())-\(UInt32.random(in: 0...UInt32.max))".utf8))
         try dealer.connect(BrokerEndpoints.connectable(endpoints.trainers))
         defer { sub.close(); dealer.close() }
         let model = try GPT2Model(config: modelConfig)
-        var latest = -1
+        var latest = (-1, -1)
         var received = 0
         func take(_ info: ReleaseInfo, _ payload: TensorPayload) throws {
-            guard info.version > latest else { return }  // already covered by the snapshot or an earlier message
-            latest = info.version
+            // Versions order releases: (global version, head version) for a cluster's.
+            let key = (info.version, info.headVersion ?? 0)
+            guard key > latest, info.cluster == cluster else { return }  // already covered by the snapshot or an earlier message
+            latest = key
             received += 1
             if let outDirectory {
                 try payload.check(against: model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) })
                 payload.values.withUnsafeBufferPointer { model.parameters.pointer.update(from: $0.baseAddress!, count: model.parameters.count) }
-                try Checkpoint.save(model: model, to: outDirectory + "/v\(info.version)")
+                try Checkpoint.save(model: model, to: outDirectory + "/v\(info.version)" + (info.headVersion.map { "-h\($0)" } ?? ""))
             }
-            logger.info("release v\(info.version)")
+            logger.info("release v\(info.version)\(info.cluster.map { " of cluster \($0) (head \(info.headVersion ?? 0))" } ?? "")")
             onRelease(info.version)
         }
         // Snapshot (the subscription above is already in place, so nothing falls in between).
-        try dealer.send(codec.encode(.fetch(Fetch())))
+        try dealer.send(codec.encode(.fetch(Fetch(cluster: cluster))))
         var lastAsk = Date().timeIntervalSince1970
         var haveSnapshot = false
         var snapshot = StreamAssembler(codec: codec)  // the snapshot streams in chunk by chunk
@@ -70,7 +74,7 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
                 if case .release(let info, let payload)? = try? codec.decode(Array(message[1...])) { try take(info, payload) }
             }
             if !haveSnapshot, Date().timeIntervalSince1970 - lastAsk > 2 {
-                try dealer.send(codec.encode(.fetch(Fetch())))
+                try dealer.send(codec.encode(.fetch(Fetch(cluster: cluster))))
                 lastAsk = Date().timeIntervalSince1970
             }
         }

@@ -43,6 +43,12 @@ import TOMLKit
 ///     tokens = 500000                       # optional token budget
 ///     slowdown = 1.0                        # optional straggler factor
 ///     ack_timeout = 30.0                    # optional: seconds before an unacknowledged update is resent
+///     cluster = "en"                        # with [clusters]: the cluster it trains in, or "auto" (IFCA)
+///
+///     [clusters]                            # optional: personalized heads per data cluster
+///     names = ["en", "de", "code"]          # clusters from the start
+///     head = ["transformer.h.{last}.*", "transformer.ln_f.*", "lm_head.*"]   # default
+///     reassign_every = 10                   # automatic trainers re-check their cluster every N rounds
 public struct Topology: Sendable {
     public struct Trainer: Sendable, Equatable {
         public var name: String
@@ -52,6 +58,8 @@ public struct Topology: Sendable {
         public var tokens: Int?
         public var slowdown: Double
         public var ackTimeout: Double
+        /// With clusters: the cluster it trains in, or nil for automatic assignment.
+        public var cluster: String?
     }
 
     public var path: String
@@ -63,13 +71,15 @@ public struct Topology: Sendable {
     public var aggregation: AggregationConfig
     public var evaluateEvery: Int
     public var trainers: [Trainer]
+    /// Automatic cluster assignment is re-checked every this many rounds.
+    public var reassignEvery = 10
 
     public static func load(path: String) throws -> Topology {
         func bad(_ why: String) -> FederationError { .badTopology("\(path): \(why)") }
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw bad("cannot read the file") }
         let root: TOMLTable
         do { root = try TOMLTable(string: text) } catch { throw bad("not valid TOML: \(error)") }
-        try allow(root, ["name", "run_directory", "model", "data", "broker", "aggregation", "trainer"], "", bad)
+        try allow(root, ["name", "run_directory", "model", "data", "broker", "aggregation", "trainer", "clusters"], "", bad)
         func string(_ t: TOMLTable, _ key: String, _ prefix: String) throws -> String? {
             guard let v = t[key] else { return nil }
             guard let s = v.string else { throw bad("'\(prefix)\(key)' must be a string") }
@@ -151,11 +161,34 @@ public struct Topology: Sendable {
             }
             t.aggregation = c
         }
+        if let ct = root["clusters"] {
+            guard let ct = ct.table else { throw bad("[clusters] must be a table") }
+            try allow(ct, ["names", "head", "reassign_every"], "clusters.", bad)
+            guard let arr = ct["names"]?.array, let names = arr.map({ $0.string }) as? [String], !names.isEmpty else {
+                throw bad("'clusters.names' must be a non-empty list of names")
+            }
+            for n in names where !ClusterConfig.isValidName(n) {
+                throw bad("cluster name '\(n)': use letters, digits, '-', '_' and '.' (at most 64)")
+            }
+            guard Set(names).count == names.count else { throw bad("'clusters.names' has a name twice") }
+            var head: [String]?
+            if let h = ct["head"] {
+                guard let arr = h.array, let patterns = arr.map({ $0.string }) as? [String], !patterns.isEmpty else {
+                    throw bad("'clusters.head' must be a non-empty list of name patterns")
+                }
+                head = patterns
+            }
+            t.aggregation.clusters = ClusterConfig(names: names, headPatterns: head)
+            if let r = try int(ct, "reassign_every", "clusters.") {
+                guard r >= 1 else { throw bad("'clusters.reassign_every' must be >= 1") }
+                t.reassignEvery = r
+            }
+        }
         guard let list = root["trainer"]?.array else { throw bad("at least one [[trainer]] is required") }
         for (i, item) in list.enumerated() {
             guard let tt = item.table else { throw bad("trainer \(i + 1) must be a table") }
             let p = "trainer[\(i + 1)]."
-            try allow(tt, ["name", "clusters", "local_steps", "time_budget", "tokens", "slowdown", "ack_timeout"], p, bad)
+            try allow(tt, ["name", "clusters", "local_steps", "time_budget", "tokens", "slowdown", "ack_timeout", "cluster"], p, bad)
             guard let name = try string(tt, "name", p), !name.isEmpty, !name.contains("/") else {
                 throw bad("'\(p)name' is required (non-empty, no '/')")
             }
@@ -168,9 +201,18 @@ public struct Topology: Sendable {
             guard steps >= 1 else { throw bad("'\(p)local_steps' must be >= 1") }
             let slowdown = try double(tt, "slowdown", p) ?? 1
             guard slowdown >= 1 else { throw bad("'\(p)slowdown' must be >= 1") }
+            let cluster = try string(tt, "cluster", p)
+            if let names = t.aggregation.clusters?.names {
+                guard let cluster else { throw bad("'\(p)cluster' is required with [clusters]: one of \(names.joined(separator: ", ")), or \"auto\"") }
+                guard cluster == "auto" || names.contains(cluster) else {
+                    throw bad("'\(p)cluster' is '\(cluster)', not one of \(names.joined(separator: ", ")) or \"auto\"")
+                }
+            } else if cluster != nil {
+                throw bad("'\(p)cluster' needs a [clusters] table")
+            }
             t.trainers.append(Trainer(name: name, clusters: clusters, localSteps: steps, timeBudget: try double(tt, "time_budget", p),
                                       tokens: try int(tt, "tokens", p), slowdown: slowdown,
-                                      ackTimeout: try double(tt, "ack_timeout", p) ?? 30))
+                                      ackTimeout: try double(tt, "ack_timeout", p) ?? 30, cluster: cluster == "auto" ? nil : cluster))
         }
         guard Set(t.trainers.map(\.name)).count == t.trainers.count else { throw bad("trainer names must be unique") }
         if t.aggregation.mode == .sync, t.aggregation.participants > t.trainers.count {

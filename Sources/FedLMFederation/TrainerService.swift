@@ -10,8 +10,15 @@ import Logging
 /// What one trainer does and on which data.
 public struct TrainerOptions: Sendable {
     public var id: String
-    /// Declared data cluster (sent in HELLO).
+    /// Declared data cluster (sent in HELLO); ignored with `automaticCluster`.
     public var cluster: String?
+    /// Choose the cluster automatically (IFCA): evaluate every cluster's release on a sample of
+    /// this trainer's data, join the one with the lowest loss, and check again every
+    /// `reassignEvery` rounds.
+    public var automaticCluster = false
+    public var reassignEvery = 10
+    /// Batches of local data each cluster's model is evaluated on when choosing.
+    public var assignmentBatches = 2
     /// The prepared data directory and the clusters of it this trainer owns.
     public var dataDirectory: String
     public var dataClusters: [String]?
@@ -118,11 +125,49 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         }
 
         var mode = "fedbuff"
+        var cluster = o.automaticCluster ? nil : o.cluster
+        var clusters: [String] = []
+        var refusal: ErrorReply?
         func hello() throws -> Bool {
-            try request(codec.encode(.hello(Hello(trainerID: o.id, cluster: o.cluster)))) {
-                if case .welcome(let w) = $0 { mode = w.mode; return true }
+            refusal = nil
+            let said = Hello(trainerID: o.id, cluster: cluster, assignment: cluster == nil ? nil : (o.automaticCluster ? "automatic" : "declared"))
+            let answered = try request(codec.encode(.hello(said))) {
+                if case .welcome(let w) = $0 { mode = w.mode; clusters = w.clusters ?? []; return true }
+                if case .error(let e) = $0, e.code == .unknownCluster { refusal = e; return true }
                 return false
             }
+            if let refusal { throw FederationError.peer("\(o.id): \(refusal.detail)") }
+            return answered
+        }
+
+        /// IFCA: the cluster whose current release has the lowest loss on a fixed sample of this
+        /// trainer's data (the same sample every time, so choices are comparable).
+        func chooseCluster() throws -> Bool {
+            guard !clusters.isEmpty else { throw FederationError.peer("\(o.id): automatic cluster choice, but the federation has no clusters") }
+            var sampleRNG = SeededGenerator(seed: o.training.seed &+ 77)
+            let sample = try (0..<o.assignmentBatches).map { _ in
+                try data.batch(.train, clusters: o.dataClusters, batch: o.training.batchSize, sequence: sequence, rng: &sampleRNG)
+            }
+            var losses: [(String, Float)] = []
+            for c in clusters {
+                var release: TensorPayload?
+                guard try request(codec.encode(.fetch(Fetch(cluster: c))), accept: {
+                    if case .release(let info, let payload) = $0, info.cluster == c { release = payload; return true }
+                    return false
+                }), let release else { return false }
+                try release.check(against: model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) })
+                release.values.withUnsafeBufferPointer { model.parameters.pointer.update(from: $0.baseAddress!, count: model.parameters.count) }
+                let loss = try sample.map { try model.loss($0) }.reduce(0, +) / Float(sample.count)
+                losses.append((c, loss))
+            }
+            let best = losses.min { $0.1 < $1.1 }!.0
+            logger.info("\(o.id): cluster losses \(losses.map { "\($0.0) \(String(format: "%.3f", $0.1))" }.joined(separator: ", ")) -> \(best)")
+            if best != cluster {
+                if let cluster { logger.info("\(o.id): moving from cluster \(cluster) to \(best)") }
+                cluster = best
+                return try hello()
+            }
+            return true
         }
 
         /// Sends an update until acknowledged (or refused); true if the aggregator took it.
@@ -149,7 +194,8 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         }
 
         guard try hello() else { return }
-        logger.info("\(o.id): registered (data: \((o.dataClusters ?? data.clusters).joined(separator: ", ")))")
+        if o.automaticCluster { guard try chooseCluster() else { return } }
+        logger.info("\(o.id): registered\(cluster.map { " in cluster \($0)" } ?? "") (data: \((o.dataClusters ?? data.clusters).joined(separator: ", ")))")
         // An update finished before a restart goes first.
         if let pending = try? PendingUpdate.load(pendingPath) {
             logger.info("\(o.id): resending unacknowledged update \(pending.id)")
@@ -164,11 +210,12 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
             // In a synchronous round, after a buffered update: wait for the round's next version
             // (the aggregator answers a FETCH for the version we have with a heartbeat).
             let have = (mode == "sync" && lastBuffered) ? lastBase : nil
-            guard try request(codec.encode(.fetch(Fetch(cluster: o.cluster, haveVersion: have))), accept: {
+            if o.automaticCluster, round > 0, round % max(1, o.reassignEvery) == 0 { guard try chooseCluster() else { break } }
+            guard try request(codec.encode(.fetch(Fetch(cluster: cluster, haveVersion: have))), accept: {
                 if case .release(let info, let payload) = $0 { release = (info, payload); return true }
                 if case .heartbeat = $0, have != nil {
                     Thread.sleep(forTimeInterval: 0.1)
-                    try socket.sendStreamed(codec.encode(.fetch(Fetch(cluster: o.cluster, haveVersion: have))))
+                    try socket.sendStreamed(codec.encode(.fetch(Fetch(cluster: cluster, haveVersion: have))))
                 }
                 return false
             }), let (info, payload) = release else { break }
@@ -201,7 +248,8 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
             for i in 0..<delta.count { delta[i] = start.pointer[i] - model.parameters.pointer[i] }
             round += 1
             let id = "\(o.id)-\(info.version)-\(round)-\(UInt32.random(in: 0...UInt32.max))"
-            let frames = codec.encode(.update(UpdateInfo(updateID: id, trainerID: o.id, baseVersion: info.version, cluster: o.cluster,
+            let frames = codec.encode(.update(UpdateInfo(updateID: id, trainerID: o.id, baseVersion: info.version, cluster: cluster,
+                                                         baseHeadVersion: info.headVersion,
                                                          tokens: h * o.training.batchSize * sequence, localSteps: h),
                                               TensorPayload(specs: payload.specs, values: delta)))
             try PendingUpdate(id: id, frames: frames).save(pendingPath)

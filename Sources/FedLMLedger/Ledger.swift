@@ -26,10 +26,15 @@ public final class Ledger {
         public var deltaPath: String?
         public var reason: String?
         public var receivedAt: Double
+        /// With personalized heads: the cluster head's staleness and its version right after.
+        public var headStaleness: Int?
+        public var headVersionAfter: Int?
 
         public init(seq: Int = 0, id: String, trainer: String, cluster: String?, baseVersion: Int, staleness: Int, weight: Double,
                     norm: Double, tokens: Int, outcome: String, versionAfter: Int, deltaPath: String?, reason: String?,
-                    receivedAt: Double) {
+                    receivedAt: Double, headStaleness: Int? = nil, headVersionAfter: Int? = nil) {
+            self.headStaleness = headStaleness
+            self.headVersionAfter = headVersionAfter
             self.seq = seq
             self.id = id
             self.trainer = trainer
@@ -85,7 +90,48 @@ public final class Ledger {
                 last_update_seq INTEGER NOT NULL, created_at REAL NOT NULL);
             CREATE TABLE IF NOT EXISTS metrics (
                 time REAL NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL, value REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS clusters (
+                name TEXT PRIMARY KEY, created_at REAL NOT NULL, origin TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS assignments (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, trainer TEXT NOT NULL, cluster TEXT NOT NULL,
+                previous TEXT, how TEXT NOT NULL, at REAL NOT NULL);
             """)
+        // Columns added with personalized heads (ledgers written before them get them here).
+        let columns = Set(try database.query("PRAGMA table_info(updates)").compactMap { $0[1].string })
+        for column in ["head_staleness", "head_version_after"] where !columns.contains(column) {
+            try database.execute("ALTER TABLE updates ADD COLUMN \(column) INTEGER")
+        }
+    }
+
+    // MARK: Clusters
+
+    /// Registers a data cluster (idempotent); `origin` says how it came to be (config, cli).
+    public func addCluster(_ name: String, origin: String, at time: Double = Date().timeIntervalSince1970) throws {
+        try database.query("INSERT OR IGNORE INTO clusters (name, created_at, origin) VALUES (?1, ?2, ?3)",
+                           [.text(name), .real(time), .text(origin)])
+    }
+
+    /// Registered clusters, in order of creation.
+    public func clusters() throws -> [String] {
+        try database.query("SELECT name FROM clusters ORDER BY created_at, name").compactMap { $0[0].string }
+    }
+
+    /// Records that `trainer` now trains in `cluster` (`how`: declared or automatic), if that
+    /// is a change (a first assignment or a move); returns whether it was.
+    @discardableResult
+    public func recordAssignment(trainer: String, cluster: String, how: String, at time: Double = Date().timeIntervalSince1970) throws -> Bool {
+        let last = try database.query("SELECT cluster FROM assignments WHERE trainer = ?1 ORDER BY seq DESC LIMIT 1", [.text(trainer)])
+            .first?[0].string
+        guard last != cluster else { return false }
+        try database.query("INSERT INTO assignments (trainer, cluster, previous, how, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                           [.text(trainer), .text(cluster), .init(last), .text(how), .real(time)])
+        return true
+    }
+
+    /// Every assignment, oldest first: (trainer, cluster, previous cluster, how).
+    public func assignments() throws -> [(trainer: String, cluster: String, previous: String?, how: String)] {
+        try database.query("SELECT trainer, cluster, previous, how FROM assignments ORDER BY seq")
+            .map { ($0[0].string!, $0[1].string!, $0[2].string, $0[3].string!) }
     }
 
     public func touchTrainer(_ id: String, cluster: String?, at time: Double = Date().timeIntervalSince1970) throws {
@@ -103,11 +149,11 @@ public final class Ledger {
         try database.transaction {
             try database.query("""
                 INSERT INTO updates (id, trainer, cluster, base_version, staleness, weight, norm, tokens, outcome,
-                                     version_after, delta_path, reason, received_at)
-                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                                     version_after, delta_path, reason, received_at, head_staleness, head_version_after)
+                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                 """, [.text(r.id), .text(r.trainer), .init(r.cluster), .init(r.baseVersion), .init(r.staleness), .real(r.weight),
                       .real(r.norm), .init(r.tokens), .text(r.outcome), .init(r.versionAfter), .init(r.deltaPath),
-                      .init(r.reason), .real(r.receivedAt)])
+                      .init(r.reason), .real(r.receivedAt), .init(r.headStaleness), .init(r.headVersionAfter)])
             let seq = Int(database.lastInsertRowID)
             if r.outcome != "refused" {
                 try database.query("UPDATE trainers SET updates = updates + 1 WHERE id = ?1", [.text(r.trainer)])
@@ -176,12 +222,13 @@ public final class Ledger {
 
     static let updateColumns = """
         SELECT seq, id, trainer, cluster, base_version, staleness, weight, norm, tokens, outcome, version_after,
-               delta_path, reason, received_at FROM updates
+               delta_path, reason, received_at, head_staleness, head_version_after FROM updates
         """
 
     static func update(row r: [SQLiteDatabase.Value]) -> UpdateRecord {
         UpdateRecord(seq: r[0].int!, id: r[1].string!, trainer: r[2].string!, cluster: r[3].string, baseVersion: r[4].int!,
                      staleness: r[5].int!, weight: r[6].double!, norm: r[7].double!, tokens: r[8].int!, outcome: r[9].string!,
-                     versionAfter: r[10].int!, deltaPath: r[11].string, reason: r[12].string, receivedAt: r[13].double!)
+                     versionAfter: r[10].int!, deltaPath: r[11].string, reason: r[12].string, receivedAt: r[13].double!,
+                     headStaleness: r[14].int, headVersionAfter: r[15].int)
     }
 }

@@ -52,6 +52,19 @@ public struct ParameterLayout: Equatable, Sendable {
         self.index = Dictionary(uniqueKeysWithValues: entries.enumerated().map { ($1.name, $0) })
     }
 
+    /// A layout of the given tensors packed one after another (e.g. a model's personalized head).
+    public init(tensors: [(name: String, shape: [Int], decays: Bool)]) {
+        var entries: [Entry] = []
+        var offset = 0
+        for t in tensors {
+            entries.append(Entry(name: t.name, shape: t.shape, offset: offset, decays: t.decays))
+            offset += t.shape.reduce(1, *)
+        }
+        self.entries = entries
+        self.totalCount = offset
+        self.index = Dictionary(uniqueKeysWithValues: entries.enumerated().map { ($1.name, $0) })
+    }
+
     public func entry(_ name: String) -> Entry? { index[name].map { entries[$0] } }
 
     public subscript(name: String) -> Entry {

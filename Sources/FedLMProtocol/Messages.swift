@@ -7,12 +7,17 @@ public enum MessageType: UInt8, Sendable, CaseIterable {
 /// trainer -> aggregator: register (or re-register after a reconnect).
 public struct Hello: Codable, Equatable, Sendable {
     public var trainerID: String
-    /// Declared data cluster, or nil to let the aggregator assign one.
+    /// The data cluster the trainer trains in, or nil (no clusters, or not chosen yet: the
+    /// WELCOME then lists the clusters to choose from).
     public var cluster: String?
+    /// How the cluster was chosen: "declared" (by the trainer's operator) or "automatic" (the
+    /// cluster whose model had the lowest loss on the trainer's data).
+    public var assignment: String?
     public var software: String
-    public init(trainerID: String, cluster: String? = nil, software: String = "fedlm") {
+    public init(trainerID: String, cluster: String? = nil, assignment: String? = nil, software: String = "fedlm") {
         self.trainerID = trainerID
         self.cluster = cluster
+        self.assignment = assignment
         self.software = software
     }
 }
@@ -27,14 +32,17 @@ public struct Welcome: Codable, Equatable, Sendable {
     /// The aggregation mode: with "sync", a trainer whose update is buffered waits for the next
     /// version instead of training on the same one again.
     public var mode: String
+    /// With personalized heads: every cluster there is (nil without clusters).
+    public var clusters: [String]?
     public init(trainerID: String, cluster: String?, heartbeatMilliseconds: Int, maxStaleness: Int, latestVersion: Int,
-                mode: String = "fedbuff") {
+                mode: String = "fedbuff", clusters: [String]? = nil) {
         self.trainerID = trainerID
         self.cluster = cluster
         self.heartbeatMilliseconds = heartbeatMilliseconds
         self.maxStaleness = maxStaleness
         self.latestVersion = latestVersion
         self.mode = mode
+        self.clusters = clusters
     }
 }
 
@@ -51,11 +59,16 @@ public struct Fetch: Codable, Equatable, Sendable {
 
 /// A model release: a complete set of weights at a version (the tensors follow as chunks).
 public struct ReleaseInfo: Codable, Equatable, Sendable {
+    /// The global (trunk) version.
     public var version: Int
+    /// The cluster whose head this release carries (nil: the global model).
     public var cluster: String?
-    public init(version: Int, cluster: String? = nil) {
+    /// That cluster head's own version.
+    public var headVersion: Int?
+    public init(version: Int, cluster: String? = nil, headVersion: Int? = nil) {
         self.version = version
         self.cluster = cluster
+        self.headVersion = headVersion
     }
 }
 
@@ -67,13 +80,17 @@ public struct UpdateInfo: Codable, Equatable, Sendable {
     /// The release version the local steps started from.
     public var baseVersion: Int
     public var cluster: String?
+    /// The head version of the cluster release the local steps started from.
+    public var baseHeadVersion: Int?
     public var tokens: Int
     public var localSteps: Int
-    public init(updateID: String, trainerID: String, baseVersion: Int, cluster: String? = nil, tokens: Int, localSteps: Int) {
+    public init(updateID: String, trainerID: String, baseVersion: Int, cluster: String? = nil, baseHeadVersion: Int? = nil,
+                tokens: Int, localSteps: Int) {
         self.updateID = updateID
         self.trainerID = trainerID
         self.baseVersion = baseVersion
         self.cluster = cluster
+        self.baseHeadVersion = baseHeadVersion
         self.tokens = tokens
         self.localSteps = localSteps
     }

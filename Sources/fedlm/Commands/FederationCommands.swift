@@ -51,7 +51,9 @@ struct AggregatorCommand: AsyncParsableCommand {
         let service = AggregatorService(core: core, endpoints: t.endpoints, logger: logger)
         let data = PreparedData(dataset: try TokenDataset(directory: t.dataDirectory))
         let sets = try data.validationSets(batch: 8, sequence: file.training.sequenceLength ?? file.model.context, maxBatches: 2)
-        service.evaluate = { model in try sets.map { ($0.name, try meanLoss(model, $0.batches)) } }
+        let byName = Dictionary(uniqueKeysWithValues: sets.map { ($0.name, $0.batches) })
+        service.validationClusters = sets.map(\.name)
+        service.evaluate = { model, cluster in try meanLoss(model, byName[cluster] ?? []) }
         service.evaluateEvery = t.evaluateEvery
         try await runService(service, label: "fedlm.aggregator")
     }
@@ -66,6 +68,7 @@ struct TrainerCommand: AsyncParsableCommand {
     @Option(help: "Prepared data directory (without --topology).") var data: String?
     @Option(help: "Model and local training config (without --topology).") var config: String = "tiny"
     @Option(help: "Clusters of the data to train on, comma-separated (default: all).") var clusters: String?
+    @Option(help: "With personalized heads: the cluster to train in, or 'auto' to choose by lowest loss (IFCA).") var cluster: String?
     @Option(help: "Seconds of local training per update; H adapts to the measured speed.") var timeBudget: Double?
     @Option(help: "H: local steps per update (upper bound with --time-budget).") var maxLocalSteps: Int = 20
     @Option(help: "Stop after this many tokens.") var tokens: Int?
@@ -87,7 +90,11 @@ struct TrainerCommand: AsyncParsableCommand {
             options = TrainerOptions(id: entry.name, dataDirectory: t.dataDirectory, training: file.training, modelConfig: file.model,
                                      stateDirectory: state ?? t.runDirectory + "/trainers/" + entry.name)
             options.dataClusters = entry.clusters
-            options.cluster = entry.clusters?.count == 1 ? entry.clusters![0] : nil
+            if t.aggregation.clusters != nil {
+                options.cluster = entry.cluster
+                options.automaticCluster = entry.cluster == nil
+                options.reassignEvery = t.reassignEvery
+            }
             options.maxLocalSteps = entry.localSteps
             options.timeBudget = entry.timeBudget
             options.tokenBudget = entry.tokens
@@ -101,6 +108,8 @@ struct TrainerCommand: AsyncParsableCommand {
             options = TrainerOptions(id: id, dataDirectory: data, training: file.training, modelConfig: file.model,
                                      stateDirectory: state ?? "runs/trainers/" + id)
             options.dataClusters = clusters?.split(separator: ",").map(String.init)
+            options.cluster = cluster == "auto" ? nil : cluster
+            options.automaticCluster = cluster == "auto"
             options.maxLocalSteps = maxLocalSteps
             options.timeBudget = timeBudget
             options.tokenBudget = tokens
@@ -118,6 +127,7 @@ struct SubscribeCommand: AsyncParsableCommand {
     @Option(help: "Broker address for releases, without --topology.") var releases: String?
     @Option(help: "Model config, without --topology.") var config: String = "tiny"
     @Option(help: "Write each release to <out>/v<N> (a checkpoint transformers loads).") var out: String?
+    @Option(help: "Follow this cluster's releases (its personalized model) instead of the global model's.") var cluster: String?
     @Option(help: "Stop after this many releases.") var count: Int?
 
     func run() async throws {
@@ -131,6 +141,7 @@ struct SubscribeCommand: AsyncParsableCommand {
         if let broker { endpoints.trainers = broker }
         if let releases { endpoints.releases = releases }
         let service = SubscriberService(endpoints: endpoints, modelConfig: modelConfig, outDirectory: out)
+        service.cluster = cluster
         service.maxReleases = count
         service.onRelease = { print("release v\($0)") }
         try await runService(service, label: "fedlm.subscriber")

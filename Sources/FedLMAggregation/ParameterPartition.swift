@@ -1,0 +1,84 @@
+import FedLMModel
+
+/// Splits a model's parameters by name into the shared trunk and the head that each data cluster
+/// personalizes (WorldLM's partial personalization).
+///
+/// Patterns are globs on Hugging Face names (`*` matches anything) where `{last}` stands for the
+/// index of the last transformer block. The default head is the last block, `ln_f`, and the LM
+/// head when it is not tied to the token embedding (a tied head is the embedding, which stays
+/// shared).
+public struct ParameterPartition: Equatable, Sendable {
+    /// The whole model's layout.
+    public let model: ParameterLayout
+    /// The head tensors, packed (offsets are the head vector's own).
+    public let head: ParameterLayout
+    /// For each head tensor, where it lives in the whole model's vector.
+    public let modelRanges: [Range<Int>]
+    public let patterns: [String]
+
+    public static let defaultPatterns = ["transformer.h.{last}.*", "transformer.ln_f.*", "lm_head.*"]
+
+    /// Selects the head by `patterns` (nil: the default). Every explicit pattern must match at
+    /// least one tensor, so a typo is an error rather than a head silently smaller than meant.
+    public init(model: ParameterLayout, layers: Int, patterns: [String]? = nil) throws {
+        let explicit = patterns != nil
+        let chosen = patterns ?? Self.defaultPatterns
+        let expanded = chosen.map { $0.replacingOccurrences(of: "{last}", with: String(layers - 1)) }
+        var selected: [ParameterLayout.Entry] = []
+        for (pattern, glob) in zip(chosen, expanded) {
+            let matches = model.entries.filter { Self.glob(glob, matches: $0.name) }
+            if matches.isEmpty, explicit || pattern != "lm_head.*" {
+                throw PartitionError("head pattern '\(pattern)' matches no parameter of the model")
+            }
+            for m in matches where !selected.contains(where: { $0.name == m.name }) { selected.append(m) }
+        }
+        guard !selected.isEmpty else { throw PartitionError("the head patterns select no parameters") }
+        guard selected.count < model.entries.count else { throw PartitionError("the head patterns select every parameter: nothing is shared") }
+        selected.sort { $0.offset < $1.offset }
+        self.model = model
+        self.head = ParameterLayout(tensors: selected.map { ($0.name, $0.shape, $0.decays) })
+        self.modelRanges = selected.map(\.range)
+        self.patterns = chosen
+    }
+
+    /// Is this tensor part of the head?
+    public func isHead(_ name: String) -> Bool { head.entry(name) != nil }
+
+    /// Copies the head tensors out of a whole-model vector.
+    public func gatherHead(from whole: UnsafePointer<Float>, into head: ParameterVector) {
+        for (entry, range) in zip(self.head.entries, modelRanges) {
+            (head.pointer + entry.offset).update(from: whole + range.lowerBound, count: range.count)
+        }
+    }
+
+    /// Writes head tensors into a whole-model vector (the rest is left as it is).
+    public func scatterHead(_ head: ParameterVector, into whole: UnsafeMutablePointer<Float>) {
+        for (entry, range) in zip(self.head.entries, modelRanges) {
+            (whole + range.lowerBound).update(from: head.pointer + entry.offset, count: range.count)
+        }
+    }
+
+    static func glob(_ pattern: String, matches name: String) -> Bool {
+        let p = Array(pattern.utf8), n = Array(name.utf8)
+        var pi = 0, ni = 0, star = -1, mark = 0
+        while ni < n.count {
+            if pi < p.count, p[pi] != UInt8(ascii: "*"), p[pi] == n[ni] {
+                pi += 1; ni += 1
+            } else if pi < p.count, p[pi] == UInt8(ascii: "*") {
+                star = pi; mark = ni; pi += 1
+            } else if star >= 0 {
+                pi = star + 1; mark += 1; ni = mark
+            } else {
+                return false
+            }
+        }
+        while pi < p.count, p[pi] == UInt8(ascii: "*") { pi += 1 }
+        return pi == p.count
+    }
+}
+
+/// A head specification that does not fit the model.
+public struct PartitionError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}

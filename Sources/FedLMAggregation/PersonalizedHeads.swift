@@ -1,0 +1,101 @@
+import FedLMModel
+
+/// One head per data cluster (WorldLM's partial personalization): the trunk is shared by
+/// everyone, the head parameters of each cluster are trained only by that cluster's updates.
+///
+/// The aggregator keeps the global model (trunk plus a global head that every update trains, the
+/// starting point of a new cluster and the "one global model" to compare against) and, here,
+/// each cluster's head with its own strategy (buffer, optimizer state) and version counter, so
+/// a head update's staleness is counted in versions of that head. A cluster's release is the
+/// global trunk with the cluster's head in place.
+public final class PersonalizedHeads {
+    public final class Head {
+        public let weights: ParameterVector
+        public let strategy: any AggregationStrategy
+        /// Increases each time this head changes.
+        public internal(set) var version = 0
+        init(weights: ParameterVector, strategy: any AggregationStrategy) {
+            self.weights = weights
+            self.strategy = strategy
+        }
+    }
+
+    public let partition: ParameterPartition
+    private let makeStrategy: () -> any AggregationStrategy
+    public private(set) var heads: [String: Head] = [:]
+    /// The head part of the update being handled, reused.
+    private let scratch: ParameterVector
+
+    /// Head strategies apply each of a cluster's updates as it arrives (few trainers share a
+    /// cluster, so buffering across them would stall a head), through the configured server
+    /// optimizer; FedAsync's mixing becomes an SGD step of that rate.
+    public init(partition: ParameterPartition, config: AggregationConfig) {
+        self.partition = partition
+        let optimizer: ServerOptimizerKind = config.mode == .fedasync ? .sgd(learningRate: Float(config.mixing)) : config.serverOptimizer
+        let layout = partition.head
+        makeStrategy = {
+            FedBuff(bufferSize: 1, weight: config.mode == .sync ? .constant : config.staleness, maxStaleness: config.maxStaleness,
+                    optimizer: optimizer, layout: layout)
+        }
+        scratch = ParameterVector(layout: partition.head)
+    }
+
+    public var names: [String] { heads.keys.sorted() }
+
+    /// Creates a cluster whose head starts as the head of `model` (the global model).
+    public func add(_ name: String, from model: ParameterVector) {
+        precondition(heads[name] == nil, "cluster \(name) exists")
+        let weights = ParameterVector(layout: partition.head)
+        partition.gatherHead(from: model.pointer, into: weights)
+        heads[name] = Head(weights: weights, strategy: makeStrategy())
+    }
+
+    /// Applies the head part of a whole-model pseudo-gradient to `cluster`'s head.
+    public func receive(delta: ParameterVector, cluster: String, staleness: Int, dataWeight: Double, trainer: String) -> AggregationDecision {
+        guard let head = heads[cluster] else { return .refused("no cluster named \(cluster)") }
+        partition.gatherHead(from: delta.pointer, into: scratch)
+        let decision = head.strategy.receive(Contribution(delta: scratch, staleness: staleness, dataWeight: dataWeight, trainer: trainer),
+                                             model: head.weights)
+        if decision == .applied { head.version += 1 }
+        return decision
+    }
+
+    /// Writes `cluster`'s release: the trunk of `model` with the cluster's head in place.
+    public func release(_ cluster: String, model: ParameterVector, into out: UnsafeMutablePointer<Float>) {
+        out.update(from: model.pointer, count: model.count)
+        if let head = heads[cluster] { partition.scatterHead(head.weights, into: out) }
+    }
+
+    // MARK: State for checkpoints
+
+    /// Every head's weights and strategy vectors, named "<cluster>/weights" and "<cluster>/<vector>".
+    public var stateVectors: [(name: String, vector: ParameterVector)] {
+        names.flatMap { c in
+            [(c + "/weights", heads[c]!.weights)] + heads[c]!.strategy.stateVectors.map { (c + "/" + $0.name, $0.vector) }
+        }
+    }
+
+    /// Versions and strategy scalars, named "<cluster>/version" and "<cluster>/<scalar>".
+    public var stateScalars: [String: Double] {
+        var s: [String: Double] = [:]
+        for c in names {
+            s[c + "/version"] = Double(heads[c]!.version)
+            for (k, v) in heads[c]!.strategy.stateScalars { s[c + "/" + k] = v }
+        }
+        return s
+    }
+
+    /// Recreates clusters `names` (empty heads, for `stateVectors` to be filled) and restores
+    /// their scalars.
+    public func restore(names: [String], scalars: [String: Double], model: ParameterVector) {
+        heads = [:]
+        for c in names { add(c, from: model) }
+        for c in names {
+            let prefix = c + "/"
+            var own: [String: Double] = [:]
+            for (k, v) in scalars where k.hasPrefix(prefix) { own[String(k.dropFirst(prefix.count))] = v }
+            heads[c]!.version = Int(own["version"] ?? 0)
+            heads[c]!.strategy.restore(scalars: own)
+        }
+    }
+}

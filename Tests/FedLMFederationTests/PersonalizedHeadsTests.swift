@@ -1,0 +1,145 @@
+import FedLMAggregation
+import FedLMFederation
+import FedLMLedger
+import FedLMModel
+import FedLMProtocol
+import Foundation
+import XCTest
+
+/// Personalized heads per data cluster in the aggregator, on a real run directory: the trunk is
+/// shared, each head moves only with its own cluster's updates, releases combine the two, bad
+/// cluster names and stale heads are refused, and a restart restores every head exactly.
+final class PersonalizedHeadsTests: XCTestCase {
+    var dir = ""
+    let modelConfig = GPT2Config(layers: 2, embedding: 8, heads: 2, context: 4, vocabulary: 11, tiedHead: false)
+    var config: AggregationConfig {
+        var c = AggregationConfig()
+        c.mode = .fedbuff
+        c.bufferSize = 1
+        c.staleness = .constant
+        c.serverOptimizer = .sgd(learningRate: 1)
+        c.maxStaleness = 2
+        c.checkpointEvery = 3
+        c.durability = .process
+        c.clusters = ClusterConfig(names: ["en", "code"])
+        return c
+    }
+
+    override func setUp() { dir = NSTemporaryDirectory() + "fedlm-heads-\(getpid())-\(UInt32.random(in: 0...UInt32.max))" }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func core() throws -> AggregatorCore {
+        try AggregatorCore(runDirectory: dir, config: config, initialModel: try GPT2Model(config: modelConfig, seed: 3))
+    }
+
+    func delta(_ n: Int, scale: Float) -> [Float] { (0..<n).map { Float(($0 * 7) % 11) * scale } }
+
+    func update(_ id: String, _ core: AggregatorCore, cluster: String?, trainer: String = "t1", base: Int? = nil,
+                baseHead: Int? = nil, values: [Float]) -> Message {
+        .update(UpdateInfo(updateID: id, trainerID: trainer, baseVersion: base ?? core.version, cluster: cluster, baseHeadVersion: baseHead,
+                           tokens: 64, localSteps: 2), TensorPayload(specs: core.specs, values: values))
+    }
+
+    func released(_ core: AggregatorCore, _ cluster: String?) -> (ReleaseInfo, [Float]) {
+        guard case .release(let info, let p) = core.release(cluster: cluster) else { fatalError() }
+        return (info, p.values)
+    }
+
+    func reply(_ d: [AggregatorDirective]) -> Message? {
+        if case .reply(_, let m)? = d.first { return m }
+        return nil
+    }
+
+    func testDefaultHeadIsTheLastBlockFinalNormAndUntiedLMHead() throws {
+        let untied = try ParameterPartition(model: ParameterLayout(config: modelConfig), layers: 2)
+        XCTAssertEqual(untied.head.names.filter { !$0.hasPrefix("transformer.h.1.") },
+                       ["transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight"])
+        XCTAssertEqual(untied.head.names.filter { $0.hasPrefix("transformer.h.") }.count, 12, "every tensor of block 1")
+        XCTAssertFalse(untied.isHead("transformer.h.0.attn.c_attn.weight"))
+        // A tied head is the token embedding, which stays shared.
+        var tiedConfig = modelConfig
+        tiedConfig.tiedHead = true
+        let tied = try ParameterPartition(model: ParameterLayout(config: tiedConfig), layers: 2)
+        XCTAssertFalse(tied.head.names.contains("lm_head.weight"))
+        XCTAssertFalse(tied.isHead("transformer.wte.weight"))
+        // Explicit patterns must each match something.
+        XCTAssertThrowsError(try ParameterPartition(model: ParameterLayout(config: modelConfig), layers: 2, patterns: ["lm_hed.*"])) {
+            XCTAssertTrue("\($0)".contains("'lm_hed.*' matches no parameter"), "\($0)")
+        }
+        XCTAssertThrowsError(try ParameterPartition(model: ParameterLayout(config: modelConfig), layers: 2, patterns: ["*"])) {
+            XCTAssertTrue("\($0)".contains("nothing is shared"), "\($0)")
+        }
+        let headOnly = try ParameterPartition(model: ParameterLayout(config: modelConfig), layers: 2, patterns: ["lm_head.*"])
+        XCTAssertEqual(headOnly.head.names, ["lm_head.weight"])
+    }
+
+    func testTrunkIsSharedAndEachHeadMovesOnlyWithItsCluster() throws {
+        let core = try core()
+        let layout = core.model.layout
+        let partition = try ParameterPartition(model: layout, layers: 2)
+        let initial = core.model.parameters.storage.array
+        for (t, c) in [("t1", "en"), ("t2", "code")] { _ = try core.handle(.hello(Hello(trainerID: t, cluster: c)), from: t) }
+        let d = delta(initial.count, scale: 0.01)
+        let (_, beforeEN) = released(core, "en")
+        XCTAssertEqual(beforeEN, initial, "a new cluster's head is the global head")
+        XCTAssertEqual(reply(try core.handle(update("u1", core, cluster: "en", baseHead: 0, values: d), from: "t1")),
+                       .ack(Ack(updateID: "u1", outcome: .applied, version: 1)))
+        let (infoEN, en) = released(core, "en")
+        let (infoCode, code) = released(core, "code")
+        let (_, global) = released(core, nil)
+        XCTAssertEqual(infoEN.headVersion, 1)
+        XCTAssertEqual(infoCode.headVersion, 0)
+        for i in 0..<initial.count {
+            XCTAssertEqual(global[i], initial[i] - d[i], "the global model takes every update whole")
+            if partition.modelRanges.contains(where: { $0.contains(i) }) {
+                XCTAssertEqual(en[i], initial[i] - d[i], "en's head moved with en's update")
+                XCTAssertEqual(code[i], initial[i], "code's head did not")
+            } else {
+                XCTAssertEqual(en[i], global[i], "trunk shared")
+                XCTAssertEqual(code[i], global[i], "trunk shared")
+            }
+        }
+        // Refusals: an unknown cluster (at HELLO, FETCH and UPDATE), an update without one, a too-stale head.
+        guard case .error(let e)? = reply(try core.handle(.hello(Hello(trainerID: "t3", cluster: "klingon")), from: "t3")) else { return XCTFail() }
+        XCTAssertEqual(e.code, .unknownCluster)
+        XCTAssertTrue(e.detail.contains("no cluster named 'klingon' (there are: code, en)"), e.detail)
+        guard case .error(let f)? = reply(try core.handle(.fetch(Fetch(cluster: "klingon")), from: "t1")) else { return XCTFail() }
+        XCTAssertEqual(f.code, .unknownCluster)
+        guard case .error(let g)? = reply(try core.handle(update("u2", core, cluster: nil, values: d), from: "t1")) else { return XCTFail() }
+        XCTAssertEqual(g.code, .unknownCluster)
+        for i in 0..<3 { _ = try core.handle(update("s\(i)", core, cluster: "en", baseHead: nil, values: d), from: "t1") }
+        guard case .error(let h)? = reply(try core.handle(update("u3", core, cluster: "en", base: core.version, baseHead: 0, values: d), from: "t1")) else {
+            return XCTFail()
+        }
+        XCTAssertEqual(h.code, .tooStale)
+        XCTAssertTrue(h.detail.contains("cluster en's head staleness 4"), h.detail)
+        XCTAssertEqual(try core.ledger.assignments().map(\.cluster), ["en", "code"])
+    }
+
+    func testRestartRestoresEveryHeadAndNewClustersStartFromTheGlobalHead() throws {
+        var expected: [String: [Float]] = [:]
+        do {
+            let core = try core()
+            for (t, c) in [("t1", "en"), ("t2", "code")] { _ = try core.handle(.hello(Hello(trainerID: t, cluster: c)), from: t) }
+            let n = core.model.parameters.count
+            for i in 0..<7 {  // checkpoints every 3 versions: the last updates are replayed
+                let (t, c) = i % 3 == 2 ? ("t2", "code") : ("t1", "en")
+                _ = try core.handle(update("u\(i)", core, cluster: c, trainer: t, baseHead: core.heads!.heads[c]!.version,
+                                           values: delta(n, scale: 0.001 * Float(i + 1))), from: t)
+            }
+            try core.addCluster("de", origin: "test")
+            for c in ["en", "code", "de", ""] { expected[c] = released(core, c.isEmpty ? nil : c).1 }
+            let partition = try ParameterPartition(model: core.model.layout, layers: 2)
+            let globalHead = ParameterVector(layout: partition.head), deHead = ParameterVector(layout: partition.head)
+            partition.gatherHead(from: core.model.parameters.pointer, into: globalHead)
+            partition.gatherHead(from: expected["de"]!, into: deHead)
+            XCTAssertEqual(deHead.storage.array, globalHead.storage.array, "a new cluster starts from the global head")
+        }
+        let reopened = try core()
+        XCTAssertEqual(reopened.heads?.names, ["code", "de", "en"])
+        for c in ["en", "code", "de", ""] {
+            XCTAssertEqual(released(reopened, c.isEmpty ? nil : c).1.map(\.bitPattern), expected[c]!.map(\.bitPattern), "cluster '\(c)'")
+        }
+        XCTAssertEqual(try reopened.ledger.clusters().sorted(), ["code", "de", "en"])
+    }
+}
