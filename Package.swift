@@ -70,12 +70,16 @@ let package = Package(
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "TOMLKit", package: "TOMLKit")],
                 swiftSettings: optimize),
+        // `fedlm experiment`: specs, learning curves, results tables and SVG plots.
+        .target(name: "FedLMExperiment",
+                dependencies: ["FedLMLedger", .product(name: "TOMLKit", package: "TOMLKit")]),
         .executableTarget(name: "fedlm",
-                          dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "FedLMData", "FedLMFederation",
+                          dependencies: ["FedLMExperiment", "FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "FedLMData", "FedLMFederation",
                                          "FedLMLedger", "FedLMAggregation", "CFedLMRuntime",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                                         .product(name: "Logging", package: "swift-log")],
+                                         .product(name: "Logging", package: "swift-log"),
+                                         .product(name: "TOMLKit", package: "TOMLKit")],
                           swiftSettings: optimize),
 
         // Shared by the test targets: finding and running the Python references.
@@ -88,10 +92,12 @@ let package = Package(
         .testTarget(name: "FedLMProtocolTests", dependencies: ["FedLMProtocol", "FedLMTensor"]),
         .testTarget(name: "FedLMLedgerTests", dependencies: ["FedLMLedger"]),
         .testTarget(name: "FedLMFederationTests",
-                    dependencies: ["FedLMFederation", "FedLMAggregation", "FedLMProtocol", "FedLMModel", "FedLMLedger", "FedLMCheckpoint", "FedLMZeroMQ"]),
+                    dependencies: ["FedLMFederation", "FedLMAggregation", "FedLMProtocol", "FedLMModel", "FedLMLedger", "FedLMCheckpoint", "FedLMZeroMQ",
+                                   "FedLMExperiment"]),
         .testTarget(name: "FedLMAggregationTests", dependencies: ["FedLMAggregation", "FedLMModel"]),
         .testTarget(name: "FedLMDataTests", dependencies: ["FedLMData", "FedLMTokenizer", "FedLMModel"]),
         .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),
+        .testTarget(name: "FedLMExperimentTests", dependencies: ["FedLMExperiment", "FedLMLedger"]),
         // Runs the built `fedlm` binary as a separate process (crash, signal and re-exec tests).
         .testTarget(name: "FedLMCLITests", dependencies: ["FedLMCheckpoint", "FedLMModel", "FedLMLedger"]),
     ]

@@ -48,9 +48,14 @@ public struct ClusterConfig: Equatable, Sendable, Codable {
     public var names: [String]
     /// Which parameters make up a cluster's head (nil: `ParameterPartition.defaultPatterns`).
     public var headPatterns: [String]?
-    public init(names: [String], headPatterns: [String]? = nil) {
+    /// Standard deviation of noise added to a new cluster's head (0: an exact copy of the global
+    /// head). Automatic assignment (IFCA) needs clusters that differ from the start, or every
+    /// trainer picks the same one.
+    public var initialNoise = 0.0
+    public init(names: [String], headPatterns: [String]? = nil, initialNoise: Double = 0) {
         self.names = names
         self.headPatterns = headPatterns
+        self.initialNoise = initialNoise
     }
 
     /// Cluster names become file names and pub/sub topics: letters, digits, '-', '_' and '.'.

@@ -1,4 +1,5 @@
 import FedLMModel
+import FedLMTensor
 
 /// One head per data cluster (WorldLM's partial personalization): the trunk is shared by
 /// everyone, the head parameters of each cluster are trained only by that cluster's updates.
@@ -22,6 +23,7 @@ public final class PersonalizedHeads {
 
     public let partition: ParameterPartition
     private let makeStrategy: () -> any AggregationStrategy
+    private let initialNoise: Float
     public private(set) var heads: [String: Head] = [:]
     /// The head part of the update being handled, reused.
     private let scratch: ParameterVector
@@ -38,15 +40,21 @@ public final class PersonalizedHeads {
                     optimizer: optimizer, layout: layout)
         }
         scratch = ParameterVector(layout: partition.head)
+        initialNoise = Float(config.clusters?.initialNoise ?? 0)
     }
 
     public var names: [String] { heads.keys.sorted() }
 
-    /// Creates a cluster whose head starts as the head of `model` (the global model).
-    public func add(_ name: String, from model: ParameterVector) {
+    /// Creates a cluster whose head starts as the head of `model` (the global model), plus the
+    /// configured noise (seeded by the cluster's name, so a restart recreates it identically).
+    public func add(_ name: String, from model: ParameterVector, noise: Bool = true) {
         precondition(heads[name] == nil, "cluster \(name) exists")
         let weights = ParameterVector(layout: partition.head)
         partition.gatherHead(from: model.pointer, into: weights)
+        if noise, initialNoise > 0 {
+            var rng = SeededGenerator(seed: name.utf8.reduce(UInt64(14_695_981_039_346_656_037)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 })
+            for i in 0..<weights.count { weights.pointer[i] += initialNoise * Float(rng.nextNormal()) }
+        }
         heads[name] = Head(weights: weights, strategy: makeStrategy())
     }
 
@@ -89,7 +97,7 @@ public final class PersonalizedHeads {
     /// their scalars.
     public func restore(names: [String], scalars: [String: Double], model: ParameterVector) {
         heads = [:]
-        for c in names { add(c, from: model) }
+        for c in names { add(c, from: model, noise: false) }
         for c in names {
             let prefix = c + "/"
             var own: [String: Double] = [:]

@@ -49,6 +49,7 @@ import TOMLKit
 ///     names = ["en", "de", "code"]          # clusters from the start
 ///     head = ["transformer.h.{last}.*", "transformer.ln_f.*", "lm_head.*"]   # default
 ///     reassign_every = 10                   # automatic trainers re-check their cluster every N rounds
+///     initial_noise = 0.0                   # noise on new heads (automatic assignment needs clusters that differ)
 public struct Topology: Sendable {
     public struct Trainer: Sendable, Equatable {
         public var name: String
@@ -163,7 +164,7 @@ public struct Topology: Sendable {
         }
         if let ct = root["clusters"] {
             guard let ct = ct.table else { throw bad("[clusters] must be a table") }
-            try allow(ct, ["names", "head", "reassign_every"], "clusters.", bad)
+            try allow(ct, ["names", "head", "reassign_every", "initial_noise"], "clusters.", bad)
             guard let arr = ct["names"]?.array, let names = arr.map({ $0.string }) as? [String], !names.isEmpty else {
                 throw bad("'clusters.names' must be a non-empty list of names")
             }
@@ -178,7 +179,9 @@ public struct Topology: Sendable {
                 }
                 head = patterns
             }
-            t.aggregation.clusters = ClusterConfig(names: names, headPatterns: head)
+            let noise = try double(ct, "initial_noise", "clusters.") ?? 0
+            guard noise >= 0 else { throw bad("'clusters.initial_noise' must be >= 0") }
+            t.aggregation.clusters = ClusterConfig(names: names, headPatterns: head, initialNoise: noise)
             if let r = try int(ct, "reassign_every", "clusters.") {
                 guard r >= 1 else { throw bad("'clusters.reassign_every' must be >= 1") }
                 t.reassignEvery = r

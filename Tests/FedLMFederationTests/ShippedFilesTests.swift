@@ -1,3 +1,4 @@
+import FedLMExperiment
 import FedLMFederation
 import FedLMModel
 import Foundation
@@ -24,6 +25,23 @@ final class ShippedFilesTests: XCTestCase {
             XCTAssertNoThrow(try ConfigFile.load(path: root.appendingPathComponent(topology.modelConfigPath).path), t)
             XCTAssertFalse(topology.trainers.isEmpty, t)
         }
+        // Experiments: the specs load, and so do the topologies their variants use.
+        var specs = 0
+        for path in try files("Topologies/experiments") {
+            let text = try String(contentsOfFile: path, encoding: .utf8)
+            if text.contains("[[variant]]") {
+                let spec = try ExperimentSpec.load(path: path)
+                XCTAssertNoThrow(try ConfigFile.load(path: root.appendingPathComponent(spec.model).path), path)
+                for v in spec.variants {
+                    if let t = v.topology { XCTAssertNoThrow(try Topology.load(path: root.appendingPathComponent(t).path), "\(path): \(t)") }
+                }
+                specs += 1
+            } else {
+                XCTAssertFalse(try Topology.load(path: path).trainers.isEmpty, path)
+                XCTAssertFalse(text.contains("tokens ="), "\(path): the experiment's budget stops its runs")
+            }
+        }
+        XCTAssertGreaterThanOrEqual(specs, 3)
     }
 
     func testBadTopologiesAreRefusedNamingTheKey() throws {
@@ -41,5 +59,12 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base).contains("[[trainer]]"))
         XCTAssertTrue(error("data = \"d\"\n[[trainer]]\nname = \"a\"").contains("'model'"))
         XCTAssertTrue(error(base + "[aggregation]\nmode = \"sync\"\nparticipants = 3\n[[trainer]]\nname = \"a\"").contains("participants"))
+        // Clusters: names checked, every trainer's cluster declared and known (or "auto").
+        let clusters = base + "[clusters]\nnames = [\"en\", \"de\"]\n"
+        XCTAssertTrue(error(clusters + "[[trainer]]\nname = \"a\"\ncluster = \"fr\"").contains("'trainer[1].cluster' is 'fr', not one of en, de"))
+        XCTAssertTrue(error(clusters + "[[trainer]]\nname = \"a\"").contains("'trainer[1].cluster' is required"))
+        XCTAssertTrue(error(base + "[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("needs a [clusters] table"))
+        XCTAssertTrue(error(base + "[clusters]\nnames = [\"a/b\"]\n[[trainer]]\nname = \"a\"\ncluster = \"auto\"").contains("cluster name 'a/b'"))
+        XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nhead = \"lm_head.*\"\n[[trainer]]\nname = \"a\"\ncluster = \"auto\"").contains("clusters.head"))
     }
 }

@@ -68,23 +68,9 @@ struct ClusterCommand: ParsableCommand {
 
         func run() throws {
             let (_, ledger) = try federation.ledger()
-            guard let newest = try ledger.versions().first else { throw ValidationError("the ledger has no checkpoint yet") }
-            let model = try Checkpoint.load(from: newest.checkpointPath).model
-            let heads = try SafeTensorsFile(path: newest.checkpointPath + "/heads.safetensors")
-            let clusters = (heads.metadata["clusters"] ?? "").split(separator: ",").map(String.init)
-            guard clusters.contains(name) else {
-                throw ValidationError("checkpoint v\(newest.number) has no cluster \(name) (it has: \(clusters.joined(separator: ", ")))")
-            }
-            let prefix = name + "/weights."
-            var replaced = 0
-            for tensor in heads.names where tensor.hasPrefix(prefix) {
-                let entry = String(tensor.dropFirst(prefix.count))
-                guard let e = model.layout.entry(entry) else { throw ValidationError("head tensor \(entry) is not a parameter of the model") }
-                try heads.copyFloats(tensor, shape: e.shape, into: model.parameters.pointer + e.offset)
-                replaced += 1
-            }
-            try Checkpoint.save(model: model, to: out)
-            print("cluster \(name) at version \(newest.number): \(replaced) head tensors over the global trunk -> \(out)")
+            let models = try ClusterModels(ledger: ledger)
+            try Checkpoint.save(model: try models.model(of: name), to: out)
+            print("cluster \(name) at version \(models.checkpoint.number): its head over the global trunk -> \(out)")
         }
     }
 }

@@ -1,0 +1,116 @@
+import Foundation
+import TOMLKit
+
+/// An experiment: named variants trained on the same data, with the same token budget and seed,
+/// one after another on this machine (`fedlm experiment <spec.toml>`).
+///
+///     name = "stragglers"
+///     run_directory = "runs/experiments/stragglers"
+///     model = "Config/demo.toml"         # model and local training settings (its seed is replaced)
+///     data = "runs/demo-data/shards"
+///     tokens = 600000                    # every variant stops after this many training tokens
+///     seed = 1234
+///     evaluate_every = 4                 # versions between the aggregator's validations
+///     time_limit = 1200                  # seconds per variant, a safety stop
+///     reference = "sync"                 # optional: time for each variant to reach this one's final loss
+///
+///     [[variant]]
+///     name = "centralized"
+///     centralized = true                 # `fedlm train` on all the data
+///
+///     [[variant]]
+///     name = "fedbuff"
+///     topology = "Topologies/experiments/five-trainers.toml"   # trainers, their data, clusters
+///     [variant.aggregation]              # optional: replaces keys of the topology's [aggregation]
+///     mode = "fedbuff"
+public struct ExperimentSpec: Sendable {
+    public struct Variant: Sendable {
+        public var name: String
+        public var centralized: Bool
+        public var topology: String?
+        /// The `[variant.aggregation]` overrides as TOML text (applied to the topology's table).
+        public var aggregationOverrides: String?
+        /// A short description for the results table.
+        public var label: String?
+    }
+
+    public var path: String
+    public var name: String
+    public var runDirectory: String
+    public var model: String
+    public var data: String
+    public var tokens: Int
+    public var seed: Int
+    public var evaluateEvery: Int
+    public var timeLimit: Double
+    public var reference: String?
+    public var basePort: Int
+    public var variants: [Variant]
+
+    public static func load(path: String) throws -> ExperimentSpec {
+        func bad(_ why: String) -> ExperimentError { ExperimentError("\(path): \(why)") }
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch { throw bad("cannot read: \(error.localizedDescription)") }
+        let root: TOMLTable
+        do { root = try TOMLTable(string: text) } catch { throw bad("not valid TOML: \(error)") }
+        try allow(root, ["name", "run_directory", "model", "data", "tokens", "seed", "evaluate_every", "time_limit", "reference",
+                         "base_port", "variant"], "", bad)
+        func string(_ t: TOMLTable, _ key: String, _ p: String) throws -> String? {
+            guard let v = t[key] else { return nil }
+            guard let s = v.string else { throw bad("'\(p)\(key)' must be a string") }
+            return s
+        }
+        func int(_ t: TOMLTable, _ key: String, _ p: String) throws -> Int? {
+            guard let v = t[key] else { return nil }
+            guard let i = v.int else { throw bad("'\(p)\(key)' must be an integer") }
+            return i
+        }
+        guard let name = try string(root, "name", "") else { throw bad("'name' is required") }
+        guard let model = try string(root, "model", "") else { throw bad("'model' (a config path) is required") }
+        guard let data = try string(root, "data", "") else { throw bad("'data' (a prepared data directory) is required") }
+        guard let tokens = try int(root, "tokens", ""), tokens > 0 else { throw bad("'tokens' (a positive token budget per variant) is required") }
+        var spec = ExperimentSpec(path: path, name: name, runDirectory: try string(root, "run_directory", "") ?? "runs/experiments/\(name)",
+                                  model: model, data: data, tokens: tokens, seed: try int(root, "seed", "") ?? 1234,
+                                  evaluateEvery: try int(root, "evaluate_every", "") ?? 4,
+                                  timeLimit: Double(try int(root, "time_limit", "") ?? 1800), reference: try string(root, "reference", ""),
+                                  basePort: try int(root, "base_port", "") ?? 5700, variants: [])
+        guard spec.evaluateEvery >= 1 else { throw bad("'evaluate_every' must be >= 1") }
+        guard let list = root["variant"]?.array, !list.isEmpty else { throw bad("at least one [[variant]] is required") }
+        for (i, item) in list.enumerated() {
+            let p = "variant[\(i + 1)]."
+            guard let v = item.table else { throw bad("variant \(i + 1) must be a table") }
+            try allow(v, ["name", "centralized", "topology", "aggregation", "label"], p, bad)
+            guard let vname = try string(v, "name", p), ExperimentSpec.isValidName(vname) else {
+                throw bad("'\(p)name' is required: letters, digits, '-', '_'")
+            }
+            let centralized = v["centralized"]?.bool ?? false
+            let topology = try string(v, "topology", p)
+            guard centralized != (topology != nil) else { throw bad("'\(p)': give either centralized = true or a topology") }
+            var overrides: String?
+            if let a = v["aggregation"] {
+                guard let table = a.table else { throw bad("'\(p)aggregation' must be a table") }
+                overrides = table.convert(to: .toml)
+            }
+            spec.variants.append(Variant(name: vname, centralized: centralized, topology: topology, aggregationOverrides: overrides,
+                                         label: try string(v, "label", p)))
+        }
+        guard Set(spec.variants.map(\.name)).count == spec.variants.count else { throw bad("variant names must be unique") }
+        if let r = spec.reference, !spec.variants.contains(where: { $0.name == r }) { throw bad("'reference' names no variant: \(r)") }
+        return spec
+    }
+
+    static func isValidName(_ s: String) -> Bool {
+        !s.isEmpty && s.unicodeScalars.allSatisfy { ($0.isASCII && CharacterSet.alphanumerics.contains($0)) || $0 == "-" || $0 == "_" }
+    }
+
+    static func allow(_ t: TOMLTable, _ keys: [String], _ prefix: String, _ bad: (String) -> ExperimentError) throws {
+        for k in t.keys where !keys.contains(k) {
+            throw bad("unknown key '\(prefix)\(k)' (allowed: \(keys.joined(separator: ", ")))")
+        }
+    }
+}
+
+public struct ExperimentError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

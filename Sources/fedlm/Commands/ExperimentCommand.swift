@@ -1,0 +1,200 @@
+import ArgumentParser
+import FedLMCheckpoint
+import FedLMData
+import FedLMExperiment
+import FedLMFederation
+import FedLMLedger
+import FedLMModel
+import Foundation
+import TOMLKit
+
+/// Runs the variants of an experiment spec one after another on the same data, token budget and
+/// seed, and writes the run directory: the exact configs used, results.md / results.csv, and
+/// SVG plots of validation loss per data cluster against tokens and wall time.
+struct ExperimentCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "experiment",
+        abstract: "Run an experiment spec's variants (centralized, federated modes, personalized heads) and tabulate and plot them.")
+
+    @Argument(help: "Experiment spec, e.g. Topologies/experiments/stragglers.toml.") var spec: String
+    @Option(help: "Run only these variants (comma-separated); the report covers every variant with results on disk.") var only: String?
+
+    struct Outcome {
+        var variant: ExperimentSpec.Variant
+        var curve: LearningCurve
+        var final: [String: Double]
+        var seconds: Double
+        var tokens: Int
+        var assignments: [String] = []
+    }
+
+    func run() throws {
+        Runtime.announce()
+        let spec = try ExperimentSpec.load(path: self.spec)
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: spec.runDirectory, withIntermediateDirectories: true)
+        try String(contentsOfFile: self.spec, encoding: .utf8).write(toFile: spec.runDirectory + "/spec.toml", atomically: true, encoding: .utf8)
+        // The model config with the experiment's seed: every variant trains from the same start.
+        let modelTable = try TOMLTable(string: String(contentsOfFile: spec.model, encoding: .utf8))
+        let training = modelTable["training"]?.table ?? TOMLTable()
+        training["seed"] = spec.seed
+        modelTable["training"] = training
+        let modelPath = spec.runDirectory + "/model.toml"
+        try modelTable.convert(to: .toml).write(toFile: modelPath, atomically: true, encoding: .utf8)
+        let file = try ConfigResolution.load(modelPath)
+        let sequence = file.training.sequenceLength ?? file.model.context
+        let data = PreparedData(dataset: try TokenDataset(directory: spec.data))
+        let validation = try data.validationSets(batch: 8, sequence: sequence, maxBatches: 4)
+        let chosen = only.map { Set($0.split(separator: ",").map(String.init)) }
+        for (i, v) in spec.variants.enumerated() where chosen?.contains(v.name) ?? true {
+            print("=== \(spec.name): \(v.name) ===")
+            let outcome = try run(v, index: i, spec: spec, modelPath: modelPath, batchTokens: file.training.batchSize * sequence,
+                                  validation: validation)
+            try Self.save(outcome, to: spec.runDirectory + "/" + v.name + "/outcome.json")
+            print(String(format: "%@: mean validation loss %.4f after %d tokens, %.0f s", v.name, Self.mean(outcome.final), outcome.tokens, outcome.seconds))
+        }
+        var outcomes: [Outcome] = []
+        for v in spec.variants {
+            if let o = try? Self.load(spec.runDirectory + "/" + v.name + "/outcome.json", variant: v) { outcomes.append(o) }
+        }
+        try ExperimentReport(spec: spec, outcomes: outcomes).write()
+        print(try String(contentsOfFile: spec.runDirectory + "/results.md", encoding: .utf8))
+    }
+
+    static func mean(_ losses: [String: Double]) -> Double { losses.values.reduce(0, +) / Double(max(losses.count, 1)) }
+
+    /// Trains one variant to the token budget and evaluates its final model(s) on the shared
+    /// validation batches.
+    func run(_ v: ExperimentSpec.Variant, index: Int, spec: ExperimentSpec, modelPath: String, batchTokens: Int,
+             validation: [(name: String, batches: [TokenBatch])]) throws -> Outcome {
+        let dir = spec.runDirectory + "/" + v.name
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let start = Date().timeIntervalSince1970
+        func evaluate(_ model: GPT2Model, _ cluster: String) throws -> Double {
+            Double(try meanLoss(model, validation.first { $0.name == cluster }!.batches))
+        }
+        if v.centralized {
+            let steps = max(1, spec.tokens / batchTokens)
+            let p = try Self.spawn(me, ["train", "--config", modelPath, "--data", spec.data, "--tokens", "\(spec.tokens)", "--out", dir,
+                                        "--validate-every", "\(max(1, steps / 12))", "--validation-batches", "2",
+                                        "--checkpoint-every", "0", "--sample-bytes", "0"], log: dir + "/train.log")
+            p.waitUntilExit()
+            guard p.terminationStatus == 0 else { throw RunFailure("\(v.name): fedlm train failed (see \(dir)/train.log)") }
+            let model = try Checkpoint.load(from: dir + "/checkpoint").model
+            var final: [String: Double] = [:]
+            for set in validation { final[set.name] = try evaluate(model, set.name) }
+            return Outcome(variant: v, curve: try LearningCurve.fromTrainingCSV(dir + "/validation.csv"), final: final,
+                           seconds: Date().timeIntervalSince1970 - start, tokens: steps * batchTokens)
+        }
+        // A federated variant: the topology with this experiment's model, data, ports, evaluation
+        // cadence and aggregation overrides, run by `fedlm up` until the ledger has the budget.
+        let topologyPath = dir + "/topology.toml"
+        try Self.writeTopology(v, spec: spec, port: spec.basePort + 10 * index, runDirectory: dir + "/federation", modelPath: modelPath,
+                               to: topologyPath)
+        let topology = try Topology.load(path: topologyPath)
+        let up = try Self.spawn(me, ["up", topologyPath, "--fresh"], log: dir + "/up.log")
+        let ledgerPath = dir + "/federation/ledger.sqlite"
+        var tokens = 0
+        while up.isRunning {
+            Thread.sleep(forTimeInterval: 1)
+            if let db = try? SQLiteDatabase(path: ledgerPath),
+               let t = try? db.query("SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE outcome != 'refused'").first?[0].int {
+                tokens = t
+            }
+            if tokens >= spec.tokens || Date().timeIntervalSince1970 - start > spec.timeLimit { break }
+        }
+        let seconds = Date().timeIntervalSince1970 - start
+        if up.isRunning { up.interrupt() }  // Ctrl-C: everything stops cleanly, the aggregator checkpoints
+        let deadline = Date().addingTimeInterval(120)
+        while up.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.2) }
+        if up.isRunning { up.terminate() }
+        up.waitUntilExit()
+        if tokens < spec.tokens { print("\(v.name): stopped at \(tokens) tokens (time limit \(Int(spec.timeLimit)) s)") }
+        let ledger = try Ledger(path: ledgerPath)
+        let models = try ClusterModels(ledger: ledger)
+        let global = try models.global()
+        // Which cluster serves each data cluster: the final cluster of the trainers holding it.
+        var current: [String: String] = [:]
+        var assignments: [String] = []
+        for a in try ledger.assignments() { current[a.trainer] = a.cluster }
+        for t in topology.trainers {
+            let moves = try ledger.assignments().filter { $0.trainer == t.name }
+            if let last = moves.last {
+                assignments.append("\(t.name) (data \((t.clusters ?? ["all"]).joined(separator: "+"))) -> \(last.cluster) [\(last.how)\(moves.count > 1 ? ", \(moves.count - 1) moves: \(moves.map(\.cluster).joined(separator: " -> "))" : "")]")
+            }
+        }
+        var final: [String: Double] = [:]
+        for set in validation {
+            let serving = Set(topology.trainers.filter { $0.clusters?.contains(set.name) ?? false }.compactMap { current[$0.name] })
+            if serving.count == 1, let c = serving.first {
+                final[set.name] = try evaluate(try models.model(of: c), set.name)
+            } else {
+                final[set.name] = try evaluate(global, set.name)
+            }
+        }
+        return Outcome(variant: v, curve: try LearningCurve.fromLedger(ledgerPath, start: start, personalized: topology.aggregation.clusters != nil),
+                       final: final, seconds: seconds, tokens: tokens, assignments: assignments)
+    }
+
+    static func spawn(_ executable: String, _ arguments: [String], log: String) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = arguments
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = FileHandle(forWritingAtPath: log)!
+        p.standardOutput = handle
+        p.standardError = handle
+        try p.run()
+        return p
+    }
+
+    static func writeTopology(_ v: ExperimentSpec.Variant, spec: ExperimentSpec, port: Int, runDirectory: String, modelPath: String,
+                              to path: String) throws {
+        let root = try TOMLTable(string: String(contentsOfFile: v.topology!, encoding: .utf8))
+        if let trainers = root["trainer"]?.array, trainers.contains(where: { $0.table?["tokens"] != nil }) {
+            throw RunFailure("\(v.topology!): experiment topologies leave out trainers' 'tokens' (the experiment's budget stops the run)")
+        }
+        root["name"] = spec.name + "-" + v.name
+        root["run_directory"] = runDirectory
+        root["model"] = modelPath
+        root["data"] = spec.data
+        let broker = TOMLTable()
+        for (i, key) in ["trainers", "aggregator", "publish", "releases"].enumerated() { broker[key] = "tcp://127.0.0.1:\(port + i)" }
+        root["broker"] = broker
+        let aggregation = TOMLTable()
+        if let original = root["aggregation"]?.table { for key in original.keys { aggregation[key] = original[key] } }
+        if let overrides = v.aggregationOverrides {
+            let o = try TOMLTable(string: overrides)
+            for key in o.keys { aggregation[key] = o[key] }
+        }
+        aggregation["evaluate_every"] = spec.evaluateEvery
+        if aggregation["durability"] == nil { aggregation["durability"] = "process" }
+        root["aggregation"] = aggregation
+        try root.convert(to: .toml).write(toFile: path, atomically: true, encoding: .utf8)
+    }
+
+    // MARK: Outcomes on disk (so a report can combine variants run separately)
+
+    static func save(_ o: Outcome, to path: String) throws {
+        let points = o.curve.points.map { ["tokens": Double($0.tokens), "seconds": $0.seconds].merging($0.losses.mapKeys { "loss/" + $0 }) { a, _ in a } }
+        let json: [String: Any] = ["final": o.final, "seconds": o.seconds, "tokens": o.tokens, "assignments": o.assignments, "curve": points]
+        try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: path))
+    }
+
+    static func load(_ path: String, variant: ExperimentSpec.Variant) throws -> Outcome {
+        let any = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path)))
+        guard let json = any as? [String: Any], let final = json["final"] as? [String: Double], let seconds = json["seconds"] as? Double,
+              let tokens = json["tokens"] as? Int, let curve = json["curve"] as? [[String: Double]] else { throw RunFailure("\(path): not an outcome") }
+        let points = curve.map { p in
+            LearningCurve.Point(tokens: Int(p["tokens"] ?? 0), seconds: p["seconds"] ?? 0,
+                                losses: Dictionary(uniqueKeysWithValues: p.filter { $0.key.hasPrefix("loss/") }.map { (String($0.key.dropFirst(5)), $0.value) }))
+        }
+        return Outcome(variant: variant, curve: LearningCurve(points: points), final: final, seconds: seconds, tokens: tokens,
+                       assignments: json["assignments"] as? [String] ?? [])
+    }
+}
+
+extension Dictionary {
+    func mapKeys<K: Hashable>(_ f: (Key) -> K) -> [K: Value] { Dictionary<K, Value>(uniqueKeysWithValues: map { (f($0.key), $0.value) }) }
+}

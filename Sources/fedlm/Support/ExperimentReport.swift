@@ -1,0 +1,81 @@
+import FedLMExperiment
+import Foundation
+
+/// The results of an experiment's variants: results.md and results.csv (final validation loss per
+/// data cluster on the same held-out batches, perplexity, tokens, wall time; against the
+/// reference variant: perplexity ratio and time to reach its final loss), SVG plots per data
+/// cluster against tokens and against wall time, and the cluster assignments.
+struct ExperimentReport {
+    let spec: ExperimentSpec
+    let outcomes: [ExperimentCommand.Outcome]
+
+    var clusters: [String] { Array(Set(outcomes.flatMap { $0.final.keys })).sorted() }
+    var reference: ExperimentCommand.Outcome? { outcomes.first { $0.variant.name == spec.reference } }
+
+    /// Mean over data clusters of exp(reference loss) / exp(variant loss): how many times lower
+    /// the variant's perplexity is.
+    func perplexityRatio(_ o: ExperimentCommand.Outcome) -> Double? {
+        guard let r = reference else { return nil }
+        let ratios = clusters.compactMap { c in r.final[c].flatMap { rl in o.final[c].map { exp(rl) / exp($0) } } }
+        return ratios.isEmpty ? nil : ratios.reduce(0, +) / Double(ratios.count)
+    }
+
+    /// Seconds until the variant's validation curve first reaches the reference curve's final mean loss.
+    func secondsToReference(_ o: ExperimentCommand.Outcome) -> Double? {
+        guard let target = reference?.curve.points.last?.mean else { return nil }
+        return o.curve.secondsToReach(target)
+    }
+
+    func write() throws {
+        let dir = spec.runDirectory
+        try FileManager.default.createDirectory(atPath: dir + "/plots", withIntermediateDirectories: true)
+        func f(_ v: Double?, _ format: String = "%.3f") -> String { v.map { String(format: format, $0) } ?? "-" }
+        let ref = spec.reference
+        var csv = (["variant", "tokens", "seconds"] + clusters + ["mean", "mean_perplexity"]
+                   + (ref.map { ["perplexity_ratio_vs_\($0)", "seconds_to_\($0)_final"] } ?? [])).joined(separator: ",") + "\n"
+        var md = "# \(spec.name)\n\nSpec: `\(spec.path)` (copied to spec.toml here); model and seed: model.toml; each variant's topology: <variant>/topology.toml.\n"
+        md += "Every variant trains on \(spec.tokens) tokens of `\(spec.data)`; final losses are on the same held-out batches (4 x 8 windows per cluster).\n\n"
+        md += "| variant | tokens | wall time | " + clusters.joined(separator: " | ") + " | mean | mean ppl"
+        md += (ref.map { " | ppl vs \($0) | time to \($0)'s final loss" } ?? "") + " |\n"
+        md += "|---|---|---|" + clusters.map { _ in "---|" }.joined() + "---|---|" + (ref == nil ? "" : "---|---|") + "\n"
+        for o in outcomes {
+            let mean = ExperimentCommand.mean(o.final)
+            let ppl = clusters.compactMap { o.final[$0].map(exp) }.reduce(0, +) / Double(max(clusters.count, 1))
+            var row = ["\(o.variant.name)", "\(o.tokens)", f(o.seconds, "%.0f")] + clusters.map { f(o.final[$0]) } + [f(mean), f(ppl, "%.1f")]
+            var mdRow = ["\(o.variant.name)\(o.variant.label.map { " (\($0))" } ?? "")", "\(o.tokens)", f(o.seconds, "%.0f s")]
+                + clusters.map { f(o.final[$0]) } + [f(mean), f(ppl, "%.1f")]
+            if ref != nil {
+                let ratio = perplexityRatio(o), t = secondsToReference(o)
+                row += [f(ratio), f(t, "%.0f")]
+                mdRow += [ratio.map { String(format: "%.2fx", $0) } ?? "-", t.map { String(format: "%.0f s", $0) } ?? "not reached"]
+            }
+            csv += row.joined(separator: ",") + "\n"
+            md += "| " + mdRow.joined(separator: " | ") + " |\n"
+        }
+        let assigned = outcomes.filter { !$0.assignments.isEmpty }
+        if !assigned.isEmpty {
+            md += "\n## Cluster assignments (final cluster of each trainer, how, and moves)\n\n"
+            for o in assigned {
+                md += "- \(o.variant.name):\n" + o.assignments.map { "  - \($0)\n" }.joined()
+            }
+        }
+        md += "\n## Validation curves\n\nLoss per data cluster (personalized variants: each cluster's own model) against training tokens and wall time.\n\n"
+        for cluster in clusters + ["mean"] {
+            for (axis, x) in [("tokens", { (p: LearningCurve.Point) in Double(p.tokens) }), ("time", { (p: LearningCurve.Point) in p.seconds })] {
+                let series = outcomes.map { o in
+                    SVGPlot.Series(name: o.variant.name, points: o.curve.points.compactMap { p in
+                        (cluster == "mean" ? Optional(p.mean) : p.losses[cluster]).map { (x(p), $0) }
+                    })
+                }
+                let plot = SVGPlot(title: "\(spec.name): validation loss, \(cluster)", xLabel: axis == "tokens" ? "training tokens" : "wall time (s)",
+                                   yLabel: "validation loss", series: series)
+                let name = "plots/\(cluster)-\(axis).svg"
+                try plot.render().write(toFile: dir + "/" + name, atomically: true, encoding: .utf8)
+                md += "![\(cluster) vs \(axis)](\(name)) "
+            }
+            md += "\n"
+        }
+        try csv.write(toFile: dir + "/results.csv", atomically: true, encoding: .utf8)
+        try md.write(toFile: dir + "/results.md", atomically: true, encoding: .utf8)
+    }
+}
