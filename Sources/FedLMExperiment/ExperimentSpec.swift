@@ -21,6 +21,7 @@ import TOMLKit
 ///     [[variant]]
 ///     name = "fedbuff"
 ///     topology = "Topologies/experiments/five-trainers.toml"   # trainers, their data, clusters
+///     model = "Config/demo-quarter-batch.toml"   # optional: this variant's own model/training config
 ///     [variant.aggregation]              # optional: replaces keys of the topology's [aggregation]
 ///     mode = "fedbuff"
 public struct ExperimentSpec: Sendable {
@@ -32,6 +33,8 @@ public struct ExperimentSpec: Sendable {
         public var aggregationOverrides: String?
         /// A short description for the results table.
         public var label: String?
+        /// This variant's model and local training config instead of the spec's (same seed).
+        public var model: String?
     }
 
     public var path: String
@@ -79,7 +82,7 @@ public struct ExperimentSpec: Sendable {
         for (i, item) in list.enumerated() {
             let p = "variant[\(i + 1)]."
             guard let v = item.table else { throw bad("variant \(i + 1) must be a table") }
-            try allow(v, ["name", "centralized", "topology", "aggregation", "label"], p, bad)
+            try allow(v, ["name", "centralized", "topology", "aggregation", "label", "model"], p, bad)
             guard let vname = try string(v, "name", p), ExperimentSpec.isValidName(vname) else {
                 throw bad("'\(p)name' is required: letters, digits, '-', '_'")
             }
@@ -92,7 +95,7 @@ public struct ExperimentSpec: Sendable {
                 overrides = table.convert(to: .toml)
             }
             spec.variants.append(Variant(name: vname, centralized: centralized, topology: topology, aggregationOverrides: overrides,
-                                         label: try string(v, "label", p)))
+                                         label: try string(v, "label", p), model: try string(v, "model", p)))
         }
         guard Set(spec.variants.map(\.name)).count == spec.variants.count else { throw bad("variant names must be unique") }
         if let r = spec.reference, !spec.variants.contains(where: { $0.name == r }) { throw bad("'reference' names no variant: \(r)") }

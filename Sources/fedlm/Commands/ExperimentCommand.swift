@@ -25,6 +25,8 @@ struct ExperimentCommand: ParsableCommand {
         var seconds: Double
         var tokens: Int
         var assignments: [String] = []
+        /// Trainers' data (clusters joined by "+") -> final cluster -> how many trainers.
+        var matrix: [String: [String: Int]] = [:]
     }
 
     func run() throws {
@@ -33,13 +35,17 @@ struct ExperimentCommand: ParsableCommand {
         let fm = FileManager.default
         try fm.createDirectory(atPath: spec.runDirectory, withIntermediateDirectories: true)
         try String(contentsOfFile: self.spec, encoding: .utf8).write(toFile: spec.runDirectory + "/spec.toml", atomically: true, encoding: .utf8)
-        // The model config with the experiment's seed: every variant trains from the same start.
-        let modelTable = try TOMLTable(string: String(contentsOfFile: spec.model, encoding: .utf8))
-        let training = modelTable["training"]?.table ?? TOMLTable()
-        training["seed"] = spec.seed
-        modelTable["training"] = training
-        let modelPath = spec.runDirectory + "/model.toml"
-        try modelTable.convert(to: .toml).write(toFile: modelPath, atomically: true, encoding: .utf8)
+        // Model configs with the experiment's seed: every variant trains from the same start.
+        func seeded(_ config: String, as name: String) throws -> String {
+            let table = try TOMLTable(string: String(contentsOfFile: config, encoding: .utf8))
+            let training = table["training"]?.table ?? TOMLTable()
+            training["seed"] = spec.seed
+            table["training"] = training
+            let path = spec.runDirectory + "/" + name
+            try table.convert(to: .toml).write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        let modelPath = try seeded(spec.model, as: "model.toml")
         let file = try ConfigResolution.load(modelPath)
         let sequence = file.training.sequenceLength ?? file.model.context
         let data = PreparedData(dataset: try TokenDataset(directory: spec.data))
@@ -47,7 +53,10 @@ struct ExperimentCommand: ParsableCommand {
         let chosen = only.map { Set($0.split(separator: ",").map(String.init)) }
         for (i, v) in spec.variants.enumerated() where chosen?.contains(v.name) ?? true {
             print("=== \(spec.name): \(v.name) ===")
-            let outcome = try run(v, index: i, spec: spec, modelPath: modelPath, batchTokens: file.training.batchSize * sequence,
+            let ownModel = try v.model.map { try seeded($0, as: v.name + ".model.toml") } ?? modelPath
+            let own = try ConfigResolution.load(ownModel)
+            guard own.model == file.model else { throw RunFailure("\(v.name): its model shape differs from the spec's (only training settings may)") }
+            let outcome = try run(v, index: i, spec: spec, modelPath: ownModel, batchTokens: own.training.batchSize * sequence,
                                   validation: validation)
             try Self.save(outcome, to: spec.runDirectory + "/" + v.name + "/outcome.json")
             print(String(format: "%@: mean validation loss %.4f after %d tokens, %.0f s", v.name, Self.mean(outcome.final), outcome.tokens, outcome.seconds))
@@ -97,7 +106,7 @@ struct ExperimentCommand: ParsableCommand {
         let ledgerPath = dir + "/federation/ledger.sqlite"
         var tokens = 0
         while up.isRunning {
-            Thread.sleep(forTimeInterval: 1)
+            Thread.sleep(forTimeInterval: 0.25)
             if let db = try? SQLiteDatabase(path: ledgerPath),
                let t = try? db.query("SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE outcome != 'refused'").first?[0].int {
                 tokens = t
@@ -117,10 +126,12 @@ struct ExperimentCommand: ParsableCommand {
         // Which cluster serves each data cluster: the final cluster of the trainers holding it.
         var current: [String: String] = [:]
         var assignments: [String] = []
+        var matrix: [String: [String: Int]] = [:]
         for a in try ledger.assignments() { current[a.trainer] = a.cluster }
         for t in topology.trainers {
             let moves = try ledger.assignments().filter { $0.trainer == t.name }
             if let last = moves.last {
+                matrix[(t.clusters ?? ["all"]).joined(separator: "+"), default: [:]][last.cluster, default: 0] += 1
                 assignments.append("\(t.name) (data \((t.clusters ?? ["all"]).joined(separator: "+"))) -> \(last.cluster) [\(last.how)\(moves.count > 1 ? ", \(moves.count - 1) moves: \(moves.map(\.cluster).joined(separator: " -> "))" : "")]")
             }
         }
@@ -134,7 +145,7 @@ struct ExperimentCommand: ParsableCommand {
             }
         }
         return Outcome(variant: v, curve: try LearningCurve.fromLedger(ledgerPath, start: start, personalized: topology.aggregation.clusters != nil),
-                       final: final, seconds: seconds, tokens: tokens, assignments: assignments)
+                       final: final, seconds: seconds, tokens: tokens, assignments: assignments, matrix: matrix)
     }
 
     static func spawn(_ executable: String, _ arguments: [String], log: String) throws -> Process {
@@ -178,7 +189,8 @@ struct ExperimentCommand: ParsableCommand {
 
     static func save(_ o: Outcome, to path: String) throws {
         let points = o.curve.points.map { ["tokens": Double($0.tokens), "seconds": $0.seconds].merging($0.losses.mapKeys { "loss/" + $0 }) { a, _ in a } }
-        let json: [String: Any] = ["final": o.final, "seconds": o.seconds, "tokens": o.tokens, "assignments": o.assignments, "curve": points]
+        let json: [String: Any] = ["final": o.final, "seconds": o.seconds, "tokens": o.tokens, "assignments": o.assignments, "matrix": o.matrix,
+                                   "curve": points]
         try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: path))
     }
 
@@ -191,7 +203,7 @@ struct ExperimentCommand: ParsableCommand {
                                 losses: Dictionary(uniqueKeysWithValues: p.filter { $0.key.hasPrefix("loss/") }.map { (String($0.key.dropFirst(5)), $0.value) }))
         }
         return Outcome(variant: variant, curve: LearningCurve(points: points), final: final, seconds: seconds, tokens: tokens,
-                       assignments: json["assignments"] as? [String] ?? [])
+                       assignments: json["assignments"] as? [String] ?? [], matrix: json["matrix"] as? [String: [String: Int]] ?? [:])
     }
 }
 

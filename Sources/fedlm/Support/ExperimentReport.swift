@@ -57,6 +57,14 @@ struct ExperimentReport {
             md += "\n## Cluster assignments (final cluster of each trainer, how, and moves)\n\n"
             for o in assigned {
                 md += "- \(o.variant.name):\n" + o.assignments.map { "  - \($0)\n" }.joined()
+                // The matrix: trainers by their data (rows) against the cluster they ended in (columns).
+                let columns = Array(Set(o.matrix.values.flatMap(\.keys))).sorted()
+                guard !columns.isEmpty else { continue }
+                md += "\n  | trainers' data \\ cluster | " + columns.joined(separator: " | ") + " |\n  |---|" + columns.map { _ in "---|" }.joined() + "\n"
+                for row in o.matrix.keys.sorted() {
+                    md += "  | \(row) | " + columns.map { "\(o.matrix[row]?[$0] ?? 0)" }.joined(separator: " | ") + " |\n"
+                }
+                md += "\n"
             }
         }
         md += "\n## Validation curves\n\nLoss per data cluster (personalized variants: each cluster's own model) against training tokens and wall time.\n\n"
