@@ -27,6 +27,11 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
     public enum Durability: String, Sendable, Codable, CaseIterable { case machine, process }
     public var durability: Durability = .machine
 
+    /// FedBuff: how the K buffered updates are combined (mean, or robust median / trimmed mean).
+    public var combination: RobustCombination = .mean
+    /// Every update's L2 norm is clipped to this (nil: no bound).
+    public var maxUpdateNorm: Double?
+
     /// Personalized heads per data cluster (nil: one global model).
     public var clusters: ClusterConfig?
 
@@ -36,7 +41,8 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
         switch mode {
         case .fedasync: return FedAsync(mixing: mixing, weight: staleness, maxStaleness: maxStaleness)
         case .fedbuff:
-            return FedBuff(bufferSize: bufferSize, weight: staleness, maxStaleness: maxStaleness, optimizer: serverOptimizer, layout: layout)
+            return FedBuff(bufferSize: bufferSize, weight: staleness, maxStaleness: maxStaleness, optimizer: serverOptimizer, layout: layout,
+                           combination: combination, maxNorm: maxUpdateNorm)
         case .sync: return SynchronousFedAvg(participants: participants, optimizer: serverOptimizer, layout: layout)
         }
     }

@@ -95,17 +95,25 @@ public final class FedAsync: AggregationStrategy {
 
 /// FedBuff (Nguyen et al.): buffer K updates, each scaled by s(staleness), then apply their mean
 /// through the server optimizer:  g = (1/K) sum_i s(tau_i) delta_i;  w <- opt(w, g).
+/// With a robust combination the K scaled updates are kept apart and combined per coordinate by
+/// median or trimmed mean instead; with `maxNorm`, each update is first clipped to that norm.
 public final class FedBuff: AggregationStrategy {
     public let bufferSize: Int
     public let weight: StalenessWeight
     public let maxStaleness: Int
     public let optimizer: ServerOptimizer
+    public let combination: RobustCombination
+    /// Updates with a larger L2 norm are scaled down to it (nil: no clipping).
+    public let maxNorm: Double?
     private let buffer: ParameterVector
+    /// The buffered updates one by one (robust combinations only).
+    private let slots: [ParameterVector]
     public private(set) var buffered = 0
     public var name: String { "fedbuff" }
 
     public var stateVectors: [(name: String, vector: ParameterVector)] {
-        [("buffer", buffer)] + optimizer.stateVectors.map { ("optimizer.\($0.name)", $0.vector) }
+        [("buffer", buffer)] + slots.enumerated().map { ("slot\($0.offset)", $0.element) }
+            + optimizer.stateVectors.map { ("optimizer.\($0.name)", $0.vector) }
     }
     public var stateScalars: [String: Double] { ["buffered": Double(buffered), "optimizer.steps": Double(optimizer.steps)] }
     public func restore(scalars: [String: Double]) {
@@ -114,19 +122,37 @@ public final class FedBuff: AggregationStrategy {
     }
 
     public init(bufferSize: Int, weight: StalenessWeight = .inverseSquareRoot, maxStaleness: Int = 16,
-                optimizer: ServerOptimizerKind, layout: ParameterLayout) {
+                optimizer: ServerOptimizerKind, layout: ParameterLayout, combination: RobustCombination = .mean, maxNorm: Double? = nil) {
         precondition(bufferSize >= 1)
         self.bufferSize = bufferSize
         self.weight = weight
         self.maxStaleness = maxStaleness
         self.optimizer = ServerOptimizer(optimizer, layout: layout)
+        self.combination = combination
+        self.maxNorm = maxNorm
         self.buffer = ParameterVector(layout: layout)
+        self.slots = combination == .mean ? [] : (0..<bufferSize).map { _ in ParameterVector(layout: layout) }
     }
 
     public func receive(_ c: Contribution, model: ParameterVector) -> AggregationDecision {
         if let refusal = refusal(c, model: model) { return refusal }
-        let s = Float(weight.weight(staleness: c.staleness))
+        var s = Float(weight.weight(staleness: c.staleness))
+        if let maxNorm {
+            let norm = Double(GradientClipping.norm(c.delta))
+            if norm > maxNorm { s *= Float(maxNorm / norm) }
+        }
         let inv = 1 / Float(bufferSize)
+        if combination != .mean {
+            let slot = slots[buffered].pointer, d = c.delta.pointer
+            parallelFor(buffer.count, granularity: 4096) { r in for i in r { slot[i] = s * d[i] } }
+            buffered += 1
+            guard buffered == bufferSize else { return .buffered(count: buffered, needed: bufferSize) }
+            combination.combine(slots, into: buffer)
+            optimizer.apply(buffer, scale: 1, to: model)
+            buffer.zero()
+            buffered = 0
+            return .applied
+        }
         if bufferSize == 1 {
             // Nothing to buffer: step with s * delta directly (one pass instead of three).
             optimizer.apply(c.delta, scale: s, to: model)

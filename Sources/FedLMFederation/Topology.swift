@@ -33,6 +33,9 @@ import TOMLKit
 ///     trainer_timeout = 60.0                # seconds of silence before a trainer is forgotten
 ///     checkpoint_every = 5
 ///     durability = "machine"                # machine (fsync before ack) | process (survives kill -9)
+///     combination = "mean"                  # fedbuff: mean | median | trimmed_mean (robust to a minority)
+///     trim_fraction = 0.2                   # trimmed_mean: share dropped at each end
+///     max_update_norm = 5.0                 # optional: clip every update to this L2 norm
 ///     evaluate_every = 5
 ///
 ///     [[trainer]]
@@ -44,6 +47,8 @@ import TOMLKit
 ///     slowdown = 1.0                        # optional straggler factor
 ///     ack_timeout = 30.0                    # optional: seconds before an unacknowledged update is resent
 ///     cluster = "en"                        # with [clusters]: the cluster it trains in, or "auto" (IFCA)
+///     attack = "sign_flip"                  # robustness experiments only: sign_flip | noise | nan
+///     attack_scale = 10.0                   #   (times the honest update, or noise of that many times its RMS)
 ///
 ///     [clusters]                            # optional: personalized heads per data cluster
 ///     names = ["en", "de", "code"]          # clusters from the start
@@ -61,6 +66,8 @@ public struct Topology: Sendable {
         public var ackTimeout: Double
         /// With clusters: the cluster it trains in, or nil for automatic assignment.
         public var cluster: String?
+        /// For robustness experiments: what this trainer does to its updates.
+        public var attack: TrainerAttack?
     }
 
     public var path: String
@@ -119,7 +126,7 @@ public struct Topology: Sendable {
             try allow(a, ["mode", "buffer_size", "mixing", "staleness", "staleness_exponent", "hinge_slope", "hinge_cutoff",
                           "max_staleness", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
                           "participants", "checkpoint_every", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
-                          "trainer_timeout"], p, bad)
+                          "trainer_timeout", "combination", "trim_fraction", "max_update_norm"], p, bad)
             var c = AggregationConfig()
             if let m = try string(a, "mode", p) {
                 guard let mode = AggregationConfig.Mode(rawValue: m) else { throw bad("'aggregation.mode' is '\(m)', not fedasync, fedbuff or sync") }
@@ -139,6 +146,20 @@ public struct Topology: Sendable {
             if let v = try int(a, "participants", p) { guard v >= 1 else { throw bad("'aggregation.participants' must be >= 1") }; c.participants = v }
             if let v = try int(a, "checkpoint_every", p) { guard v >= 1 else { throw bad("'aggregation.checkpoint_every' must be >= 1") }; c.checkpointEvery = v }
             if let v = try int(a, "evaluate_every", p) { guard v >= 1 else { throw bad("'aggregation.evaluate_every' must be >= 1") }; t.evaluateEvery = v }
+            switch try string(a, "combination", p) ?? "mean" {
+            case "mean": c.combination = .mean
+            case "median": c.combination = .median
+            case "trimmed_mean":
+                let f = try double(a, "trim_fraction", p) ?? 0.2
+                guard f > 0, f < 0.5 else { throw bad("'aggregation.trim_fraction' must be in (0, 0.5)") }
+                c.combination = .trimmedMean(fraction: f)
+            case let other: throw bad("'aggregation.combination' is '\(other)', not mean, median or trimmed_mean")
+            }
+            if c.combination != .mean, c.mode != .fedbuff { throw bad("'aggregation.combination' applies to mode = \"fedbuff\"") }
+            if let v = try double(a, "max_update_norm", p) {
+                guard v > 0 else { throw bad("'aggregation.max_update_norm' must be > 0") }
+                c.maxUpdateNorm = v
+            }
             switch try string(a, "staleness", p) ?? "inverse_sqrt" {
             case "constant": c.staleness = .constant
             case "polynomial": c.staleness = .polynomial(exponent: try double(a, "staleness_exponent", p) ?? 0.5)
@@ -191,7 +212,19 @@ public struct Topology: Sendable {
         for (i, item) in list.enumerated() {
             guard let tt = item.table else { throw bad("trainer \(i + 1) must be a table") }
             let p = "trainer[\(i + 1)]."
-            try allow(tt, ["name", "clusters", "local_steps", "time_budget", "tokens", "slowdown", "ack_timeout", "cluster"], p, bad)
+            try allow(tt, ["name", "clusters", "local_steps", "time_budget", "tokens", "slowdown", "ack_timeout", "cluster", "attack",
+                           "attack_scale"], p, bad)
+            var attack: TrainerAttack?
+            if let kind = try string(tt, "attack", p) {
+                let scale = try double(tt, "attack_scale", p) ?? 10
+                guard scale > 0 else { throw bad("'\(p)attack_scale' must be > 0") }
+                switch kind {
+                case "sign_flip": attack = .signFlip(scale: scale)
+                case "noise": attack = .noise(scale: scale)
+                case "nan": attack = .nan
+                case let other: throw bad("'\(p)attack' is '\(other)', not sign_flip, noise or nan")
+                }
+            }
             guard let name = try string(tt, "name", p), !name.isEmpty, !name.contains("/") else {
                 throw bad("'\(p)name' is required (non-empty, no '/')")
             }
@@ -215,7 +248,8 @@ public struct Topology: Sendable {
             }
             t.trainers.append(Trainer(name: name, clusters: clusters, localSteps: steps, timeBudget: try double(tt, "time_budget", p),
                                       tokens: try int(tt, "tokens", p), slowdown: slowdown,
-                                      ackTimeout: try double(tt, "ack_timeout", p) ?? 30, cluster: cluster == "auto" ? nil : cluster))
+                                      ackTimeout: try double(tt, "ack_timeout", p) ?? 30, cluster: cluster == "auto" ? nil : cluster,
+                                      attack: attack))
         }
         guard Set(t.trainers.map(\.name)).count == t.trainers.count else { throw bad("trainer names must be unique") }
         if t.aggregation.mode == .sync, t.aggregation.participants > t.trainers.count {

@@ -7,6 +7,16 @@ import FedLMZeroMQ
 import Foundation
 import Logging
 
+/// A deliberately broken trainer, for robustness experiments: what it does to each update.
+public enum TrainerAttack: Equatable, Sendable {
+    /// Sends -scale times its honest update.
+    case signFlip(scale: Double)
+    /// Sends Gaussian noise with `scale` times the honest update's RMS.
+    case noise(scale: Double)
+    /// Puts a NaN into every update (the aggregator must refuse it).
+    case nan
+}
+
 /// What one trainer does and on which data.
 public struct TrainerOptions: Sendable {
     public var id: String
@@ -32,6 +42,8 @@ public struct TrainerOptions: Sendable {
     public var tokenBudget: Int?
     /// Artificial slowness (1 = none, 5 = five times slower), for straggler experiments.
     public var slowdown = 1.0
+    /// Robustness experiments only: corrupt every update this way.
+    public var attack: TrainerAttack?
     /// Where the unacknowledged update is kept across restarts.
     public var stateDirectory: String
     /// Seconds to wait for an acknowledgement before sending the update again.
@@ -193,6 +205,7 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
             return taken
         }
 
+        if let attack = o.attack { logger.warning("\(o.id): ATTACKING: every update is corrupted (\(attack)); for robustness experiments only") }
         guard try hello() else { return }
         if o.automaticCluster { guard try chooseCluster() else { return } }
         logger.info("\(o.id): registered\(cluster.map { " in cluster \($0)" } ?? "") (data: \((o.dataClusters ?? data.clusters).joined(separator: ", ")))")
@@ -246,6 +259,7 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
             // Pseudo-gradient: start weights minus end weights.
             var delta = [Float](repeating: 0, count: model.parameters.count)
             for i in 0..<delta.count { delta[i] = start.pointer[i] - model.parameters.pointer[i] }
+            if let attack = o.attack { Self.corrupt(&delta, attack, rng: &rng) }
             round += 1
             let id = "\(o.id)-\(info.version)-\(round)-\(UInt32.random(in: 0...UInt32.max))"
             let frames = codec.encode(.update(UpdateInfo(updateID: id, trainerID: o.id, baseVersion: info.version, cluster: cluster,
@@ -258,6 +272,20 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         }
         if !stopFlag.isSet { _ = try? socket.send(codec.encode(.bye("done"))) }
         logger.info("\(o.id): stopped after \(tokensTrained) tokens, \(updatesAcknowledged) updates acknowledged")
+    }
+}
+
+extension TrainerService {
+    static func corrupt(_ delta: inout [Float], _ attack: TrainerAttack, rng: inout SeededGenerator) {
+        switch attack {
+        case .signFlip(let scale):
+            for i in delta.indices { delta[i] *= -Float(scale) }
+        case .noise(let scale):
+            let rms = (delta.reduce(0) { $0 + Double($1) * Double($1) } / Double(max(delta.count, 1))).squareRoot()
+            for i in delta.indices { delta[i] = Float(scale * rms * rng.nextNormal()) }
+        case .nan:
+            delta[Int(rng.next() % UInt64(delta.count))] = .nan
+        }
     }
 }
 

@@ -117,4 +117,45 @@ final class AggregationTests: XCTestCase {
         assertAll(model, -0.1)  // 0.3 - 0.4
         XCTAssertEqual(s.waitingFor, 1)
     }
+
+    /// Robust combinations on exact numbers: five updates, one of them hostile (-10x).
+    func testMedianAndTrimmedMeanIgnoreOneHostileUpdateOfFive() {
+        let honest: [Float] = [0.1, 0.2, 0.3, 0.4]
+        let hostile: Float = -3  // -10 x 0.3
+        // Median of {0.1, 0.2, 0.3, 0.4, -3} = 0.2; SGD rate 1: w = 1 - 0.2 = 0.8.
+        let median = FedBuff(bufferSize: 5, weight: .constant, optimizer: .sgd(learningRate: 1), layout: layout, combination: .median)
+        // Trimmed mean dropping one each side: mean of {0.1, 0.2, 0.3} = 0.2.
+        let trimmed = FedBuff(bufferSize: 5, weight: .constant, optimizer: .sgd(learningRate: 1), layout: layout,
+                              combination: .trimmedMean(fraction: 0.2))
+        // The plain mean is dragged: (1.0 - 3) / 5 = -0.4; w = 1.4.
+        let mean = FedBuff(bufferSize: 5, weight: .constant, optimizer: .sgd(learningRate: 1), layout: layout)
+        for (strategy, expected) in [(median, Float(0.8)), (trimmed, 0.8), (mean, 1.4)] {
+            let model = vector(1)
+            for (i, v) in (honest + [hostile]).enumerated() {
+                let d = strategy.receive(Contribution(delta: vector(v), staleness: 0), model: model)
+                XCTAssertEqual(d, i < 4 ? .buffered(count: i + 1, needed: 5) : .applied)
+            }
+            assertAll(model, expected, "\(strategy.combination)")
+        }
+        XCTAssertEqual(RobustCombination.trimmed(0.2, of: 5), 1)
+        XCTAssertEqual(RobustCombination.trimmed(0.45, of: 10), 4)
+        XCTAssertEqual(RobustCombination.trimmed(0.1, of: 2), 0, "nothing to trim from two")
+        // Even K: the median is the mean of the middle two ({0.1, 0.2, 0.4, 5} -> 0.3).
+        let even = FedBuff(bufferSize: 4, weight: .constant, optimizer: .sgd(learningRate: 1), layout: layout, combination: .median)
+        let model = vector(1)
+        for v: Float in [0.4, 5, 0.1, 0.2] { _ = even.receive(Contribution(delta: vector(v), staleness: 0), model: model) }
+        assertAll(model, 0.7, accuracy: 1e-6)
+    }
+
+    /// Norm clipping scales an oversized update down to the bound before it is buffered.
+    func testUpdatesAreClippedToTheNormBound() {
+        let n = Float(layout.totalCount)
+        // A constant update c has norm c * sqrt(n); bound it at sqrt(n) (i.e. c = 1).
+        let s = FedBuff(bufferSize: 1, weight: .constant, optimizer: .sgd(learningRate: 1), layout: layout, maxNorm: Double(n.squareRoot()))
+        let model = vector(0)
+        _ = s.receive(Contribution(delta: vector(4), staleness: 0), model: model)
+        assertAll(model, -1, accuracy: 1e-5, "clipped from 4 to 1")
+        _ = s.receive(Contribution(delta: vector(0.5), staleness: 0), model: model)
+        assertAll(model, -1.5, accuracy: 1e-5, "within the bound: unchanged")
+    }
 }

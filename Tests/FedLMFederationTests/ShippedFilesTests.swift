@@ -59,6 +59,11 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base).contains("[[trainer]]"))
         XCTAssertTrue(error("data = \"d\"\n[[trainer]]\nname = \"a\"").contains("'model'"))
         XCTAssertTrue(error(base + "[aggregation]\nmode = \"sync\"\nparticipants = 3\n[[trainer]]\nname = \"a\"").contains("participants"))
+        // Robust aggregation and attacks are checked by name too.
+        XCTAssertTrue(error(base + "[aggregation]\ncombination = \"mode\"\n[[trainer]]\nname = \"a\"").contains("not mean, median or trimmed_mean"))
+        XCTAssertTrue(error(base + "[aggregation]\nmode = \"sync\"\ncombination = \"median\"\n[[trainer]]\nname = \"a\"").contains("applies to mode = \"fedbuff\""))
+        XCTAssertTrue(error(base + "[aggregation]\ncombination = \"trimmed_mean\"\ntrim_fraction = 0.5\n[[trainer]]\nname = \"a\"").contains("trim_fraction"))
+        XCTAssertTrue(error(base + "[[trainer]]\nname = \"a\"\nattack = \"ddos\"").contains("not sign_flip, noise or nan"))
         // Clusters: names checked, every trainer's cluster declared and known (or "auto").
         let clusters = base + "[clusters]\nnames = [\"en\", \"de\"]\n"
         XCTAssertTrue(error(clusters + "[[trainer]]\nname = \"a\"\ncluster = \"fr\"").contains("'trainer[1].cluster' is 'fr', not one of en, de"))

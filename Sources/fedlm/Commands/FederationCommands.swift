@@ -100,6 +100,7 @@ struct TrainerCommand: AsyncParsableCommand {
             options.tokenBudget = entry.tokens
             options.slowdown = entry.slowdown
             options.ackTimeout = entry.ackTimeout
+            options.attack = entry.attack
         } else {
             guard let broker, let data else { throw ValidationError("give --topology and --name, or --broker and --data") }
             let file = try ConfigResolution.load(config)
