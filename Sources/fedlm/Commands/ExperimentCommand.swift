@@ -121,6 +121,8 @@ struct ExperimentCommand: ParsableCommand {
         up.waitUntilExit()
         if tokens < spec.tokens { print("\(v.name): stopped at \(tokens) tokens (time limit \(Int(spec.timeLimit)) s)") }
         let ledger = try Ledger(path: ledgerPath)
+        // Updates in flight when the stop came are applied too: count what the final model saw.
+        tokens = try ledger.database.query("SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE outcome != 'refused'").first?[0].int ?? tokens
         let models = try ClusterModels(ledger: ledger)
         let global = try models.global()
         // Which cluster serves each data cluster: the final cluster of the trainers holding it.
