@@ -11,6 +11,8 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
     public let core: AggregatorCore
     public let endpoints: BrokerEndpoints
     public let limits: TransportLimits
+    /// CURVE keys when the broker requires them.
+    public var curve: CurveClient?
     /// Validation loss of a model on one data cluster's held-out data (nil: no evaluation).
     public var evaluate: ((GPT2Model, String) throws -> Float)?
     /// The data clusters to evaluate on.
@@ -54,9 +56,11 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         let dealer = try ZMQSocket(context, .dealer)
         try dealer.setRoutingID(Array("aggregator".utf8))
         try limits.apply(to: dealer)
+        try curve?.apply(to: dealer)
         try dealer.connect(BrokerEndpoints.connectable(endpoints.aggregator))
         let publisher = try ZMQSocket(context, .pub)
         try publisher.setHighWaterMarks(send: 4, receive: 4)
+        try curve?.apply(to: publisher)
         try publisher.connect(BrokerEndpoints.connectable(endpoints.publish))
         defer {
             dealer.close()

@@ -14,13 +14,17 @@ import Logging
 public final class BrokerService: BlockingService, @unchecked Sendable {
     public let endpoints: BrokerEndpoints
     public let limits: TransportLimits
+    /// CURVE encryption and authentication on every socket (nil: plaintext, for local demos).
+    public let security: BrokerSecurity?
     let logger: Logger
     private let stopFlag = StopFlag()
     private let codec = WireCodec()
 
-    public init(endpoints: BrokerEndpoints, limits: TransportLimits = TransportLimits(), logger: Logger = Logger(label: "fedlm.broker")) {
+    public init(endpoints: BrokerEndpoints, limits: TransportLimits = TransportLimits(), security: BrokerSecurity? = nil,
+                logger: Logger = Logger(label: "fedlm.broker")) {
         self.endpoints = endpoints
         self.limits = limits
+        self.security = security
         self.logger = logger
     }
 
@@ -29,19 +33,36 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
     /// The service loop on the calling thread, until `stop()`.
     public func runBlocking() throws {
         let context = ZMQContext()
+        // With security, the ZAP handler is in place before any CURVE socket binds, so no
+        // handshake can ever go unchecked (fail closed).
+        let zap = try security.map { security in
+            try ZAPHandler(context: context, decide: { domain, key in security.allowed.decide(domain: domain, key: key) },
+                           log: { [logger] in logger.warning("\($0)") })
+        }
+        func secure(_ socket: ZMQSocket, _ domain: String) throws {
+            if let security { try socket.makeCurveServer(secretKey: security.keys.secretKey, domain: domain) }
+        }
         let trainers = try ZMQSocket(context, .router)
         let aggregator = try ZMQSocket(context, .router)
         for s in [trainers, aggregator] {
             try limits.apply(to: s)
             try s.setRouterMandatory(true)
         }
+        try secure(trainers, "trainers")
+        try secure(aggregator, "aggregator")
         try trainers.bind(endpoints.trainers)
         try aggregator.bind(endpoints.aggregator)
-        let relay = try ReleaseRelay(context: context, publishers: endpoints.publish, subscribers: endpoints.releases)
+        let relay = try ReleaseRelay(context: context, publishers: endpoints.publish, subscribers: endpoints.releases, configure: secure)
         defer {
             relay.stop()
             trainers.close()
             aggregator.close()
+            zap?.stop()
+        }
+        if let security {
+            logger.info("broker: CURVE on every socket; broker key \(security.keys.publicKey); allowed keys from \(security.allowed.path) (re-read when it changes)")
+        } else {
+            logger.warning("broker: PLAINTEXT: no encryption, no authentication: anyone who can reach these ports may join, read releases and push updates. For local demos only; set [security] in the topology otherwise.")
         }
         logger.info("broker: trainers \(trainers.lastEndpoint), aggregator \(aggregator.lastEndpoint), releases \(relay.publisherEndpoint) -> \(relay.subscriberEndpoint)")
         var aggregatorID: [UInt8]?
@@ -55,12 +76,19 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
             // Frames are handed from socket to socket without copies (tensors are most of the bytes).
             if ready.contains(0) {
                 var unavailable: [UInt8]?
+                var forbidden: [UInt8]?
                 var from: [UInt8]?
                 var head: [[UInt8]]?
                 do {
-                    head = try trainers.forward(to: aggregator, head: 1) { head in
+                    // With security the first protocol frames are read too, to keep subscribers
+                    // (authenticated as such by their key) from pushing updates.
+                    head = try trainers.forward(to: aggregator, head: security == nil ? 1 : 3) { head, user in
                         from = head[0]
-                        if let id = aggregatorID, now - aggregatorSeen < timeout { return [id, head[0]] }
+                        if user == "subscriber", head.count == 3, head[2] == [MessageType.update.rawValue] || head[2] == [MessageType.chunk.rawValue] {
+                            if head[2] == [MessageType.update.rawValue] { forbidden = head[0] }
+                            return nil
+                        }
+                        if let id = aggregatorID, now - aggregatorSeen < timeout { return [id] + head }
                         unavailable = head[0]
                         return nil
                     }
@@ -74,6 +102,11 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
                 if let peer = head?.first {
                     if peersSeen[peer] == nil { logger.info("peer \(String(decoding: peer, as: UTF8.self)) connected") }
                     peersSeen[peer] = now
+                }
+                if let peer = forbidden {
+                    logger.warning("refused an update from subscriber \(String(decoding: peer, as: UTF8.self))")
+                    let reply = codec.encode(.error(ErrorReply(code: .forbidden, detail: "a subscriber's key may receive releases, not push updates")))
+                    _ = try? trainers.send([peer] + reply)
                 }
                 if let peer = unavailable {
                     let reply = codec.encode(.error(ErrorReply(code: .unavailable, detail: "no aggregator is connected to the broker")))

@@ -15,6 +15,8 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
     public let modelConfig: GPT2Config
     /// The cluster whose releases to follow (nil: the global model).
     public var cluster: String?
+    /// CURVE keys when the broker requires them.
+    public var curve: CurveClient?
     public var onRelease: (Int) -> Void = { _ in }
     public var maxReleases: Int?
     let logger: Logger
@@ -35,10 +37,12 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
         let context = ZMQContext()
         let sub = try ZMQSocket(context, .sub)
         try sub.setMaximumMessageSize(1 << 31)
+        try curve?.apply(to: sub)
         try sub.subscribe(AggregatorService.topic(cluster: cluster))
         try sub.connect(BrokerEndpoints.connectable(endpoints.releases))
         let dealer = try ZMQSocket(context, .dealer)
         try dealer.setRoutingID(Array("subscriber-\(getpid())-\(UInt32.random(in: 0...UInt32.max))".utf8))
+        try curve?.apply(to: dealer)
         try dealer.connect(BrokerEndpoints.connectable(endpoints.trainers))
         defer { sub.close(); dealer.close() }
         let model = try GPT2Model(config: modelConfig)

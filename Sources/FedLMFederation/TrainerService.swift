@@ -65,6 +65,8 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
     public let options: TrainerOptions
     public let endpoints: BrokerEndpoints
     public let limits: TransportLimits
+    /// CURVE keys when the broker requires them.
+    public var curve: CurveClient?
     let logger: Logger
     private let stopFlag = StopFlag()
     private let codec = WireCodec()
@@ -98,6 +100,7 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         let socket = try ZMQSocket(context, .dealer)
         try socket.setRoutingID(Array(o.id.utf8))
         try limits.apply(to: socket)
+        try curve?.apply(to: socket)
         try socket.connect(BrokerEndpoints.connectable(endpoints.trainers))
         defer { socket.close() }
 

@@ -13,6 +13,7 @@ public struct ProtocolError: Error, Equatable, CustomStringConvertible, Sendable
         case unknownCluster
         case duplicate            // update id already applied (the ack is repeated instead)
         case unavailable          // no model release yet, aggregator not connected, ...
+        case forbidden            // the sender's role may not send this (a subscriber's UPDATE)
     }
 
     public let code: Code

@@ -14,12 +14,17 @@ public final class ReleaseRelay: @unchecked Sendable {
     public let subscriberEndpoint: String
 
     /// Binds both sides (use `tcp://host:*` to let the OS choose ports) and starts relaying.
-    public init(context: ZMQContext, publishers: String, subscribers: String, highWaterMark: Int32 = 64) throws {
+    /// `configure` runs on each side before it binds (with "publish" for the XSUB side and
+    /// "releases" for the XPUB side), e.g. to make both CURVE servers.
+    public init(context: ZMQContext, publishers: String, subscribers: String, highWaterMark: Int32 = 64,
+                configure: (ZMQSocket, String) throws -> Void = { _, _ in }) throws {
         self.context = context
         let xsub = try ZMQSocket(context, .xsub)
         let xpub = try ZMQSocket(context, .xpub)
         try xsub.setHighWaterMarks(send: highWaterMark, receive: highWaterMark)
         try xpub.setHighWaterMarks(send: highWaterMark, receive: highWaterMark)
+        try configure(xsub, "publish")
+        try configure(xpub, "releases")
         try xsub.bind(publishers)
         try xpub.bind(subscribers)
         publisherEndpoint = xsub.lastEndpoint

@@ -156,11 +156,18 @@ public final class ZMQSocket: @unchecked Sendable {
     /// destination refuses the message (an unknown ROUTER peer), the rest is discarded and the
     /// error thrown after the incoming message has been fully consumed.
     public func forward(to destination: ZMQSocket, head: Int, route: ([[UInt8]]) -> [[UInt8]]?) throws -> [[UInt8]]? {
+        try forward(to: destination, head: head) { frames, _ in route(frames) }
+    }
+
+    /// `forward`, telling `route` also the authenticated user id of the sender (what the ZAP
+    /// handler answered for its CURVE key; nil without authentication).
+    public func forward(to destination: ZMQSocket, head: Int, route: ([[UInt8]], String?) -> [[UInt8]]?) throws -> [[UInt8]]? {
         guard try poll(timeout: 0) else { return nil }
         var headFrames: [[UInt8]] = []
         var prefix: [[UInt8]]?
         var failure: Error?
         var more = true
+        var userID: String?
         while more {
             var msg = zmq_msg_t()
             zmq_msg_init(&msg)
@@ -170,10 +177,12 @@ public final class ZMQSocket: @unchecked Sendable {
                 if error.code != EINTR { throw error }
             }
             more = zmq_msg_more(&msg) != 0
+            // The routing-id frame a ROUTER adds carries no metadata; the frames after it do.
+            if userID == nil, let user = zmq_msg_gets(&msg, "User-Id") { userID = String(cString: user) }
             if headFrames.count < head {
                 headFrames.append(Array(UnsafeRawBufferPointer(start: zmq_msg_data(&msg), count: zmq_msg_size(&msg))))
                 if headFrames.count == head, more {
-                    prefix = route(headFrames)
+                    prefix = route(headFrames, userID)
                     if let p = prefix {
                         do { try destination.send(p, more: true) } catch {
                             failure = error

@@ -1,0 +1,236 @@
+import FedLMAggregation
+import FedLMFederation
+import FedLMModel
+import FedLMProtocol
+import FedLMZeroMQ
+import Foundation
+import XCTest
+
+/// CURVE on every broker socket with a fail-closed ZAP handler, over real TCP loopback: allowed
+/// keys get in by role, unknown keys get nothing, a subscriber cannot push, a revoked key is out
+/// at its next handshake, and the bytes on the wire carry no protocol marker or tensor name
+/// (while in plaintext they do).
+final class SecurityTests: XCTestCase {
+    let modelConfig = GPT2Config(layers: 1, embedding: 8, heads: 2, context: 4, vocabulary: 11)
+    var dir = ""
+    var threads: [Thread] = []
+    var stops: [() -> Void] = []
+    let context = ZMQContext()
+    let codec = WireCodec()
+
+    override func setUpWithError() throws {
+        dir = NSTemporaryDirectory() + "fedlm-sec-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() {
+        stops.forEach { $0() }
+        while threads.contains(where: \.isExecuting) { usleep(1000) }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    func keys(_ name: String) throws -> CurveKeyPair {
+        let k = try CurveKeyPair.generate()
+        try k.save(prefix: dir + "/" + name)
+        return k
+    }
+
+    func writeAllowed(trainers: [CurveKeyPair], subscribers: [CurveKeyPair], aggregators: [CurveKeyPair]) throws {
+        func list(_ k: [CurveKeyPair]) -> String { "[" + k.map { "\"\($0.publicKey)\"" }.joined(separator: ", ") + "]" }
+        try "trainers = \(list(trainers))\nsubscribers = \(list(subscribers))\naggregators = \(list(aggregators))\n"
+            .write(toFile: dir + "/allowed.toml", atomically: true, encoding: .utf8)
+    }
+
+    /// Broker and aggregator on random ports; returns the endpoints.
+    func startFederation(security: BrokerSecurity?, aggregatorCurve: CurveClient?) throws -> BrokerEndpoints {
+        let port = Int.random(in: 20_000...32_000)
+        var endpoints = BrokerEndpoints()
+        endpoints.trainers = "tcp://127.0.0.1:\(port)"
+        endpoints.aggregator = "tcp://127.0.0.1:\(port + 1)"
+        endpoints.publish = "tcp://127.0.0.1:\(port + 2)"
+        endpoints.releases = "tcp://127.0.0.1:\(port + 3)"
+        var config = AggregationConfig()
+        config.mode = .fedbuff
+        config.bufferSize = 1
+        config.serverOptimizer = .sgd(learningRate: 1)
+        config.durability = .process
+        let broker = BrokerService(endpoints: endpoints, security: security)
+        let service = AggregatorService(core: try AggregatorCore(runDirectory: dir + "/run-\(port)", config: config,
+                                                                 initialModel: try GPT2Model(config: modelConfig, seed: 2)),
+                                        endpoints: endpoints)
+        service.curve = aggregatorCurve
+        for s in [broker as BlockingService, service] {
+            let t = Thread { try? s.runBlocking() }
+            t.start()
+            threads.append(t)
+            stops.append { s.stop() }
+        }
+        return endpoints
+    }
+
+    /// A DEALER with `curve` keys (nil: plaintext) connected to `endpoint`.
+    func client(_ id: String, _ curve: CurveClient?, _ endpoint: String) throws -> ZMQSocket {
+        let s = try ZMQSocket(context, .dealer)
+        try s.setRoutingID(Array(id.utf8))
+        if let curve { try s.makeCurveClient(serverKey: curve.brokerKey, keys: curve.keys) }
+        try s.connect(endpoint)
+        return s
+    }
+
+    /// Sends `message` and returns the first complete reply within `seconds` (nil: none).
+    func call(_ socket: ZMQSocket, _ message: Message, seconds: Double = 3) throws -> Message? {
+        for part in MessageStream.split(codec.encode(message)) { try socket.send(part) }
+        var assembler = StreamAssembler(codec: codec)
+        let end = Date().addingTimeInterval(seconds)
+        while Date() < end {
+            guard let m = try socket.receive(timeout: 100) else { continue }
+            if let done = try assembler.accept(m) {
+                if case .error(let e) = done, e.code == .unavailable {  // the aggregator is still connecting
+                    usleep(100_000)
+                    for part in MessageStream.split(codec.encode(message)) { try socket.send(part) }
+                    continue
+                }
+                return done
+            }
+        }
+        return nil
+    }
+
+    func testOnlyAllowedKeysGetInByRoleAndTheWireCarriesNoPlaintext() throws {
+        let brokerKeys = try keys("broker"), trainer = try keys("t1"), subscriber = try keys("s1"), aggregator = try keys("aggregator")
+        let stranger = try CurveKeyPair.generate()
+        try writeAllowed(trainers: [trainer], subscribers: [subscriber], aggregators: [aggregator])
+        let endpoints = try startFederation(security: BrokerSecurity(keys: brokerKeys, allowed: try AllowList(path: dir + "/allowed.toml")),
+                                            aggregatorCurve: CurveClient(brokerKey: brokerKeys.publicKey, keys: aggregator))
+        // The trainer goes through a TCP relay that records every byte.
+        let relay = try TCPRelay(to: Int(endpoints.trainers.split(separator: ":").last!)!)
+        stops.append { relay.stop() }
+        let t1 = try client("t1", CurveClient(brokerKey: brokerKeys.publicKey, keys: trainer), "tcp://127.0.0.1:\(relay.port)")
+        defer { t1.close() }
+        guard case .welcome? = try call(t1, .hello(Hello(trainerID: "t1")), seconds: 10) else { return XCTFail("the allowed trainer was not welcomed") }
+        guard case .release(let info, let release)? = try call(t1, .fetch(Fetch())) else { return XCTFail("no release for the trainer") }
+        let update = Message.update(UpdateInfo(updateID: "u1", trainerID: "t1", baseVersion: info.version, tokens: 8, localSteps: 1),
+                                    TensorPayload(specs: release.specs, values: release.values.map { _ in 0.001 }))
+        guard case .ack? = try call(t1, update) else { return XCTFail("the trainer's update was not acknowledged") }
+        let wire = relay.recorded
+        XCTAssertGreaterThan(wire.count, release.values.count * 4, "the release crossed the relay")
+        for plain in ["FEDLM", "transformer.wte.weight", "updateID"] {
+            XCTAssertFalse(contains(wire, Array(plain.utf8)), "'\(plain)' appears on the wire")
+        }
+
+        // An unknown key gets nothing at all; so does a plaintext client.
+        let outsider = try client("x", CurveClient(brokerKey: brokerKeys.publicKey, keys: stranger), endpoints.trainers)
+        defer { outsider.close() }
+        XCTAssertNil(try call(outsider, .hello(Hello(trainerID: "x")), seconds: 2), "an unknown key was answered")
+        let plain = try client("p", nil, endpoints.trainers)
+        defer { plain.close() }
+        XCTAssertNil(try call(plain, .hello(Hello(trainerID: "p")), seconds: 1), "a plaintext client was answered")
+
+        // A subscriber may fetch a snapshot but not push.
+        let s1 = try client("s1", CurveClient(brokerKey: brokerKeys.publicKey, keys: subscriber), endpoints.trainers)
+        defer { s1.close() }
+        guard case .release? = try call(s1, .fetch(Fetch())) else { return XCTFail("the subscriber got no snapshot") }
+        let push = Message.update(UpdateInfo(updateID: "s-u", trainerID: "s1", baseVersion: 1, tokens: 8, localSteps: 1),
+                                  TensorPayload(specs: release.specs, values: release.values.map { _ in 0.001 }))
+        guard case .error(let e)? = try call(s1, push) else { return XCTFail("the subscriber's update was not refused") }
+        XCTAssertEqual(e.code, .forbidden)
+
+        // Revocation: remove the trainer's key; its next handshake is refused.
+        try writeAllowed(trainers: [], subscribers: [subscriber], aggregators: [aggregator])
+        let again = try client("t1b", CurveClient(brokerKey: brokerKeys.publicKey, keys: trainer), endpoints.trainers)
+        defer { again.close() }
+        XCTAssertNil(try call(again, .hello(Hello(trainerID: "t1b")), seconds: 2), "a revoked key was answered")
+    }
+
+    func testPlaintextModeShowsItsBytesOnTheWire() throws {
+        let endpoints = try startFederation(security: nil, aggregatorCurve: nil)
+        let relay = try TCPRelay(to: Int(endpoints.trainers.split(separator: ":").last!)!)
+        stops.append { relay.stop() }
+        let t1 = try client("t1", nil, "tcp://127.0.0.1:\(relay.port)")
+        defer { t1.close() }
+        guard case .welcome? = try call(t1, .hello(Hello(trainerID: "t1")), seconds: 10) else { return XCTFail("no welcome") }
+        guard case .release? = try call(t1, .fetch(Fetch())) else { return XCTFail("no release") }
+        XCTAssertTrue(contains(relay.recorded, Array("transformer.wte.weight".utf8)), "the relay sees what plaintext carries")
+    }
+
+    func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+        guard haystack.count >= needle.count, let first = needle.first else { return false }
+        var i = 0
+        while i <= haystack.count - needle.count {
+            if haystack[i] == first, Array(haystack[i..<(i + needle.count)]) == needle { return true }
+            i += 1
+        }
+        return false
+    }
+}
+
+/// A TCP relay on loopback that records every byte in both directions (one connection).
+final class TCPRelay: @unchecked Sendable {
+    let port: Int
+    private let listener: Int32
+    private let lock = NSLock()
+    private var bytes: [UInt8] = []
+    private var stopped = false
+    private let thread: Thread
+
+    var recorded: [UInt8] { lock.lock(); defer { lock.unlock() }; return bytes }
+
+    init(to target: Int) throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        listen(fd, 4)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        listener = fd
+        port = Int(UInt16(bigEndian: addr.sin_port))
+        let box = Box()
+        thread = Thread { box.relay?.serve(target) }
+        box.relay = self
+        thread.start()
+    }
+
+    private final class Box: @unchecked Sendable { weak var relay: TCPRelay? }
+
+    private var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stopped }
+
+    private func serve(_ target: Int) {
+        var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
+        while !isStopped, poll(&fds, 1, 100) <= 0 {}
+        guard !isStopped else { return }
+        let client = accept(listener, nil, nil)
+        let server = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = UInt16(target).bigEndian
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(server, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var pair = [pollfd(fd: client, events: Int16(POLLIN), revents: 0), pollfd(fd: server, events: Int16(POLLIN), revents: 0)]
+        loop: while !isStopped {
+            guard poll(&pair, 2, 100) > 0 else { continue }
+            for (from, to) in [(0, 1), (1, 0)] where pair[from].revents != 0 {
+                let n = read(pair[from].fd, &buffer, buffer.count)
+                if n <= 0 { break loop }
+                lock.lock(); bytes += buffer[0..<n]; lock.unlock()
+                var sent = 0
+                while sent < n {
+                    let w = buffer[sent..<n].withUnsafeBytes { write(pair[to].fd, $0.baseAddress, n - sent) }
+                    if w <= 0 { break loop }
+                    sent += w
+                }
+            }
+        }
+        close(client)
+        close(server)
+    }
+
+    func stop() {
+        lock.lock(); stopped = true; lock.unlock()
+        while thread.isExecuting { usleep(1000) }
+        close(listener)
+    }
+}
