@@ -74,7 +74,7 @@ let package = Package(
         .target(name: "FedLMExperiment",
                 dependencies: ["FedLMLedger", .product(name: "TOMLKit", package: "TOMLKit")]),
         .executableTarget(name: "fedlm",
-                          dependencies: ["FedLMExperiment", "FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "FedLMData", "FedLMFederation",
+                          dependencies: ["FedLMExperiment", "FedLMZeroMQ", "FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "FedLMData", "FedLMFederation",
                                          "FedLMLedger", "FedLMAggregation", "CFedLMRuntime",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -50,6 +50,10 @@ import TOMLKit
 ///     attack = "sign_flip"                  # robustness experiments only: sign_flip | noise | nan
 ///     attack_scale = 10.0                   #   (times the honest update, or noise of that many times its RMS)
 ///
+///     [security]                            # optional: CURVE on every socket (default: plaintext)
+///     keys = "keys"                         # key pairs: broker, aggregator, <trainer name>, ... (`fedlm keys generate`)
+///     allowed = "keys/allowed.toml"         # trainers / subscribers / aggregators public keys (default: <keys>/allowed.toml)
+///
 ///     [clusters]                            # optional: personalized heads per data cluster
 ///     names = ["en", "de", "code"]          # clusters from the start
 ///     head = ["transformer.h.{last}.*", "transformer.ln_f.*", "lm_head.*"]   # default
@@ -81,13 +85,17 @@ public struct Topology: Sendable {
     public var trainers: [Trainer]
     /// Automatic cluster assignment is re-checked every this many rounds.
     public var reassignEvery = 10
+    /// CURVE keys (`[security]`): a directory of key pairs (`broker`, `aggregator`, each trainer
+    /// by name, subscribers by their own name) and the allow-list file (nil: plaintext).
+    public var keysDirectory: String?
+    public var allowedKeys: String?
 
     public static func load(path: String) throws -> Topology {
         func bad(_ why: String) -> FederationError { .badTopology("\(path): \(why)") }
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw bad("cannot read the file") }
         let root: TOMLTable
         do { root = try TOMLTable(string: text) } catch { throw bad("not valid TOML: \(error)") }
-        try allow(root, ["name", "run_directory", "model", "data", "broker", "aggregation", "trainer", "clusters"], "", bad)
+        try allow(root, ["name", "run_directory", "model", "data", "broker", "aggregation", "trainer", "clusters", "security"], "", bad)
         func string(_ t: TOMLTable, _ key: String, _ prefix: String) throws -> String? {
             guard let v = t[key] else { return nil }
             guard let s = v.string else { throw bad("'\(prefix)\(key)' must be a string") }
@@ -182,6 +190,13 @@ public struct Topology: Sendable {
             case let other: throw bad("'aggregation.server_optimizer' is '\(other)', not sgd, nesterov, adam or delayed_nesterov")
             }
             t.aggregation = c
+        }
+        if let st = root["security"] {
+            guard let st = st.table else { throw bad("[security] must be a table") }
+            try allow(st, ["keys", "allowed"], "security.", bad)
+            guard let keys = try string(st, "keys", "security.") else { throw bad("'security.keys' (the directory of key pairs) is required") }
+            t.keysDirectory = keys
+            t.allowedKeys = try string(st, "allowed", "security.") ?? keys + "/allowed.toml"
         }
         if let ct = root["clusters"] {
             guard let ct = ct.table else { throw bad("[clusters] must be a table") }

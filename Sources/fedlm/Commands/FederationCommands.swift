@@ -4,6 +4,7 @@ import FedLMData
 import FedLMFederation
 import FedLMModel
 import FedLMTensor
+import FedLMZeroMQ
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -25,12 +26,17 @@ struct BrokerCommand: AsyncParsableCommand {
     @Option(help: "XPUB subscribers receive releases from.") var releases: String?
 
     func run() async throws {
-        var e = try topology.map { try Topology.load(path: $0).endpoints } ?? BrokerEndpoints()
+        let t = try topology.map { try Topology.load(path: $0) }
+        var e = t?.endpoints ?? BrokerEndpoints()
         if let trainers { e.trainers = trainers }
         if let aggregator { e.aggregator = aggregator }
         if let publish { e.publish = publish }
         if let releases { e.releases = releases }
-        try await runService(BrokerService(endpoints: e), label: "fedlm.broker")
+        var security: BrokerSecurity?
+        if let keys = t?.keysDirectory, let allowed = t?.allowedKeys {
+            security = BrokerSecurity(keys: try CurveKeyPair.load(prefix: keys + "/broker"), allowed: try AllowList(path: allowed))
+        }
+        try await runService(BrokerService(endpoints: e, security: security), label: "fedlm.broker")
     }
 }
 
@@ -49,6 +55,7 @@ struct AggregatorCommand: AsyncParsableCommand {
         let core = try AggregatorCore(runDirectory: t.runDirectory, config: t.aggregation,
                                       initialModel: try GPT2Model(config: file.model, seed: file.training.seed)) { logger.info("\($0)") }
         let service = AggregatorService(core: core, endpoints: t.endpoints, logger: logger)
+        service.curve = try t.keysDirectory.map { try CurveClient.load(directory: $0, name: "aggregator") }
         let data = PreparedData(dataset: try TokenDataset(directory: t.dataDirectory))
         let sets = try data.validationSets(batch: 8, sequence: file.training.sequenceLength ?? file.model.context, maxBatches: 2)
         let byName = Dictionary(uniqueKeysWithValues: sets.map { ($0.name, $0.batches) })
@@ -74,6 +81,8 @@ struct TrainerCommand: AsyncParsableCommand {
     @Option(help: "Stop after this many tokens.") var tokens: Int?
     @Option(help: "Directory for the trainer's pending update (resent after a restart).") var state: String?
     @Option(help: "Compute threads (default: all cores; `fedlm up` gives each process one).") var threads: Int?
+    @Option(help: "CURVE key pair prefix (<prefix>.public, <prefix>.secret), without --topology.") var key: String?
+    @Option(help: "The broker's public key file, with --key.") var brokerKey: String?
 
     func run() async throws {
         if let threads { ComputeThreads.set(max(1, threads)) }
@@ -116,7 +125,14 @@ struct TrainerCommand: AsyncParsableCommand {
             options.tokenBudget = tokens
         }
         guard options.maxLocalSteps >= 1 else { throw ValidationError("--max-local-steps must be >= 1") }
-        try await runService(TrainerService(options: options, endpoints: endpoints), label: "fedlm.trainer")
+        let service = TrainerService(options: options, endpoints: endpoints)
+        if let topology, let keys = try Topology.load(path: topology).keysDirectory {
+            service.curve = try CurveClient.load(directory: keys, name: options.id)
+        } else if let key {
+            guard let brokerKey else { throw ValidationError("--key needs --broker-key (the broker's public key file)") }
+            service.curve = CurveClient(brokerKey: try CurveKeyPair.readKey(brokerKey), keys: try CurveKeyPair.load(prefix: key))
+        }
+        try await runService(service, label: "fedlm.trainer")
     }
 }
 
@@ -129,6 +145,8 @@ struct SubscribeCommand: AsyncParsableCommand {
     @Option(help: "Model config, without --topology.") var config: String = "tiny"
     @Option(help: "Write each release to <out>/v<N> (a checkpoint transformers loads).") var out: String?
     @Option(help: "Follow this cluster's releases (its personalized model) instead of the global model's.") var cluster: String?
+    @Option(help: "CURVE key pair prefix, when the broker requires keys (the subscriber's key must be in its allow-list).") var key: String?
+    @Option(help: "The broker's public key file (default: <keys>/broker.public of the topology).") var brokerKey: String?
     @Option(help: "Stop after this many releases.") var count: Int?
 
     func run() async throws {
@@ -143,6 +161,11 @@ struct SubscribeCommand: AsyncParsableCommand {
         if let releases { endpoints.releases = releases }
         let service = SubscriberService(endpoints: endpoints, modelConfig: modelConfig, outDirectory: out)
         service.cluster = cluster
+        if let key {
+            let brokerPublic = try brokerKey ?? topology.flatMap { try Topology.load(path: $0).keysDirectory.map { $0 + "/broker.public" } }
+            guard let brokerPublic else { throw ValidationError("--key needs --broker-key or a topology with [security]") }
+            service.curve = CurveClient(brokerKey: try CurveKeyPair.readKey(brokerPublic), keys: try CurveKeyPair.load(prefix: key))
+        }
         service.maxReleases = count
         service.onRelease = { print("release v\($0)") }
         try await runService(service, label: "fedlm.subscriber")
