@@ -19,6 +19,7 @@ final class SecurityTests: XCTestCase {
     let codec = WireCodec()
 
     override func setUpWithError() throws {
+        signal(SIGPIPE, SIG_IGN)  // the relay's sockets close under it at teardown
         dir = NSTemporaryDirectory() + "fedlm-sec-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     }
@@ -218,7 +219,8 @@ final class TCPRelay: @unchecked Sendable {
                 lock.lock(); bytes += buffer[0..<n]; lock.unlock()
                 var sent = 0
                 while sent < n {
-                    let w = buffer[sent..<n].withUnsafeBytes { write(pair[to].fd, $0.baseAddress, n - sent) }
+                    // send with MSG_NOSIGNAL: a peer that already closed must not SIGPIPE the test process.
+                    let w = buffer[sent..<n].withUnsafeBytes { send(pair[to].fd, $0.baseAddress, n - sent, Int32(MSG_NOSIGNAL)) }
                     if w <= 0 { break loop }
                     sent += w
                 }
