@@ -1,0 +1,142 @@
+import FedLMProtocol
+import FedLMZeroMQ
+import Foundation
+
+/// Many light simulated trainers pushing small updates through one broker: each registers, then
+/// sends an UPDATE, waits for its ACK, and sends the next, for a bounded time. Counts what was
+/// sent and acknowledged (nothing may be lost) and the send-to-ACK latencies.
+public struct LoadGenerator: Sendable {
+    public struct Report: Sendable {
+        public var sent = 0
+        public var acknowledged = 0
+        public var refused = 0
+        /// Updates still waiting for their ACK when the time was up (resent until acknowledged
+        /// during the drain; any left after it are lost).
+        public var unacknowledged = 0
+        public var latencies: [Double] = []
+        public var acknowledgedIDs: Set<String> = []
+
+        public func percentile(_ p: Double) -> Double {
+            let s = latencies.sorted()
+            guard !s.isEmpty else { return .nan }
+            return s[min(s.count - 1, Int(Double(s.count - 1) * p))]
+        }
+    }
+
+    public var endpoints: BrokerEndpoints
+    public var trainers: Int
+    public var threads = 4
+    public var specs: [TensorSpec]
+    public var seconds: Double
+    /// Extra time to collect outstanding ACKs after sending stops.
+    public var drainSeconds = 10.0
+
+    public init(endpoints: BrokerEndpoints, trainers: Int, specs: [TensorSpec], seconds: Double) {
+        self.endpoints = endpoints
+        self.trainers = trainers
+        self.specs = specs
+        self.seconds = seconds
+    }
+
+    /// Runs the load; blocks until done.
+    public func run() throws -> Report {
+        final class Results: @unchecked Sendable {
+            let lock = NSLock()
+            var total = Report()
+            var failure: Error?
+        }
+        let results = Results()
+        let groups = (0..<threads).map { t in Array(stride(from: t, to: trainers, by: threads)) }
+        let done = DispatchGroup()
+        for group in groups where !group.isEmpty {
+            done.enter()
+            Thread { [self] in
+                defer { done.leave() }
+                do {
+                    let r = try runGroup(group)
+                    results.lock.lock()
+                    results.total.sent += r.sent
+                    results.total.acknowledged += r.acknowledged
+                    results.total.refused += r.refused
+                    results.total.unacknowledged += r.unacknowledged
+                    results.total.latencies += r.latencies
+                    results.total.acknowledgedIDs.formUnion(r.acknowledgedIDs)
+                    results.lock.unlock()
+                } catch {
+                    results.lock.lock(); results.failure = error; results.lock.unlock()
+                }
+            }.start()
+        }
+        done.wait()
+        if let failure = results.failure { throw failure }
+        return results.total
+    }
+
+    private func runGroup(_ indices: [Int]) throws -> Report {
+        let codec = WireCodec()
+        let context = ZMQContext()
+        let n = specs.reduce(0) { $0 + $1.count }
+        let values = [Float](repeating: 1e-6, count: n)
+        var report = Report()
+        struct Simulated {
+            let id: String
+            let socket: ZMQSocket
+            var registered = false
+            var outstanding: (id: String, frames: [[UInt8]], sentAt: Double)?
+            var next = 0
+        }
+        var sims = try indices.map { i -> Simulated in
+            let s = try ZMQSocket(context, .dealer)
+            try s.setRoutingID(Array("load-\(i)".utf8))
+            try s.connect(BrokerEndpoints.connectable(endpoints.trainers))
+            try s.send(codec.encode(.hello(Hello(trainerID: "load-\(i)"))))
+            return Simulated(id: "load-\(i)", socket: s)
+        }
+        defer { sims.forEach { $0.socket.close() } }
+        let start = Date().timeIntervalSince1970
+        func send(_ k: Int, now: Double) throws {
+            let id = "\(sims[k].id)-\(sims[k].next)"
+            sims[k].next += 1
+            let frames = codec.encode(.update(UpdateInfo(updateID: id, trainerID: sims[k].id, baseVersion: 0, tokens: 1, localSteps: 1),
+                                              TensorPayload(specs: specs, values: values)))
+            try sims[k].socket.send(frames)
+            sims[k].outstanding = (id, frames, now)
+            report.sent += 1
+        }
+        while true {
+            let now = Date().timeIntervalSince1970
+            let sending = now - start < seconds
+            if !sending, sims.allSatisfy({ $0.outstanding == nil }) { break }
+            if now - start > seconds + drainSeconds { break }
+            for k in sims.indices {
+                if sending, sims[k].registered, sims[k].outstanding == nil { try send(k, now: now) }
+                // Resend what waited too long (the same id: the aggregator dedupes).
+                if let o = sims[k].outstanding, now - o.sentAt > 5 {
+                    try sims[k].socket.send(o.frames)
+                    sims[k].outstanding = (o.id, o.frames, now)
+                }
+            }
+            for k in try ZMQPoller.readable(sims.map(\.socket), timeout: 10) {
+                guard let reply = try sims[k].socket.receive(timeout: 0), let message = try? codec.decode(reply) else { continue }
+                switch message {
+                case .welcome: sims[k].registered = true
+                case .ack(let a):
+                    if let o = sims[k].outstanding, o.id == a.updateID {
+                        report.latencies.append(Date().timeIntervalSince1970 - o.sentAt)
+                        report.acknowledged += 1
+                        report.acknowledgedIDs.insert(a.updateID)
+                        sims[k].outstanding = nil
+                    }
+                case .error(let e) where e.code == .unavailable:
+                    if !sims[k].registered { try sims[k].socket.send(codec.encode(.hello(Hello(trainerID: sims[k].id)))) }
+                case .error(let e) where e.refersTo != nil && e.refersTo == sims[k].outstanding?.id:
+                    report.refused += 1
+                    sims[k].outstanding = nil
+                default: break
+                }
+            }
+        }
+        report.unacknowledged = sims.filter { $0.outstanding != nil }.count
+        return report
+    }
+}

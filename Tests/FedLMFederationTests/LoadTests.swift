@@ -1,0 +1,43 @@
+import FedLMAggregation
+import FedLMFederation
+import FedLMModel
+import Foundation
+import XCTest
+
+/// Many simulated trainers through a real broker and aggregator on TCP loopback for a few
+/// seconds: every update is acknowledged and every acknowledged update is in the ledger.
+/// (Throughput, latency percentiles and memory over time: `fedlm bench load`.)
+final class LoadTests: XCTestCase {
+    func testNoUpdateIsLostUnderManyConcurrentTrainers() throws {
+        let dir = NSTemporaryDirectory() + "fedlm-load-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var aggregation = AggregationConfig()
+        aggregation.mode = .fedbuff
+        aggregation.bufferSize = 8
+        aggregation.staleness = .constant
+        aggregation.maxStaleness = 1 << 30
+        aggregation.serverOptimizer = .sgd(learningRate: 0.01)
+        aggregation.checkpointEvery = 20
+        aggregation.durability = .process
+        let port = Int.random(in: 20_000...32_000)
+        var endpoints = BrokerEndpoints()
+        endpoints.trainers = "tcp://127.0.0.1:\(port)"
+        endpoints.aggregator = "tcp://127.0.0.1:\(port + 1)"
+        endpoints.publish = "tcp://127.0.0.1:\(port + 2)"
+        endpoints.releases = "tcp://127.0.0.1:\(port + 3)"
+        let core = try AggregatorCore(runDirectory: dir, config: aggregation,
+                                      initialModel: try GPT2Model(config: GPT2Config(layers: 1, embedding: 8, heads: 2, context: 4, vocabulary: 16), seed: 1))
+        let services: [BlockingService] = [BrokerService(endpoints: endpoints), AggregatorService(core: core, endpoints: endpoints)]
+        let threads = services.map { s in Thread { try? s.runBlocking() } }
+        threads.forEach { $0.start() }
+        let report = try LoadGenerator(endpoints: endpoints, trainers: 60, specs: core.specs, seconds: 3).run()
+        services.forEach { $0.stop() }
+        while threads.contains(where: \.isExecuting) { usleep(1000) }
+        XCTAssertGreaterThan(report.sent, 100)
+        XCTAssertEqual(report.acknowledged, report.sent, "every update acknowledged")
+        XCTAssertEqual(report.unacknowledged, 0)
+        let recorded = Set(try core.ledger.database.query("SELECT id FROM updates WHERE outcome != 'refused'").compactMap { $0[0].string })
+        XCTAssertEqual(report.acknowledgedIDs.subtracting(recorded), [], "every acknowledged update is in the ledger")
+        XCTAssertEqual(recorded.count, report.acknowledged)
+    }
+}
