@@ -7,6 +7,17 @@ public struct BrokerEndpoints: Equatable, Sendable, Codable {
     public var releases = "tcp://127.0.0.1:5558"
     public init() {}
 
+    /// Four consecutive TCP ports on loopback from `port` (trainers, aggregator, publish, releases);
+    /// without a port, a random one below the ephemeral range (tests and benchmarks).
+    public static func loopback(port: Int = Int.random(in: 20_000...32_000)) -> BrokerEndpoints {
+        var e = BrokerEndpoints()
+        e.trainers = "tcp://127.0.0.1:\(port)"
+        e.aggregator = "tcp://127.0.0.1:\(port + 1)"
+        e.publish = "tcp://127.0.0.1:\(port + 2)"
+        e.releases = "tcp://127.0.0.1:\(port + 3)"
+        return e
+    }
+
     /// The same addresses for connecting (a bind on `tcp://*:N` is reached at `tcp://127.0.0.1:N` locally).
     public static func connectable(_ endpoint: String) -> String {
         endpoint.replacingOccurrences(of: "tcp://*:", with: "tcp://127.0.0.1:").replacingOccurrences(of: "tcp://0.0.0.0:", with: "tcp://127.0.0.1:")

@@ -19,12 +19,7 @@ final class LoadTests: XCTestCase {
         aggregation.serverOptimizer = .sgd(learningRate: 0.01)
         aggregation.checkpointEvery = 20
         aggregation.durability = .process
-        let port = Int.random(in: 20_000...32_000)
-        var endpoints = BrokerEndpoints()
-        endpoints.trainers = "tcp://127.0.0.1:\(port)"
-        endpoints.aggregator = "tcp://127.0.0.1:\(port + 1)"
-        endpoints.publish = "tcp://127.0.0.1:\(port + 2)"
-        endpoints.releases = "tcp://127.0.0.1:\(port + 3)"
+        let endpoints = BrokerEndpoints.loopback()
         let core = try AggregatorCore(runDirectory: dir, config: aggregation,
                                       initialModel: try GPT2Model(config: GPT2Config(layers: 1, embedding: 8, heads: 2, context: 4, vocabulary: 16), seed: 1))
         let services: [BlockingService] = [BrokerService(endpoints: endpoints), AggregatorService(core: core, endpoints: endpoints)]

@@ -44,19 +44,14 @@ final class SecurityTests: XCTestCase {
 
     /// Broker and aggregator on random ports; returns the endpoints.
     func startFederation(security: BrokerSecurity?, aggregatorCurve: CurveClient?) throws -> BrokerEndpoints {
-        let port = Int.random(in: 20_000...32_000)
-        var endpoints = BrokerEndpoints()
-        endpoints.trainers = "tcp://127.0.0.1:\(port)"
-        endpoints.aggregator = "tcp://127.0.0.1:\(port + 1)"
-        endpoints.publish = "tcp://127.0.0.1:\(port + 2)"
-        endpoints.releases = "tcp://127.0.0.1:\(port + 3)"
+        let endpoints = BrokerEndpoints.loopback()
         var config = AggregationConfig()
         config.mode = .fedbuff
         config.bufferSize = 1
         config.serverOptimizer = .sgd(learningRate: 1)
         config.durability = .process
         let broker = BrokerService(endpoints: endpoints, security: security)
-        let service = AggregatorService(core: try AggregatorCore(runDirectory: dir + "/run-\(port)", config: config,
+        let service = AggregatorService(core: try AggregatorCore(runDirectory: dir + "/run-\(UInt32.random(in: 0...UInt32.max))", config: config,
                                                                  initialModel: try GPT2Model(config: modelConfig, seed: 2)),
                                         endpoints: endpoints)
         service.curve = aggregatorCurve

@@ -22,12 +22,7 @@ final class StreamedTransportTests: XCTestCase {
 
     override func setUpWithError() throws {
         dir = NSTemporaryDirectory() + "fedlm-stream-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let port = Int.random(in: 20_000...32_000)
-        var endpoints = BrokerEndpoints()
-        endpoints.trainers = "tcp://127.0.0.1:\(port)"
-        endpoints.aggregator = "tcp://127.0.0.1:\(port + 1)"
-        endpoints.publish = "tcp://127.0.0.1:\(port + 2)"
-        endpoints.releases = "tcp://127.0.0.1:\(port + 3)"
+        let endpoints = BrokerEndpoints.loopback()
         var config = AggregationConfig()
         config.mode = .fedbuff
         config.bufferSize = 1

@@ -33,12 +33,7 @@ struct BenchLoadCommand: ParsableCommand {
         aggregation.checkpointEvery = 50
         aggregation.trainerTimeout = 600
         aggregation.durability = mode
-        let port = Int.random(in: 20_000...32_000)
-        var endpoints = BrokerEndpoints()
-        endpoints.trainers = "tcp://127.0.0.1:\(port)"
-        endpoints.aggregator = "tcp://127.0.0.1:\(port + 1)"
-        endpoints.publish = "tcp://127.0.0.1:\(port + 2)"
-        endpoints.releases = "tcp://127.0.0.1:\(port + 3)"
+        let endpoints = BrokerEndpoints.loopback()
         let broker = BrokerService(endpoints: endpoints)
         let core = try AggregatorCore(runDirectory: directory, config: aggregation, initialModel: try GPT2Model(config: config, seed: 1))
         let service = AggregatorService(core: core, endpoints: endpoints)

@@ -113,12 +113,7 @@ struct BenchUpdateCommand: ParsableCommand {
         let strategyGBs = bytes / median(strategyT) / 1e9
 
         // 4. The full exchange through a real broker and aggregator.
-        let port = Int.random(in: 20_000...32_000)  // below the ephemeral port range
-        var endpoints = BrokerEndpoints()
-        endpoints.trainers = "tcp://127.0.0.1:\(port)"
-        endpoints.aggregator = "tcp://127.0.0.1:\(port + 1)"
-        endpoints.publish = "tcp://127.0.0.1:\(port + 2)"
-        endpoints.releases = "tcp://127.0.0.1:\(port + 3)"
+        let endpoints = BrokerEndpoints.loopback()
         let broker = BrokerService(endpoints: endpoints)
         let service = AggregatorService(
             core: try AggregatorCore(runDirectory: directory + "/e2e", config: aggregation, initialModel: try GPT2Model(config: config, seed: 1),
