@@ -31,6 +31,8 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
     public var combination: RobustCombination = .mean
     /// Every update's L2 norm is clipped to this (nil: no bound).
     public var maxUpdateNorm: Double?
+    /// FedBuff: client-level differential privacy (clipping and noise on each aggregate).
+    public var privacy: DifferentialPrivacy?
 
     /// Personalized heads per data cluster (nil: one global model).
     public var clusters: ClusterConfig?
@@ -42,7 +44,7 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
         case .fedasync: return FedAsync(mixing: mixing, weight: staleness, maxStaleness: maxStaleness)
         case .fedbuff:
             return FedBuff(bufferSize: bufferSize, weight: staleness, maxStaleness: maxStaleness, optimizer: serverOptimizer, layout: layout,
-                           combination: combination, maxNorm: maxUpdateNorm)
+                           combination: combination, maxNorm: maxUpdateNorm, privacy: privacy)
         case .sync: return SynchronousFedAvg(participants: participants, optimizer: serverOptimizer, layout: layout)
         }
     }

@@ -105,6 +105,12 @@ public final class FedBuff: AggregationStrategy {
     public let combination: RobustCombination
     /// Updates with a larger L2 norm are scaled down to it (nil: no clipping).
     public let maxNorm: Double?
+    /// Clipping plus Gaussian noise on each aggregate (nil: none).
+    public let privacy: DifferentialPrivacy?
+    /// The noise's seed: secret to this aggregator, kept in its checkpoints so that a restart's
+    /// replay adds exactly the noise the original run added.
+    private var noiseSeed = UInt64.random(in: 0...UInt64.max)
+    private var aggregates = 0
     private let buffer: ParameterVector
     /// The buffered updates one by one (robust combinations only).
     private let slots: [ParameterVector]
@@ -115,14 +121,22 @@ public final class FedBuff: AggregationStrategy {
         [("buffer", buffer)] + slots.enumerated().map { ("slot\($0.offset)", $0.element) }
             + optimizer.stateVectors.map { ("optimizer.\($0.name)", $0.vector) }
     }
-    public var stateScalars: [String: Double] { ["buffered": Double(buffered), "optimizer.steps": Double(optimizer.steps)] }
+    public var stateScalars: [String: Double] {
+        ["buffered": Double(buffered), "optimizer.steps": Double(optimizer.steps), "aggregates": Double(aggregates),
+         "noise.seed.high": Double(noiseSeed >> 32), "noise.seed.low": Double(noiseSeed & 0xFFFF_FFFF)]
+    }
     public func restore(scalars: [String: Double]) {
         buffered = Int(scalars["buffered"] ?? 0)
         optimizer.restore(steps: Int(scalars["optimizer.steps"] ?? 0))
+        aggregates = Int(scalars["aggregates"] ?? 0)
+        if let high = scalars["noise.seed.high"], let low = scalars["noise.seed.low"] { noiseSeed = UInt64(high) << 32 | UInt64(low) }
     }
 
     public init(bufferSize: Int, weight: StalenessWeight = .inverseSquareRoot, maxStaleness: Int = 16,
-                optimizer: ServerOptimizerKind, layout: ParameterLayout, combination: RobustCombination = .mean, maxNorm: Double? = nil) {
+                optimizer: ServerOptimizerKind, layout: ParameterLayout, combination: RobustCombination = .mean, maxNorm: Double? = nil,
+                privacy: DifferentialPrivacy? = nil) {
+        precondition(privacy == nil || combination == .mean, "differential privacy adds noise to the mean of the buffer")
+        self.privacy = privacy
         precondition(bufferSize >= 1)
         self.bufferSize = bufferSize
         self.weight = weight
@@ -137,9 +151,9 @@ public final class FedBuff: AggregationStrategy {
     public func receive(_ c: Contribution, model: ParameterVector) -> AggregationDecision {
         if let refusal = refusal(c, model: model) { return refusal }
         var s = Float(weight.weight(staleness: c.staleness))
-        if let maxNorm {
+        if let bound = privacy?.clip ?? maxNorm {
             let norm = Double(GradientClipping.norm(c.delta))
-            if norm > maxNorm { s *= Float(maxNorm / norm) }
+            if norm > bound { s *= Float(bound / norm) }
         }
         let inv = 1 / Float(bufferSize)
         if combination != .mean {
@@ -153,7 +167,7 @@ public final class FedBuff: AggregationStrategy {
             buffered = 0
             return .applied
         }
-        if bufferSize == 1 {
+        if bufferSize == 1, privacy == nil {
             // Nothing to buffer: step with s * delta directly (one pass instead of three).
             optimizer.apply(c.delta, scale: s, to: model)
             return .applied
@@ -162,6 +176,13 @@ public final class FedBuff: AggregationStrategy {
         parallelFor(buffer.count, granularity: 4096) { r in for i in r { b[i] += s * d[i] } }
         buffered += 1
         guard buffered == bufferSize else { return .buffered(count: buffered, needed: bufferSize) }
+        if let privacy {
+            // Gaussian noise on the sum, from a stream only this aggregator knows, one per aggregate.
+            var rng = SeededGenerator(seed: noiseSeed &+ UInt64(aggregates) &* 0x9E37_79B9_7F4A_7C15)
+            let sigma = Float(privacy.noiseMultiplier * privacy.clip)
+            for i in 0..<buffer.count { b[i] += sigma * Float(rng.nextNormal()) }
+        }
+        aggregates += 1
         optimizer.apply(buffer, scale: inv, to: model)
         buffer.zero()
         buffered = 0

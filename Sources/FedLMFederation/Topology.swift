@@ -36,6 +36,9 @@ import TOMLKit
 ///     combination = "mean"                  # fedbuff: mean | median | trimmed_mean (robust to a minority)
 ///     trim_fraction = 0.2                   # trimmed_mean: share dropped at each end
 ///     max_update_norm = 5.0                 # optional: clip every update to this L2 norm
+///     dp_clip = 1.0                         # optional: client-level differential privacy (fedbuff, mean):
+///     dp_noise_multiplier = 1.0             #   clip each update to dp_clip, add N(0, (z dp_clip)^2) to each sum;
+///     dp_delta = 1e-5                       #   epsilon reported per evaluation (metric dp_epsilon)
 ///     evaluate_every = 5
 ///
 ///     [[trainer]]
@@ -134,7 +137,8 @@ public struct Topology: Sendable {
             try allow(a, ["mode", "buffer_size", "mixing", "staleness", "staleness_exponent", "hinge_slope", "hinge_cutoff",
                           "max_staleness", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
                           "participants", "checkpoint_every", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
-                          "trainer_timeout", "combination", "trim_fraction", "max_update_norm"], p, bad)
+                          "trainer_timeout", "combination", "trim_fraction", "max_update_norm", "dp_clip", "dp_noise_multiplier",
+                          "dp_delta"], p, bad)
             var c = AggregationConfig()
             if let m = try string(a, "mode", p) {
                 guard let mode = AggregationConfig.Mode(rawValue: m) else { throw bad("'aggregation.mode' is '\(m)', not fedasync, fedbuff or sync") }
@@ -164,6 +168,19 @@ public struct Topology: Sendable {
             case let other: throw bad("'aggregation.combination' is '\(other)', not mean, median or trimmed_mean")
             }
             if c.combination != .mean, c.mode != .fedbuff { throw bad("'aggregation.combination' applies to mode = \"fedbuff\"") }
+            if let clip = try double(a, "dp_clip", p) {
+                let z = try double(a, "dp_noise_multiplier", p) ?? 1.0
+                let delta = try double(a, "dp_delta", p) ?? 1e-5
+                guard clip > 0, z >= 0, delta > 0, delta < 1 else {
+                    throw bad("'aggregation.dp_clip' must be > 0, 'dp_noise_multiplier' >= 0 and 'dp_delta' in (0, 1)")
+                }
+                guard c.mode == .fedbuff, c.combination == .mean else {
+                    throw bad("differential privacy (dp_clip) applies to mode = \"fedbuff\" with combination = \"mean\"")
+                }
+                c.privacy = DifferentialPrivacy(clip: clip, noiseMultiplier: z, delta: delta)
+            } else if try double(a, "dp_noise_multiplier", p) != nil {
+                throw bad("'aggregation.dp_noise_multiplier' needs 'dp_clip'")
+            }
             if let v = try double(a, "max_update_norm", p) {
                 guard v > 0 else { throw bad("'aggregation.max_update_norm' must be > 0") }
                 c.maxUpdateNorm = v

@@ -158,4 +158,42 @@ final class AggregationTests: XCTestCase {
         _ = s.receive(Contribution(delta: vector(0.5), staleness: 0), model: model)
         assertAll(model, -1.5, accuracy: 1e-5, "within the bound: unchanged")
     }
+
+    /// Differential privacy: clipping and Gaussian noise of the configured scale on each
+    /// aggregate, reproducible from the strategy's saved state, and the epsilon it reports.
+    func testDifferentialPrivacyClipsAddsCalibratedNoiseAndReportsEpsilon() {
+        let n = Float(layout.totalCount)
+        // No noise: the mean of the clipped updates (4 -> clipped to 1 per coordinate, and 0.5).
+        let exact = FedBuff(bufferSize: 2, weight: .constant, optimizer: .sgd(learningRate: 1), layout: layout,
+                            privacy: DifferentialPrivacy(clip: Double(n.squareRoot()), noiseMultiplier: 0))
+        let model = vector(0)
+        _ = exact.receive(Contribution(delta: vector(4), staleness: 0), model: model)
+        _ = exact.receive(Contribution(delta: vector(0.5), staleness: 0), model: model)
+        assertAll(model, -0.75, accuracy: 1e-5, "(1 + 0.5) / 2")
+
+        // Noise: zero updates, so the step is -noise / K with standard deviation z * clip / K.
+        let big = ParameterLayout(config: GPT2Config(layers: 1, embedding: 32, heads: 1, context: 4, vocabulary: 64))
+        let dp = DifferentialPrivacy(clip: 0.5, noiseMultiplier: 1.0)
+        let noisy = FedBuff(bufferSize: 2, weight: .constant, optimizer: .sgd(learningRate: 1), layout: big, privacy: dp)
+        let savedState = noisy.stateScalars
+        let w = ParameterVector(layout: big), zero = ParameterVector(layout: big)
+        _ = noisy.receive(Contribution(delta: zero, staleness: 0), model: w)
+        XCTAssertEqual(noisy.receive(Contribution(delta: zero, staleness: 0), model: w), .applied)
+        let values = w.storage.array.map(Double.init)
+        let mean = values.reduce(0, +) / Double(values.count)
+        let std = (values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(values.count)).squareRoot()
+        XCTAssertEqual(std, 0.25, accuracy: 0.0125, "z * clip / K over \(values.count) coordinates")
+        XCTAssertEqual(mean, 0, accuracy: 0.01)
+        // The same saved state (seed, aggregate count) gives the same noise: what replay relies on.
+        let again = FedBuff(bufferSize: 2, weight: .constant, optimizer: .sgd(learningRate: 1), layout: big, privacy: dp)
+        again.restore(scalars: savedState)
+        let w2 = ParameterVector(layout: big)
+        _ = again.receive(Contribution(delta: zero, staleness: 0), model: w2)
+        _ = again.receive(Contribution(delta: zero, staleness: 0), model: w2)
+        XCTAssertEqual(w2.storage.array, w.storage.array)
+
+        // zCDP: rho = 10 / (2 * 1^2) = 5; epsilon = 5 + 2 sqrt(5 ln 1e5) = 20.17.
+        XCTAssertEqual(DifferentialPrivacy(clip: 1, noiseMultiplier: 1, delta: 1e-5).epsilon(contributions: 10), 20.17, accuracy: 0.01)
+        XCTAssertEqual(DifferentialPrivacy(clip: 1, noiseMultiplier: 0).epsilon(contributions: 1), .infinity)
+    }
 }

@@ -64,6 +64,8 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base + "[aggregation]\nmode = \"sync\"\ncombination = \"median\"\n[[trainer]]\nname = \"a\"").contains("applies to mode = \"fedbuff\""))
         XCTAssertTrue(error(base + "[aggregation]\ncombination = \"trimmed_mean\"\ntrim_fraction = 0.5\n[[trainer]]\nname = \"a\"").contains("trim_fraction"))
         XCTAssertTrue(error(base + "[[trainer]]\nname = \"a\"\nattack = \"ddos\"").contains("not sign_flip, noise or nan"))
+        XCTAssertTrue(error(base + "[aggregation]\ncombination = \"median\"\ndp_clip = 1.0\n[[trainer]]\nname = \"a\"").contains("combination = \"mean\""))
+        XCTAssertTrue(error(base + "[aggregation]\ndp_noise_multiplier = 1.0\n[[trainer]]\nname = \"a\"").contains("needs 'dp_clip'"))
         // Clusters: names checked, every trainer's cluster declared and known (or "auto").
         let clusters = base + "[clusters]\nnames = [\"en\", \"de\"]\n"
         XCTAssertTrue(error(clusters + "[[trainer]]\nname = \"a\"\ncluster = \"fr\"").contains("'trainer[1].cluster' is 'fr', not one of en, de"))
