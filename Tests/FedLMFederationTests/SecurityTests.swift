@@ -140,6 +140,25 @@ final class SecurityTests: XCTestCase {
         guard case .error(let e)? = try call(s1, push) else { return XCTFail("the subscriber's update was not refused") }
         XCTAssertEqual(e.code, .forbidden)
 
+        // Releases: an allowed subscriber's SUB receives the next publication; a stranger's gets nothing.
+        func sub(_ keys: CurveKeyPair) throws -> ZMQSocket {
+            let s = try ZMQSocket(context, .sub)
+            try s.makeCurveClient(serverKey: brokerKeys.publicKey, keys: keys)
+            try s.subscribe(Array("global/".utf8))
+            try s.connect(endpoints.releases)
+            return s
+        }
+        let allowedSub = try sub(subscriber), strangerSub = try sub(stranger)
+        defer { allowedSub.close(); strangerSub.close() }
+        usleep(500_000)  // subscriptions travel up to the aggregator's PUB first
+        guard case .release(let now, _)? = try call(t1, .fetch(Fetch())) else { return XCTFail("no release") }
+        guard case .ack? = try call(t1, .update(UpdateInfo(updateID: "u2", trainerID: "t1", baseVersion: now.version, tokens: 8, localSteps: 1),
+                                               TensorPayload(specs: release.specs, values: release.values.map { _ in 0.001 }))) else {
+            return XCTFail("second update not acknowledged")
+        }
+        XCTAssertNotNil(try allowedSub.receive(timeout: 5000), "the allowed subscriber received the new release")
+        XCTAssertNil(try strangerSub.receive(timeout: 1000), "a stranger's subscription received a release")
+
         // Revocation: remove the trainer's key; its next handshake is refused.
         try writeAllowed(trainers: [], subscribers: [subscriber], aggregators: [aggregator])
         let again = try client("t1b", CurveClient(brokerKey: brokerKeys.publicKey, keys: trainer), endpoints.trainers)
