@@ -13,7 +13,8 @@ struct IncomingTransfers {
 
     init(codec: WireCodec) { self.codec = codec }
 
-    var inProgress: Int { assemblers.values.filter(\.inProgress).count }
+    /// Only assemblers with a transfer in progress are kept (`forgetIfIdle`), so this is their count.
+    var inProgress: Int { assemblers.count }
 
     /// Takes one message from `peer`; returns the message it completes, if any.
     mutating func accept(_ frames: [[UInt8]], from peer: String, now: Double) throws -> Message? {

@@ -76,9 +76,14 @@ public struct CurveClient: Sendable {
         self.keys = keys
     }
 
+    /// A key pair (`<prefix>.public`, `<prefix>.secret`) and the broker's public key file.
+    public static func load(prefix: String, brokerKeyFile: String) throws -> CurveClient {
+        CurveClient(brokerKey: try CurveKeyPair.readKey(brokerKeyFile), keys: try CurveKeyPair.load(prefix: prefix))
+    }
+
     /// The keys of `name` in a keys directory (`<dir>/<name>.{public,secret}`, `<dir>/broker.public`).
     public static func load(directory: String, name: String) throws -> CurveClient {
-        CurveClient(brokerKey: try CurveKeyPair.readKey(directory + "/broker.public"), keys: try CurveKeyPair.load(prefix: directory + "/" + name))
+        try load(prefix: directory + "/" + name, brokerKeyFile: directory + "/broker.public")
     }
 
     func apply(to socket: ZMQSocket) throws { try socket.makeCurveClient(serverKey: brokerKey, keys: keys) }

@@ -82,10 +82,7 @@ final class FederationTests: XCTestCase {
         // The restarted aggregator restored from a checkpoint and the ledger.
         XCTAssertTrue(allLogs.contains("restored v"), "aggregator restart restored its state")
         // Every update a trainer saw acknowledged is in the ledger as applied or buffered.
-        let acked = allLogs.split(separator: "\n").compactMap { line -> String? in
-            guard let r = line.range(of: "update "), let end = line.range(of: " acknowledged") else { return nil }
-            return String(line[r.upperBound..<end.lowerBound])
-        }
+        let acked = SmallFederation.acknowledgedIDs(in: allLogs)
         XCTAssertGreaterThan(acked.count, 10)
         for id in acked {
             let record = try ledger.update(id: id)
@@ -175,10 +172,7 @@ final class FederationTests: XCTestCase {
         let allLogs = logs.joined(separator: "\n")
         XCTAssertEqual(allLogs.components(separatedBy: "restored v").count - 1, kills, "every restart restored from a checkpoint")
         let ledger = try Ledger(path: f.ledgerPath)
-        let acked = allLogs.split(separator: "\n").compactMap { line -> String? in
-            guard let r = line.range(of: "update "), let end = line.range(of: " acknowledged") else { return nil }
-            return String(line[r.upperBound..<end.lowerBound])
-        }
+        let acked = SmallFederation.acknowledgedIDs(in: allLogs)
         XCTAssertGreaterThan(acked.count, 15)
         for id in Set(acked) {
             let record = try ledger.update(id: id)
@@ -273,10 +267,7 @@ final class FederationTests: XCTestCase {
         aggregator.wait()
         let ledger = try Ledger(path: f.ledgerPath)
         let logs = trainers.map(\.output).joined(separator: "\n")
-        let acked = logs.split(separator: "\n").compactMap { line -> String? in
-            guard let r = line.range(of: "update "), let end = line.range(of: " acknowledged") else { return nil }
-            return String(line[r.upperBound..<end.lowerBound])
-        }
+        let acked = SmallFederation.acknowledgedIDs(in: logs)
         XCTAssertGreaterThan(acked.count, atKill)
         for id in acked { XCTAssertNotNil(try ledger.update(id: id), "acknowledged update \(id) missing") }
         // Each trainer trained its whole token budget: every finished update was delivered.
@@ -370,4 +361,12 @@ struct SmallFederation {
     }
 
     var version: Int { ledger("SELECT COALESCE(MAX(version_after), 0) FROM updates") }
+
+    /// The update ids trainers logged as acknowledged ("... update <id> acknowledged ...").
+    static func acknowledgedIDs(in logs: String) -> [String] {
+        logs.split(separator: "\n").compactMap { line -> String? in
+            guard let r = line.range(of: "update "), let end = line.range(of: " acknowledged") else { return nil }
+            return String(line[r.upperBound..<end.lowerBound])
+        }
+    }
 }

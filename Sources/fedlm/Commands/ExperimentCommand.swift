@@ -129,9 +129,10 @@ struct ExperimentCommand: ParsableCommand {
         var current: [String: String] = [:]
         var assignments: [String] = []
         var matrix: [String: [String: Int]] = [:]
-        for a in try ledger.assignments() { current[a.trainer] = a.cluster }
+        let allAssignments = try ledger.assignments()
+        for a in allAssignments { current[a.trainer] = a.cluster }
         for t in topology.trainers {
-            let moves = try ledger.assignments().filter { $0.trainer == t.name }
+            let moves = allAssignments.filter { $0.trainer == t.name }
             if let last = moves.last {
                 matrix[(t.clusters ?? ["all"]).joined(separator: "+"), default: [:]][last.cluster, default: 0] += 1
                 assignments.append("\(t.name) (data \((t.clusters ?? ["all"]).joined(separator: "+"))) -> \(last.cluster) [\(last.how)\(moves.count > 1 ? ", \(moves.count - 1) moves: \(moves.map(\.cluster).joined(separator: " -> "))" : "")]")

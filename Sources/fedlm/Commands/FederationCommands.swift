@@ -89,8 +89,10 @@ struct TrainerCommand: AsyncParsableCommand {
         Runtime.announce()
         var endpoints = BrokerEndpoints()
         var options: TrainerOptions
+        var keysDirectory: String?
         if let topology {
             let t = try Topology.load(path: topology)
+            keysDirectory = t.keysDirectory
             guard let name, let entry = t.trainers.first(where: { $0.name == name }) else {
                 throw ValidationError("--name must be one of: \(t.trainers.map(\.name).joined(separator: ", "))")
             }
@@ -126,11 +128,11 @@ struct TrainerCommand: AsyncParsableCommand {
         }
         guard options.maxLocalSteps >= 1 else { throw ValidationError("--max-local-steps must be >= 1") }
         let service = TrainerService(options: options, endpoints: endpoints)
-        if let topology, let keys = try Topology.load(path: topology).keysDirectory {
-            service.curve = try CurveClient.load(directory: keys, name: options.id)
+        if let keysDirectory {
+            service.curve = try CurveClient.load(directory: keysDirectory, name: options.id)
         } else if let key {
             guard let brokerKey else { throw ValidationError("--key needs --broker-key (the broker's public key file)") }
-            service.curve = CurveClient(brokerKey: try CurveKeyPair.readKey(brokerKey), keys: try CurveKeyPair.load(prefix: key))
+            service.curve = try CurveClient.load(prefix: key, brokerKeyFile: brokerKey)
         }
         try await runService(service, label: "fedlm.trainer")
     }
@@ -152,8 +154,8 @@ struct SubscribeCommand: AsyncParsableCommand {
     func run() async throws {
         var endpoints = BrokerEndpoints()
         var modelConfig = try ConfigResolution.load(config).model
-        if let topology {
-            let t = try Topology.load(path: topology)
+        let t = try topology.map { try Topology.load(path: $0) }
+        if let t {
             endpoints = t.endpoints
             modelConfig = try ConfigResolution.load(t.modelConfigPath).model
         }
@@ -162,9 +164,10 @@ struct SubscribeCommand: AsyncParsableCommand {
         let service = SubscriberService(endpoints: endpoints, modelConfig: modelConfig, outDirectory: out)
         service.cluster = cluster
         if let key {
-            let brokerPublic = try brokerKey ?? topology.flatMap { try Topology.load(path: $0).keysDirectory.map { $0 + "/broker.public" } }
-            guard let brokerPublic else { throw ValidationError("--key needs --broker-key or a topology with [security]") }
-            service.curve = CurveClient(brokerKey: try CurveKeyPair.readKey(brokerPublic), keys: try CurveKeyPair.load(prefix: key))
+            guard let brokerPublic = brokerKey ?? t?.keysDirectory.map({ $0 + "/broker.public" }) else {
+                throw ValidationError("--key needs --broker-key or a topology with [security]")
+            }
+            service.curve = try CurveClient.load(prefix: key, brokerKeyFile: brokerPublic)
         }
         service.maxReleases = count
         service.onRelease = { print("release v\($0)") }
