@@ -29,8 +29,12 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
 
     /// FedBuff: how the K buffered updates are combined (mean, or robust median / trimmed mean).
     public var combination: RobustCombination = .mean
-    /// Every update's L2 norm is clipped to this (nil: no bound).
+    /// Bound on every update's L2 norm (nil: no bound); what happens above it is `normPolicy`.
     public var maxUpdateNorm: Double?
+    /// Above `maxUpdateNorm`: scale the update down to the bound (FedBuff), or refuse it with
+    /// its reason (any mode; recorded in the ledger, the model unchanged).
+    public enum NormPolicy: String, Sendable, Codable, CaseIterable { case clip, refuse }
+    public var normPolicy: NormPolicy = .clip
     /// FedBuff: client-level differential privacy (clipping and noise on each aggregate).
     public var privacy: DifferentialPrivacy?
 
@@ -44,7 +48,7 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
         case .fedasync: return FedAsync(mixing: mixing, weight: staleness, maxStaleness: maxStaleness)
         case .fedbuff:
             return FedBuff(bufferSize: bufferSize, weight: staleness, maxStaleness: maxStaleness, optimizer: serverOptimizer, layout: layout,
-                           combination: combination, maxNorm: maxUpdateNorm, privacy: privacy)
+                           combination: combination, maxNorm: normPolicy == .clip ? maxUpdateNorm : nil, privacy: privacy)
         case .sync: return SynchronousFedAvg(participants: participants, optimizer: serverOptimizer, layout: layout)
         }
     }

@@ -180,20 +180,38 @@ public final class AggregatorCore {
         return "v\(version)/\(cluster)/h\(head.version)"
     }
 
-    private func handleUpdate(_ info: UpdateInfo, _ payload: TensorPayload, now: Double) throws -> Message {
-        if let earlier = try ledger.update(id: info.updateID) {
-            if earlier.outcome == "refused" {
-                return .error(ErrorReply(code: .duplicate, detail: earlier.reason ?? "refused before", refersTo: info.updateID))
-            }
-            return .ack(Ack(updateID: info.updateID, outcome: .duplicate, version: earlier.versionAfter))
+    /// The verdict already given to an update id (a resend, or a replay): its ack repeated, or
+    /// its refusal; nil for an id never seen.
+    private func earlierVerdict(_ info: UpdateInfo) throws -> Message? {
+        guard let earlier = try ledger.update(id: info.updateID) else { return nil }
+        if earlier.outcome == "refused" {
+            return .error(ErrorReply(code: .duplicate, detail: earlier.reason ?? "refused before", refersTo: info.updateID))
         }
-        func refuse(_ e: ProtocolError, staleness: Int = 0) throws -> Message {
-            try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster,
-                                          baseVersion: info.baseVersion, staleness: staleness, weight: 0, norm: 0, tokens: info.tokens,
-                                          outcome: "refused", versionAfter: version, deltaPath: nil, reason: e.description,
-                                          receivedAt: now))
-            log("refused update \(info.updateID) from \(info.trainerID): \(e)")
-            return .error(ErrorReply(e, refersTo: info.updateID))
+        return .ack(Ack(updateID: info.updateID, outcome: .duplicate, version: earlier.versionAfter))
+    }
+
+    /// Records a refusal in the ledger (the model unchanged) and answers it with its reason.
+    private func refuse(_ info: UpdateInfo, _ e: ProtocolError, staleness: Int = 0, norm: Double = 0, now: Double) throws -> Message {
+        try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster,
+                                      baseVersion: info.baseVersion, staleness: staleness, weight: 0, norm: norm, tokens: info.tokens,
+                                      outcome: "refused", versionAfter: version, deltaPath: nil, reason: e.description,
+                                      receivedAt: now))
+        log("refused update \(info.updateID) from \(info.trainerID): \(e)")
+        return .error(ErrorReply(e, refersTo: info.updateID))
+    }
+
+    /// An UPDATE whose header was readable but whose tensors the decoder refused (non-finite
+    /// values, a bad checksum, a wrong size): recorded and answered like any other refusal, so
+    /// the trainer learns which update was refused and why, and a resend gets the same answer.
+    public func refuseUndecodable(_ info: UpdateInfo, _ e: ProtocolError, now: Double = Date().timeIntervalSince1970) throws -> Message {
+        if let earlier = try earlierVerdict(info) { return earlier }
+        return try refuse(info, e, now: now)
+    }
+
+    private func handleUpdate(_ info: UpdateInfo, _ payload: TensorPayload, now: Double) throws -> Message {
+        if let earlier = try earlierVerdict(info) { return earlier }
+        func refuse(_ e: ProtocolError, staleness: Int = 0, norm: Double = 0) throws -> Message {
+            try self.refuse(info, e, staleness: staleness, norm: norm, now: now)
         }
         guard knownTrainers[info.trainerID] != nil else {
             return .error(ErrorReply(code: .unknownTrainer, detail: "say HELLO first", refersTo: info.updateID))
@@ -233,6 +251,13 @@ public final class AggregatorCore {
         let delta = deltaScratch
         payload.values.withUnsafeBufferPointer { delta.pointer.update(from: $0.baseAddress!, count: delta.count) }
         mark("copy")
+        if config.normPolicy == .refuse, let bound = config.maxUpdateNorm {
+            let norm = Double(GradientClipping.norm(delta))
+            if norm > bound {
+                return try refuse(ProtocolError(.normTooLarge, "update norm \(String(format: "%.4g", norm)) exceeds max_update_norm \(bound)"),
+                                  staleness: staleness, norm: norm)
+            }
+        }
         let deltaPath = deltasDirectory + "/\(Self.safeName(info.updateID)).safetensors"
         try SafeTensors.write([.init(name: "delta", dtype: .f32, shape: [delta.count],
                                      bytes: UnsafeRawBufferPointer(start: delta.pointer, count: delta.count * 4))], to: deltaPath,

@@ -97,7 +97,11 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
                 decoded = complete
             } catch let e as ProtocolError {
                 logger.warning("refused a message from \(peerName): \(e)")
-                try dealer.send([peer] + codec.encode(.error(ErrorReply(e))))
+                // A refusal of an update's content is final: recorded under its id and answered
+                // so the trainer knows which update it was. A broken transfer is not (no id: the
+                // trainer resends the same update).
+                let reply = if let info = e.update, e.refusesContent { try core.refuseUndecodable(info, e) } else { Message.error(ErrorReply(e)) }
+                try dealer.send([peer] + codec.encode(reply))
                 continue
             }
             let tDecoded = Date().timeIntervalSince1970

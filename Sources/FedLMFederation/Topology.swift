@@ -35,7 +35,8 @@ import TOMLKit
 ///     durability = "machine"                # machine (fsync before ack) | process (survives kill -9)
 ///     combination = "mean"                  # fedbuff: mean | median | trimmed_mean (robust to a minority)
 ///     trim_fraction = 0.2                   # trimmed_mean: share dropped at each end
-///     max_update_norm = 5.0                 # optional: clip every update to this L2 norm
+///     max_update_norm = 5.0                 # optional bound on every update's L2 norm
+///     norm_policy = "clip"                  #   above it: clip (fedbuff) | refuse (any mode; recorded with its reason)
 ///     dp_clip = 1.0                         # optional: client-level differential privacy (fedbuff, mean):
 ///     dp_noise_multiplier = 1.0             #   clip each update to dp_clip, add N(0, (z dp_clip)^2) to each sum;
 ///     dp_delta = 1e-5                       #   epsilon reported per evaluation (metric dp_epsilon)
@@ -48,6 +49,8 @@ import TOMLKit
 ///     time_budget = 5.0                     # optional seconds per update: H adapts to speed
 ///     tokens = 500000                       # optional token budget
 ///     slowdown = 1.0                        # optional straggler factor
+///     fresh_base_wait = 0.5                 # optional, asynchronous modes: after a buffered update wait up to
+///                                           #   this fraction of the last round's time for the next version
 ///     ack_timeout = 30.0                    # optional: seconds before an unacknowledged update is resent
 ///     cluster = "en"                        # with [clusters]: the cluster it trains in, or "auto" (IFCA)
 ///     attack = "sign_flip"                  # robustness experiments only: sign_flip | noise | nan
@@ -70,6 +73,8 @@ public struct Topology: Sendable {
         public var timeBudget: Double?
         public var tokens: Int?
         public var slowdown: Double
+        /// Asynchronous modes: fraction of its round time to wait for a fresh version (0: never).
+        public var freshBaseWait: Double
         public var ackTimeout: Double
         /// With clusters: the cluster it trains in, or nil for automatic assignment.
         public var cluster: String?
@@ -137,7 +142,7 @@ public struct Topology: Sendable {
             try allow(a, ["mode", "buffer_size", "mixing", "staleness", "staleness_exponent", "hinge_slope", "hinge_cutoff",
                           "max_staleness", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
                           "participants", "checkpoint_every", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
-                          "trainer_timeout", "combination", "trim_fraction", "max_update_norm", "dp_clip", "dp_noise_multiplier",
+                          "trainer_timeout", "combination", "trim_fraction", "max_update_norm", "norm_policy", "dp_clip", "dp_noise_multiplier",
                           "dp_delta"], p, bad)
             var c = AggregationConfig()
             if let m = try string(a, "mode", p) {
@@ -184,6 +189,18 @@ public struct Topology: Sendable {
             if let v = try double(a, "max_update_norm", p) {
                 guard v > 0 else { throw bad("'aggregation.max_update_norm' must be > 0") }
                 c.maxUpdateNorm = v
+            }
+            if let policy = try string(a, "norm_policy", p) {
+                guard let v = AggregationConfig.NormPolicy(rawValue: policy) else {
+                    throw bad("'aggregation.norm_policy' is '\(policy)', not clip or refuse")
+                }
+                guard c.maxUpdateNorm != nil else { throw bad("'aggregation.norm_policy' needs 'max_update_norm'") }
+                guard v == .refuse || c.mode == .fedbuff else {
+                    throw bad("'aggregation.norm_policy' = \"clip\" applies to mode = \"fedbuff\"; use \"refuse\" with \(c.mode.rawValue)")
+                }
+                c.normPolicy = v
+            } else if c.maxUpdateNorm != nil, c.mode != .fedbuff {
+                throw bad("'aggregation.max_update_norm' clips only in mode = \"fedbuff\"; add norm_policy = \"refuse\" for \(c.mode.rawValue)")
             }
             switch try string(a, "staleness", p) ?? "inverse_sqrt" {
             case "constant": c.staleness = .constant
@@ -245,7 +262,7 @@ public struct Topology: Sendable {
             guard let tt = item.table else { throw bad("trainer \(i + 1) must be a table") }
             let p = "trainer[\(i + 1)]."
             try allow(tt, ["name", "clusters", "local_steps", "time_budget", "tokens", "slowdown", "ack_timeout", "cluster", "attack",
-                           "attack_scale"], p, bad)
+                           "attack_scale", "fresh_base_wait"], p, bad)
             var attack: TrainerAttack?
             if let kind = try string(tt, "attack", p) {
                 let scale = try double(tt, "attack_scale", p) ?? 10
@@ -269,6 +286,8 @@ public struct Topology: Sendable {
             guard steps >= 1 else { throw bad("'\(p)local_steps' must be >= 1") }
             let slowdown = try double(tt, "slowdown", p) ?? 1
             guard slowdown >= 1 else { throw bad("'\(p)slowdown' must be >= 1") }
+            let freshBaseWait = try double(tt, "fresh_base_wait", p) ?? 0
+            guard freshBaseWait >= 0, freshBaseWait <= 10 else { throw bad("'\(p)fresh_base_wait' must be between 0 and 10") }
             let cluster = try string(tt, "cluster", p)
             if let names = t.aggregation.clusters?.names {
                 guard let cluster else { throw bad("'\(p)cluster' is required with [clusters]: one of \(names.joined(separator: ", ")), or \"auto\"") }
@@ -279,7 +298,7 @@ public struct Topology: Sendable {
                 throw bad("'\(p)cluster' needs a [clusters] table")
             }
             t.trainers.append(Trainer(name: name, clusters: clusters, localSteps: steps, timeBudget: try double(tt, "time_budget", p),
-                                      tokens: try int(tt, "tokens", p), slowdown: slowdown,
+                                      tokens: try int(tt, "tokens", p), slowdown: slowdown, freshBaseWait: freshBaseWait,
                                       ackTimeout: try double(tt, "ack_timeout", p) ?? 30, cluster: cluster == "auto" ? nil : cluster,
                                       attack: attack))
         }

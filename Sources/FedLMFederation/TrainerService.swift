@@ -42,6 +42,12 @@ public struct TrainerOptions: Sendable {
     public var tokenBudget: Int?
     /// Artificial slowness (1 = none, 5 = five times slower), for straggler experiments.
     public var slowdown = 1.0
+    /// Asynchronous modes: after an update the aggregator only buffered (no new version yet),
+    /// wait up to this fraction of the trainer's own last round time for the next version before
+    /// training on the one it already has (0: never wait). Equal-speed trainers then start from
+    /// fresh models instead of repeating work on the same base; a straggler never holds anyone
+    /// up by more than this bound.
+    public var freshBaseWait = 0.0
     /// Robustness experiments only: corrupt every update this way.
     public var attack: TrainerAttack?
     /// Where the unacknowledged update is kept across restarts.
@@ -219,18 +225,26 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         }
         let start = ParameterVector(layout: model.layout)
         var stepSeconds = 0.0
+        var lastRoundSeconds = 0.0
         var round = 0
         var lastBase: Int?
         while !stopFlag.isSet, tokensTrained < (o.tokenBudget ?? .max) {
             var release: (ReleaseInfo, TensorPayload)?
-            // In a synchronous round, after a buffered update: wait for the round's next version
-            // (the aggregator answers a FETCH for the version we have with a heartbeat).
-            let have = (mode == "sync" && lastBuffered) ? lastBase : nil
+            // After a buffered update: in a synchronous round wait for the round's next version;
+            // in an asynchronous mode with `freshBaseWait`, wait for it only that long (the
+            // aggregator answers a FETCH for the version we have with a heartbeat).
+            var have: Int?
+            var waitUntil = Double.infinity
+            if lastBuffered, mode == "sync" { have = lastBase }
+            if lastBuffered, mode != "sync", o.freshBaseWait > 0, lastRoundSeconds > 0 {
+                have = lastBase
+                waitUntil = Date().timeIntervalSince1970 + o.freshBaseWait * lastRoundSeconds
+            }
             if o.automaticCluster, round > 0, round % max(1, o.reassignEvery) == 0 { guard try chooseCluster() else { break } }
             guard try request(codec.encode(.fetch(Fetch(cluster: cluster, haveVersion: have))), accept: {
                 if case .release(let info, let payload) = $0 { release = (info, payload); return true }
                 if case .heartbeat = $0, have != nil {
-                    Thread.sleep(forTimeInterval: 0.1)
+                    if Date().timeIntervalSince1970 >= waitUntil { have = nil } else { Thread.sleep(forTimeInterval: 0.02) }
                     try socket.sendStreamed(codec.encode(.fetch(Fetch(cluster: cluster, haveVersion: have))))
                 }
                 return false
@@ -258,7 +272,8 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
             }
             let elapsed = Date().timeIntervalSince1970 - t0
             if o.slowdown > 1 { Thread.sleep(forTimeInterval: elapsed * (o.slowdown - 1)) }
-            stepSeconds = (Date().timeIntervalSince1970 - t0) / Double(h)
+            lastRoundSeconds = Date().timeIntervalSince1970 - t0
+            stepSeconds = lastRoundSeconds / Double(h)
             // Pseudo-gradient: start weights minus end weights.
             var delta = [Float](repeating: 0, count: model.parameters.count)
             for i in 0..<delta.count { delta[i] = start.pointer[i] - model.parameters.pointer[i] }

@@ -48,6 +48,8 @@ public enum MessageStream {
 public struct StreamAssembler: Sendable {
     public let codec: WireCodec
     private var head: [[UInt8]]?
+    /// The header of the UPDATE being streamed, for refusals of its chunks.
+    private var headUpdate: UpdateInfo?
     private var receiver: TensorPayload.Receiver?
     /// Transfers replaced by a new head before they completed.
     public private(set) var abandoned = 0
@@ -73,6 +75,7 @@ public struct StreamAssembler: Sendable {
             reset()
             receiver = try TensorPayload.Receiver(layout: codec.streamLayout(head: frames[2]), maxValues: codec.maxValues)
             head = frames
+            headUpdate = codec.streamUpdateInfo(head: frames)
             return nil
         }
         return try codec.decode(frames)
@@ -87,8 +90,9 @@ public struct StreamAssembler: Sendable {
             return nil
         }
         func fail(_ code: ProtocolError.Code, _ detail: String) -> ProtocolError {
+            let update = headUpdate
             reset()
-            return ProtocolError(code, detail)
+            return ProtocolError(code, detail, update: update)
         }
         guard frames.count == 4, frames[2].count == 8 else {
             throw fail(.malformed, "a CHUNK has \(frames.count) frames and a \(frames[2].count)-byte position (expected 4 frames, 8 bytes)")
@@ -106,12 +110,19 @@ public struct StreamAssembler: Sendable {
             self.receiver = receiver
             return nil
         }
+        let update = headUpdate
         reset()
-        return try codec.decode(head, tensors: receiver.finish())
+        let tensors: TensorPayload
+        do { tensors = try receiver.finish() } catch var e as ProtocolError {
+            e.update = update
+            throw e
+        }
+        return try codec.decode(head, tensors: tensors)
     }
 
     private mutating func reset() {
         head = nil
+        headUpdate = nil
         receiver = nil
     }
 }

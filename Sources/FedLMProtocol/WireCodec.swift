@@ -133,8 +133,20 @@ public struct WireCodec: Sendable {
             guard h.info.baseVersion >= 0, h.info.tokens >= 0, h.info.localSteps >= 0 else {
                 throw ProtocolError(.malformed, "update header has a negative baseVersion, tokens or localSteps")
             }
-            return .update(h.info, try payload(h.layout))
+            do { return .update(h.info, try payload(h.layout)) } catch var e as ProtocolError {
+                e.update = h.info
+                throw e
+            }
         }
+    }
+
+    /// The update header of a streamed UPDATE head, if it is one and names its update and trainer
+    /// (so that a refusal of its tensors can say which update it refuses).
+    func streamUpdateInfo(head frames: [[UInt8]]) -> UpdateInfo? {
+        guard frames.count == 3, frames[1] == [MessageType.update.rawValue],
+              let h = try? JSONDecoder().decode(TensorHeader<UpdateInfo>.self, from: Data(frames[2])),
+              !h.info.updateID.isEmpty, !h.info.trainerID.isEmpty else { return nil }
+        return h.info
     }
 
     static func describe(_ e: DecodingError) -> String {

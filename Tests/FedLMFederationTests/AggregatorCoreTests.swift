@@ -103,6 +103,42 @@ final class AggregatorCoreTests: XCTestCase {
         XCTAssertEqual(fallback.model.parameters.storage.array.map(\.bitPattern), afterOne.map(\.bitPattern))
     }
 
+    /// With `norm_policy = "refuse"` an update above the bound is refused with its norm, recorded
+    /// with it, and changes nothing; one below the bound is applied as usual.
+    func testUpdatesAboveTheNormBoundAreRefusedWhenThePolicySaysSo() throws {
+        var c = config
+        c.bufferSize = 1
+        c.maxUpdateNorm = 1.0
+        c.normPolicy = .refuse
+        let core = try AggregatorCore(runDirectory: dir, config: c, initialModel: try GPT2Model(config: modelConfig, seed: 1))
+        _ = try core.handle(.hello(Hello(trainerID: "t1")), from: "t1")
+        let before = core.model.parameters.storage.array
+        guard case .error(let e)? = reply(try core.handle(update("big", base: 0, scale: 1.0, specs: core.specs), from: "t1")) else {
+            return XCTFail("expected a refusal")
+        }
+        XCTAssertEqual(e.code, .normTooLarge)
+        XCTAssertEqual(e.refersTo, "big")
+        XCTAssertTrue(e.detail.contains("exceeds max_update_norm 1.0"), e.detail)
+        XCTAssertEqual(core.model.parameters.storage.array, before)
+        let record = try XCTUnwrap(try core.ledger.update(id: "big"))
+        XCTAssertEqual(record.outcome, "refused")
+        XCTAssertGreaterThan(record.norm, 1.0)
+        XCTAssertNil(record.deltaPath, "nothing of a refused update is kept for replay")
+        // Small enough: applied.
+        XCTAssertEqual(reply(try core.handle(update("small", base: 0, scale: 1e-4, specs: core.specs), from: "t1")),
+                       .ack(Ack(updateID: "small", outcome: .applied, version: 1)))
+        // A NaN update refused by the decoder is recorded the same way; a resend gets the same verdict.
+        let nan = UpdateInfo(updateID: "nan", trainerID: "t1", baseVersion: 1, tokens: 1, localSteps: 1)
+        let refusal = try core.refuseUndecodable(nan, ProtocolError(.nonFinite, "tensor x holds nan at element 3"))
+        guard case .error(let first) = refusal, case .error(let second) = try core.refuseUndecodable(nan, ProtocolError(.nonFinite, "again")) else {
+            return XCTFail("expected refusals")
+        }
+        XCTAssertEqual(first.code, .nonFinite)
+        XCTAssertEqual(second.code, .duplicate)
+        XCTAssertTrue(second.detail.contains("tensor x holds nan"), second.detail)
+        XCTAssertEqual(try core.ledger.updateCount(outcome: "refused"), 2)
+    }
+
     func testASyncRoundStopsWaitingForATrainerThatWentSilent() throws {
         var c = AggregationConfig()
         c.mode = .sync

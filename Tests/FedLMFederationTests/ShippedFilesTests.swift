@@ -66,6 +66,10 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base + "[[trainer]]\nname = \"a\"\nattack = \"ddos\"").contains("not sign_flip, noise or nan"))
         XCTAssertTrue(error(base + "[aggregation]\ncombination = \"median\"\ndp_clip = 1.0\n[[trainer]]\nname = \"a\"").contains("combination = \"mean\""))
         XCTAssertTrue(error(base + "[aggregation]\ndp_noise_multiplier = 1.0\n[[trainer]]\nname = \"a\"").contains("needs 'dp_clip'"))
+        XCTAssertTrue(error(base + "[aggregation]\nmax_update_norm = 2.0\nnorm_policy = \"drop\"\n[[trainer]]\nname = \"a\"").contains("not clip or refuse"))
+        XCTAssertTrue(error(base + "[aggregation]\nnorm_policy = \"refuse\"\n[[trainer]]\nname = \"a\"").contains("needs 'max_update_norm'"))
+        XCTAssertTrue(error(base + "[aggregation]\nmode = \"fedasync\"\nmax_update_norm = 2.0\n[[trainer]]\nname = \"a\"").contains("norm_policy = \"refuse\""))
+        XCTAssertTrue(error(base + "[[trainer]]\nname = \"a\"\nfresh_base_wait = -1").contains("trainer[1].fresh_base_wait"))
         // Clusters: names checked, every trainer's cluster declared and known (or "auto").
         let clusters = base + "[clusters]\nnames = [\"en\", \"de\"]\n"
         XCTAssertTrue(error(clusters + "[[trainer]]\nname = \"a\"\ncluster = \"fr\"").contains("'trainer[1].cluster' is 'fr', not one of en, de"))

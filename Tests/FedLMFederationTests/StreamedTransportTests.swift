@@ -119,5 +119,25 @@ final class StreamedTransportTests: XCTestCase {
         for i in stride(from: 0, to: delta.count, by: 9973) {
             XCTAssertEqual(after.values[i], release.values[i] - delta[i], accuracy: 1e-6)
         }
+
+        // An update carrying a NaN (in its last chunk): refused naming the update and the
+        // tensor, recorded in the ledger, the model unchanged; sent again, the same refusal.
+        var poisoned = delta
+        poisoned[poisoned.count - 5] = .nan
+        let bad = codec.encode(.update(UpdateInfo(updateID: "u-nan", trainerID: "t1", baseVersion: 1, tokens: 64, localSteps: 1),
+                                       TensorPayload(specs: release.specs, values: poisoned)))
+        guard case .error(let refusal) = try call(bad).0 else { return XCTFail("expected ERROR") }
+        XCTAssertEqual(refusal.code, .nonFinite)
+        XCTAssertEqual(refusal.refersTo, "u-nan")
+        XCTAssertTrue(refusal.detail.contains(release.specs.last!.name), refusal.detail)
+        let recorded = try XCTUnwrap(try service.core.ledger.update(id: "u-nan"))
+        XCTAssertEqual(recorded.outcome, "refused")
+        XCTAssertTrue(recorded.reason?.contains("nonFinite") == true, recorded.reason ?? "")
+        guard case .error(let again) = try call(bad).0 else { return XCTFail("expected ERROR") }
+        XCTAssertEqual(again.code, .duplicate)
+        XCTAssertEqual(again.refersTo, "u-nan")
+        guard case .release(let unchanged, let same) = try call(codec.encode(.fetch(Fetch()))).0 else { return XCTFail("expected a release") }
+        XCTAssertEqual(unchanged.version, 1)
+        XCTAssertEqual(same.values, after.values)
     }
 }

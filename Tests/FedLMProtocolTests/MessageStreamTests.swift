@@ -75,6 +75,14 @@ final class MessageStreamTests: XCTestCase {
         XCTAssertThrowsError(try feed(bad, into: &assembler)) {
             XCTAssertEqual(($0 as? ProtocolError)?.code, .nonFinite)
             XCTAssertTrue("\($0)".contains("transformer.ln_f.bias"), "\($0)")
+            // The refusal names the update (its header was readable), so it can be recorded and answered.
+            XCTAssertEqual(($0 as? ProtocolError)?.update?.updateID, "u")
+            XCTAssertEqual(($0 as? ProtocolError)?.refusesContent, true)
+        }
+        // The same message in one piece: the same refusal, naming the same update.
+        XCTAssertThrowsError(try codec.decode(codec.encode(.update(UpdateInfo(updateID: "u", trainerID: "t", baseVersion: 0, tokens: 1, localSteps: 1),
+                                                                   TensorPayload(specs: specs, values: values))))) {
+            XCTAssertEqual(($0 as? ProtocolError)?.update?.trainerID, "t")
         }
     }
 

@@ -79,6 +79,8 @@ struct TrainerCommand: AsyncParsableCommand {
     @Option(help: "Seconds of local training per update; H adapts to the measured speed.") var timeBudget: Double?
     @Option(help: "H: local steps per update (upper bound with --time-budget).") var maxLocalSteps: Int = 20
     @Option(help: "Stop after this many tokens.") var tokens: Int?
+    @Option(help: "Asynchronous modes: after a buffered update, wait up to this fraction of the last round's time for the next version (default 0: never wait).")
+    var freshBaseWait: Double?
     @Option(help: "Directory for the trainer's pending update (resent after a restart).") var state: String?
     @Option(help: "Compute threads (default: all cores; `fedlm up` gives each process one).") var threads: Int?
     @Option(help: "CURVE key pair prefix (<prefix>.public, <prefix>.secret), without --topology.") var key: String?
@@ -110,6 +112,7 @@ struct TrainerCommand: AsyncParsableCommand {
             options.timeBudget = entry.timeBudget
             options.tokenBudget = entry.tokens
             options.slowdown = entry.slowdown
+            options.freshBaseWait = entry.freshBaseWait
             options.ackTimeout = entry.ackTimeout
             options.attack = entry.attack
         } else {
@@ -125,6 +128,10 @@ struct TrainerCommand: AsyncParsableCommand {
             options.maxLocalSteps = maxLocalSteps
             options.timeBudget = timeBudget
             options.tokenBudget = tokens
+        }
+        if let freshBaseWait {
+            guard freshBaseWait >= 0 else { throw ValidationError("--fresh-base-wait must be >= 0") }
+            options.freshBaseWait = freshBaseWait
         }
         guard options.maxLocalSteps >= 1 else { throw ValidationError("--max-local-steps must be >= 1") }
         let service = TrainerService(options: options, endpoints: endpoints)
