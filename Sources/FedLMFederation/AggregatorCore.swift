@@ -60,12 +60,14 @@ public final class AggregatorCore {
         ledger = try Ledger(path: runDirectory + "/ledger.sqlite", durable: config.durability == .machine)
         // Newest checkpoint first; if it (or the replay after it) fails, the one before.
         var restored: Restored?
+        var fellBack = false
         for v in try ledger.versions() {
             do {
                 restored = try Self.restore(v, config: config, ledger: ledger)
                 break
             } catch {
                 log("cannot restore from v\(v.number) (\(error)); trying the previous checkpoint")
+                fellBack = true
             }
         }
         if let r = restored {
@@ -90,7 +92,9 @@ public final class AggregatorCore {
             try adoptNewClusters(checkpointNow: false)
         }
         let restoredClusters = Set(restored?.heads?.names ?? [])
-        if restored == nil || (heads.map { Set($0.names) != restoredClusters } ?? false) { try checkpoint() }
+        // A fresh start, new clusters, or a fallback past a bad checkpoint: checkpoint now, so the
+        // bad one is replaced and the next fallback has a good checkpoint to land on.
+        if restored == nil || fellBack || (heads.map { Set($0.names) != restoredClusters } ?? false) { try checkpoint() }
         rememberVersion()
     }
 

@@ -99,9 +99,10 @@ final class FederationTests: XCTestCase {
         XCTAssertLessThan(losses.last!, losses.first! - 0.5, "validation loss \(losses)")
     }
 
-    /// Chaos: the aggregator SIGKILLed at random moments four times, and half of the trainers
-    /// killed and restarted at random, during one run. After each restart nothing acknowledged
-    /// is lost, nothing is applied twice, versions stay monotonic, and training keeps going.
+    /// Chaos: the aggregator SIGKILLed at random moments four times (once with its newest
+    /// checkpoint truncated behind its back), and half of the trainers killed and restarted at
+    /// random, during one run. After each restart nothing acknowledged is lost, nothing is applied
+    /// twice, versions stay monotonic, and training keeps going.
     func testRepeatedAggregatorKillsAndTrainerChurnLoseNothing() throws {
         let trainerBlock = { (name: String) in
             """
@@ -137,6 +138,7 @@ final class FederationTests: XCTestCase {
         }
         var rng = SystemRandomNumberGenerator()
         var kills = 0
+        var truncated: Int?
         for round in 0..<4 {
             // Let some updates land, then kill at a random moment.
             let target = f.version + 2
@@ -147,6 +149,15 @@ final class FederationTests: XCTestCase {
             aggregator.wait()
             logs.append(aggregator.output)
             kills += 1
+            // Once, the newest checkpoint is found truncated (a disk gone bad): its hash gives it
+            // away and the restart falls back to the one before, replaying the updates since.
+            if round == 1 {
+                let newest = try XCTUnwrap(try Ledger(path: f.ledgerPath).versions().first)
+                let file = newest.checkpointPath + "/model.safetensors"
+                let bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+                try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: file))
+                truncated = newest.number
+            }
             // Trainer churn: one of a, b killed and restarted in each round (half of the trainers).
             let victim = round % 2 == 0 ? "a" : "b"
             if trainers[victim]!.process.isRunning {
@@ -171,6 +182,9 @@ final class FederationTests: XCTestCase {
         broker.wait()
         let allLogs = logs.joined(separator: "\n")
         XCTAssertEqual(allLogs.components(separatedBy: "restored v").count - 1, kills, "every restart restored from a checkpoint")
+        let corrupt = try XCTUnwrap(truncated)
+        XCTAssertTrue(allLogs.contains("cannot restore from v\(corrupt)"), "the truncated v\(corrupt) was detected")
+        XCTAssertTrue(allLogs.contains("does not match the recorded"), "detected by its SHA-256")
         let ledger = try Ledger(path: f.ledgerPath)
         let acked = SmallFederation.acknowledgedIDs(in: allLogs)
         XCTAssertGreaterThan(acked.count, 15)

@@ -101,6 +101,11 @@ final class AggregatorCoreTests: XCTestCase {
         let fallback = try core()
         XCTAssertEqual(fallback.version, version + 1)
         XCTAssertEqual(fallback.model.parameters.storage.array.map(\.bitPattern), afterOne.map(\.bitPattern))
+        // The fallback wrote a good checkpoint of where it is, so the next restart starts there.
+        let rewritten = try fallback.ledger.versions()[0]
+        XCTAssertEqual(rewritten.number, version + 1)
+        XCTAssertEqual(try Checkpoint.sha256(ofFile: rewritten.checkpointPath + "/model.safetensors"), rewritten.sha256)
+        XCTAssertEqual(try core().model.parameters.storage.array.map(\.bitPattern), afterOne.map(\.bitPattern))
     }
 
     /// With `norm_policy = "refuse"` an update above the bound is refused with its norm, recorded
