@@ -203,6 +203,71 @@ final class FederationTests: XCTestCase {
         print("chaos: \(kills) aggregator kills, \(acked.count) acknowledged updates, final version \(versions.last ?? 0)")
     }
 
+    /// CURVE end to end with real processes: `fedlm keys generate --topology` makes every key and
+    /// the allow-list, `fedlm up` trains encrypted, and a trainer whose key the broker does not
+    /// know gets nothing in (refused at the handshake, nothing in the ledger).
+    func testSecureFederationTrainsWithGeneratedKeysAndShutsOutAStranger() throws {
+        let keys = NSTemporaryDirectory() + "fedlm-keys-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: keys) }
+        let f = try SmallFederation("""
+            [security]
+            keys = "\(keys)"
+            [aggregation]
+            mode = "fedbuff"
+            buffer_size = 2
+            server_optimizer = "sgd"
+            server_learning_rate = 1.0
+            [[trainer]]
+            name = "t1"
+            local_steps = 2
+            tokens = 3000
+            [[trainer]]
+            name = "t2"
+            local_steps = 2
+            tokens = 3000
+            """)
+        defer { f.scratch.remove() }
+        let (generated, keysOutput) = try FedLMProcess.run(["keys", "generate", "--topology", f.topology])
+        XCTAssertEqual(generated, 0, keysOutput)
+        for name in ["broker", "aggregator", "subscriber", "t1", "t2"] {
+            let secret = keys + "/\(name).secret"
+            let mode = (try FileManager.default.attributesOfItem(atPath: secret)[.posixPermissions] as? NSNumber)?.intValue
+            XCTAssertEqual(mode, 0o600, "\(secret) readable by its owner only")
+        }
+        let up = try FedLMProcess(["up", f.topology])
+        defer { up.signal(SIGKILL) }
+        let deadline = Date().addingTimeInterval(180)
+        while up.process.isRunning, Date() < deadline { usleep(200_000) }
+        XCTAssertEqual(up.wait(), 0, up.output)
+        let logs = f.scratch.dir + "/run/logs/"
+        let brokerLog = (try? String(contentsOfFile: logs + "broker.log", encoding: .utf8)) ?? ""
+        XCTAssertTrue(brokerLog.contains("CURVE on every socket"), brokerLog)
+        XCTAssertFalse(brokerLog.contains("PLAINTEXT"))
+        XCTAssertEqual(f.ledger("SELECT COUNT(DISTINCT trainer) FROM updates WHERE outcome != 'refused'"), 2)
+        XCTAssertGreaterThanOrEqual(f.version, 2)
+
+        // The same federation again, roles started by hand, and a stranger with its own key pair.
+        let (made, madeOutput) = try FedLMProcess.run(["keys", "generate", "stranger", "--dir", keys + "/outside"])
+        XCTAssertEqual(made, 0, madeOutput)
+        let broker = try f.start("broker")
+        let aggregator = try f.start("aggregator", ["--threads", "1"])
+        defer { for p in [broker, aggregator] { p.signal(SIGKILL) } }
+        let before = f.ledger("SELECT COUNT(*) FROM updates")
+        let stranger = try FedLMProcess(["trainer", "--broker", f.trainersAddress, "--data", f.scratch.dir + "/data",
+                                         "--config", f.scratch.dir + "/model.toml",
+                                         "--name", "stranger", "--max-local-steps", "1", "--tokens", "400", "--threads", "1",
+                                         "--state", f.scratch.dir + "/stranger", "--key", keys + "/outside/stranger",
+                                         "--broker-key", keys + "/broker.public"])
+        defer { stranger.signal(SIGKILL) }
+        usleep(6_000_000)
+        XCTAssertTrue(stranger.process.isRunning, "still knocking: \(stranger.output)")
+        XCTAssertFalse(stranger.output.contains("registered"), stranger.output)
+        XCTAssertEqual(f.ledger("SELECT COUNT(*) FROM updates"), before, "nothing from the stranger reached the aggregator")
+        broker.signal(SIGTERM)
+        broker.wait()
+        XCTAssertTrue(broker.output.contains("refused key"), broker.output)
+    }
+
     func testALateSubscriberGetsASnapshotThenEveryLaterVersionOnce() throws {
         let f = try SmallFederation("""
             [aggregation]
@@ -335,6 +400,8 @@ final class FederationTests: XCTestCase {
 struct SmallFederation {
     let scratch: Scratch
     let topology: String
+    /// The broker's address for trainers.
+    let trainersAddress: String
     var ledgerPath: String { scratch.dir + "/run/ledger.sqlite" }
 
     /// `body` is the topology's [aggregation] table and [[trainer]] entries. The default model
@@ -351,12 +418,13 @@ struct SmallFederation {
         }
         let port = Int.random(in: 20_000...32_000)  // below the ephemeral port range
         topology = scratch.dir + "/topology.toml"
+        trainersAddress = "tcp://127.0.0.1:\(port)"
         try """
             run_directory = "\(scratch.dir)/run"
             model = "\(model)"
             data = "\(data)"
             [broker]
-            trainers = "tcp://127.0.0.1:\(port)"
+            trainers = "\(trainersAddress)"
             aggregator = "tcp://127.0.0.1:\(port + 1)"
             publish = "tcp://127.0.0.1:\(port + 2)"
             releases = "tcp://127.0.0.1:\(port + 3)"
