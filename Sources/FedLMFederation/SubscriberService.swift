@@ -19,6 +19,9 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
     public var curve: CurveClient?
     public var onRelease: (Int) -> Void = { _ in }
     public var maxReleases: Int?
+    /// Seconds without a release after which the subscriber asks for anything newer than it
+    /// holds (so a release lost while the broker was away still arrives).
+    public var catchUpAfter = 3.0
     let logger: Logger
     private let stopFlag = StopFlag()
     private let codec = WireCodec()
@@ -48,12 +51,14 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
         let model = try GPT2Model(config: modelConfig)
         var latest = (-1, -1)
         var received = 0
+        var lastRelease = 0.0
         func take(_ info: ReleaseInfo, _ payload: TensorPayload) throws {
             // Versions order releases: (global version, head version) for a cluster's.
             let key = (info.version, info.headVersion ?? 0)
             guard key > latest, info.cluster == cluster else { return }  // already covered by the snapshot or an earlier message
             latest = key
             received += 1
+            lastRelease = Date().timeIntervalSince1970
             if let outDirectory {
                 try payload.check(against: model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) })
                 payload.values.withUnsafeBufferPointer { model.parameters.pointer.update(from: $0.baseAddress!, count: model.parameters.count) }
@@ -77,9 +82,16 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
             if ready.contains(0), let message = try sub.receive(timeout: 0), message.count > 1 {
                 if case .release(let info, let payload)? = try? codec.decode(Array(message[1...])) { try take(info, payload) }
             }
-            if !haveSnapshot, Date().timeIntervalSince1970 - lastAsk > 2 {
+            let now = Date().timeIntervalSince1970
+            if !haveSnapshot, now - lastAsk > 2 {
                 try dealer.send(codec.encode(.fetch(Fetch(cluster: cluster))))
-                lastAsk = Date().timeIntervalSince1970
+                lastAsk = now
+            } else if haveSnapshot, now - max(lastAsk, lastRelease) > catchUpAfter {
+                // Quiet for a while: a publication may have been lost (PUB drops what it cannot
+                // deliver, e.g. while the broker restarts). Ask for anything newer than what we
+                // hold; the aggregator answers a heartbeat if there is nothing.
+                try dealer.send(codec.encode(.fetch(Fetch(cluster: cluster, haveVersion: latest.0))))
+                lastAsk = now
             }
         }
     }

@@ -328,7 +328,8 @@ final class FederationTests: XCTestCase {
         var broker = try f.start("broker")
         let aggregator = try f.start("aggregator", ["--threads", "1"])
         let trainers = try ["a", "b"].map { try f.start("trainer", ["--name", $0, "--threads", "1"]) }
-        defer { for p in trainers + [aggregator, broker] { p.signal(SIGKILL) } }
+        let subscriber = try f.start("subscribe")
+        defer { for p in trainers + [aggregator, broker, subscriber] { p.signal(SIGKILL) } }
         func updates() -> Int { f.ledger("SELECT COUNT(*) FROM updates WHERE outcome != 'refused'") }
         var deadline = Date().addingTimeInterval(60)
         while updates() < 4, Date() < deadline { usleep(50_000) }
@@ -337,11 +338,25 @@ final class FederationTests: XCTestCase {
         broker.wait()
         let atKill = updates()
         usleep(1_000_000)
+        let versionAtKill = f.version
         broker = try f.start("broker")
         deadline = Date().addingTimeInterval(120)
         for t in trainers { while t.process.isRunning, Date() < deadline { usleep(100_000) } }
         XCTAssertTrue(trainers.allSatisfy { !$0.process.isRunning }, "trainers finished after the broker restart")
         XCTAssertGreaterThan(updates(), atKill, "updates kept flowing after the broker came back")
+        // The subscriber reconnected by itself: it holds a release newer than any before the kill,
+        // up to the final version (fetched if its publication fell into the outage).
+        let finalVersion = f.version
+        deadline = Date().addingTimeInterval(20)
+        func subscribed() -> [Int] {
+            subscriber.output.split(separator: "\n").compactMap { line in
+                line.range(of: "release v").flatMap { Int(line[$0.upperBound...].prefix { $0.isNumber }) }
+            }
+        }
+        while subscribed().last ?? -1 < finalVersion, Date() < deadline { usleep(200_000) }
+        XCTAssertGreaterThan(subscribed().last ?? -1, versionAtKill, subscriber.output)
+        XCTAssertEqual(subscribed().last, finalVersion, "the subscriber caught up with the final version")
+        XCTAssertEqual(subscribed(), subscribed().sorted(), "releases in order")
         aggregator.signal(SIGTERM)
         aggregator.wait()
         let ledger = try Ledger(path: f.ledgerPath)
