@@ -73,9 +73,15 @@ public struct StreamAssembler: Sendable {
             try codec.checkMarker(frames)
             if head != nil { abandoned += 1 }
             reset()
-            receiver = try TensorPayload.Receiver(layout: codec.streamLayout(head: frames[2]), maxValues: codec.maxValues)
+            let update = codec.streamUpdateInfo(head: frames)
+            do {
+                receiver = try TensorPayload.Receiver(layout: codec.streamLayout(head: frames[2]), maxValues: codec.maxValues)
+            } catch var e as ProtocolError {
+                e.update = update
+                throw e
+            }
             head = frames
-            headUpdate = codec.streamUpdateInfo(head: frames)
+            headUpdate = update
             return nil
         }
         return try codec.decode(frames)

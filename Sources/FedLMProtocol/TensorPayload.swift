@@ -32,7 +32,12 @@ public struct TensorPayload: Equatable, Sendable {
         public var tensors: [TensorSpec]
         public var chunkBytes: Int
         public var chunkCRC32C: [UInt32]
+        /// The element type of every tensor: "F32" (little-endian), the only one this version
+        /// carries; stated so that a peer sending another type is refused instead of misread.
+        public var dtype: String?
     }
+
+    public static let dtype = "F32"
 
     func encode(chunkBytes: Int = defaultChunkBytes) -> (Layout, [[UInt8]]) {
         var frames: [[UInt8]] = []
@@ -50,12 +55,15 @@ public struct TensorPayload: Equatable, Sendable {
         #if _endian(big)
         fatalError("FedLM's wire format is little-endian; big-endian hosts are not supported")
         #endif
-        return (Layout(tensors: specs, chunkBytes: chunkBytes, chunkCRC32C: crcs), frames)
+        return (Layout(tensors: specs, chunkBytes: chunkBytes, chunkCRC32C: crcs, dtype: Self.dtype), frames)
     }
 
     /// The number of values a layout describes, after checking it: positive chunk size and
     /// shapes, the size limit, and one checksum per chunk.
     static func valueCount(of layout: Layout, maxValues: Int) throws -> Int {
+        if let dtype = layout.dtype, dtype != Self.dtype {
+            throw ProtocolError(.shapeMismatch, "tensors of dtype \(dtype); this protocol version carries \(Self.dtype) only")
+        }
         guard layout.chunkBytes > 0, layout.chunkBytes % 4 == 0 else {
             throw ProtocolError(.malformed, "chunk size \(layout.chunkBytes) is not a positive multiple of 4")
         }

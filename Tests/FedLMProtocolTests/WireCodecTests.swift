@@ -98,6 +98,27 @@ final class WireCodecTests: XCTestCase {
         }
     }
 
+    /// The layout states its dtype; a message claiming another one is refused, streamed or not.
+    func testAnotherDtypeIsRefusedByName() throws {
+        var frames = codec.encode(.update(UpdateInfo(updateID: "u", trainerID: "t", baseVersion: 0, tokens: 1, localSteps: 1), payload))
+        var header = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(frames[2])) as? [String: Any])
+        var layout = try XCTUnwrap(header["layout"] as? [String: Any])
+        XCTAssertEqual(layout["dtype"] as? String, "F32")
+        layout["dtype"] = "F16"
+        header["layout"] = layout
+        frames[2] = Array(try JSONSerialization.data(withJSONObject: header))
+        XCTAssertThrowsError(try codec.decode(frames)) {
+            XCTAssertEqual(($0 as? ProtocolError)?.code, .shapeMismatch)
+            XCTAssertTrue("\($0)".contains("dtype F16"), "\($0)")
+            XCTAssertEqual(($0 as? ProtocolError)?.update?.updateID, "u", "a content refusal names the update")
+        }
+        var assembler = StreamAssembler(codec: codec)
+        XCTAssertThrowsError(try MessageStream.split(frames).forEach { _ = try assembler.accept($0) }) {
+            XCTAssertTrue("\($0)".contains("dtype F16"), "\($0)")
+            XCTAssertEqual(($0 as? ProtocolError)?.update?.updateID, "u")
+        }
+    }
+
     func testShapeCheckAgainstTheModel() throws {
         XCTAssertNoThrow(try payload.check(against: specs))
         let other = [TensorSpec(name: "transformer.wte.weight", shape: [4, 5]), specs[1]]
