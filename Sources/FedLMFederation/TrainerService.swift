@@ -244,7 +244,12 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
             guard try request(codec.encode(.fetch(Fetch(cluster: cluster, haveVersion: have))), accept: {
                 if case .release(let info, let payload) = $0 { release = (info, payload); return true }
                 if case .heartbeat = $0, have != nil {
-                    if Date().timeIntervalSince1970 >= waitUntil { have = nil } else { Thread.sleep(forTimeInterval: 0.02) }
+                    if Date().timeIntervalSince1970 >= waitUntil {
+                        logger.info("\(o.id): no version after v\(have!) within \(String(format: "%.2f", o.freshBaseWait * lastRoundSeconds)) s; training on it again")
+                        have = nil
+                    } else {
+                        Thread.sleep(forTimeInterval: 0.02)
+                    }
                     try socket.sendStreamed(codec.encode(.fetch(Fetch(cluster: cluster, haveVersion: have))))
                 }
                 return false

@@ -268,6 +268,55 @@ final class FederationTests: XCTestCase {
         XCTAssertTrue(broker.output.contains("refused key"), broker.output)
     }
 
+    /// `fresh_base_wait`: after an update the aggregator only buffered, a trainer waits (bounded)
+    /// for the next version instead of training on the same one again. Every round of a trainer
+    /// starts from a newer version than its previous round, unless it logged that the wait ran out.
+    func testTrainersWaitBrieflyForAFreshVersionAfterABufferedUpdate() throws {
+        let trainer = { (name: String) in
+            """
+            [[trainer]]
+            name = "\(name)"
+            local_steps = 4
+            tokens = 2500
+            fresh_base_wait = 5.0
+            """
+        }
+        let f = try SmallFederation("""
+            [aggregation]
+            mode = "fedbuff"
+            buffer_size = 2
+            staleness = "constant"
+            server_optimizer = "sgd"
+            server_learning_rate = 1.0
+            """ + "\n" + trainer("a") + "\n" + trainer("b"))
+        defer { f.scratch.remove() }
+        let broker = try f.start("broker")
+        let aggregator = try f.start("aggregator", ["--threads", "1"])
+        let trainers = try ["a", "b"].map { try f.start("trainer", ["--name", $0, "--threads", "1"]) }
+        defer { for p in trainers + [aggregator, broker] { p.signal(SIGKILL) } }
+        let deadline = Date().addingTimeInterval(120)
+        for t in trainers { while t.process.isRunning, Date() < deadline { usleep(100_000) } }
+        XCTAssertTrue(trainers.allSatisfy { !$0.process.isRunning }, "trainers finished")
+        var rounds = 0, timeouts = 0
+        for t in trainers {
+            var previous: Int?
+            for line in t.output.split(separator: "\n") {
+                if line.contains("no version after v") {
+                    previous = nil  // the wait ran out: the same version again is allowed
+                    timeouts += 1
+                } else if let r = line.range(of: " on v"), line.contains(": round ") {
+                    let base = Int(line[r.upperBound...].prefix { $0.isNumber })!
+                    if let previous { XCTAssertGreaterThan(base, previous, "a round started from the version of the one before:\n\(t.output)") }
+                    previous = base
+                    rounds += 1
+                }
+            }
+        }
+        XCTAssertGreaterThanOrEqual(rounds, 6)
+        XCTAssertLessThanOrEqual(f.ledger("SELECT COUNT(*) FROM updates WHERE staleness > 0"), timeouts,
+                                 "only an update trained after a wait ran out can be stale")
+    }
+
     func testALateSubscriberGetsASnapshotThenEveryLaterVersionOnce() throws {
         let f = try SmallFederation("""
             [aggregation]
