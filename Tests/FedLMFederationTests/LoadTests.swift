@@ -34,5 +34,23 @@ final class LoadTests: XCTestCase {
         let recorded = Set(try core.ledger.database.query("SELECT id FROM updates WHERE outcome != 'refused'").compactMap { $0[0].string })
         XCTAssertEqual(report.acknowledgedIDs.subtracting(recorded), [], "every acknowledged update is in the ledger")
         XCTAssertEqual(recorded.count, report.acknowledged)
+        XCTAssertEqual(report.latencies.count, report.acknowledged)
+    }
+
+    /// The generator's constant-memory latency histogram agrees with exact percentiles to 2%.
+    func testLatencyHistogramPercentilesMatchTheSortedValues() {
+        var rng = SystemRandomNumberGenerator()
+        let values = (0..<5000).map { _ in exp(Double.random(in: log(1e-4)...log(2.0), using: &rng)) }
+        var a = LatencyHistogram(), b = LatencyHistogram()
+        for (i, v) in values.enumerated() { if i % 2 == 0 { a.record(v) } else { b.record(v) } }
+        a.merge(b)
+        let sorted = values.sorted()
+        XCTAssertEqual(a.count, values.count)
+        for p in [0.0, 0.1, 0.5, 0.9, 0.95, 0.99] {
+            let exact = sorted[Int(Double(sorted.count - 1) * p)]
+            XCTAssertEqual(a.percentile(p), exact, accuracy: exact * 0.021, "p\(p)")
+        }
+        XCTAssertEqual(a.percentile(1), sorted.last!)
+        XCTAssertTrue(LatencyHistogram().percentile(0.5).isNaN)
     }
 }
