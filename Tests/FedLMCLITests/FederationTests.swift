@@ -1,5 +1,6 @@
 import FedLMCheckpoint
 import FedLMLedger
+import FedLMModel
 import Foundation
 import XCTest
 
@@ -315,6 +316,103 @@ final class FederationTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(rounds, 6)
         XCTAssertLessThanOrEqual(f.ledger("SELECT COUNT(*) FROM updates WHERE staleness > 0"), timeouts,
                                  "only an update trained after a wait ran out can be stale")
+    }
+
+    /// Personalized heads with real processes, and the `fedlm cluster` commands on the run they
+    /// leave: list shows who trained where, create adds a cluster, export writes each cluster's
+    /// model (the global trunk with its own head) as a checkpoint, and an unknown name is refused.
+    /// With FEDLM_HF_PYTHON set (scripts/check-huggingface), transformers loads the export and
+    /// computes the same loss.
+    func testClusterCommandsListCreateAndExportEachClustersModel() throws {
+        let trainerBlock = { (name: String, cluster: String) in
+            """
+
+            [[trainer]]
+            name = "\(name)"
+            clusters = ["\(cluster)"]
+            cluster = "\(cluster)"
+            local_steps = 3
+            tokens = 6000
+            """
+        }
+        let f = try SmallFederation("""
+            [aggregation]
+            mode = "fedbuff"
+            buffer_size = 2
+            server_optimizer = "sgd"
+            server_learning_rate = 1.0
+            checkpoint_every = 2
+            [clusters]
+            names = ["en", "de"]
+            """ + trainerBlock("t-en", "en") + trainerBlock("t-de", "de"),
+            twoClusters: true)
+        defer { f.scratch.remove() }
+        let broker = try f.start("broker")
+        let aggregator = try f.start("aggregator", ["--threads", "1"])
+        let trainers = try ["t-en", "t-de"].map { try f.start("trainer", ["--name", $0, "--threads", "1"]) }
+        defer { for p in trainers + [aggregator, broker] { p.signal(SIGKILL) } }
+        let deadline = Date().addingTimeInterval(120)
+        for t in trainers { while t.process.isRunning, Date() < deadline { usleep(100_000) } }
+        XCTAssertTrue(trainers.allSatisfy { !$0.process.isRunning }, "trainers finished")
+        aggregator.signal(SIGTERM)
+        XCTAssertEqual(aggregator.wait(), 0, aggregator.output)
+        broker.signal(SIGTERM)
+        broker.wait()
+
+        let (listed, list) = try FedLMProcess.run(["cluster", "list", "--topology", f.topology])
+        XCTAssertEqual(listed, 0, list)
+        XCTAssertTrue(list.contains("t-en") && list.contains("t-de"), list)
+        let (created, createOutput) = try FedLMProcess.run(["cluster", "create", "fr", "--topology", f.topology])
+        XCTAssertEqual(created, 0, createOutput)
+        XCTAssertTrue(try FedLMProcess.run(["cluster", "list", "--topology", f.topology]).1.contains("fr"))
+
+        let d = f.scratch.dir
+        for c in ["en", "de"] {
+            let (status, out) = try FedLMProcess.run(["cluster", "export", c, "--topology", f.topology, "--out", d + "/export-\(c)"])
+            XCTAssertEqual(status, 0, out)
+            XCTAssertNoThrow(try Checkpoint.verifyChecksums(d + "/export-\(c)"))
+        }
+        let (refused, refusal) = try FedLMProcess.run(["cluster", "export", "xx", "--topology", f.topology, "--out", d + "/export-xx"])
+        XCTAssertNotEqual(refused, 0)
+        XCTAssertTrue(refusal.contains("no cluster xx"), refusal)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: d + "/export-xx"))
+
+        // The exports share the trunk (the global model's) and differ in the head: the last block.
+        let en = try Checkpoint.load(from: d + "/export-en").model
+        let de = try Checkpoint.load(from: d + "/export-de").model
+        let global = try Checkpoint.load(from: try XCTUnwrap(try Ledger(path: f.ledgerPath).versions().first).checkpointPath).model
+        let last = en.config.layers - 1
+        for entry in en.layout.entries {
+            let a = Array(UnsafeBufferPointer(start: en.parameters.pointer(entry.name), count: entry.count))
+            let b = Array(UnsafeBufferPointer(start: de.parameters.pointer(entry.name), count: entry.count))
+            let g = Array(UnsafeBufferPointer(start: global.parameters.pointer(entry.name), count: entry.count))
+            if entry.name.hasPrefix("transformer.h.\(last).") {
+                XCTAssertNotEqual(a, b, "\(entry.name) is head: each cluster has its own")
+            } else if !entry.name.hasPrefix("transformer.ln_f") && !entry.name.hasPrefix("lm_head") {
+                XCTAssertEqual(a, b, "\(entry.name) is trunk: shared")
+                XCTAssertEqual(a, g, "\(entry.name): the trunk is the global model's")
+            }
+        }
+
+        guard let python = ProcessInfo.processInfo.environment["FEDLM_HF_PYTHON"] else { return }
+        let inputs = (0..<2 * 24).map { Int32(($0 * 37 + 11) % en.config.vocabulary) }
+        try inputs.withUnsafeBytes {
+            try SafeTensors.write([.init(name: "inputs", dtype: .i32, shape: [2, 24], bytes: $0)], to: d + "/batch.safetensors")
+        }
+        var targets = [Int32]()
+        for b in 0..<2 { for t in 0..<24 { targets.append(t < 23 ? inputs[b * 24 + t + 1] : -100) } }
+        let swiftLoss = try en.loss(TokenBatch(batch: 2, sequence: 24, inputs: inputs, targets: targets))
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Reference/hf_loss.py").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = [script, "--checkpoint", d + "/export-en", "--batch", d + "/batch.safetensors", "--out", d + "/hf.safetensors"]
+        try p.run()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        let hfLoss = try SafeTensorsFile(path: d + "/hf.safetensors").floats("loss")[0]
+        XCTAssertEqual(swiftLoss, hfLoss, accuracy: 1e-5 * abs(hfLoss), "transformers computes the exported cluster model's loss")
+        print("transformers on the exported cluster en: loss \(hfLoss) vs FedLM \(swiftLoss)")
     }
 
     func testALateSubscriberGetsASnapshotThenEveryLaterVersionOnce() throws {
