@@ -159,24 +159,7 @@ struct BenchUpdateCommand: ParsableCommand {
         try trainer.setRoutingID(Array("bench".utf8))
         try trainer.connect(endpoints.trainers)
         var assembler = StreamAssembler(codec: codec)
-        func call(_ m: Message) throws -> Message {
-            let frames = codec.encode(m)
-            func send() throws { for part in MessageStream.split(frames) { try trainer.send(part) } }
-            try send()
-            var attempts = 0
-            while true {
-                guard let reply = try trainer.receive(timeout: 5_000) else {
-                    // Lost on the way (e.g. to the raw aggregator that just left): once more, like a trainer.
-                    attempts += 1
-                    if attempts == 12 { throw ValidationError("no reply within 60 s") }
-                    try send()
-                    continue
-                }
-                guard let decoded = try assembler.accept(reply) else { continue }  // a release streaming in
-                if case .error(let e) = decoded, e.code == .unavailable { usleep(100_000); try send(); continue }
-                return decoded
-            }
-        }
+        func call(_ m: Message) throws -> Message { try Self.call(m, on: trainer, assembler: &assembler, codec: codec) }
         _ = try call(.hello(Hello(trainerID: "bench")))
         var fetchT: [Double] = [], updateT: [Double] = [], exchangeT: [Double] = []
         for r in 0..<rounds {
@@ -190,6 +173,35 @@ struct BenchUpdateCommand: ParsableCommand {
             updateT.append(t2 - t1)
             exchangeT.append(t2 - t0)
         }
+
+        // 5. Throughput with several trainers, each keeping one update in flight (as a
+        // federation runs): transfers overlap the aggregator's work on the previous update.
+        let senders = 3, perSender = max(2, rounds / 2)
+        let failures = FailureBox()
+        let t5 = now()
+        let sending = (0..<senders).map { k in
+            Thread {
+                do {
+                    let socket = try ZMQSocket(context, .dealer)
+                    defer { socket.close() }
+                    try socket.setRoutingID(Array("bench-\(k)".utf8))
+                    try socket.connect(endpoints.trainers)
+                    var assembler = StreamAssembler(codec: codec)
+                    guard case .welcome(let w) = try Self.call(.hello(Hello(trainerID: "bench-\(k)")), on: socket, assembler: &assembler, codec: codec) else {
+                        throw ValidationError("expected WELCOME")
+                    }
+                    for r in 0..<perSender {
+                        let update = Message.update(UpdateInfo(updateID: "t\(k)-\(r)", trainerID: "bench-\(k)", baseVersion: w.latestVersion,
+                                                               tokens: 1, localSteps: 1), TensorPayload(specs: specs, values: delta))
+                        guard case .ack = try Self.call(update, on: socket, assembler: &assembler, codec: codec) else { throw ValidationError("expected an ack") }
+                    }
+                } catch { failures.set(error) }
+            }
+        }
+        sending.forEach { $0.start() }
+        while sending.contains(where: \.isExecuting) { usleep(1000) }
+        if let failure = failures.error { throw failure }
+        let pipelinedGBs = Double(senders * perSender) * bytes / (now() - t5) / 1e9
         service.stop()
         broker.stop()
         while aggregatorThread.isExecuting || brokerThread.isExecuting { usleep(1000) }
@@ -210,9 +222,40 @@ struct BenchUpdateCommand: ParsableCommand {
             throughput: update \(String(format: "%.2f", e2eGBs)) GB/s vs raw libzmq \(String(format: "%.2f", rawGBs)) GB/s = \(String(format: "%.0f%%", 100 * e2eGBs / rawGBs))   (target >= 80%)
               (raw libzmq, one hop, 1 MiB messages; as one multipart message of 1 MiB frames: \(String(format: "%.2f", rawMultipartGBs)) GB/s)
             throughput: update vs raw libzmq through the same broker \(String(format: "%.2f", rawBrokerGBs)) GB/s = \(String(format: "%.0f%%", 100 * e2eGBs / rawBrokerGBs))
+            throughput, \(senders) trainers each with one update in flight (\(senders * perSender) updates): \(String(format: "%.2f", pipelinedGBs)) GB/s = \(String(format: "%.0f%%", 100 * pipelinedGBs / rawGBs)) of raw one-hop, \(String(format: "%.0f%%", 100 * pipelinedGBs / rawBrokerGBs)) of raw through the broker
             application: \(String(format: "%.1f", strategyGBs)) GB/s of updates applied vs single-thread copy \(String(format: "%.1f", copyGBs)) GB/s = \(String(format: "%.0f%%", 100 * strategyGBs / copyGBs))   (target >= 50%)
             """)
     }
 }
 
 final class StopBox: @unchecked Sendable { var stop = false }
+
+final class FailureBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var first: Error?
+    var error: Error? { lock.lock(); defer { lock.unlock() }; return first }
+    func set(_ e: Error) { lock.lock(); if first == nil { first = e }; lock.unlock() }
+}
+
+extension BenchUpdateCommand {
+    /// Sends `m` (streamed) like a trainer and returns the reply, resending after silence or
+    /// while the aggregator is not connected yet.
+    static func call(_ m: Message, on socket: ZMQSocket, assembler: inout StreamAssembler, codec: WireCodec) throws -> Message {
+        let frames = codec.encode(m)
+        func send() throws { for part in MessageStream.split(frames) { try socket.send(part) } }
+        try send()
+        var attempts = 0
+        while true {
+            guard let reply = try socket.receive(timeout: 5_000) else {
+                // Lost on the way (e.g. to the raw aggregator that just left): once more, like a trainer.
+                attempts += 1
+                if attempts == 12 { throw ValidationError("no reply within 60 s") }
+                try send()
+                continue
+            }
+            guard let decoded = try assembler.accept(reply) else { continue }  // a release streaming in
+            if case .error(let e) = decoded, e.code == .unavailable { usleep(100_000); try send(); continue }
+            return decoded
+        }
+    }
+}
