@@ -52,7 +52,7 @@ let package = Package(
                 swiftSettings: optimize),
         // A small Swift layer over libzmq: sockets, options, multipart messages, poller, relay.
         .target(name: "FedLMZeroMQ", dependencies: ["CZeroMQ"]),
-        // Wire protocol v1: messages, codec, tensor chunks with CRC-32C, validation (no I/O).
+        // Wire protocol v2: messages, codec, streams of tensor chunks with CRC-32C, validation (no I/O).
         .target(name: "FedLMProtocol", dependencies: ["CFedLMRuntime"], exclude: ["PROTOCOL.md"]),
         // The aggregator's SQLite ledger (WAL): trainers, updates, versions, metrics.
         .target(name: "FedLMLedger", dependencies: ["CSQLite"]),

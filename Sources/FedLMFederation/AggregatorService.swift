@@ -84,13 +84,14 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
             let tPoll = Date().timeIntervalSince1970
             guard try dealer.poll(timeout: 100) else { continue }
             let tReady = Date().timeIntervalSince1970
-            guard let message = try dealer.receive(timeout: 0), message.count >= 2 else { continue }
+            // Frames stay in libzmq's buffers: a tensor chunk is checked and copied into place from there.
+            guard let message = try dealer.receiveInPlace(timeout: 0), message.count >= 2 else { continue }
             let tReceived = Date().timeIntervalSince1970
-            let peer = message[0]
+            let peer = Array(message.frame(0))
             let peerName = String(decoding: peer, as: UTF8.self)
             let decoded: Message
             do {
-                guard let complete = try transfers.accept(Array(message[1...]), from: peerName, now: tReceived) else {
+                guard let complete = try transfers.accept(buffers: Array(message.frames.dropFirst()), from: peerName, now: tReceived) else {
                     if streamStarted[peerName] == nil { streamStarted[peerName] = tReady }
                     continue
                 }

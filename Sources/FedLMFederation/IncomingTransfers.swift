@@ -18,11 +18,20 @@ struct IncomingTransfers {
 
     /// Takes one message from `peer`; returns the message it completes, if any.
     mutating func accept(_ frames: [[UInt8]], from peer: String, now: Double) throws -> Message? {
+        try accept(from: peer, now: now) { try $0.accept(frames) }
+    }
+
+    /// Takes one message from `peer` whose frames are still in the receive buffers.
+    mutating func accept(buffers: [UnsafeRawBufferPointer], from peer: String, now: Double) throws -> Message? {
+        try accept(from: peer, now: now) { try $0.accept(buffers: buffers) }
+    }
+
+    private mutating func accept(from peer: String, now: Double, feed: (inout StreamAssembler) throws -> Message?) throws -> Message? {
         let wasInProgress = assemblers[peer]?.inProgress ?? false
         let others = inProgress - (wasInProgress ? 1 : 0)
         // Mutated in place: a copy of the assembler would share, and then copy, its buffer.
         let message: Message?
-        do { message = try assemblers[peer, default: StreamAssembler(codec: codec)].accept(frames) } catch {
+        do { message = try feed(&assemblers[peer, default: StreamAssembler(codec: codec)]) } catch {
             forgetIfIdle(peer, now: now)
             throw error
         }

@@ -5,12 +5,12 @@ extension ZMQSocket {
     /// Sends an encoded message on a point-to-point socket in its streamed form
     /// (`MessageStream`): a tensor message goes out as its head and one message per chunk, each
     /// preceded by `prefix` (routing frames: a ROUTER's or the aggregator's peer id).
-    func sendStreamed(_ frames: [[UInt8]], prefix: [[UInt8]] = []) throws {
+    public func sendStreamed(_ frames: [[UInt8]], prefix: [[UInt8]] = []) throws {
         for message in MessageStream.split(frames) { try send(prefix + message) }
     }
 
     /// Streams an encoded tensor message held in `shared` without copying its chunks.
-    func sendStreamed(_ shared: SharedFrames, prefix: [[UInt8]] = []) throws {
+    public func sendStreamed(_ shared: SharedFrames, prefix: [[UInt8]] = []) throws {
         guard shared.count > 3 else { try send(prefix + shared.frames); return }
         try send(prefix + Array(shared.frames[0..<3]))
         let count = shared.count - 3

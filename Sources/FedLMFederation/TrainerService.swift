@@ -113,14 +113,16 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         var assembler = StreamAssembler(codec: codec)
         /// Sends `frames` and waits for a reply that `accept` takes; resends every `retry` seconds
         /// (a release still streaming in counts as an answer in progress).
-        func request(_ frames: [[UInt8]], retry: Double = 5, accept: (Message) throws -> Bool) throws -> Bool {
+        func request(_ encoded: [[UInt8]], retry: Double = 5, accept: (Message) throws -> Bool) throws -> Bool {
+            // Held once and sent without copying its chunks, however often it is resent.
+            let frames = SharedFrames(encoded)
             try socket.sendStreamed(frames)
             var sentAt = Date().timeIntervalSince1970
             while !stopFlag.isSet {
                 let now = Date().timeIntervalSince1970
-                if let reply = try socket.receive(timeout: 100) {
+                if let reply = try socket.receiveInPlace(timeout: 100) {
                     let message: Message?
-                    do { message = try assembler.accept(reply) } catch {
+                    do { message = try assembler.accept(buffers: reply.frames) } catch {
                         logger.warning("\(o.id): undecodable reply: \(error)")
                         continue
                     }

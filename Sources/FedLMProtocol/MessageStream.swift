@@ -87,7 +87,23 @@ public struct StreamAssembler: Sendable {
         return try codec.decode(frames)
     }
 
+    /// Takes one received message whose frames are still in the receive buffers: a CHUNK's
+    /// tensor bytes are checked and copied into place from there, without an intermediate copy.
+    public mutating func accept(buffers: [UnsafeRawBufferPointer]) throws -> Message? {
+        guard buffers.count == 4, buffers[1].count == 1, buffers[1][0] == MessageType.chunk.rawValue else {
+            return try accept(buffers.map { Array($0) })
+        }
+        return try acceptChunk(Array(buffers[0...2].map { Array($0) }), data: buffers[3])
+    }
+
     private mutating func acceptChunk(_ frames: [[UInt8]]) throws -> Message? {
+        guard frames.count == 4 else { return try acceptChunk(frames, data: nil) }
+        return try frames[3].withUnsafeBytes { try acceptChunk(Array(frames[0...2]), data: $0) }
+    }
+
+    /// A CHUNK: `frames` are its marker, type and position (and any unexpected extra frames when
+    /// `data` is nil), `data` its tensor bytes.
+    private mutating func acceptChunk(_ frames: [[UInt8]], data: UnsafeRawBufferPointer?) throws -> Message? {
         try codec.checkMarker(frames)
         guard let head, var receiver else {
             // The rest of a stream already refused, or one whose head this peer never saw (it
@@ -100,8 +116,9 @@ public struct StreamAssembler: Sendable {
             reset()
             return ProtocolError(code, detail, update: update)
         }
-        guard frames.count == 4, frames[2].count == 8 else {
-            throw fail(.malformed, "a CHUNK has \(frames.count) frames and a \(frames[2].count)-byte position (expected 4 frames, 8 bytes)")
+        guard let data, frames.count == 3, frames[2].count == 8 else {
+            let count = frames.count + (data == nil ? 0 : 1)
+            throw fail(.malformed, "a CHUNK has \(count) frames and a \(frames[2].count)-byte position (expected 4 frames, 8 bytes)")
         }
         let (index, count) = frames[2].withUnsafeBytes {
             (Int(UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self))),
@@ -111,7 +128,7 @@ public struct StreamAssembler: Sendable {
             throw fail(.malformed, "CHUNK \(index) of \(count) arrived; expected chunk \(receiver.received) of \(receiver.chunkCount) (lost or reordered)")
         }
         self.receiver = nil  // keeps the values uniquely referenced while `add` writes into them
-        do { try receiver.add(frames[3]) } catch let e as ProtocolError { throw fail(e.code, e.detail) }
+        do { try receiver.add(data) } catch let e as ProtocolError { throw fail(e.code, e.detail) }
         guard receiver.received == receiver.chunkCount else {
             self.receiver = receiver
             return nil

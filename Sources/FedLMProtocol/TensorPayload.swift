@@ -113,6 +113,11 @@ public struct TensorPayload: Equatable, Sendable {
 
         /// Takes chunk `received` (chunks come in order).
         mutating func add(_ frame: [UInt8], checksumVerified: Bool = false) throws {
+            try frame.withUnsafeBytes { try add($0, checksumVerified: checksumVerified) }
+        }
+
+        /// Takes chunk `received` from wherever its bytes are (e.g. libzmq's receive buffer).
+        mutating func add(_ frame: UnsafeRawBufferPointer, checksumVerified: Bool = false) throws {
             let i = received
             let offset = i * (layout.chunkBytes / 4)
             let expectedSize = min(layout.chunkBytes, (total - offset) * 4)
@@ -120,7 +125,7 @@ public struct TensorPayload: Equatable, Sendable {
                 throw ProtocolError(.malformed, "chunk \(i) has \(frame.count) bytes, expected \(expectedSize)")
             }
             if !checksumVerified {
-                let crc = frame.withUnsafeBytes { fedlm_crc32c(0, $0.baseAddress, frame.count) }
+                let crc = fedlm_crc32c(0, frame.baseAddress, frame.count)
                 guard crc == layout.chunkCRC32C[i] else {
                     throw ProtocolError(.badChecksum, "chunk \(i) has CRC-32C \(crc), the header says \(layout.chunkCRC32C[i])")
                 }
@@ -128,7 +133,7 @@ public struct TensorPayload: Equatable, Sendable {
             let n = frame.count / 4
             values.withUnsafeMutableBufferPointer { out in
                 let chunk = UnsafeMutableBufferPointer(rebasing: out[offset..<(offset + n)])
-                frame.withUnsafeBytes { UnsafeMutableRawBufferPointer(chunk).copyMemory(from: $0) }
+                UnsafeMutableRawBufferPointer(chunk).copyMemory(from: frame)
                 if firstNonFinite == nil, let bad = TensorPayload.firstNonFinite(UnsafeBufferPointer(chunk)) { firstNonFinite = offset + bad }
             }
             received += 1

@@ -37,6 +37,28 @@ final class MessageStreamTests: XCTestCase {
         XCTAssertEqual(try feed(MessageStream.split(codec.encode(hello)) + stream, into: &assembler), [hello, update])
     }
 
+    /// Frames handed over in place (as `receiveInPlace` gives them) assemble to the same message,
+    /// and a corrupt chunk is refused the same way.
+    func testBuffersInPlaceAssembleLikeCopiedFrames() throws {
+        func feedInPlace(_ messages: [[[UInt8]]], into assembler: inout StreamAssembler) throws -> [Message] {
+            var out: [Message] = []
+            for m in messages {
+                let buffers = m.map { frame in UnsafeRawBufferPointer(start: frame.withUnsafeBytes { $0.baseAddress }, count: frame.count) }
+                if let done = try withExtendedLifetime(m, { try assembler.accept(buffers: buffers) }) { out.append(done) }
+            }
+            return out
+        }
+        var assembler = StreamAssembler(codec: codec)
+        let hello = Message.hello(Hello(trainerID: "t-1"))
+        XCTAssertEqual(try feedInPlace(stream + MessageStream.split(codec.encode(hello)), into: &assembler), [update, hello])
+        var broken = stream
+        broken[2][3][5] ^= 0x10
+        XCTAssertThrowsError(try feedInPlace(broken, into: &assembler)) { XCTAssertEqual(($0 as? ProtocolError)?.code, .badChecksum) }
+        var short = stream
+        short[1].removeLast()
+        XCTAssertThrowsError(try feedInPlace(short, into: &assembler)) { XCTAssertTrue("\($0)".contains("expected 4 frames"), "\($0)") }
+    }
+
     func testALostChunkIsNamedAndTheRestOfThatStreamIsDropped() throws {
         var assembler = StreamAssembler(codec: codec)
         var s = stream

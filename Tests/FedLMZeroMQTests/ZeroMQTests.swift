@@ -29,6 +29,23 @@ final class ZeroMQTests: XCTestCase {
         }
     }
 
+    /// A message received in place: small frames (held inside libzmq's message structs), empty
+    /// ones and large ones, more than the initial eight slots, all read back intact.
+    func testReceivedInPlaceFramesMatchWhatWasSent() throws {
+        let pull = try ZMQSocket(context, .dealer)
+        try pull.bind("tcp://127.0.0.1:*")
+        let push = try ZMQSocket(context, .dealer)
+        try push.connect(pull.lastEndpoint)
+        let frames: [[UInt8]] = (0..<19).map { i in
+            i == 4 ? [] : (0..<(i % 3 == 0 ? 100_000 + i : i + 1)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ i) }
+        }
+        try push.send(frames)
+        let message = try XCTUnwrap(try pull.receiveInPlace(timeout: 5000))
+        XCTAssertEqual(message.count, frames.count)
+        XCTAssertEqual(message.frames.map { Array($0) }, frames)
+        XCTAssertNil(try pull.receiveInPlace(timeout: 10))
+    }
+
     func testReceiveTimesOutWithNil() throws {
         let pull = try ZMQSocket(context, .pull)
         try pull.bind("tcp://127.0.0.1:*")

@@ -241,19 +241,19 @@ extension BenchUpdateCommand {
     /// Sends `m` (streamed) like a trainer and returns the reply, resending after silence or
     /// while the aggregator is not connected yet.
     static func call(_ m: Message, on socket: ZMQSocket, assembler: inout StreamAssembler, codec: WireCodec) throws -> Message {
-        let frames = codec.encode(m)
-        func send() throws { for part in MessageStream.split(frames) { try socket.send(part) } }
+        let frames = SharedFrames(codec.encode(m))
+        func send() throws { try socket.sendStreamed(frames) }
         try send()
         var attempts = 0
         while true {
-            guard let reply = try socket.receive(timeout: 5_000) else {
+            guard let reply = try socket.receiveInPlace(timeout: 5_000) else {
                 // Lost on the way (e.g. to the raw aggregator that just left): once more, like a trainer.
                 attempts += 1
                 if attempts == 12 { throw ValidationError("no reply within 60 s") }
                 try send()
                 continue
             }
-            guard let decoded = try assembler.accept(reply) else { continue }  // a release streaming in
+            guard let decoded = try assembler.accept(buffers: reply.frames) else { continue }  // a release streaming in
             if case .error(let e) = decoded, e.code == .unavailable { usleep(100_000); try send(); continue }
             return decoded
         }

@@ -1,0 +1,76 @@
+import CZeroMQ
+
+/// One received multipart message whose frames stay in libzmq's buffers: reading a frame does
+/// not copy it (a 1 MiB tensor chunk is checked and copied into place straight from where libzmq
+/// received it). The buffers are released when the message is.
+public final class ReceivedMessage {
+    private var messages: UnsafeMutablePointer<zmq_msg_t>
+    private var capacity: Int
+    public private(set) var count = 0
+
+    init() {
+        capacity = 8
+        messages = .allocate(capacity: capacity)
+    }
+
+    deinit {
+        for i in 0..<count { zmq_msg_close(messages + i) }
+        messages.deallocate()
+    }
+
+    /// A fresh message slot at the end. Slots are never copied bytewise: a small frame's bytes
+    /// live inside its zmq_msg_t, so growing moves each with zmq_msg_move.
+    fileprivate func appendSlot() -> UnsafeMutablePointer<zmq_msg_t> {
+        if count == capacity {
+            let grown = UnsafeMutablePointer<zmq_msg_t>.allocate(capacity: capacity * 2)
+            for i in 0..<count {
+                zmq_msg_init(grown + i)
+                zmq_msg_move(grown + i, messages + i)
+                zmq_msg_close(messages + i)
+            }
+            messages.deallocate()
+            messages = grown
+            capacity *= 2
+        }
+        zmq_msg_init(messages + count)
+        count += 1
+        return messages + count - 1
+    }
+
+    fileprivate func dropLastSlot() {
+        count -= 1
+        zmq_msg_close(messages + count)
+    }
+
+    /// Frame `i` in place (valid while this message lives).
+    public func frame(_ i: Int) -> UnsafeRawBufferPointer {
+        precondition(i >= 0 && i < count, "frame \(i) of \(count)")
+        let size = zmq_msg_size(messages + i)
+        return UnsafeRawBufferPointer(start: size == 0 ? nil : zmq_msg_data(messages + i), count: size)
+    }
+
+    /// Every frame in place (valid while this message lives).
+    public var frames: [UnsafeRawBufferPointer] { (0..<count).map(frame) }
+}
+
+extension ZMQSocket {
+    /// Receives one multipart message without copying its frames, waiting at most `timeout` ms
+    /// (-1: forever); nil on timeout.
+    public func receiveInPlace(timeout: Int32 = -1) throws -> ReceivedMessage? {
+        if timeout >= 0 {
+            guard try poll(timeout: timeout) else { return nil }
+        }
+        let message = ReceivedMessage()
+        while true {
+            let slot = message.appendSlot()
+            if zmq_msg_recv(slot, handle, 0) < 0 {
+                let error = ZMQError.last("receive")
+                message.dropLastSlot()
+                if error.code == EINTR { continue }
+                throw error
+            }
+            if zmq_msg_more(slot) == 0 { break }
+        }
+        return message
+    }
+}
