@@ -9,26 +9,10 @@ import XCTest
 final class FederationTests: XCTestCase {
     func testFederationLearnsAndSurvivesKilledTrainerAndAggregator() throws {
         let trainerBlock = { (name: String, clusters: String) in
-            """
-
-            [[trainer]]
-            name = "\(name)"
-            clusters = [\(clusters)]
-            local_steps = 5
-            tokens = 16000
-            ack_timeout = 3.0
-            """
+            SmallFederation.trainer(name, "clusters = [\(clusters)]", "local_steps = 5", "tokens = 16000", "ack_timeout = 3.0")
         }
-        let f = try SmallFederation("""
-            [aggregation]
-            mode = "fedbuff"
-            buffer_size = 2
-            server_optimizer = "sgd"
-            server_learning_rate = 1.0
-            max_staleness = 10
-            checkpoint_every = 3
-            evaluate_every = 2
-            """ + trainerBlock("t1", "\"en\"") + trainerBlock("t2", "\"de\"") + trainerBlock("t3", "\"en\", \"de\""),
+        let f = try SmallFederation(SmallFederation.fedbuff("max_staleness = 10", "checkpoint_every = 3", "evaluate_every = 2")
+                                    + trainerBlock("t1", "\"en\"") + trainerBlock("t2", "\"de\"") + trainerBlock("t3", "\"en\", \"de\""),
             twoClusters: true)
         defer { f.scratch.remove() }
         let broker = try f.start("broker")
@@ -105,27 +89,9 @@ final class FederationTests: XCTestCase {
     /// random, during one run. After each restart nothing acknowledged is lost, nothing is applied
     /// twice, versions stay monotonic, and training keeps going.
     func testRepeatedAggregatorKillsAndTrainerChurnLoseNothing() throws {
-        let trainerBlock = { (name: String) in
-            """
-
-            [[trainer]]
-            name = "\(name)"
-            local_steps = 3
-            tokens = 9000
-            ack_timeout = 2.0
-            """
-        }
-        let f = try SmallFederation("""
-            [aggregation]
-            mode = "fedbuff"
-            buffer_size = 2
-            server_optimizer = "sgd"
-            server_learning_rate = 1.0
-            max_staleness = 50
-            checkpoint_every = 2
-            evaluate_every = 4
-            durability = "process"
-            """ + ["a", "b", "c", "d"].map(trainerBlock).joined())
+        let trainerBlock = { (name: String) in SmallFederation.trainer(name, "local_steps = 3", "tokens = 9000", "ack_timeout = 2.0") }
+        let f = try SmallFederation(SmallFederation.fedbuff("max_staleness = 50", "checkpoint_every = 2", "evaluate_every = 4", "durability = \"process\"")
+                                    + ["a", "b", "c", "d"].map(trainerBlock).joined())
         defer { f.scratch.remove() }
         let broker = try f.start("broker")
         var aggregator = try f.start("aggregator", ["--threads", "1"])
@@ -273,15 +239,7 @@ final class FederationTests: XCTestCase {
     /// for the next version instead of training on the same one again. Every round of a trainer
     /// starts from a newer version than its previous round, unless it logged that the wait ran out.
     func testTrainersWaitBrieflyForAFreshVersionAfterABufferedUpdate() throws {
-        let trainer = { (name: String) in
-            """
-            [[trainer]]
-            name = "\(name)"
-            local_steps = 4
-            tokens = 2500
-            fresh_base_wait = 5.0
-            """
-        }
+        let trainer = { (name: String) in SmallFederation.trainer(name, "local_steps = 4", "tokens = 2500", "fresh_base_wait = 5.0") }
         let f = try SmallFederation("""
             [aggregation]
             mode = "fedbuff"
@@ -325,26 +283,10 @@ final class FederationTests: XCTestCase {
     /// computes the same loss.
     func testClusterCommandsListCreateAndExportEachClustersModel() throws {
         let trainerBlock = { (name: String, cluster: String) in
-            """
-
-            [[trainer]]
-            name = "\(name)"
-            clusters = ["\(cluster)"]
-            cluster = "\(cluster)"
-            local_steps = 3
-            tokens = 6000
-            """
+            SmallFederation.trainer(name, "clusters = [\"\(cluster)\"]", "cluster = \"\(cluster)\"", "local_steps = 3", "tokens = 6000")
         }
-        let f = try SmallFederation("""
-            [aggregation]
-            mode = "fedbuff"
-            buffer_size = 2
-            server_optimizer = "sgd"
-            server_learning_rate = 1.0
-            checkpoint_every = 2
-            [clusters]
-            names = ["en", "de"]
-            """ + trainerBlock("t-en", "en") + trainerBlock("t-de", "de"),
+        let f = try SmallFederation(SmallFederation.fedbuff("checkpoint_every = 2", "[clusters]", "names = [\"en\", \"de\"]")
+                                    + trainerBlock("t-en", "en") + trainerBlock("t-de", "de"),
             twoClusters: true)
         defer { f.scratch.remove() }
         let broker = try f.start("broker")
@@ -454,23 +396,8 @@ final class FederationTests: XCTestCase {
     }
 
     func testTrainersCarryOnThroughABrokerRestartWithoutLosingUpdates() throws {
-        let trainer = { (name: String) in
-            """
-            [[trainer]]
-            name = "\(name)"
-            local_steps = 3
-            tokens = 6000
-            ack_timeout = 2.0
-            """
-        }
-        let f = try SmallFederation("""
-            [aggregation]
-            mode = "fedbuff"
-            buffer_size = 2
-            server_optimizer = "sgd"
-            server_learning_rate = 1.0
-            max_staleness = 50
-            """ + "\n" + trainer("a") + "\n" + trainer("b"))
+        let trainer = { (name: String) in SmallFederation.trainer(name, "local_steps = 3", "tokens = 6000", "ack_timeout = 2.0") }
+        let f = try SmallFederation(SmallFederation.fedbuff("max_staleness = 50") + trainer("a") + trainer("b"))
         defer { f.scratch.remove() }
         var broker = try f.start("broker")
         let aggregator = try f.start("aggregator", ["--threads", "1"])
@@ -592,6 +519,18 @@ struct SmallFederation {
             releases = "tcp://127.0.0.1:\(port + 3)"
             \(body)
             """.write(toFile: topology, atomically: true, encoding: .utf8)
+    }
+
+    /// An `[aggregation]` table: FedBuff with K = 2 and plain SGD at rate 1 as the outer step,
+    /// then further keys, one TOML line each.
+    static func fedbuff(_ keys: String...) -> String {
+        "[aggregation]\nmode = \"fedbuff\"\nbuffer_size = 2\nserver_optimizer = \"sgd\"\nserver_learning_rate = 1.0\n"
+            + keys.map { $0 + "\n" }.joined()
+    }
+
+    /// A `[[trainer]]` entry of a topology: its name and further keys, one TOML line each.
+    static func trainer(_ name: String, _ keys: String...) -> String {
+        "\n[[trainer]]\nname = \"\(name)\"\n" + keys.map { $0 + "\n" }.joined()
     }
 
     func start(_ role: String, _ extra: [String] = []) throws -> FedLMProcess {
