@@ -33,8 +33,10 @@ public enum SafeTensors {
     /// Largest header this reader accepts (the reference implementation's limit).
     public static let maximumHeaderBytes = 100_000_000
 
-    /// Writes the tensors, in the order given, to `path` atomically (and durably unless `sync` is false).
-    public static func write(_ tensors: [Source], metadata: [String: String] = [:], to path: String, sync: Bool = true) throws {
+    /// Writes the tensors, in the order given, to `path` atomically (and durably unless `sync` is
+    /// false); `reusing`: a file no longer needed, overwritten in place (`AtomicFile.write`).
+    public static func write(_ tensors: [Source], metadata: [String: String] = [:], to path: String, sync: Bool = true,
+                             reusing: String? = nil) throws {
         var header = "{"
         var offset = 0
         var first = true
@@ -62,7 +64,7 @@ public enum SafeTensors {
         // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
         var headerBytes = Array(header.utf8)
         while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
-        try AtomicFile.write(to: path, sync: sync) { sink in
+        try AtomicFile.write(to: path, sync: sync, reusing: reusing) { sink in
             var length = UInt64(headerBytes.count).littleEndian
             try withUnsafeBytes(of: &length) { try sink.write($0) }
             try sink.write(headerBytes)

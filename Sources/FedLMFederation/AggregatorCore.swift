@@ -45,7 +45,8 @@ public final class AggregatorCore {
     static let traceTiming = ProcessInfo.processInfo.environment["FEDLM_TRACE_TIMING"] == "1"
 
     var checkpointsDirectory: String { runDirectory + "/checkpoints" }
-    var deltasDirectory: String { runDirectory + "/deltas" }
+    /// The accepted updates' pseudo-gradients, kept for replay until a checkpoint covers them.
+    private var deltas: DeltaFiles
 
     /// Opens a run directory: restores it if it has a ledger with versions, else starts from
     /// `initialModel` as version 0 (checkpointed at once).
@@ -56,7 +57,10 @@ public final class AggregatorCore {
         self.log = log
         let fm = FileManager.default
         try fm.createDirectory(atPath: runDirectory + "/checkpoints", withIntermediateDirectories: true)
-        try fm.createDirectory(atPath: runDirectory + "/deltas", withIntermediateDirectories: true)
+        // Spares for about one checkpoint interval's updates: what each checkpoint retires.
+        let perVersion = config.mode == .fedbuff ? config.bufferSize : (config.mode == .sync ? config.participants : 1)
+        deltas = try DeltaFiles(directory: runDirectory + "/deltas",
+                                maximumSpares: min(64, max(4, perVersion * (config.mode == .fedasync ? 1 : max(1, config.checkpointEvery)))))
         ledger = try Ledger(path: runDirectory + "/ledger.sqlite", durable: config.durability == .machine)
         // Newest checkpoint first; if it (or the replay after it) fails, the one before.
         var restored: Restored?
@@ -96,6 +100,9 @@ public final class AggregatorCore {
         // bad one is replaced and the next fallback has a good checkpoint to land on.
         if restored == nil || fellBack || (heads.map { Set($0.names) != restoredClusters } ?? false) { try checkpoint() }
         rememberVersion()
+        // Files the ledger no longer refers to (spares, or retired or half-written when the
+        // process died) become spares.
+        try deltas.sweep(keeping: ledger.referencedDeltaPaths())
     }
 
     static func makeHeads(_ clusters: ClusterConfig, config: AggregationConfig, model: GPT2Model) throws -> PersonalizedHeads {
@@ -262,16 +269,14 @@ public final class AggregatorCore {
                                   staleness: staleness, norm: norm)
             }
         }
-        let deltaPath = deltasDirectory + "/\(Self.safeName(info.updateID)).safetensors"
-        try SafeTensors.write([.init(name: "delta", dtype: .f32, shape: [delta.count],
-                                     bytes: UnsafeRawBufferPointer(start: delta.pointer, count: delta.count * 4))], to: deltaPath,
-                              sync: config.durability == .machine)
+        let deltaPath = try deltas.write(UnsafeBufferPointer(start: delta.pointer, count: delta.count), updateID: info.updateID,
+                                         sync: config.durability == .machine)
         mark("write delta")
         let decision = strategy.receive(Contribution(delta: delta, base: recentVersions[info.baseVersion], staleness: staleness,
                                                      dataWeight: Double(max(info.tokens, 1)), trainer: info.trainerID),
                                         model: model.parameters)
         if case .refused(let why) = decision {
-            try? FileManager.default.removeItem(atPath: deltaPath)
+            deltas.retire([deltaPath])
             return try refuse(ProtocolError(.tooStale, why), staleness: staleness)
         }
         if decision == .applied { version += 1 }
@@ -358,7 +363,7 @@ public final class AggregatorCore {
         let sha = try Checkpoint.sha256(ofFile: dir + "/" + Checkpoint.modelFile)
         let covered = try ledger.recordVersion(.init(number: version, checkpointPath: dir, sha256: sha, lastUpdateSeq: lastSeq,
                                                      createdAt: Date().timeIntervalSince1970))
-        for path in covered { try? FileManager.default.removeItem(atPath: path) }
+        deltas.retire(covered)
         lastCheckpointedVersion = version
     }
 
@@ -426,10 +431,6 @@ public final class AggregatorCore {
         copy.copy(from: model.parameters)
         recentVersions[version] = copy
         for v in recentVersions.keys where v < version - config.maxStaleness { recentVersions[v] = nil }
-    }
-
-    static func safeName(_ id: String) -> String {
-        String(id.unicodeScalars.map { CharacterSet.alphanumerics.contains($0) || $0 == "-" || $0 == "_" ? Character($0) : "_" })
     }
 }
 

@@ -203,6 +203,11 @@ public final class Ledger {
         }
     }
 
+    /// The pseudo-gradient files a restart may still need for replay.
+    public func referencedDeltaPaths() throws -> Set<String> {
+        Set(try database.query("SELECT delta_path FROM updates WHERE delta_path IS NOT NULL").compactMap { $0[0].string })
+    }
+
     /// Checkpointed versions, newest first.
     public func versions() throws -> [VersionRecord] {
         try database.query("SELECT number, checkpoint_path, sha256, last_update_seq, created_at FROM versions ORDER BY number DESC")

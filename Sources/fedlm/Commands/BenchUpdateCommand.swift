@@ -87,6 +87,7 @@ struct BenchUpdateCommand: ParsableCommand {
         aggregation.durability = mode
         let core = try AggregatorCore(runDirectory: directory + "/parts", config: aggregation, initialModel: try GPT2Model(config: config, seed: 1))
         _ = try core.handle(.hello(Hello(trainerID: "bench")), from: "bench")
+        let coldT = try Self.warmUp(core, updates: rounds, specs: specs, delta: delta)
         var encodeT: [Double] = [], decodeT: [Double] = [], applyT: [Double] = [], strategyT: [Double] = []
         for r in 0..<rounds {
             let message = Message.update(UpdateInfo(updateID: "p\(r)", trainerID: "bench", baseVersion: core.version, tokens: 1, localSteps: 1),
@@ -115,10 +116,11 @@ struct BenchUpdateCommand: ParsableCommand {
         // 4. The full exchange through a real broker and aggregator.
         let endpoints = BrokerEndpoints.loopback()
         let broker = BrokerService(endpoints: endpoints)
-        let service = AggregatorService(
-            core: try AggregatorCore(runDirectory: directory + "/e2e", config: aggregation, initialModel: try GPT2Model(config: config, seed: 1),
-                                     log: { print($0) }),
-            endpoints: endpoints)
+        let e2eCore = try AggregatorCore(runDirectory: directory + "/e2e", config: aggregation, initialModel: try GPT2Model(config: config, seed: 1),
+                                         log: { print($0) })
+        let senders = 3, perSender = max(2, rounds / 2)
+        _ = try Self.warmUp(e2eCore, updates: rounds + senders * perSender, specs: specs, delta: delta)
+        let service = AggregatorService(core: e2eCore, endpoints: endpoints)
         let brokerThread = Thread { try? broker.runBlocking() }
         brokerThread.start()
 
@@ -176,11 +178,13 @@ struct BenchUpdateCommand: ParsableCommand {
 
         // 5. Throughput with several trainers, each keeping one update in flight (as a
         // federation runs): transfers overlap the aggregator's work on the previous update.
-        let senders = 3, perSender = max(2, rounds / 2)
         let failures = FailureBox()
+        let finished = DispatchGroup()
         let t5 = now()
         let sending = (0..<senders).map { k in
-            Thread {
+            finished.enter()
+            return Thread {
+                defer { finished.leave() }
                 do {
                     let socket = try ZMQSocket(context, .dealer)
                     defer { socket.close() }
@@ -199,7 +203,7 @@ struct BenchUpdateCommand: ParsableCommand {
             }
         }
         sending.forEach { $0.start() }
-        while sending.contains(where: \.isExecuting) { usleep(1000) }
+        finished.wait()
         if let failure = failures.error { throw failure }
         let pipelinedGBs = Double(senders * perSender) * bytes / (now() - t5) / 1e9
         service.stop()
@@ -215,6 +219,7 @@ struct BenchUpdateCommand: ParsableCommand {
               transfer through broker + validation on arrival (remainder) \(String(format: "%7.1f ms", 1000 * transfer))
                 validation alone (CRC, sizes, finite values, one piece)  \(ms(decodeT))
               aggregator: apply + persist (delta file fsync, ledger)     \(ms(applyT))
+                the same into fresh pages (the first updates after a start) \(ms(coldT))
                 of which the strategy's arithmetic                       \(ms(strategyT))
             update (send -> ack), end to end                             \(ms(updateT))
             fetch release                                                \(ms(fetchT))
@@ -238,6 +243,25 @@ final class FailureBox: @unchecked Sendable {
 }
 
 extension BenchUpdateCommand {
+    /// Brings `core` to a running aggregator's steady state, where each update overwrites the
+    /// file of one a checkpoint retired: `updates` updates (their apply + persist times, into
+    /// fresh page-cache pages, are returned), a checkpoint, one more update and a checkpoint, which
+    /// retires the first ones as spares.
+    static func warmUp(_ core: AggregatorCore, updates: Int, specs: [TensorSpec], delta: [Float]) throws -> [Double] {
+        _ = try core.handle(.hello(Hello(trainerID: "warm-up")), from: "warm-up")
+        func update(_ i: Int) throws -> Double {
+            let t0 = now()
+            _ = try core.handle(.update(UpdateInfo(updateID: "warm-\(i)", trainerID: "warm-up", baseVersion: core.version, tokens: 1, localSteps: 1),
+                                        TensorPayload(specs: specs, values: delta)), from: "warm-up")
+            return now() - t0
+        }
+        let times = try (0..<updates).map(update)
+        try core.checkpoint()
+        _ = try update(updates)
+        try core.checkpoint()
+        return times
+    }
+
     /// Sends `m` (streamed) like a trainer and returns the reply, resending after silence or
     /// while the aggregator is not connected yet.
     static func call(_ m: Message, on socket: ZMQSocket, assembler: inout StreamAssembler, codec: WireCodec) throws -> Message {
