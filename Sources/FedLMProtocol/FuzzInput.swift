@@ -58,7 +58,32 @@ public enum FuzzInput {
         var codec = WireCodec()
         codec.maxValues = 1 << 16
         codec.chunkBytes = 64
-        var assembler = StreamAssembler(codec: codec)
-        for m in messages(bytes) { _ = try? assembler.accept(m) }
+        // Frames copied (as tests and tools pass them) and in place (as the aggregator and
+        // trainers receive them) must give the same outcome for every message.
+        var copied = StreamAssembler(codec: codec), inPlace = StreamAssembler(codec: codec)
+        for m in messages(bytes) {
+            let a = Result { try copied.accept(m) }
+            let b = Result { try m.withBuffers { try inPlace.accept(buffers: $0) } }
+            switch (a, b) {
+            case (.success(let x), .success(let y)): precondition(x == y, "in-place assembly differs")
+            case (.failure(let x), .failure(let y)): precondition("\(x)" == "\(y)", "in-place refusal differs: \(x) vs \(y)")
+            default: preconditionFailure("in-place assembly and copied assembly disagree: \(a) vs \(b)")
+            }
+        }
+    }
+}
+
+extension Array where Element == [UInt8] {
+    /// The frames as buffers over their own storage, for the duration of `body`.
+    func withBuffers<R>(_ body: ([UnsafeRawBufferPointer]) throws -> R) throws -> R {
+        var buffers: [UnsafeRawBufferPointer] = []
+        func nest(_ i: Int) throws -> R {
+            if i == count { return try body(buffers) }
+            return try self[i].withUnsafeBytes { raw in
+                buffers.append(raw)
+                return try nest(i + 1)
+            }
+        }
+        return try nest(0)
     }
 }
