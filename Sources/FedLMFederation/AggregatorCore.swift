@@ -211,9 +211,10 @@ public final class AggregatorCore {
         return .error(ErrorReply(e, refersTo: info.updateID))
     }
 
-    /// An UPDATE whose header was readable but whose tensors the decoder refused (non-finite
-    /// values, a bad checksum, a wrong size): recorded and answered like any other refusal, so
-    /// the trainer learns which update was refused and why, and a resend gets the same answer.
+    /// An UPDATE whose header was readable but whose content the decoder refused (non-finite
+    /// values, another dtype, too many values: `ProtocolError.refusesContent`): recorded and
+    /// answered like any other refusal, so the trainer learns which update was refused and why,
+    /// and a resend gets the same answer.
     public func refuseUndecodable(_ info: UpdateInfo, _ e: ProtocolError, now: Double = Date().timeIntervalSince1970) throws -> Message {
         if let earlier = try earlierVerdict(info) { return earlier }
         return try refuse(info, e, now: now)
