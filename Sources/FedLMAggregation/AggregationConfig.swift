@@ -20,6 +20,9 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
     public var trainerTimeout = 60.0
     /// Write a checkpoint every this many versions.
     public var checkpointEvery = 1
+    /// Keep only the newest this many checkpoints (at least 2: a restart falls back to the one
+    /// before the newest if the newest is damaged); nil keeps every checkpoint.
+    public var keepCheckpoints: Int?
 
     /// What an acknowledgement guarantees. `machine`: the update is on disk (fsync) before the
     /// ack, so it survives a power cut. `process`: written through the OS cache, atomically, so it

@@ -366,6 +366,13 @@ public final class AggregatorCore {
                                                      createdAt: Date().timeIntervalSince1970))
         deltas.retire(covered)
         lastCheckpointedVersion = version
+        if let keep = config.keepCheckpoints {
+            // Forgotten in the ledger first: a crash in between leaves a directory nobody uses,
+            // never a version whose files are gone.
+            for old in try ledger.forgetVersions(keepingNewest: max(2, keep)) where old.checkpointPath != dir {
+                try? FileManager.default.removeItem(atPath: old.checkpointPath)
+            }
+        }
     }
 
     struct Restored {

@@ -32,6 +32,7 @@ import TOMLKit
 ///     participants = 4                      # sync (fewer while fewer trainers are alive)
 ///     trainer_timeout = 60.0                # seconds of silence before a trainer is forgotten
 ///     checkpoint_every = 5
+///     keep_checkpoints = 3                  # optional: delete older checkpoints (at least 2; default: keep all)
 ///     durability = "machine"                # machine (fsync before ack) | process (survives kill -9)
 ///     combination = "mean"                  # fedbuff: mean | median | trimmed_mean (robust to a minority)
 ///     trim_fraction = 0.2                   # trimmed_mean: share dropped at each end
@@ -141,7 +142,7 @@ public struct Topology: Sendable {
             let p = "aggregation."
             try allow(a, ["mode", "buffer_size", "mixing", "staleness", "staleness_exponent", "hinge_slope", "hinge_cutoff",
                           "max_staleness", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
-                          "participants", "checkpoint_every", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
+                          "participants", "checkpoint_every", "keep_checkpoints", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
                           "trainer_timeout", "combination", "trim_fraction", "max_update_norm", "norm_policy", "dp_clip", "dp_noise_multiplier",
                           "dp_delta"], p, bad)
             var c = AggregationConfig()
@@ -162,6 +163,10 @@ public struct Topology: Sendable {
             if let v = try int(a, "max_staleness", p) { guard v >= 0 else { throw bad("'aggregation.max_staleness' must be >= 0") }; c.maxStaleness = v }
             if let v = try int(a, "participants", p) { guard v >= 1 else { throw bad("'aggregation.participants' must be >= 1") }; c.participants = v }
             if let v = try int(a, "checkpoint_every", p) { guard v >= 1 else { throw bad("'aggregation.checkpoint_every' must be >= 1") }; c.checkpointEvery = v }
+            if let v = try int(a, "keep_checkpoints", p) {
+                guard v >= 2 else { throw bad("'aggregation.keep_checkpoints' must be >= 2 (a damaged newest checkpoint falls back to the one before)") }
+                c.keepCheckpoints = v
+            }
             if let v = try int(a, "evaluate_every", p) { guard v >= 1 else { throw bad("'aggregation.evaluate_every' must be >= 1") }; t.evaluateEvery = v }
             switch try string(a, "combination", p) ?? "mean" {
             case "mean": c.combination = .mean

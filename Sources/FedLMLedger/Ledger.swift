@@ -208,6 +208,15 @@ public final class Ledger {
         Set(try database.query("SELECT delta_path FROM updates WHERE delta_path IS NOT NULL").compactMap { $0[0].string })
     }
 
+    /// Forgets all but the newest `keep` checkpointed versions; returns the forgotten ones (their
+    /// directories are the caller's to delete).
+    public func forgetVersions(keepingNewest keep: Int) throws -> [VersionRecord] {
+        let old = Array(try versions().dropFirst(keep))
+        guard let newestForgotten = old.first else { return [] }
+        try database.query("DELETE FROM versions WHERE number <= ?1", [.init(newestForgotten.number)])
+        return old
+    }
+
     /// Checkpointed versions, newest first.
     public func versions() throws -> [VersionRecord] {
         try database.query("SELECT number, checkpoint_path, sha256, last_update_seq, created_at FROM versions ORDER BY number DESC")

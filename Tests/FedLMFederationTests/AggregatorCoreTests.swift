@@ -144,6 +144,36 @@ final class AggregatorCoreTests: XCTestCase {
         XCTAssertEqual(try core.ledger.updateCount(outcome: "refused"), 2)
     }
 
+    /// `keep_checkpoints`: only the newest checkpoints stay (directories and ledger rows), and a
+    /// damaged newest one still falls back to the one before with the exact model.
+    func testOnlyTheNewestCheckpointsAreKeptAndFallbackStillWorks() throws {
+        var c = config
+        c.bufferSize = 1
+        c.checkpointEvery = 1
+        c.keepCheckpoints = 2
+        func open() throws -> AggregatorCore {
+            try AggregatorCore(runDirectory: dir, config: c, initialModel: try GPT2Model(config: modelConfig, seed: 1))
+        }
+        var expected: [Float] = []
+        do {
+            let core = try open()
+            _ = try core.handle(.hello(Hello(trainerID: "t1")), from: "t1")
+            for i in 0..<6 { _ = try core.handle(update("k\(i)", base: core.version, scale: 0.01, specs: core.specs), from: "t1") }
+            XCTAssertEqual(core.version, 6)
+            expected = core.model.parameters.storage.array
+            XCTAssertEqual(try core.ledger.versions().map(\.number), [6, 5])
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir + "/checkpoints").sorted(), ["v5", "v6"])
+        // Damage the newest: the restart falls back to v5, replays the update after it, and is exact.
+        let newest = dir + "/checkpoints/v6/model.safetensors"
+        var data = try Data(contentsOf: URL(fileURLWithPath: newest))
+        data[data.count - 3] ^= 0x40
+        try data.write(to: URL(fileURLWithPath: newest))
+        let reopened = try open()
+        XCTAssertEqual(reopened.version, 6)
+        XCTAssertEqual(reopened.model.parameters.storage.array.map(\.bitPattern), expected.map(\.bitPattern))
+    }
+
     func testASyncRoundStopsWaitingForATrainerThatWentSilent() throws {
         var c = AggregationConfig()
         c.mode = .sync

@@ -70,6 +70,7 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base + "[aggregation]\nnorm_policy = \"refuse\"\n[[trainer]]\nname = \"a\"").contains("needs 'max_update_norm'"))
         XCTAssertTrue(error(base + "[aggregation]\nmode = \"fedasync\"\nmax_update_norm = 2.0\n[[trainer]]\nname = \"a\"").contains("norm_policy = \"refuse\""))
         XCTAssertTrue(error(base + "[[trainer]]\nname = \"a\"\nfresh_base_wait = -1").contains("trainer[1].fresh_base_wait"))
+        XCTAssertTrue(error(base + "[aggregation]\nkeep_checkpoints = 1\n[[trainer]]\nname = \"a\"").contains("keep_checkpoints' must be >= 2"))
         // Clusters: names checked, every trainer's cluster declared and known (or "auto").
         let clusters = base + "[clusters]\nnames = [\"en\", \"de\"]\n"
         XCTAssertTrue(error(clusters + "[[trainer]]\nname = \"a\"\ncluster = \"fr\"").contains("'trainer[1].cluster' is 'fr', not one of en, de"))
