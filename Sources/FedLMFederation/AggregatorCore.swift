@@ -60,7 +60,7 @@ public final class AggregatorCore {
         // Spares for about one checkpoint interval's updates: what each checkpoint retires.
         let perVersion = config.mode == .fedbuff ? config.bufferSize : (config.mode == .sync ? config.participants : 1)
         deltas = try DeltaFiles(directory: runDirectory + "/deltas",
-                                maximumSpares: min(64, max(4, perVersion * (config.mode == .fedasync ? 1 : max(1, config.checkpointEvery)))))
+                                maximumSpares: min(64, max(4, perVersion * Self.checkpointInterval(config))))
         ledger = try Ledger(path: runDirectory + "/ledger.sqlite", durable: config.durability == .machine)
         // Newest checkpoint first; if it (or the replay after it) fails, the one before.
         var restored: Restored?
@@ -263,12 +263,12 @@ public final class AggregatorCore {
         let delta = deltaScratch
         payload.values.withUnsafeBufferPointer { delta.pointer.update(from: $0.baseAddress!, count: delta.count) }
         mark("copy")
-        if config.normPolicy == .refuse, let bound = config.maxUpdateNorm {
-            let norm = Double(GradientClipping.norm(delta))
-            if norm > bound {
-                return try refuse(ProtocolError(.normTooLarge, "update norm \(String(format: "%.4g", norm)) exceeds max_update_norm \(bound)"),
-                                  staleness: staleness, norm: norm)
-            }
+        // Recorded in the ledger; neither the strategy nor the heads change the delta.
+        let norm = Double(GradientClipping.norm(delta))
+        mark("norm")
+        if config.normPolicy == .refuse, let bound = config.maxUpdateNorm, norm > bound {
+            return try refuse(ProtocolError(.normTooLarge, "update norm \(String(format: "%.4g", norm)) exceeds max_update_norm \(bound)"),
+                              staleness: staleness, norm: norm)
         }
         let deltaPath = try deltas.write(UnsafeBufferPointer(start: delta.pointer, count: delta.count), updateID: info.updateID,
                                          sync: config.durability == .machine)
@@ -287,8 +287,6 @@ public final class AggregatorCore {
             headVersionAfter = heads.heads[c]!.version
         }
         mark("strategy")
-        let norm = Double(GradientClipping.norm(delta))
-        mark("norm")
         try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster, baseVersion: info.baseVersion,
                                       staleness: staleness, weight: StalenessWeightOf(config).weight(staleness), norm: norm,
                                       tokens: info.tokens, outcome: decision == .applied ? "applied" : "buffered",
@@ -338,7 +336,8 @@ public final class AggregatorCore {
 
     /// FedAsync mixes with the trainer's starting weights, which a restart no longer holds, so it
     /// checkpoints every version (nothing is ever left to replay); the others every `checkpointEvery`.
-    var checkpointInterval: Int { config.mode == .fedasync ? 1 : max(1, config.checkpointEvery) }
+    var checkpointInterval: Int { Self.checkpointInterval(config) }
+    static func checkpointInterval(_ config: AggregationConfig) -> Int { config.mode == .fedasync ? 1 : max(1, config.checkpointEvery) }
 
     /// Is there a release newer than `v` to publish?
     public func releaseAvailable(after v: Int) -> Bool { version > v }

@@ -1,3 +1,4 @@
+import FedLMAggregation
 import FedLMProtocol
 import FedLMZeroMQ
 import Foundation
@@ -36,6 +37,22 @@ public struct LoadGenerator: Sendable {
     public var seconds: Double
     /// Extra time to collect outstanding ACKs after sending stops.
     public var drainSeconds = 10.0
+
+    /// The aggregator a load runs against: FedBuff over 8 updates, plain SGD, no staleness bound
+    /// (every simulated update starts from version 0), trainers never forgotten for silence (the
+    /// simulated ones may wait long for a core).
+    public static func aggregation(durability: AggregationConfig.Durability, checkpointEvery: Int) -> AggregationConfig {
+        var c = AggregationConfig()
+        c.mode = .fedbuff
+        c.bufferSize = 8
+        c.staleness = .constant
+        c.maxStaleness = 1 << 30
+        c.serverOptimizer = .sgd(learningRate: 0.01)
+        c.checkpointEvery = checkpointEvery
+        c.trainerTimeout = 600
+        c.durability = durability
+        return c
+    }
 
     public init(endpoints: BrokerEndpoints, trainers: Int, specs: [TensorSpec], seconds: Double) {
         self.endpoints = endpoints

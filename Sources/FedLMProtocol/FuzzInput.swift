@@ -74,8 +74,9 @@ public enum FuzzInput {
 }
 
 extension Array where Element == [UInt8] {
-    /// The frames as buffers over their own storage, for the duration of `body`.
-    func withBuffers<R>(_ body: ([UnsafeRawBufferPointer]) throws -> R) throws -> R {
+    /// The frames as buffers over their own storage, for the duration of `body` (to feed
+    /// `StreamAssembler.accept(buffers:)` as a receive in place would).
+    public func withBuffers<R>(_ body: ([UnsafeRawBufferPointer]) throws -> R) throws -> R {
         var buffers: [UnsafeRawBufferPointer] = []
         func nest(_ i: Int) throws -> R {
             if i == count { return try body(buffers) }

@@ -93,7 +93,7 @@ public struct StreamAssembler: Sendable {
         guard buffers.count == 4, buffers[1].count == 1, buffers[1][0] == MessageType.chunk.rawValue else {
             return try accept(buffers.map { Array($0) })
         }
-        return try acceptChunk(Array(buffers[0...2].map { Array($0) }), data: buffers[3])
+        return try acceptChunk(buffers[0...2].map { Array($0) }, data: buffers[3])
     }
 
     private mutating func acceptChunk(_ frames: [[UInt8]]) throws -> Message? {

@@ -43,6 +43,13 @@ struct FedLMProcess {
 
     func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
 
+    /// Waits until the process exits by itself or `deadline` passes; true if it exited.
+    @discardableResult
+    func exits(by deadline: Date) -> Bool {
+        while process.isRunning, Date() < deadline { usleep(100_000) }
+        return !process.isRunning
+    }
+
     /// Runs to completion and returns (exit status, combined output).
     static func run(_ arguments: [String], environment: [String: String] = [:], removing: [String] = []) throws -> (Int32, String) {
         let p = try FedLMProcess(arguments, environment: environment, removing: removing)

@@ -49,9 +49,7 @@ final class FederationTests: XCTestCase {
 
         for name in ["t1", "t2", "t3"] {
             let p = trainers[name]!
-            let deadline = Date().addingTimeInterval(240)
-            while p.process.isRunning, Date() < deadline { usleep(200_000) }
-            XCTAssertFalse(p.process.isRunning, "\(name) did not finish")
+            XCTAssertTrue(p.exits(by: Date().addingTimeInterval(240)), "\(name) did not finish")
             logs.append(p.output)
         }
         aggregator.signal(SIGTERM)
@@ -137,9 +135,7 @@ final class FederationTests: XCTestCase {
         }
         for name in ["a", "b", "c", "d"] {
             let p = trainers[name]!
-            let deadline = Date().addingTimeInterval(240)
-            while p.process.isRunning, Date() < deadline { usleep(200_000) }
-            XCTAssertFalse(p.process.isRunning, "\(name) did not finish")
+            XCTAssertTrue(p.exits(by: Date().addingTimeInterval(240)), "\(name) did not finish")
             logs.append(p.output)
         }
         aggregator.signal(SIGTERM)
@@ -203,8 +199,7 @@ final class FederationTests: XCTestCase {
         }
         let up = try FedLMProcess(["up", f.topology])
         defer { up.signal(SIGKILL) }
-        let deadline = Date().addingTimeInterval(180)
-        while up.process.isRunning, Date() < deadline { usleep(200_000) }
+        up.exits(by: Date().addingTimeInterval(180))
         XCTAssertEqual(up.wait(), 0, up.output)
         let logs = f.scratch.dir + "/run/logs/"
         let brokerLog = (try? String(contentsOfFile: logs + "broker.log", encoding: .utf8)) ?? ""
@@ -254,7 +249,7 @@ final class FederationTests: XCTestCase {
         let trainers = try ["a", "b"].map { try f.start("trainer", ["--name", $0, "--threads", "1"]) }
         defer { for p in trainers + [aggregator, broker] { p.signal(SIGKILL) } }
         let deadline = Date().addingTimeInterval(120)
-        for t in trainers { while t.process.isRunning, Date() < deadline { usleep(100_000) } }
+        for t in trainers { t.exits(by: deadline) }
         XCTAssertTrue(trainers.allSatisfy { !$0.process.isRunning }, "trainers finished")
         var rounds = 0, timeouts = 0
         for t in trainers {
@@ -294,7 +289,7 @@ final class FederationTests: XCTestCase {
         let trainers = try ["t-en", "t-de"].map { try f.start("trainer", ["--name", $0, "--threads", "1"]) }
         defer { for p in trainers + [aggregator, broker] { p.signal(SIGKILL) } }
         let deadline = Date().addingTimeInterval(120)
-        for t in trainers { while t.process.isRunning, Date() < deadline { usleep(100_000) } }
+        for t in trainers { t.exits(by: deadline) }
         XCTAssertTrue(trainers.allSatisfy { !$0.process.isRunning }, "trainers finished")
         aggregator.signal(SIGTERM)
         XCTAssertEqual(aggregator.wait(), 0, aggregator.output)
@@ -380,9 +375,7 @@ final class FederationTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(joinedAt, 3)
         let subscriber = try f.start("subscribe", ["--out", d + "/releases", "--count", "6"])
         defer { subscriber.signal(SIGKILL) }
-        let end = Date().addingTimeInterval(60)
-        while subscriber.process.isRunning, Date() < end { usleep(100_000) }
-        XCTAssertFalse(subscriber.process.isRunning, "subscriber did not receive 6 releases")
+        XCTAssertTrue(subscriber.exits(by: Date().addingTimeInterval(60)), "subscriber did not receive 6 releases")
         let versions = subscriber.output.split(separator: "\n").compactMap { line -> Int? in
             line.hasPrefix("release v") ? Int(line.dropFirst("release v".count)) : nil
         }
@@ -415,7 +408,7 @@ final class FederationTests: XCTestCase {
         let versionAtKill = f.version
         broker = try f.start("broker")
         deadline = Date().addingTimeInterval(120)
-        for t in trainers { while t.process.isRunning, Date() < deadline { usleep(100_000) } }
+        for t in trainers { t.exits(by: deadline) }
         XCTAssertTrue(trainers.allSatisfy { !$0.process.isRunning }, "trainers finished after the broker restart")
         XCTAssertGreaterThan(updates(), atKill, "updates kept flowing after the broker came back")
         // The subscriber reconnected by itself: it holds a release newer than any before the kill,
@@ -468,15 +461,13 @@ final class FederationTests: XCTestCase {
         let b = try f.start("trainer", ["--name", "b", "--threads", "1"])
         defer { for p in [a, b, aggregator, broker] { p.signal(SIGKILL) } }
         func version() -> Int { f.version }
-        var deadline = Date().addingTimeInterval(60)
+        let deadline = Date().addingTimeInterval(60)
         while version() < 2, Date() < deadline { usleep(50_000) }
         XCTAssertGreaterThanOrEqual(version(), 2, "rounds complete with both participants")
         // b dies; after the timeout the rounds continue with a alone until a's budget is spent.
         b.signal(SIGKILL)
         let atDeath = version()
-        deadline = Date().addingTimeInterval(60)
-        while a.process.isRunning, Date() < deadline { usleep(100_000) }
-        XCTAssertFalse(a.process.isRunning, "trainer a finished its budget although b died")
+        XCTAssertTrue(a.exits(by: Date().addingTimeInterval(60)), "trainer a finished its budget although b died")
         XCTAssertGreaterThan(version(), atDeath + 1, "versions kept advancing after b died")
         aggregator.signal(SIGTERM)
         aggregator.wait()

@@ -11,14 +11,7 @@ final class LoadTests: XCTestCase {
     func testNoUpdateIsLostUnderManyConcurrentTrainers() throws {
         let dir = NSTemporaryDirectory() + "fedlm-load-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        var aggregation = AggregationConfig()
-        aggregation.mode = .fedbuff
-        aggregation.bufferSize = 8
-        aggregation.staleness = .constant
-        aggregation.maxStaleness = 1 << 30
-        aggregation.serverOptimizer = .sgd(learningRate: 0.01)
-        aggregation.checkpointEvery = 20
-        aggregation.durability = .process
+        let aggregation = LoadGenerator.aggregation(durability: .process, checkpointEvery: 20)
         let endpoints = BrokerEndpoints.loopback()
         let core = try AggregatorCore(runDirectory: dir, config: aggregation,
                                       initialModel: try GPT2Model(config: GPT2Config(layers: 1, embedding: 8, heads: 2, context: 4, vocabulary: 16), seed: 1))

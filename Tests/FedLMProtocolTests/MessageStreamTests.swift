@@ -43,8 +43,7 @@ final class MessageStreamTests: XCTestCase {
         func feedInPlace(_ messages: [[[UInt8]]], into assembler: inout StreamAssembler) throws -> [Message] {
             var out: [Message] = []
             for m in messages {
-                let buffers = m.map { frame in UnsafeRawBufferPointer(start: frame.withUnsafeBytes { $0.baseAddress }, count: frame.count) }
-                if let done = try withExtendedLifetime(m, { try assembler.accept(buffers: buffers) }) { out.append(done) }
+                if let done = try m.withBuffers({ try assembler.accept(buffers: $0) }) { out.append(done) }
             }
             return out
         }

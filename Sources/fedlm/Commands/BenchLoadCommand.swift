@@ -24,15 +24,7 @@ struct BenchLoadCommand: ParsableCommand {
         guard let mode = AggregationConfig.Durability(rawValue: durability) else { throw ValidationError("--durability is machine or process") }
         try? FileManager.default.removeItem(atPath: directory)
         let config = GPT2Config(layers: 1, embedding: 16, heads: 2, context: 8, vocabulary: 64)
-        var aggregation = AggregationConfig()
-        aggregation.mode = .fedbuff
-        aggregation.bufferSize = 8
-        aggregation.staleness = .constant
-        aggregation.maxStaleness = 1 << 30
-        aggregation.serverOptimizer = .sgd(learningRate: 0.01)
-        aggregation.checkpointEvery = 50
-        aggregation.trainerTimeout = 600
-        aggregation.durability = mode
+        let aggregation = LoadGenerator.aggregation(durability: mode, checkpointEvery: 50)
         let endpoints = BrokerEndpoints.loopback()
         let broker = BrokerService(endpoints: endpoints)
         let core = try AggregatorCore(runDirectory: directory, config: aggregation, initialModel: try GPT2Model(config: config, seed: 1))

@@ -130,7 +130,7 @@ struct TrainerCommand: AsyncParsableCommand {
             options.tokenBudget = tokens
         }
         if let freshBaseWait {
-            guard freshBaseWait >= 0 else { throw ValidationError("--fresh-base-wait must be >= 0") }
+            guard freshBaseWait >= 0, freshBaseWait <= 10 else { throw ValidationError("--fresh-base-wait must be between 0 and 10") }
             options.freshBaseWait = freshBaseWait
         }
         guard options.maxLocalSteps >= 1 else { throw ValidationError("--max-local-steps must be >= 1") }
