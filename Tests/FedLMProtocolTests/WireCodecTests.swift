@@ -142,6 +142,36 @@ final class WireCodecTests: XCTestCase {
         }
     }
 
+    /// The three-chain CRC (blocks joined by shift tables) against a bit-at-a-time CRC-32C
+    /// written here from the polynomial alone: lengths around every block boundary of both
+    /// block sizes (8192 and 256 bytes, three at a time), odd alignments, and continuation.
+    func testParallelCRC32CMatchesABitwiseReference() {
+        func reference(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
+            var c = ~crc
+            for byte in bytes {
+                c ^= UInt32(byte)
+                for _ in 0..<8 { c = c & 1 == 1 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
+            }
+            return ~c
+        }
+        var rng = SeededGenerator(seed: 7)
+        let data = (0..<(3 * 8192 * 3 + 4096)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        var lengths = [0, 1, 7, 767, 768, 769, 3 * 8192 - 1, 3 * 8192, 3 * 8192 + 1, 3 * 8192 + 768 + 5, 2 * 3 * 8192 + 3 * 256 * 2 + 17]
+        lengths += (0..<20).map { _ in Int.random(in: 0...(data.count - 8), using: &rng) }
+        data.withUnsafeBytes { all in
+            for length in lengths {
+                for offset in [0, 1, 3, 5] where offset + length <= all.count {
+                    let slice = UnsafeRawBufferPointer(rebasing: all[offset..<(offset + length)])
+                    let expected = reference(0, slice)
+                    XCTAssertEqual(fedlm_crc32c(0, slice.baseAddress, length), expected, "length \(length) at offset \(offset)")
+                    XCTAssertEqual(fedlm_crc32c_serial(0, slice.baseAddress, length), expected, "serial, length \(length)")
+                    let seed: UInt32 = 0xDEAD_BEEF
+                    XCTAssertEqual(fedlm_crc32c(seed, slice.baseAddress, length), reference(seed, slice), "continued, length \(length)")
+                }
+            }
+        }
+    }
+
     /// Random corruption of valid messages: decoding either succeeds or throws a ProtocolError,
     /// never crashes, whatever is flipped, cut or appended.
     func testRandomMutationsNeverCrashTheDecoder() {
