@@ -37,6 +37,18 @@ public enum SafeTensors {
     /// false); `reusing`: a file no longer needed, overwritten in place (`AtomicFile.write`).
     public static func write(_ tensors: [Source], metadata: [String: String] = [:], to path: String, sync: Bool = true,
                              reusing: String? = nil) throws {
+        let headerBytes = header(tensors.map { ($0.name, $0.dtype, $0.shape, $0.bytes.count) }, metadata: metadata)
+        try AtomicFile.write(to: path, sync: sync, reusing: reusing) { sink in
+            try sink.write(headerBytes)
+            for t in tensors { try sink.write(t.bytes) }
+        }
+    }
+
+    /// Everything before the data section: the 8-byte length, then the JSON header naming each
+    /// tensor's dtype, shape and byte range (in the order given), padded with spaces so the data
+    /// starts 8-byte aligned, as the reference writer does.
+    public static func header(_ tensors: [(name: String, dtype: DType, shape: [Int], byteCount: Int)],
+                              metadata: [String: String] = [:]) -> [UInt8] {
         var header = "{"
         var offset = 0
         var first = true
@@ -54,22 +66,16 @@ public enum SafeTensors {
         for t in tensors {
             precondition(seen.insert(t.name).inserted, "duplicate tensor name \(t.name)")
             let expected = t.shape.reduce(1, *) * t.dtype.size
-            precondition(expected == t.bytes.count, "tensor \(t.name): \(t.bytes.count) bytes for shape \(t.shape)")
+            precondition(expected == t.byteCount, "tensor \(t.name): \(t.byteCount) bytes for shape \(t.shape)")
             appendKey(t.name)
             header += "{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],"
-            header += "\"data_offsets\":[\(offset),\(offset + t.bytes.count)]}"
-            offset += t.bytes.count
+            header += "\"data_offsets\":[\(offset),\(offset + t.byteCount)]}"
+            offset += t.byteCount
         }
         header += "}"
-        // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
         var headerBytes = Array(header.utf8)
         while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
-        try AtomicFile.write(to: path, sync: sync, reusing: reusing) { sink in
-            var length = UInt64(headerBytes.count).littleEndian
-            try withUnsafeBytes(of: &length) { try sink.write($0) }
-            try sink.write(headerBytes)
-            for t in tensors { try sink.write(t.bytes) }
-        }
+        return withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { Array($0) } + headerBytes
     }
 
     static func jsonString(_ s: String) -> String {

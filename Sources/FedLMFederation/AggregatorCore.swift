@@ -173,6 +173,13 @@ public final class AggregatorCore {
         }
     }
 
+    /// Where an UPDATE of `count` values streaming in is assembled (`StreamAssembler.destinations`):
+    /// a buffer applied without copies, whose chunks are written to a delta file as they arrive.
+    /// nil for any other size than the model's (the update is refused once it is in).
+    public func incomingUpdate(count: Int) -> PayloadDestination? {
+        count == model.parameters.count ? deltas.incoming(count: count) : nil
+    }
+
     /// The current model as a RELEASE: the global model, or a cluster's (global trunk, its head).
     public func release(cluster: String? = nil) -> Message {
         guard let cluster, let heads, let head = heads.heads[cluster] else {
@@ -259,9 +266,16 @@ public final class AggregatorCore {
             }
         }
         // Durable first: the pseudo-gradient goes to a file (fsynced unless durability = process)
-        // before anything changes.
-        let delta = deltaScratch
-        payload.values.withUnsafeBufferPointer { delta.pointer.update(from: $0.baseAddress!, count: delta.count) }
+        // before anything changes. A streamed update is already in its file and its buffer
+        // (`IncomingDelta`): applied from there, without copies.
+        let incoming = (payload.destination as? IncomingDelta).flatMap { $0.storage.count == model.parameters.count ? $0 : nil }
+        let delta: ParameterVector
+        if let incoming {
+            delta = ParameterVector(layout: model.layout, storage: incoming.storage)
+        } else {
+            delta = deltaScratch
+            payload.withValues { delta.pointer.update(from: $0.baseAddress!, count: delta.count) }
+        }
         mark("copy")
         // Recorded in the ledger; neither the strategy nor the heads change the delta.
         let norm = Double(GradientClipping.norm(delta))
@@ -270,8 +284,10 @@ public final class AggregatorCore {
             return try refuse(ProtocolError(.normTooLarge, "update norm \(String(format: "%.4g", norm)) exceeds max_update_norm \(bound)"),
                               staleness: staleness, norm: norm)
         }
-        let deltaPath = try deltas.write(UnsafeBufferPointer(start: delta.pointer, count: delta.count), updateID: info.updateID,
-                                         sync: config.durability == .machine)
+        let sync = config.durability == .machine
+        let deltaPath = if let incoming { try deltas.commit(incoming, updateID: info.updateID, sync: sync) } else {
+            try deltas.write(UnsafeBufferPointer(start: delta.pointer, count: delta.count), updateID: info.updateID, sync: sync)
+        }
         mark("write delta")
         let decision = strategy.receive(Contribution(delta: delta, base: recentVersions[info.baseVersion], staleness: staleness,
                                                      dataWeight: Double(max(info.tokens, 1)), trainer: info.trainerID),

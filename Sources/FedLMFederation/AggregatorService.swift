@@ -41,7 +41,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
     func releaseFrames(cluster: String? = nil) -> SharedFrames {
         let key = core.releaseKey(cluster: cluster)
         if let c = cachedReleases[cluster ?? ""], c.key == key { return c.frames }
-        let frames = SharedFrames(codec.encode(core.release(cluster: cluster)))
+        let frames = SharedFrames(core.release(cluster: cluster), codec: codec)
         cachedReleases[cluster ?? ""] = (key, frames)
         return frames
     }
@@ -69,6 +69,8 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         logger.info("aggregator (\(core.config.mode.rawValue)) at version \(core.version), connected to \(endpoints.aggregator)")
         var lastHeartbeat = 0.0
         var transfers = IncomingTransfers(codec: codec)
+        // Updates stream straight into their delta files (this loop is the only caller).
+        transfers.destinations = { [self] _, count in core.incomingUpdate(count: count) }
         var streamStarted: [String: Double] = [:]  // for FEDLM_TRACE_TIMING
         var published: [String: String] = [:]
         var evaluated = -1

@@ -1,4 +1,6 @@
 import FedLMCheckpoint
+import FedLMProtocol
+import FedLMTensor
 import Foundation
 
 /// The aggregator's pseudo-gradient files (`<run>/deltas/`): one safetensors file per accepted
@@ -8,17 +10,22 @@ import Foundation
 /// updates: writing into page-cache pages the kernel already holds is about ten times faster on
 /// this machine than faulting in fresh ones (a 42 MB update: ~9 ms against ~100 ms), and the
 /// spares cost no more disk than the files they were.
+///
+/// An update streaming in is written to its file chunk by chunk as it arrives (`incoming`), so
+/// by the time its last chunk is in, the file only needs its final name (`commit`).
 struct DeltaFiles {
     let directory: String
-    /// Spares kept at most (more are deleted).
-    let maximumSpares: Int
-    private(set) var spares: [String] = []
+    private let pool: SparePool
 
     init(directory: String, maximumSpares: Int) throws {
         self.directory = directory
-        self.maximumSpares = maximumSpares
+        pool = SparePool(maximum: maximumSpares)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     }
+
+    /// Spare files, ready to be overwritten.
+    var spares: [String] { pool.paths }
+    var maximumSpares: Int { pool.maximum }
 
     /// The file of an update: its id made safe for a file name, plus a hash of the id so two ids
     /// that map to the same safe name never share a file.
@@ -33,28 +40,97 @@ struct DeltaFiles {
 
     /// Writes `delta` as the update's file, overwriting a spare when there is one; fsynced when
     /// `sync`. Returns the path.
-    mutating func write(_ delta: UnsafeBufferPointer<Float>, updateID: String, sync: Bool) throws -> String {
+    func write(_ delta: UnsafeBufferPointer<Float>, updateID: String, sync: Bool) throws -> String {
         let path = path(for: updateID)
         try SafeTensors.write([.init(name: "delta", dtype: .f32, shape: [delta.count], bytes: UnsafeRawBufferPointer(delta))],
-                              to: path, sync: sync, reusing: spares.popLast())
+                              to: path, sync: sync, reusing: pool.take())
+        return path
+    }
+
+    /// Room for an update of `count` values streaming in, whose chunks are written to a file
+    /// (a spare when there is one) as they arrive; nil if no file can be opened (the update is
+    /// then assembled in an array and written whole).
+    func incoming(count: Int) -> IncomingDelta? {
+        let temporary = directory + "/incoming-\(UInt64.random(in: 0...UInt64.max)).safetensors"
+        let spare = pool.take()
+        guard let writer = try? SafeTensorsPieceWriter(name: "delta", count: count, temporaryPath: temporary, reusing: spare) else {
+            if let spare { pool.put(spare) }
+            return nil
+        }
+        return IncomingDelta(writer: writer, pool: pool)
+    }
+
+    /// The update's file from what `incoming` wrote; written whole from its values if a piece
+    /// could not be written. fsynced when `sync`. Returns the path.
+    func commit(_ incoming: IncomingDelta, updateID: String, sync: Bool) throws -> String {
+        let path = path(for: updateID)
+        do { try incoming.writer.commit(to: path, sync: sync) } catch {
+            try SafeTensors.write([.init(name: "delta", dtype: .f32, shape: [incoming.storage.count],
+                                         bytes: UnsafeRawBufferPointer(incoming.storage.buffer))], to: path, sync: sync)
+        }
         return path
     }
 
     /// Files no longer needed: kept as spares up to `maximumSpares`, the rest deleted.
-    mutating func retire(_ paths: [String]) {
-        for path in paths {
-            if spares.count < maximumSpares {
-                let spare = directory + "/spare-\(UInt64.random(in: 0...UInt64.max)).safetensors"
-                if rename(path, spare) == 0 { spares.append(spare); continue }
-            }
-            unlink(path)
-        }
+    func retire(_ paths: [String]) {
+        for path in paths { pool.put(path) }
     }
 
     /// After a restart: every file of the directory the ledger does not refer to (spares, files
     /// retired or half-written when the process died) is retired.
-    mutating func sweep(keeping referenced: Set<String>) throws {
+    func sweep(keeping referenced: Set<String>) throws {
         let names = try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
         retire(names.map { directory + "/" + $0 }.filter { !referenced.contains($0) })
+    }
+}
+
+/// The spare files of a `DeltaFiles`, shared with its `IncomingDelta`s, which hand their file
+/// back when their update is refused or its transfer abandoned.
+final class SparePool: @unchecked Sendable {
+    let maximum: Int
+    private let lock = NSLock()
+    private var files: [String] = []
+
+    init(maximum: Int) { self.maximum = maximum }
+
+    var paths: [String] { lock.withLock { files } }
+
+    func take() -> String? { lock.withLock { files.popLast() } }
+
+    /// Keeps `path` as a spare (renamed so no update's name is taken), or deletes it when there
+    /// are enough.
+    func put(_ path: String) {
+        let directory = (path as NSString).deletingLastPathComponent
+        let kept: Bool = lock.withLock {
+            guard files.count < maximum else { return false }
+            let spare = directory + "/spare-\(UInt64.random(in: 0...UInt64.max)).safetensors"
+            guard rename(path, spare) == 0 else { return false }
+            files.append(spare)
+            return true
+        }
+        if !kept { unlink(path) }
+    }
+}
+
+/// An update's values as they stream in (`PayloadDestination`): assembled in a buffer the
+/// aggregator applies without copying, each chunk also written to the update's file. If the
+/// update is not committed (refused, or its transfer abandoned), its file goes back to the spares.
+final class IncomingDelta: PayloadDestination, @unchecked Sendable {
+    let storage: FloatBuffer
+    let writer: SafeTensorsPieceWriter
+    private let pool: SparePool
+
+    init(writer: SafeTensorsPieceWriter, pool: SparePool) {
+        storage = FloatBuffer(uninitializedCount: writer.count)
+        self.writer = writer
+        self.pool = pool
+    }
+
+    deinit { if !writer.isCommitted { pool.put(writer.temporaryPath) } }
+
+    var values: UnsafeMutableBufferPointer<Float> { storage.buffer }
+
+    func received(_ range: Range<Int>) {
+        writer.write(UnsafeBufferPointer(rebasing: storage.buffer[range]), at: range.lowerBound)
     }
 }

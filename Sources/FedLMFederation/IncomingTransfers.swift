@@ -8,6 +8,8 @@ struct IncomingTransfers {
     var maxInProgress = 32
     /// Seconds without a chunk after which an unfinished transfer is dropped.
     var idleTimeout = 60.0
+    /// Where UPDATEs are assembled (`StreamAssembler.destinations`).
+    var destinations: (@Sendable (UpdateInfo, Int) -> PayloadDestination?)?
     private var assemblers: [String: StreamAssembler] = [:]
     private var lastActivity: [String: Double] = [:]
 
@@ -31,7 +33,12 @@ struct IncomingTransfers {
         let others = inProgress - (wasInProgress ? 1 : 0)
         // Mutated in place: a copy of the assembler would share, and then copy, its buffer.
         let message: Message?
-        do { message = try feed(&assemblers[peer, default: StreamAssembler(codec: codec)]) } catch {
+        if assemblers[peer] == nil {
+            var assembler = StreamAssembler(codec: codec)
+            assembler.destinations = destinations
+            assemblers[peer] = assembler
+        }
+        do { message = try feed(&assemblers[peer]!) } catch {
             forgetIfIdle(peer, now: now)
             throw error
         }

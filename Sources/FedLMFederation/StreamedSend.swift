@@ -11,8 +11,8 @@ extension ZMQSocket {
 
     /// Streams an encoded tensor message held in `shared` without copying its chunks.
     public func sendStreamed(_ shared: SharedFrames, prefix: [[UInt8]] = []) throws {
-        guard shared.count > 3 else { try send(prefix + shared.frames); return }
-        try send(prefix + Array(shared.frames[0..<3]))
+        guard shared.count > 3 else { try send(prefix + shared.arrays(prefix: shared.count)); return }
+        try send(prefix + shared.arrays(prefix: 3))
         let count = shared.count - 3
         for i in 0..<count {
             try send(prefix + MessageStream.chunkPrefix(index: i, count: count), shared: shared, range: (3 + i)..<(4 + i))
@@ -22,7 +22,20 @@ extension ZMQSocket {
     /// Publishes an encoded message held in `shared` as one message under `topic`, without
     /// copying its tensor frames.
     func publish(_ shared: SharedFrames, topic: [UInt8]) throws {
-        guard shared.count > 3 else { try send([topic] + shared.frames); return }
-        try send([topic] + Array(shared.frames[0..<3]), shared: shared, range: 3..<shared.count)
+        guard shared.count > 3 else { try send([topic] + shared.arrays(prefix: shared.count)); return }
+        try send([topic] + shared.arrays(prefix: 3), shared: shared, range: 3..<shared.count)
+    }
+}
+
+extension SharedFrames {
+    /// `message` encoded by `codec` for sending without copies: a RELEASE's or UPDATE's values
+    /// become its chunk frames where they lie (only their checksums are computed).
+    public convenience init(_ message: Message, codec: WireCodec) {
+        let (head, values) = codec.encodeHead(message)
+        if let values {
+            self.init(head: head, body: values, bodyFrameBytes: codec.chunkBytes)
+        } else {
+            self.init(head)
+        }
     }
 }

@@ -113,9 +113,12 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         var assembler = StreamAssembler(codec: codec)
         /// Sends `frames` and waits for a reply that `accept` takes; resends every `retry` seconds
         /// (a release still streaming in counts as an answer in progress).
-        func request(_ encoded: [[UInt8]], retry: Double = 5, accept: (Message) throws -> Bool) throws -> Bool {
-            // Held once and sent without copying its chunks, however often it is resent.
-            let frames = SharedFrames(encoded)
+        func request(_ message: Message, retry: Double = 5, accept: (Message) throws -> Bool) throws -> Bool {
+            try request(SharedFrames(message, codec: codec), retry: retry, accept: accept)
+        }
+        /// The same for a message already encoded: held once and sent without copying its
+        /// chunks, however often it is resent.
+        func request(_ frames: SharedFrames, retry: Double = 5, accept: (Message) throws -> Bool) throws -> Bool {
             try socket.sendStreamed(frames)
             var sentAt = Date().timeIntervalSince1970
             while !stopFlag.isSet {
@@ -154,7 +157,7 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         func hello() throws -> Bool {
             refusal = nil
             let said = Hello(trainerID: o.id, cluster: cluster, assignment: cluster == nil ? nil : (o.automaticCluster ? "automatic" : "declared"))
-            let answered = try request(codec.encode(.hello(said))) {
+            let answered = try request(.hello(said)) {
                 if case .welcome(let w) = $0 { mode = w.mode; clusters = w.clusters ?? []; return true }
                 if case .error(let e) = $0, e.code == .unknownCluster { refusal = e; return true }
                 return false
@@ -174,7 +177,7 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
             var losses: [(String, Float)] = []
             for c in clusters {
                 var release: TensorPayload?
-                guard try request(codec.encode(.fetch(Fetch(cluster: c))), accept: {
+                guard try request(.fetch(Fetch(cluster: c)), accept: {
                     if case .release(let info, let payload) = $0, info.cluster == c { release = payload; return true }
                     return false
                 }), let release else { return false }
@@ -195,7 +198,7 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
 
         /// Sends an update until acknowledged (or refused); true if the aggregator took it.
         var lastBuffered = false
-        func deliver(_ frames: [[UInt8]], id: String) throws -> Bool {
+        func deliver(_ frames: SharedFrames, id: String) throws -> Bool {
             var taken = false
             lastBuffered = false
             _ = try request(frames, retry: o.ackTimeout) { reply in
@@ -243,7 +246,7 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
                 waitUntil = Date().timeIntervalSince1970 + o.freshBaseWait * lastRoundSeconds
             }
             if o.automaticCluster, round > 0, round % max(1, o.reassignEvery) == 0 { guard try chooseCluster() else { break } }
-            guard try request(codec.encode(.fetch(Fetch(cluster: cluster, haveVersion: have))), accept: {
+            guard try request(.fetch(Fetch(cluster: cluster, haveVersion: have)), accept: {
                 if case .release(let info, let payload) = $0 { release = (info, payload); return true }
                 if case .heartbeat = $0, have != nil {
                     if Date().timeIntervalSince1970 >= waitUntil {
@@ -287,10 +290,10 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
             if let attack = o.attack { Self.corrupt(&delta, attack, rng: &rng) }
             round += 1
             let id = "\(o.id)-\(info.version)-\(round)-\(UInt32.random(in: 0...UInt32.max))"
-            let frames = codec.encode(.update(UpdateInfo(updateID: id, trainerID: o.id, baseVersion: info.version, cluster: cluster,
+            let frames = SharedFrames(.update(UpdateInfo(updateID: id, trainerID: o.id, baseVersion: info.version, cluster: cluster,
                                                          baseHeadVersion: info.headVersion,
                                                          tokens: h * o.training.batchSize * sequence, localSteps: h),
-                                              TensorPayload(specs: payload.specs, values: delta)))
+                                              TensorPayload(specs: payload.specs, values: delta)), codec: codec)
             try PendingUpdate(id: id, frames: frames).save(pendingPath)
             if try deliver(frames, id: id) { updatesAcknowledged += 1 }
             logger.info("\(o.id): round \(round) on v\(info.version): \(h) steps, loss \(String(format: "%.4f", lastLoss)), \(tokensTrained) tokens")
@@ -317,14 +320,14 @@ extension TrainerService {
 /// An encoded update kept on disk until acknowledged (one file, written atomically).
 struct PendingUpdate {
     let id: String
-    let frames: [[UInt8]]
+    let frames: SharedFrames
 
     func save(_ path: String) throws {
         var blob: [UInt8] = []
         func append64(_ v: Int) { withUnsafeBytes(of: UInt64(v).littleEndian) { blob.append(contentsOf: $0) } }
         append64(frames.count)
-        for f in frames { append64(f.count) }
-        for f in frames { blob += f }
+        for i in 0..<frames.count { append64(frames[i].count) }
+        for i in 0..<frames.count { blob += frames[i] }
         try AtomicFile.write(Data(Array(id.utf8) + [0] + blob), to: path)
     }
 
@@ -349,6 +352,6 @@ struct PendingUpdate {
             frames.append(Array(bytes[offset..<(offset + s)]))
             offset += s
         }
-        return PendingUpdate(id: id, frames: frames)
+        return PendingUpdate(id: id, frames: SharedFrames(frames))
     }
 }

@@ -86,6 +86,13 @@ public final class ParameterVector: @unchecked Sendable {
         self.storage = FloatBuffer(count: layout.totalCount)
     }
 
+    /// Parameters held in `storage` (not copied), e.g. an update assembled there as it arrived.
+    public init(layout: ParameterLayout, storage: FloatBuffer) {
+        precondition(storage.count == layout.totalCount, "\(storage.count) values for a layout of \(layout.totalCount)")
+        self.layout = layout
+        self.storage = storage
+    }
+
     public var pointer: UnsafeMutablePointer<Float> { storage.pointer }
     public var count: Int { layout.totalCount }
 

@@ -55,6 +55,9 @@ public struct StreamAssembler: Sendable {
     public private(set) var abandoned = 0
     /// CHUNK messages that belonged to no transfer in progress (dropped silently).
     public private(set) var discarded = 0
+    /// Where an UPDATE's values are assembled, given its header and value count (nil, or a
+    /// destination that gives nil: a new array). Asked when the update's head arrives.
+    public var destinations: (@Sendable (UpdateInfo, Int) -> PayloadDestination?)?
 
     public init(codec: WireCodec = WireCodec()) { self.codec = codec }
 
@@ -75,7 +78,9 @@ public struct StreamAssembler: Sendable {
             reset()
             let update = codec.streamUpdateInfo(head: frames)
             do {
-                receiver = try TensorPayload.Receiver(layout: codec.streamLayout(head: frames[2]), maxValues: codec.maxValues)
+                let destination = update.flatMap { info in destinations.map { provide in { provide(info, $0) } } }
+                receiver = try TensorPayload.Receiver(layout: codec.streamLayout(head: frames[2]), maxValues: codec.maxValues,
+                                                      destination: destination)
             } catch var e as ProtocolError {
                 e.update = update
                 throw e

@@ -12,19 +12,66 @@ public struct TensorSpec: Codable, Equatable, Sendable {
     public var count: Int { shape.reduce(1, *) }
 }
 
+/// Memory of the receiver's own that a stream's tensor values are assembled in, instead of a
+/// new array: the aggregator gives each incoming update one that also writes every chunk to the
+/// update's file as it arrives (`StreamAssembler.destinations`).
+public protocol PayloadDestination: AnyObject, Sendable {
+    /// Room for exactly the payload's values.
+    var values: UnsafeMutableBufferPointer<Float> { get }
+    /// `values[range]` has just been checked and copied in (chunks come in order).
+    func received(_ range: Range<Int>)
+}
+
 /// Tensors on the wire: one flat FP32 vector split into chunk frames of at most `chunkBytes`
 /// (about 1 MiB: libzmq moves such frames several times faster than one 40 MiB frame), each
 /// with its CRC-32C in the header.
 public struct TensorPayload: Equatable, Sendable {
     public let specs: [TensorSpec]
-    public let values: [Float]
+    private let storage: Storage
+
+    private enum Storage: Sendable {
+        case array([Float])
+        case destination(PayloadDestination)
+    }
 
     public static let defaultChunkBytes = 1 << 20
 
     public init(specs: [TensorSpec], values: [Float]) {
         precondition(specs.reduce(0) { $0 + $1.count } == values.count, "payload values do not match the specs")
         self.specs = specs
-        self.values = values
+        self.storage = .array(values)
+    }
+
+    /// A payload whose values are in `destination` (assembled there by a `StreamAssembler`).
+    public init(specs: [TensorSpec], destination: PayloadDestination) {
+        precondition(specs.reduce(0) { $0 + $1.count } == destination.values.count, "payload values do not match the specs")
+        self.specs = specs
+        self.storage = .destination(destination)
+    }
+
+    /// The values as an array (a copy when they are in a destination: prefer `withValues`).
+    public var values: [Float] {
+        switch storage {
+        case .array(let values): values
+        case .destination(let d): Array(d.values)
+        }
+    }
+
+    /// The destination the values were assembled in, if they were.
+    public var destination: PayloadDestination? {
+        if case .destination(let d) = storage { d } else { nil }
+    }
+
+    /// Calls `body` with the values where they lie.
+    public func withValues<R>(_ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
+        switch storage {
+        case .array(let values): try values.withUnsafeBufferPointer(body)
+        case .destination(let d): try body(UnsafeBufferPointer(d.values))
+        }
+    }
+
+    public static func == (a: TensorPayload, b: TensorPayload) -> Bool {
+        a.specs == b.specs && a.withValues { x in b.withValues { y in x.elementsEqual(y) } }
     }
 
     /// Description that goes into the JSON header.
@@ -39,23 +86,28 @@ public struct TensorPayload: Equatable, Sendable {
 
     public static let dtype = "F32"
 
-    func encode(chunkBytes: Int = defaultChunkBytes) -> (Layout, [[UInt8]]) {
-        var frames: [[UInt8]] = []
-        var crcs: [UInt32] = []
-        values.withUnsafeBytes { raw in
-            var offset = 0
-            while offset < raw.count {
-                let n = min(chunkBytes, raw.count - offset)
-                let chunk = Array(UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + n)]))
-                crcs.append(chunk.withUnsafeBytes { fedlm_crc32c(0, $0.baseAddress, n) })
-                frames.append(chunk)
-                offset += n
-            }
-        }
+    /// The layout of this payload cut into chunks of `chunkBytes`: names, shapes and each
+    /// chunk's CRC-32C, computed where the values lie.
+    func layout(chunkBytes: Int = defaultChunkBytes) -> Layout {
         #if _endian(big)
         fatalError("FedLM's wire format is little-endian; big-endian hosts are not supported")
         #endif
-        return (Layout(tensors: specs, chunkBytes: chunkBytes, chunkCRC32C: crcs, dtype: Self.dtype), frames)
+        let crcs = withValues { floats in
+            let raw = UnsafeRawBufferPointer(floats)
+            return stride(from: 0, to: raw.count, by: chunkBytes).map { offset in
+                fedlm_crc32c(0, raw.baseAddress! + offset, min(chunkBytes, raw.count - offset))
+            }
+        }
+        return Layout(tensors: specs, chunkBytes: chunkBytes, chunkCRC32C: crcs, dtype: Self.dtype)
+    }
+
+    /// The chunk frames of `values` as byte arrays (the copying form, for multipart messages).
+    static func chunks(of values: [Float], chunkBytes: Int) -> [[UInt8]] {
+        values.withUnsafeBytes { raw in
+            stride(from: 0, to: raw.count, by: chunkBytes).map { offset in
+                Array(UnsafeRawBufferPointer(rebasing: raw[offset..<min(offset + chunkBytes, raw.count)]))
+            }
+        }
     }
 
     /// The number of values a layout describes, after checking it: positive chunk size and
@@ -97,16 +149,24 @@ public struct TensorPayload: Equatable, Sendable {
         let total: Int
         private(set) var received = 0
         private var values: [Float]
+        private let destination: PayloadDestination?
         private var firstNonFinite: Int?
 
-        init(layout: Layout, maxValues: Int) throws {
+        /// `destination`, if it gives one for the payload's value count, is where the values go.
+        init(layout: Layout, maxValues: Int, destination: ((Int) -> PayloadDestination?)? = nil) throws {
             self.layout = layout
             let total = try TensorPayload.valueCount(of: layout, maxValues: maxValues)
             self.total = total
-            // Uninitialised on purpose: Float is a trivial type, every element is written by
-            // `add` before `finish` hands the array out, and pages are only committed as chunks
-            // arrive (a head announcing a huge payload costs nothing until the bytes come).
-            values = [Float](unsafeUninitializedCapacity: total) { _, initialized in initialized = total }
+            if let d = destination?(total), d.values.count == total {
+                self.destination = d
+                values = []
+            } else {
+                self.destination = nil
+                // Uninitialised on purpose: Float is a trivial type, every element is written by
+                // `add` before `finish` hands the array out, and pages are only committed as
+                // chunks arrive (a head announcing a huge payload costs nothing until the bytes come).
+                values = [Float](unsafeUninitializedCapacity: total) { _, initialized in initialized = total }
+            }
         }
 
         var chunkCount: Int { layout.chunkCRC32C.count }
@@ -131,10 +191,16 @@ public struct TensorPayload: Equatable, Sendable {
                 }
             }
             let n = frame.count / 4
-            values.withUnsafeMutableBufferPointer { out in
+            func place(_ out: UnsafeMutableBufferPointer<Float>) {
                 let chunk = UnsafeMutableBufferPointer(rebasing: out[offset..<(offset + n)])
                 UnsafeMutableRawBufferPointer(chunk).copyMemory(from: frame)
                 if firstNonFinite == nil, let bad = TensorPayload.firstNonFinite(UnsafeBufferPointer(chunk)) { firstNonFinite = offset + bad }
+            }
+            if let destination {
+                place(destination.values)
+                destination.received(offset..<(offset + n))
+            } else {
+                values.withUnsafeMutableBufferPointer { place($0) }
             }
             received += 1
         }
@@ -151,8 +217,10 @@ public struct TensorPayload: Equatable, Sendable {
                     if index < spec.count { name = spec.name; break }
                     index -= spec.count
                 }
-                throw ProtocolError(.nonFinite, "tensor \(name) holds \(values[bad]) at element \(index)")
+                let value = destination.map { $0.values[bad] } ?? values[bad]
+                throw ProtocolError(.nonFinite, "tensor \(name) holds \(value) at element \(index)")
             }
+            if let destination { return TensorPayload(specs: layout.tensors, destination: destination) }
             return TensorPayload(specs: layout.tensors, values: values)
         }
     }

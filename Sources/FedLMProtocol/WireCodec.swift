@@ -30,6 +30,15 @@ public struct WireCodec: Sendable {
     }
 
     public func encode(_ message: Message) -> [[UInt8]] {
+        let (head, values) = encodeHead(message)
+        guard let values else { return head }
+        return head + TensorPayload.chunks(of: values, chunkBytes: chunkBytes)
+    }
+
+    /// The first three frames of `message` (marker, type, header), and for a RELEASE or UPDATE
+    /// the values its chunk frames are cut from (`chunkBytes` each, in order): the checksums in
+    /// the header are computed, the values are not copied.
+    public func encodeHead(_ message: Message) -> (head: [[UInt8]], values: [Float]?) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         func json<T: Encodable>(_ v: T) -> [UInt8] { Array(try! encoder.encode(v)) }
@@ -43,15 +52,13 @@ public struct WireCodec: Sendable {
         case .heartbeat: frames.append(Array("{}".utf8))
         case .bye(let reason): frames.append(json(["reason": reason]))
         case .release(let info, let payload):
-            let (layout, chunks) = payload.encode(chunkBytes: chunkBytes)
-            frames.append(json(TensorHeader(info: info, layout: layout)))
-            frames += chunks
+            frames.append(json(TensorHeader(info: info, layout: payload.layout(chunkBytes: chunkBytes))))
+            return (frames, payload.values)
         case .update(let info, let payload):
-            let (layout, chunks) = payload.encode(chunkBytes: chunkBytes)
-            frames.append(json(TensorHeader(info: info, layout: layout)))
-            frames += chunks
+            frames.append(json(TensorHeader(info: info, layout: payload.layout(chunkBytes: chunkBytes))))
+            return (frames, payload.values)
         }
-        return frames
+        return (frames, nil)
     }
 
     /// Checks the protocol marker and version in frame 0 (and that there is a type frame).

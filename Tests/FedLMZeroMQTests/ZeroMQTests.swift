@@ -133,13 +133,35 @@ final class ZeroMQTests: XCTestCase {
             try dealer.send([[UInt8(i)]], shared: shared!, range: 1..<4)
         }
         try dealer.send([Array("one".utf8)], shared: shared!, range: 3..<4)
-        let frames = shared!.frames
+        let frames = shared!.arrays(prefix: shared!.count)
         shared = nil
         for i in 0..<5 {
             let m = try XCTUnwrap(try router.receive(timeout: 5000))
             XCTAssertEqual(Array(m.dropFirst()), [[UInt8(i)]] + Array(frames[1..<4]))
         }
         XCTAssertEqual(Array(try XCTUnwrap(try router.receive(timeout: 5000)).dropFirst()), [Array("one".utf8), frames[3]])
+        let deadline = Date().addingTimeInterval(5)
+        while watch != nil, Date() < deadline { usleep(1000) }
+        XCTAssertNil(watch, "libzmq released every frame's hold on the box")
+    }
+
+    /// A body array goes out as frames cut where its values lie: the bytes arrive in order,
+    /// the last frame shorter, and the box (and the array) are let go afterwards.
+    func testSharedFramesCutABodyArrayIntoFramesWithoutCopying() throws {
+        let router = try ZMQSocket(context, .router)
+        try router.bind("tcp://127.0.0.1:*")
+        let dealer = try ZMQSocket(context, .dealer)
+        try dealer.connect(router.lastEndpoint)
+        let values = (0..<2500).map { Float($0) * 0.5 }
+        var shared: SharedFrames? = SharedFrames(head: [Array("head".utf8)], body: values, bodyFrameBytes: 4096)
+        weak let watch = shared
+        XCTAssertEqual(shared!.count, 1 + 3)  // 10,000 bytes: 4096 + 4096 + 1808
+        values.withUnsafeBytes { XCTAssertEqual(shared![1].baseAddress, $0.baseAddress, "the first body frame is the array's storage") }
+        try dealer.send([], shared: shared!, range: 0..<4)
+        shared = nil
+        let m = try XCTUnwrap(try router.receive(timeout: 5000))
+        XCTAssertEqual(m.dropFirst().map(\.count), [4, 4096, 4096, 1808])
+        XCTAssertEqual(Array(m[2...].joined()), values.withUnsafeBytes { Array($0) })
         let deadline = Date().addingTimeInterval(5)
         while watch != nil, Date() < deadline { usleep(1000) }
         XCTAssertNil(watch, "libzmq released every frame's hold on the box")
