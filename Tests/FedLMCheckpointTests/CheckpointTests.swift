@@ -151,4 +151,29 @@ final class CheckpointTests: XCTestCase {
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains(".tmp-") }
         XCTAssertEqual(leftovers, [])
     }
+
+    /// A file written piece by piece, in any order, is byte for byte the file `SafeTensors.write`
+    /// makes of the same values; it appears at its path only on commit, which refuses while a
+    /// piece is missing; a longer reused file is cut to size.
+    func testPieceWriterMakesTheSameFileAsAWholeWrite() throws {
+        let dir = NSTemporaryDirectory() + "fedlm-pieces-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let values = (0..<1000).map { Float($0) / 7 }
+        try values.withUnsafeBytes { try SafeTensors.write([.init(name: "delta", dtype: .f32, shape: [1000], bytes: $0)], to: dir + "/whole") }
+        try Data(repeating: 0xAB, count: 100_000).write(to: URL(fileURLWithPath: dir + "/old"))
+        let writer = try SafeTensorsPieceWriter(name: "delta", count: 1000, temporaryPath: dir + "/incoming", reusing: dir + "/old")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/old"), "the reused file became the temporary")
+        values.withUnsafeBufferPointer { v in
+            writer.write(UnsafeBufferPointer(rebasing: v[600..<1000]), at: 600)
+            writer.write(UnsafeBufferPointer(rebasing: v[0..<300]), at: 0)
+        }
+        XCTAssertThrowsError(try writer.commit(to: dir + "/pieces", sync: false)) { XCTAssertTrue("\($0)".contains("700 of 1000"), "\($0)") }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/pieces"))
+        values.withUnsafeBufferPointer { writer.write(UnsafeBufferPointer(rebasing: $0[300..<600]), at: 300) }
+        try writer.commit(to: dir + "/pieces", sync: true)
+        XCTAssertTrue(writer.isCommitted)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: dir + "/pieces")), try Data(contentsOf: URL(fileURLWithPath: dir + "/whole")))
+        XCTAssertEqual(try SafeTensorsFile(path: dir + "/pieces").floats("delta"), values)
+    }
 }
