@@ -87,15 +87,28 @@ public struct TensorPayload: Equatable, Sendable {
     public static let dtype = "F32"
 
     /// The layout of this payload cut into chunks of `chunkBytes`: names, shapes and each
-    /// chunk's CRC-32C, computed where the values lie.
+    /// chunk's CRC-32C, computed where the values lie, on every core (the header must be
+    /// complete before the first chunk can go, so this is on the sender's critical path).
     func layout(chunkBytes: Int = defaultChunkBytes) -> Layout {
         #if _endian(big)
         fatalError("FedLM's wire format is little-endian; big-endian hosts are not supported")
         #endif
         let crcs = withValues { floats in
             let raw = UnsafeRawBufferPointer(floats)
-            return stride(from: 0, to: raw.count, by: chunkBytes).map { offset in
-                fedlm_crc32c(0, raw.baseAddress! + offset, min(chunkBytes, raw.count - offset))
+            let count = (raw.count + chunkBytes - 1) / chunkBytes
+            return [UInt32](unsafeUninitializedCapacity: count) { out, initialized in
+                // Each iteration writes only its own element.
+                nonisolated(unsafe) let out = out.baseAddress!, bytes = raw.baseAddress!, total = raw.count
+                let crc: @Sendable (Int) -> Void = { i in
+                    let offset = i * chunkBytes
+                    (out + i).initialize(to: fedlm_crc32c(0, bytes + offset, min(chunkBytes, total - offset)))
+                }
+                if count >= 8 {
+                    DispatchQueue.concurrentPerform(iterations: count, execute: crc)
+                } else {
+                    for i in 0..<count { crc(i) }
+                }
+                initialized = count
             }
         }
         return Layout(tensors: specs, chunkBytes: chunkBytes, chunkCRC32C: crcs, dtype: Self.dtype)
