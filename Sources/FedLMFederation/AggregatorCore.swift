@@ -278,7 +278,8 @@ public final class AggregatorCore {
         }
         mark("copy")
         // Recorded in the ledger; neither the strategy nor the heads change the delta.
-        let norm = Double(incoming.map { Float($0.sumOfSquares.squareRoot()) } ?? GradientClipping.norm(delta))
+        // Added up as the chunks arrived when the update was streamed.
+        let norm = Double(payload.sumOfSquares.map { Float($0.squareRoot()) } ?? GradientClipping.norm(delta))
         mark("norm")
         if config.normPolicy == .refuse, let bound = config.maxUpdateNorm, norm > bound {
             return try refuse(ProtocolError(.normTooLarge, "update norm \(String(format: "%.4g", norm)) exceeds max_update_norm \(bound)"),

@@ -130,12 +130,7 @@ final class IncomingDelta: PayloadDestination, @unchecked Sendable {
 
     var values: UnsafeMutableBufferPointer<Float> { storage.buffer }
 
-    /// The sum of the squared values so far, added up chunk by chunk while each is in cache
-    /// (the update's norm, which the ledger records, costs nothing after the last chunk).
-    private(set) var sumOfSquares = 0.0
-
     func received(_ range: Range<Int>) {
         writer.write(UnsafeBufferPointer(rebasing: storage.buffer[range]), at: range.lowerBound)
-        sumOfSquares += VectorOps.sumOfSquares(storage.pointer + range.lowerBound, range.count)
     }
 }

@@ -28,6 +28,9 @@ public protocol PayloadDestination: AnyObject, Sendable {
 public struct TensorPayload: Equatable, Sendable {
     public let specs: [TensorSpec]
     private let storage: Storage
+    /// The sum of the squared values, when a receiver added it up on the way in (the norm of an
+    /// update without another pass over it).
+    public private(set) var sumOfSquares: Double?
 
     private enum Storage: Sendable {
         case array([Float])
@@ -98,7 +101,8 @@ public struct TensorPayload: Equatable, Sendable {
             let count = (raw.count + chunkBytes - 1) / chunkBytes
             return [UInt32](unsafeUninitializedCapacity: count) { out, initialized in
                 // Each iteration writes only its own element.
-                nonisolated(unsafe) let out = out.baseAddress!, bytes = raw.baseAddress!, total = raw.count
+                nonisolated(unsafe) let out = out.baseAddress!, bytes = raw.baseAddress!
+                let total = raw.count
                 let crc: @Sendable (Int) -> Void = { i in
                     let offset = i * chunkBytes
                     (out + i).initialize(to: fedlm_crc32c(0, bytes + offset, min(chunkBytes, total - offset)))
@@ -164,6 +168,7 @@ public struct TensorPayload: Equatable, Sendable {
         private var values: [Float]
         private let destination: PayloadDestination?
         private var firstNonFinite: Int?
+        private var sumOfSquares = 0.0
 
         /// `destination`, if it gives one for the payload's value count, is where the values go.
         init(layout: Layout, maxValues: Int, destination: ((Int) -> PayloadDestination?)? = nil) throws {
@@ -185,36 +190,38 @@ public struct TensorPayload: Equatable, Sendable {
         var chunkCount: Int { layout.chunkCRC32C.count }
 
         /// Takes chunk `received` (chunks come in order).
-        mutating func add(_ frame: [UInt8], checksumVerified: Bool = false) throws {
-            try frame.withUnsafeBytes { try add($0, checksumVerified: checksumVerified) }
+        mutating func add(_ frame: [UInt8]) throws {
+            try frame.withUnsafeBytes { try add($0) }
         }
 
-        /// Takes chunk `received` from wherever its bytes are (e.g. libzmq's receive buffer).
-        mutating func add(_ frame: UnsafeRawBufferPointer, checksumVerified: Bool = false) throws {
+        /// Takes chunk `received` from wherever its bytes are (e.g. libzmq's receive buffer):
+        /// copies it into place and, in the same pass (`fedlm_take_floats`), checks its CRC-32C
+        /// and finite values and adds up its squares.
+        mutating func add(_ frame: UnsafeRawBufferPointer) throws {
             let i = received
             let offset = i * (layout.chunkBytes / 4)
             let expectedSize = min(layout.chunkBytes, (total - offset) * 4)
             guard frame.count == expectedSize else {
                 throw ProtocolError(.malformed, "chunk \(i) has \(frame.count) bytes, expected \(expectedSize)")
             }
-            if !checksumVerified {
-                let crc = fedlm_crc32c(0, frame.baseAddress, frame.count)
-                guard crc == layout.chunkCRC32C[i] else {
-                    throw ProtocolError(.badChecksum, "chunk \(i) has CRC-32C \(crc), the header says \(layout.chunkCRC32C[i])")
-                }
-            }
             let n = frame.count / 4
-            func place(_ out: UnsafeMutableBufferPointer<Float>) {
+            var stats = fedlm_chunk_stats()
+            func place(_ out: UnsafeMutableBufferPointer<Float>) -> UnsafeMutableBufferPointer<Float> {
                 let chunk = UnsafeMutableBufferPointer(rebasing: out[offset..<(offset + n)])
-                UnsafeMutableRawBufferPointer(chunk).copyMemory(from: frame)
-                if firstNonFinite == nil, let bad = TensorPayload.firstNonFinite(UnsafeBufferPointer(chunk)) { firstNonFinite = offset + bad }
+                fedlm_take_floats(frame.baseAddress, chunk.baseAddress, n, &stats)
+                return chunk
             }
-            if let destination {
-                place(destination.values)
-                destination.received(offset..<(offset + n))
-            } else {
-                values.withUnsafeMutableBufferPointer { place($0) }
+            // A chunk that fails its checksum has been copied, but is never handed on: the
+            // transfer is dropped (and a destination not told it arrived).
+            let chunk = if let destination { place(destination.values) } else { values.withUnsafeMutableBufferPointer { place($0) } }
+            guard stats.crc32c == layout.chunkCRC32C[i] else {
+                throw ProtocolError(.badChecksum, "chunk \(i) has CRC-32C \(stats.crc32c), the header says \(layout.chunkCRC32C[i])")
             }
+            if stats.nonFinite != 0, firstNonFinite == nil, let bad = TensorPayload.firstNonFinite(UnsafeBufferPointer(chunk)) {
+                firstNonFinite = offset + bad
+            }
+            sumOfSquares += stats.sumOfSquares
+            destination?.received(offset..<(offset + n))
             received += 1
         }
 
@@ -233,8 +240,11 @@ public struct TensorPayload: Equatable, Sendable {
                 let value = destination.map { $0.values[bad] } ?? values[bad]
                 throw ProtocolError(.nonFinite, "tensor \(name) holds \(value) at element \(index)")
             }
-            if let destination { return TensorPayload(specs: layout.tensors, destination: destination) }
-            return TensorPayload(specs: layout.tensors, values: values)
+            var payload = if let destination { TensorPayload(specs: layout.tensors, destination: destination) } else {
+                TensorPayload(specs: layout.tensors, values: values)
+            }
+            payload.sumOfSquares = sumOfSquares
+            return payload
         }
     }
 

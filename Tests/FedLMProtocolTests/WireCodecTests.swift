@@ -172,6 +172,35 @@ final class WireCodecTests: XCTestCase {
         }
     }
 
+    /// The receiver's one-pass chunk check against each check done on its own: the copy is
+    /// exact, the CRC equals `fedlm_crc32c` of the bytes, a NaN or infinity anywhere (also in a
+    /// block's tail) is seen, and the sum of squares matches a Double sum to float precision;
+    /// lengths across the 6,144-value block and the 16-value step, from an odd address.
+    func testOnePassChunkCheckMatchesTheSeparateChecks() {
+        var rng = SeededGenerator(seed: 11)
+        for count in [0, 1, 15, 16, 17, 6143, 6144, 6145, 20_000, 262_144] {
+            let values = (0..<count).map { _ in Float.random(in: -3...3, using: &rng) }
+            var bytes = [UInt8](repeating: 0, count: count * 4 + 1)  // values at offset 1: unaligned
+            values.withUnsafeBytes { src in bytes.withUnsafeMutableBytes { ($0.baseAddress! + 1).copyMemory(from: src.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, byteCount: src.count) } }
+            for poison in [nil, Float.nan, Float.infinity] as [Float?] {
+                var input = bytes
+                let at = count == 0 ? 0 : count - 1 - (count / 3)
+                if let poison, count > 0 { withUnsafeBytes(of: poison) { p in for k in 0..<4 { input[1 + at * 4 + k] = p[k] } } }
+                var out = [Float](repeating: 0, count: count)
+                var stats = fedlm_chunk_stats()
+                input.withUnsafeBytes { src in out.withUnsafeMutableBufferPointer { fedlm_take_floats(src.baseAddress! + 1, $0.baseAddress, count, &stats) } }
+                let crc = input.withUnsafeBytes { fedlm_crc32c(0, $0.baseAddress! + 1, count * 4) }
+                XCTAssertEqual(stats.crc32c, crc, "count \(count)")
+                XCTAssertEqual(out.withUnsafeBytes { Array($0) }, Array(input[1...]), "count \(count): copied exactly")
+                XCTAssertEqual(stats.nonFinite != 0, poison != nil && count > 0, "count \(count), poison \(String(describing: poison))")
+                if poison == nil {
+                    let reference = values.reduce(0.0) { $0 + Double($1) * Double($1) }
+                    XCTAssertEqual(stats.sumOfSquares, reference, accuracy: max(1e-9, reference * 1e-5), "count \(count)")
+                }
+            }
+        }
+    }
+
     /// Random corruption of valid messages: decoding either succeeds or throws a ProtocolError,
     /// never crashes, whatever is flipped, cut or appended.
     func testRandomMutationsNeverCrashTheDecoder() {

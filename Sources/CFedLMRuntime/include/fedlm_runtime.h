@@ -29,6 +29,18 @@ uint32_t fedlm_crc32c(uint32_t crc, const void *data, size_t length);
 /// on long buffers): the baseline `fedlm bench update` and the tests compare against.
 uint32_t fedlm_crc32c_serial(uint32_t crc, const void *data, size_t length);
 
+/// What one pass over a chunk of received FP32 values found (`fedlm_take_floats`).
+typedef struct {
+    uint32_t crc32c;      ///< CRC-32C of the chunk's bytes
+    int nonFinite;        ///< 1 if any value is NaN or infinite
+    double sumOfSquares;  ///< sum of the squared values (in float within 24 KB blocks, like VectorOps)
+} fedlm_chunk_stats;
+
+/// Copies `count` FP32 values from `source` (any alignment) to `destination` and, in the same
+/// pass, computes their bytes' CRC-32C, whether any is not finite, and their sum of squares: the
+/// receiver's four checks of a chunk as one pass, 24 KB at a time while the block is in L1.
+void fedlm_take_floats(const void *source, float *destination, size_t count, fedlm_chunk_stats *stats);
+
 /// Bit set of the CPU features that decide OpenBLAS's kernel choice.
 enum {
     FEDLM_CPU_SSE3 = 1 << 0,
