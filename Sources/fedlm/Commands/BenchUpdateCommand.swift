@@ -196,12 +196,14 @@ struct BenchUpdateCommand: ParsableCommand {
             return Double(frameCount << 20) / (now() - t0) / 1e9
         })
         inPlace.stop = true
+        let rawCPU0 = ThreadCPU.now()
         let rawBrokerZeroCopyGBs = median(try (0..<rounds).map { _ in
             let t0 = now()
             for i in 0..<frameCount { try rawTrainer.send([], shared: body, range: i..<(i + 1)) }
             _ = try rawTrainer.receive()
             return Double(frameCount << 20) / (now() - t0) / 1e9
         })
+        let rawCPU = ThreadCPU.now().since(rawCPU0)
         let rawBrokerGBs = max(rawBrokerCopyingGBs, rawBrokerZeroCopyGBs)
         stopSink.stop = true
         while sink.isExecuting { usleep(1000) }
@@ -217,13 +219,17 @@ struct BenchUpdateCommand: ParsableCommand {
         func call(_ m: Message) throws -> Message { try Self.call(m, on: trainer, assembler: &assembler, codec: codec) }
         _ = try call(.hello(Hello(trainerID: "bench")))
         var fetchT: [Double] = [], updateT: [Double] = [], exchangeT: [Double] = []
+        var updateCPU = (zmq: 0.0, other: 0.0)
         for r in 0..<rounds {
             let t0 = now()
             guard case .release(let info, _) = try call(.fetch(Fetch())) else { throw ValidationError("expected a release") }
+            let cpu0 = ThreadCPU.now()
             let t1 = now()
             guard case .ack = try call(.update(UpdateInfo(updateID: "e\(r)", trainerID: "bench", baseVersion: info.version, tokens: 1, localSteps: 1),
                                                TensorPayload(specs: specs, values: delta))) else { throw ValidationError("expected an ack") }
             let t2 = now()
+            let cpu = ThreadCPU.now().since(cpu0)
+            updateCPU = (updateCPU.zmq + cpu.zmq, updateCPU.other + cpu.other)
             fetchT.append(t1 - t0)
             updateT.append(t2 - t1)
             exchangeT.append(t2 - t0)
@@ -281,6 +287,7 @@ struct BenchUpdateCommand: ParsableCommand {
               (raw libzmq, one hop, 1 MiB messages: \(String(format: "%.2f", rawCopyingGBs)) GB/s copying, \(String(format: "%.2f", rawZeroCopyGBs)) GB/s without copies; as one multipart message of 1 MiB frames: \(String(format: "%.2f", rawMultipartGBs)) GB/s)
             throughput: update vs raw libzmq through the same broker \(String(format: "%.2f", rawBrokerGBs)) GB/s = \(String(format: "%.0f%%", 100 * e2eGBs / rawBrokerGBs))
               (raw through the broker: \(String(format: "%.2f", rawBrokerCopyingGBs)) GB/s copying, \(String(format: "%.2f", rawBrokerZeroCopyGBs)) GB/s without copies; the faster is the reference)
+            CPU per 41.7 MB, all threads: raw libzmq through the broker without copies \(String(format: "%.1f", 1000 * (rawCPU.zmq + rawCPU.other) / Double(rounds))) ms (libzmq I/O threads \(String(format: "%.1f", 1000 * rawCPU.zmq / Double(rounds))) ms); an update \(String(format: "%.1f", 1000 * (updateCPU.zmq + updateCPU.other) / Double(rounds))) ms (libzmq I/O threads \(String(format: "%.1f", 1000 * updateCPU.zmq / Double(rounds))) ms, FedLM's threads \(String(format: "%.1f", 1000 * updateCPU.other / Double(rounds))) ms); this machine has \(ProcessInfo.processInfo.activeProcessorCount) cores
             throughput, \(senders) trainers each with one update in flight (\(senders * perSender) updates): \(String(format: "%.2f", pipelinedGBs)) GB/s = \(String(format: "%.0f%%", 100 * pipelinedGBs / rawGBs)) of raw one-hop, \(String(format: "%.0f%%", 100 * pipelinedGBs / rawBrokerGBs)) of raw through the broker
             CRC-32C of one update: \(String(format: "%.1f", 1000 * crcParallelT)) ms (three chains) vs \(String(format: "%.1f", 1000 * crcSerialT)) ms (one chain) = \(String(format: "%.1fx", crcSerialT / crcParallelT))
             application: \(String(format: "%.1f", strategyGBs)) GB/s of updates applied vs single-thread copy \(String(format: "%.1f", copyGBs)) GB/s = \(String(format: "%.0f%%", 100 * strategyGBs / copyGBs))   (target >= 50%)
