@@ -183,7 +183,7 @@ public final class AggregatorCore {
     /// The current model as a RELEASE: the global model, or a cluster's (global trunk, its head).
     public func release(cluster: String? = nil) -> Message {
         guard let cluster, let heads, let head = heads.heads[cluster] else {
-            return .release(ReleaseInfo(version: version), TensorPayload(specs: specs, values: model.parameters.storage.array))
+            return .release(ReleaseInfo(version: version), TensorPayload(specs: specs, copying: UnsafeBufferPointer(model.parameters.storage.buffer)))
         }
         let values = [Float](unsafeUninitializedCapacity: model.parameters.count) { out, n in
             heads.release(cluster, model: model.parameters, into: out.baseAddress!)

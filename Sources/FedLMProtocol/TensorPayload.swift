@@ -31,6 +31,9 @@ public struct TensorPayload: Equatable, Sendable {
     /// The sum of the squared values, when a receiver added it up on the way in (the norm of an
     /// update without another pass over it).
     public private(set) var sumOfSquares: Double?
+    /// Chunk checksums computed while the values were copied in (`init(specs:copying:)`), for
+    /// `layout` when it cuts the same chunks.
+    private var knownChecksums: (chunkBytes: Int, crcs: [UInt32])?
 
     private enum Storage: Sendable {
         case array([Float])
@@ -43,6 +46,27 @@ public struct TensorPayload: Equatable, Sendable {
         precondition(specs.reduce(0) { $0 + $1.count } == values.count, "payload values do not match the specs")
         self.specs = specs
         self.storage = .array(values)
+    }
+
+    /// A payload of a copy of `source`, taken in one pass that also computes each chunk's
+    /// CRC-32C (of `chunkBytes`), so encoding it later costs no second pass: the aggregator's
+    /// release of each new version.
+    public init(specs: [TensorSpec], copying source: UnsafeBufferPointer<Float>, chunkBytes: Int = defaultChunkBytes) {
+        precondition(specs.reduce(0) { $0 + $1.count } == source.count, "payload values do not match the specs")
+        precondition(chunkBytes > 0 && chunkBytes % 4 == 0, "chunk size \(chunkBytes)")
+        let perChunk = chunkBytes / 4
+        var crcs: [UInt32] = []
+        crcs.reserveCapacity((source.count + perChunk - 1) / perChunk)
+        let values = [Float](unsafeUninitializedCapacity: source.count) { out, initialized in
+            var stats = fedlm_chunk_stats()
+            for start in stride(from: 0, to: source.count, by: perChunk) {
+                fedlm_take_floats(source.baseAddress! + start, out.baseAddress! + start, min(perChunk, source.count - start), &stats)
+                crcs.append(stats.crc32c)
+            }
+            initialized = source.count
+        }
+        self.init(specs: specs, values: values)
+        knownChecksums = (chunkBytes, crcs)
     }
 
     /// A payload whose values are in `destination` (assembled there by a `StreamAssembler`).
@@ -96,6 +120,9 @@ public struct TensorPayload: Equatable, Sendable {
         #if _endian(big)
         fatalError("FedLM's wire format is little-endian; big-endian hosts are not supported")
         #endif
+        if let known = knownChecksums, known.chunkBytes == chunkBytes {
+            return Layout(tensors: specs, chunkBytes: chunkBytes, chunkCRC32C: known.crcs, dtype: Self.dtype)
+        }
         let crcs = withValues { floats in
             let raw = UnsafeRawBufferPointer(floats)
             let count = (raw.count + chunkBytes - 1) / chunkBytes

@@ -201,6 +201,21 @@ final class WireCodecTests: XCTestCase {
         }
     }
 
+    /// A payload copied with its checksums taken on the way encodes exactly like one built from
+    /// the same values (same header, same chunks), whatever the chunk size asked for.
+    func testCopiedPayloadEncodesLikeOneFromAnArray() throws {
+        var rng = SeededGenerator(seed: 5)
+        let values = (0..<10_001).map { _ in Float.random(in: -1...1, using: &rng) }
+        let specs = [TensorSpec(name: "a", shape: [10_001])]
+        var codec = WireCodec()
+        for chunk in [4096, 1 << 20] {
+            codec.chunkBytes = chunk
+            let copied = values.withUnsafeBufferPointer { TensorPayload(specs: specs, copying: $0, chunkBytes: 4096) }
+            XCTAssertEqual(codec.encode(.release(ReleaseInfo(version: 3), copied)),
+                           codec.encode(.release(ReleaseInfo(version: 3), TensorPayload(specs: specs, values: values))), "chunks of \(chunk)")
+        }
+    }
+
     /// Random corruption of valid messages: decoding either succeeds or throws a ProtocolError,
     /// never crashes, whatever is flipped, cut or appended.
     func testRandomMutationsNeverCrashTheDecoder() {
