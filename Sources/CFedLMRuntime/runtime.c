@@ -1,5 +1,6 @@
 #include "fedlm_runtime.h"
 #include <stdio.h>
+#include <string.h>
 
 void fedlm_line_buffer_stdout(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
 
@@ -98,8 +99,23 @@ static uint32_t crc32c_software(uint32_t crc, const unsigned char *p, size_t n) 
     return ~crc;
 }
 
+/* Copy, exponent check and squares of one block (any CPU; also the AVX2 version's tail). */
+static void take_block_portable(const float *src, float *dst, size_t n, uint32_t *exponent, double *squares) {
+    float sum = 0;
+    uint32_t e = *exponent;
+    for (size_t i = 0; i < n; i++) {
+        float v = src[i];
+        uint32_t bits;
+        memcpy(&bits, &v, 4);
+        dst[i] = v;
+        if ((bits & 0x7F800000u) > e) e = bits & 0x7F800000u;
+        sum += v * v;
+    }
+    *exponent = e;
+    *squares += sum;
+}
+
 #if defined(__x86_64__)
-#include <string.h>
 __attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc, const unsigned char *p, size_t n) {
     uint64_t c = ~crc & 0xFFFFFFFFu;
     while (n >= 8) {
@@ -196,7 +212,7 @@ uint32_t fedlm_crc32c_serial(uint32_t crc, const void *data, size_t length) {
 }
 #include <immintrin.h>
 
-/* Copy, exponent check and squares of one block already in L1 (AVX2 + FMA: 16 values a step). */
+/* The same for a block already in L1, 16 values a step (AVX2 + FMA). */
 __attribute__((target("avx2,fma"))) static void take_block_avx2(const float *src, float *dst, size_t n, uint32_t *exponent,
                                                                 double *squares) {
     const __m256i mask = _mm256_set1_epi32(0x7F800000);
@@ -222,16 +238,9 @@ __attribute__((target("avx2,fma"))) static void take_block_avx2(const float *src
         sum += lanes[k];
         if (exps[k] > e) e = exps[k];
     }
-    for (; i < n; i++) {
-        float v = src[i];
-        uint32_t bits;
-        memcpy(&bits, &v, 4);
-        dst[i] = v;
-        if ((bits & 0x7F800000u) > e) e = bits & 0x7F800000u;
-        sum += v * v;
-    }
     *exponent = e;
     *squares += sum;
+    take_block_portable(src + i, dst + i, n - i, exponent, squares);
 }
 
 static int take_has_avx2 = 0;
@@ -244,22 +253,6 @@ uint32_t fedlm_crc32c(uint32_t crc, const void *data, size_t length) { return cr
 uint32_t fedlm_crc32c_serial(uint32_t crc, const void *data, size_t length) { return crc32c_software(crc, data, length); }
 #endif
 
-#include <string.h>
-
-static void take_block_portable(const float *src, float *dst, size_t n, uint32_t *exponent, double *squares) {
-    float sum = 0;
-    uint32_t e = *exponent;
-    for (size_t i = 0; i < n; i++) {
-        float v = src[i];
-        uint32_t bits;
-        memcpy(&bits, &v, 4);
-        dst[i] = v;
-        if ((bits & 0x7F800000u) > e) e = bits & 0x7F800000u;
-        sum += v * v;
-    }
-    *exponent = e;
-    *squares += sum;
-}
 
 void fedlm_take_floats(const void *source, float *destination, size_t count, fedlm_chunk_stats *stats) {
     /* Blocks of 24 KB: the CRC's three chains read a block into L1, the copy reads it from there. */
