@@ -233,20 +233,19 @@ public struct TensorPayload: Equatable, Sendable {
             }
             let n = frame.count / 4
             var stats = fedlm_chunk_stats()
-            func place(_ out: UnsafeMutableBufferPointer<Float>) -> UnsafeMutableBufferPointer<Float> {
+            /// Copies and checks the chunk into `out`; returns its first non-finite value's index.
+            func place(_ out: UnsafeMutableBufferPointer<Float>) -> Int? {
                 let chunk = UnsafeMutableBufferPointer(rebasing: out[offset..<(offset + n)])
                 fedlm_take_floats(frame.baseAddress, chunk.baseAddress, n, &stats)
-                return chunk
+                return stats.nonFinite != 0 ? TensorPayload.firstNonFinite(UnsafeBufferPointer(chunk)) : nil
             }
             // A chunk that fails its checksum has been copied, but is never handed on: the
             // transfer is dropped (and a destination not told it arrived).
-            let chunk = if let destination { place(destination.values) } else { values.withUnsafeMutableBufferPointer { place($0) } }
+            let bad = if let destination { place(destination.values) } else { values.withUnsafeMutableBufferPointer { place($0) } }
             guard stats.crc32c == layout.chunkCRC32C[i] else {
                 throw ProtocolError(.badChecksum, "chunk \(i) has CRC-32C \(stats.crc32c), the header says \(layout.chunkCRC32C[i])")
             }
-            if stats.nonFinite != 0, firstNonFinite == nil, let bad = TensorPayload.firstNonFinite(UnsafeBufferPointer(chunk)) {
-                firstNonFinite = offset + bad
-            }
+            if firstNonFinite == nil, let bad { firstNonFinite = offset + bad }
             sumOfSquares += stats.sumOfSquares
             destination?.received(offset..<(offset + n))
             received += 1
