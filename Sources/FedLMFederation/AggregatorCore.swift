@@ -46,7 +46,7 @@ public final class AggregatorCore {
 
     var checkpointsDirectory: String { runDirectory + "/checkpoints" }
     /// The accepted updates' pseudo-gradients, kept for replay until a checkpoint covers them.
-    private var deltas: DeltaFiles
+    private let deltas: DeltaFiles
 
     /// Opens a run directory: restores it if it has a ledger with versions, else starts from
     /// `initialModel` as version 0 (checkpointed at once).
