@@ -1,4 +1,5 @@
 import FedLMAggregation
+import FedLMCheckpoint
 import FedLMFederation
 import FedLMModel
 import FedLMProtocol
@@ -29,6 +30,7 @@ final class StreamedTransportTests: XCTestCase {
         config.staleness = .constant
         config.serverOptimizer = .sgd(learningRate: 1)
         config.durability = .process
+        config.checkpointEvery = 100  // the update files stay referenced by the ledger
         broker = BrokerService(endpoints: endpoints)
         service = AggregatorService(core: try AggregatorCore(runDirectory: dir, config: config,
                                                              initialModel: try GPT2Model(config: modelConfig, seed: 5)),
@@ -119,6 +121,12 @@ final class StreamedTransportTests: XCTestCase {
         for i in stride(from: 0, to: delta.count, by: 9973) {
             XCTAssertEqual(after.values[i], release.values[i] - delta[i], accuracy: 1e-6)
         }
+        // Written to its file chunk by chunk as it streamed in: the file holds exactly the
+        // update, and the norm the ledger records (summed on the way in) is the update's.
+        let applied = try XCTUnwrap(try service.core.ledger.update(id: "u1"))
+        XCTAssertEqual(try SafeTensorsFile(path: XCTUnwrap(applied.deltaPath)).floats("delta"), delta)
+        let norm = delta.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+        XCTAssertEqual(applied.norm, norm, accuracy: norm * 1e-5)
 
         // An update carrying a NaN (in its last chunk): refused naming the update and the
         // tensor, recorded in the ledger, the model unchanged; sent again, the same refusal.
@@ -139,5 +147,7 @@ final class StreamedTransportTests: XCTestCase {
         guard case .release(let unchanged, let same) = try call(codec.encode(.fetch(Fetch()))).0 else { return XCTFail("expected a release") }
         XCTAssertEqual(unchanged.version, 1)
         XCTAssertEqual(same.values, after.values)
+        let left = try FileManager.default.contentsOfDirectory(atPath: dir + "/deltas")
+        XCTAssertEqual(left.filter { $0.hasPrefix("incoming-") }, [], "the refused update's file went back to the spares")
     }
 }
