@@ -285,8 +285,11 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
             lastRoundSeconds = Date().timeIntervalSince1970 - t0
             stepSeconds = lastRoundSeconds / Double(h)
             // Pseudo-gradient: start weights minus end weights.
-            var delta = [Float](repeating: 0, count: model.parameters.count)
-            for i in 0..<delta.count { delta[i] = start.pointer[i] - model.parameters.pointer[i] }
+            let before = start.pointer, after = model.parameters.pointer
+            var delta = [Float](unsafeUninitializedCapacity: model.parameters.count) { out, initialized in
+                for i in 0..<out.count { out[i] = before[i] - after[i] }
+                initialized = out.count
+            }
             if let attack = o.attack { Self.corrupt(&delta, attack, rng: &rng) }
             round += 1
             let id = "\(o.id)-\(info.version)-\(round)-\(UInt32.random(in: 0...UInt32.max))"
@@ -322,13 +325,16 @@ struct PendingUpdate {
     let id: String
     let frames: SharedFrames
 
+    /// Writes the id, a zero byte, the frame count and sizes (little-endian UInt64s), then the
+    /// frames, straight from where they lie (atomically, fsynced).
     func save(_ path: String) throws {
-        var blob: [UInt8] = []
-        func append64(_ v: Int) { withUnsafeBytes(of: UInt64(v).littleEndian) { blob.append(contentsOf: $0) } }
-        append64(frames.count)
-        for i in 0..<frames.count { append64(frames[i].count) }
-        for i in 0..<frames.count { blob += frames[i] }
-        try AtomicFile.write(Data(Array(id.utf8) + [0] + blob), to: path)
+        try AtomicFile.write(to: path) { sink in
+            func write64(_ v: Int) throws { try withUnsafeBytes(of: UInt64(v).littleEndian) { try sink.write($0) } }
+            try sink.write(Array(id.utf8) + [0])
+            try write64(frames.count)
+            for i in 0..<frames.count { try write64(frames[i].count) }
+            for i in 0..<frames.count { try sink.write(frames[i]) }
+        }
     }
 
     static func load(_ path: String) throws -> PendingUpdate {
