@@ -47,17 +47,8 @@ final class FederationTests: XCTestCase {
         logs.append(aggregator.output)
         aggregator = try f.start("aggregator", ["--threads", "1"])
 
-        for name in ["t1", "t2", "t3"] {
-            let p = trainers[name]!
-            XCTAssertTrue(p.exits(by: Date().addingTimeInterval(240)), "\(name) did not finish")
-            logs.append(p.output)
-        }
-        aggregator.signal(SIGTERM)
-        XCTAssertEqual(aggregator.wait(), 0, aggregator.output)
-        logs.append(aggregator.output)
-        broker.signal(SIGTERM)
-        broker.wait()
-        let allLogs = logs.joined(separator: "\n")
+        let allLogs = SmallFederation.finish(["t1", "t2", "t3"].map { ($0, trainers[$0]!) }, aggregator: aggregator, broker: broker,
+                                             logs: logs)
 
         let ledger = try Ledger(path: f.ledgerPath)
         // The restarted trainer came back and delivered more.
@@ -133,17 +124,8 @@ final class FederationTests: XCTestCase {
             }
             aggregator = try f.start("aggregator", ["--threads", "1"])
         }
-        for name in ["a", "b", "c", "d"] {
-            let p = trainers[name]!
-            XCTAssertTrue(p.exits(by: Date().addingTimeInterval(240)), "\(name) did not finish")
-            logs.append(p.output)
-        }
-        aggregator.signal(SIGTERM)
-        XCTAssertEqual(aggregator.wait(), 0, aggregator.output)
-        logs.append(aggregator.output)
-        broker.signal(SIGTERM)
-        broker.wait()
-        let allLogs = logs.joined(separator: "\n")
+        let allLogs = SmallFederation.finish(["a", "b", "c", "d"].map { ($0, trainers[$0]!) }, aggregator: aggregator, broker: broker,
+                                             logs: logs)
         XCTAssertEqual(allLogs.components(separatedBy: "restored v").count - 1, kills, "every restart restored from a checkpoint")
         let corrupt = try XCTUnwrap(truncated)
         XCTAssertTrue(allLogs.contains("cannot restore from v\(corrupt)"), "the truncated v\(corrupt) was detected")
@@ -535,6 +517,24 @@ struct SmallFederation {
     }
 
     var version: Int { ledger("SELECT COALESCE(MAX(version_after), 0) FROM updates") }
+
+    /// The end of a run: each trainer must finish its budget within 240 s, then the aggregator
+    /// is stopped (it must exit cleanly) and the broker. Returns `logs` followed by the trainers'
+    /// and the aggregator's output, joined.
+    static func finish(_ trainers: [(name: String, process: FedLMProcess)], aggregator: FedLMProcess, broker: FedLMProcess,
+                       logs: [String], file: StaticString = #filePath, line: UInt = #line) -> String {
+        var logs = logs
+        for (name, p) in trainers {
+            XCTAssertTrue(p.exits(by: Date().addingTimeInterval(240)), "\(name) did not finish", file: file, line: line)
+            logs.append(p.output)
+        }
+        aggregator.signal(SIGTERM)
+        XCTAssertEqual(aggregator.wait(), 0, aggregator.output, file: file, line: line)
+        logs.append(aggregator.output)
+        broker.signal(SIGTERM)
+        broker.wait()
+        return logs.joined(separator: "\n")
+    }
 
     /// The update ids trainers logged as acknowledged ("... update <id> acknowledged ...").
     static func acknowledgedIDs(in logs: String) -> [String] {
