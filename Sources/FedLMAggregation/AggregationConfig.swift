@@ -67,10 +67,22 @@ public struct ClusterConfig: Equatable, Sendable, Codable {
     /// head). Automatic assignment (IFCA) needs clusters that differ from the start, or every
     /// trainer picks the same one.
     public var initialNoise = 0.0
-    public init(names: [String], headPatterns: [String]? = nil, initialNoise: Double = 0) {
+    /// How much each cluster's head learns from the other clusters: every update's head part
+    /// is applied in full to its own cluster's head (through the server optimizer) and, scaled
+    /// by `share`, to every other cluster's head. 0: heads learn only from their own cluster;
+    /// 1: every head takes every update. See `PersonalizedHeads`.
+    public var share = 0.0
+    /// The server optimizer that applies a cluster's own updates to its head (nil: the
+    /// aggregation's). SGD at rate 1 makes a head follow its trainers' local training exactly,
+    /// while the shared trunk can take a larger outer step or momentum.
+    public var serverOptimizer: ServerOptimizerKind?
+    public init(names: [String], headPatterns: [String]? = nil, initialNoise: Double = 0, share: Double = 0,
+                serverOptimizer: ServerOptimizerKind? = nil) {
         self.names = names
         self.headPatterns = headPatterns
         self.initialNoise = initialNoise
+        self.share = share
+        self.serverOptimizer = serverOptimizer
     }
 
     /// Cluster names become file names and pub/sub topics: letters, digits, '-', '_' and '.'.

@@ -20,7 +20,9 @@ public struct ParameterPartition: Equatable, Sendable {
 
     /// Selects the head by `patterns` (nil: the default). Every explicit pattern must match at
     /// least one tensor, so a typo is an error rather than a head silently smaller than meant.
-    public init(model: ParameterLayout, layers: Int, patterns: [String]? = nil) throws {
+    /// A head of every parameter (fully personal models) is refused unless `allowingEverything`:
+    /// it makes sense only where clusters still learn from each other (`ClusterConfig.share`).
+    public init(model: ParameterLayout, layers: Int, patterns: [String]? = nil, allowingEverything: Bool = false) throws {
         let explicit = patterns != nil
         let chosen = patterns ?? Self.defaultPatterns
         let expanded = chosen.map { $0.replacingOccurrences(of: "{last}", with: String(layers - 1)) }
@@ -33,7 +35,9 @@ public struct ParameterPartition: Equatable, Sendable {
             for m in matches where !selected.contains(where: { $0.name == m.name }) { selected.append(m) }
         }
         guard !selected.isEmpty else { throw PartitionError("the head patterns select no parameters") }
-        guard selected.count < model.entries.count else { throw PartitionError("the head patterns select every parameter: nothing is shared") }
+        guard selected.count < model.entries.count || allowingEverything else {
+            throw PartitionError("the head patterns select every parameter: nothing is shared (with clusters.share > 0 clusters still learn from each other)")
+        }
         selected.sort { $0.offset < $1.offset }
         self.model = model
         self.head = ParameterLayout(tensors: selected.map { ($0.name, $0.shape, $0.decays) })

@@ -13,8 +13,10 @@ public final class PersonalizedHeads {
     public final class Head {
         public let weights: ParameterVector
         public let strategy: any AggregationStrategy
-        /// Increases each time this head changes.
+        /// Increases with each of its own cluster's updates (its staleness is counted in these).
         public internal(set) var version = 0
+        /// Other clusters' updates shared into this head (`share`), so releases change with them.
+        public internal(set) var shared = 0
         init(weights: ParameterVector, strategy: any AggregationStrategy) {
             self.weights = weights
             self.strategy = strategy
@@ -24,16 +26,19 @@ public final class PersonalizedHeads {
     public let partition: ParameterPartition
     private let makeStrategy: () -> any AggregationStrategy
     private let initialNoise: Float
+    /// The weight of other clusters' updates on a head (`ClusterConfig.share`).
+    public let share: Float
     public private(set) var heads: [String: Head] = [:]
     /// The head part of the update being handled, reused.
     private let scratch: ParameterVector
 
     /// Head strategies apply each of a cluster's updates as it arrives (few trainers share a
-    /// cluster, so buffering across them would stall a head), through the configured server
-    /// optimizer; FedAsync's mixing becomes an SGD step of that rate.
+    /// cluster, so buffering across them would stall a head), through the clusters' own server
+    /// optimizer if set, else the aggregation's; FedAsync's mixing becomes an SGD step of that rate.
     public init(partition: ParameterPartition, config: AggregationConfig) {
         self.partition = partition
-        let optimizer: ServerOptimizerKind = config.mode == .fedasync ? .sgd(learningRate: Float(config.mixing)) : config.serverOptimizer
+        let optimizer: ServerOptimizerKind = config.clusters?.serverOptimizer
+            ?? (config.mode == .fedasync ? .sgd(learningRate: Float(config.mixing)) : config.serverOptimizer)
         let layout = partition.head
         makeStrategy = {
             FedBuff(bufferSize: 1, weight: config.mode == .sync ? .constant : config.staleness, maxStaleness: config.maxStaleness,
@@ -41,6 +46,7 @@ public final class PersonalizedHeads {
         }
         scratch = ParameterVector(layout: partition.head)
         initialNoise = Float(config.clusters?.initialNoise ?? 0)
+        share = Float(config.clusters?.share ?? 0)
     }
 
     public var names: [String] { heads.keys.sorted() }
@@ -52,7 +58,7 @@ public final class PersonalizedHeads {
         let weights = ParameterVector(layout: partition.head)
         partition.gatherHead(from: model.pointer, into: weights)
         if noise, initialNoise > 0 {
-            var rng = SeededGenerator(seed: name.utf8.reduce(UInt64(14_695_981_039_346_656_037)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 })
+            var rng = SeededGenerator(seed: 0, name: name)
             for i in 0..<weights.count { weights.pointer[i] += initialNoise * Float(rng.nextNormal()) }
         }
         heads[name] = Head(weights: weights, strategy: makeStrategy())
@@ -65,7 +71,18 @@ public final class PersonalizedHeads {
         let decision = head.strategy.receive(Contribution(delta: scratch, staleness: staleness, dataWeight: dataWeight, trainer: trainer),
                                              model: head.weights)
         if decision == .applied { head.version += 1 }
+        if case .refused = decision { return decision }
+        if share > 0 {
+            for (name, other) in heads where name != cluster { shareInto(other) }
+        }
         return decision
+    }
+
+    /// w_other -= share * (the head part of the update in `scratch`).
+    private func shareInto(_ other: Head) {
+        let w = other.weights.pointer, d = scratch.pointer, s = share
+        parallelFor(other.weights.count, granularity: 4096) { r in for i in r { w[i] -= s * d[i] } }
+        other.shared += 1
     }
 
     /// Writes `cluster`'s release: the trunk of `model` with the cluster's head in place.
@@ -88,6 +105,7 @@ public final class PersonalizedHeads {
         var s: [String: Double] = [:]
         for c in names {
             s[c + "/version"] = Double(heads[c]!.version)
+            s[c + "/shared"] = Double(heads[c]!.shared)
             for (k, v) in heads[c]!.strategy.stateScalars { s[c + "/" + k] = v }
         }
         return s
@@ -103,6 +121,7 @@ public final class PersonalizedHeads {
             var own: [String: Double] = [:]
             for (k, v) in scalars where k.hasPrefix(prefix) { own[String(k.dropFirst(prefix.count))] = v }
             heads[c]!.version = Int(own["version"] ?? 0)
+            heads[c]!.shared = Int(own["shared"] ?? 0)
             heads[c]!.strategy.restore(scalars: own)
         }
     }

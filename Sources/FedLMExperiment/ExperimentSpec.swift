@@ -16,7 +16,12 @@ import TOMLKit
 ///
 ///     [[variant]]
 ///     name = "centralized"
-///     centralized = true                 # `fedlm train` on all the data
+///     centralized = true                 # `fedlm train` on all the data ("pooled")
+///
+///     [[variant]]
+///     name = "alone"
+///     local = true                       # each trainer of the topology trains alone on its own
+///     topology = "Topologies/experiments/five-trainers.toml"   #   clusters with its share of the tokens
 ///
 ///     [[variant]]
 ///     name = "fedbuff"
@@ -28,6 +33,9 @@ public struct ExperimentSpec: Sendable {
     public struct Variant: Sendable {
         public var name: String
         public var centralized: Bool
+        /// Every trainer of `topology` trains alone (`fedlm train` on its own clusters) with its
+        /// share of the token budget: what each organisation gets without joining.
+        public var local: Bool
         public var topology: String?
         /// The `[variant.aggregation]` overrides as TOML text (applied to the topology's table).
         public var aggregationOverrides: String?
@@ -82,19 +90,26 @@ public struct ExperimentSpec: Sendable {
         for (i, item) in list.enumerated() {
             let p = "variant[\(i + 1)]."
             guard let v = item.table else { throw bad("variant \(i + 1) must be a table") }
-            try allow(v, ["name", "centralized", "topology", "aggregation", "label", "model"], p, bad)
+            try allow(v, ["name", "centralized", "local", "topology", "aggregation", "label", "model"], p, bad)
             guard let vname = try string(v, "name", p), ExperimentSpec.isValidName(vname) else {
                 throw bad("'\(p)name' is required: letters, digits, '-', '_'")
             }
-            let centralized = v["centralized"]?.bool ?? false
+            func flag(_ key: String) throws -> Bool {
+                guard let f = v[key] else { return false }
+                guard let b = f.bool else { throw bad("'\(p)\(key)' must be true or false") }
+                return b
+            }
+            let centralized = try flag("centralized"), local = try flag("local")
             let topology = try string(v, "topology", p)
             guard centralized != (topology != nil) else { throw bad("'\(p)': give either centralized = true or a topology") }
+            guard !local || topology != nil else { throw bad("'\(p)local': needs the topology whose trainers train alone") }
             var overrides: String?
             if let a = v["aggregation"] {
+                guard !local else { throw bad("'\(p)aggregation': a local variant has no aggregation") }
                 guard let table = a.table else { throw bad("'\(p)aggregation' must be a table") }
                 overrides = table.convert(to: .toml)
             }
-            spec.variants.append(Variant(name: vname, centralized: centralized, topology: topology, aggregationOverrides: overrides,
+            spec.variants.append(Variant(name: vname, centralized: centralized, local: local, topology: topology, aggregationOverrides: overrides,
                                          label: try string(v, "label", p), model: try string(v, "model", p)))
         }
         guard Set(spec.variants.map(\.name)).count == spec.variants.count else { throw bad("variant names must be unique") }

@@ -106,7 +106,8 @@ public final class AggregatorCore {
     }
 
     static func makeHeads(_ clusters: ClusterConfig, config: AggregationConfig, model: GPT2Model) throws -> PersonalizedHeads {
-        PersonalizedHeads(partition: try ParameterPartition(model: model.layout, layers: model.config.layers, patterns: clusters.headPatterns),
+        PersonalizedHeads(partition: try ParameterPartition(model: model.layout, layers: model.config.layers, patterns: clusters.headPatterns,
+                                                            allowingEverything: clusters.share > 0),
                           config: config)
     }
 
@@ -195,7 +196,7 @@ public final class AggregatorCore {
     /// The identity of what a release of `cluster` would carry now (changes when it must be re-sent).
     public func releaseKey(cluster: String?) -> String {
         guard let cluster, let head = heads?.heads[cluster] else { return "v\(version)" }
-        return "v\(version)/\(cluster)/h\(head.version)"
+        return "v\(version)/\(cluster)/h\(head.version).\(head.shared)"
     }
 
     /// The verdict already given to an update id (a resend, or a replay): its ack repeated, or

@@ -33,9 +33,7 @@ struct DeltaFiles {
         let safe = String(updateID.unicodeScalars.prefix(80).map {
             CharacterSet.alphanumerics.contains($0) || $0 == "-" || $0 == "_" ? Character($0) : "_"
         })
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
-        for byte in updateID.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        return directory + "/\(safe)-\(String(hash, radix: 16)).safetensors"
+        return directory + "/\(safe)-\(String(SeededGenerator.stableHash(updateID), radix: 16)).safetensors"
     }
 
     /// Writes `delta` as the update's file, overwriting a spare when there is one; fsynced when

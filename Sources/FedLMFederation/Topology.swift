@@ -66,6 +66,10 @@ import TOMLKit
 ///     head = ["transformer.h.{last}.*", "transformer.ln_f.*", "lm_head.*"]   # default
 ///     reassign_every = 10                   # automatic trainers re-check their cluster every N rounds
 ///     initial_noise = 0.0                   # noise on new heads (automatic assignment needs clusters that differ)
+///     share = 0.0                           # weight of other clusters' updates on each head (0: none, 1: all);
+///                                           #   with share > 0 the head may be every parameter (head = ["*"])
+///     server_optimizer = "sgd"              # optional: the heads' own server optimizer (and server_learning_rate,
+///     server_learning_rate = 1.0            #   server_momentum, ...); default: the [aggregation] one
 public struct Topology: Sendable {
     public struct Trainer: Sendable, Equatable {
         public var name: String
@@ -120,6 +124,33 @@ public struct Topology: Sendable {
             if let d = v.double { return d }
             if let i = v.int { return Double(i) }
             throw bad("'\(prefix)\(key)' must be a number")
+        }
+        /// The server optimizer of a table (`server_optimizer`, `server_learning_rate`,
+        /// `server_momentum`, `adam_beta1`, `adam_beta2`, `delayed_period`); nil when it names none
+        /// of them. Unnamed settings come from `base`.
+        func serverOptimizer(_ a: TOMLTable, _ p: String, default base: ServerOptimizerKind) throws -> ServerOptimizerKind? {
+            let keys = ["server_optimizer", "server_learning_rate", "server_momentum", "adam_beta1", "adam_beta2", "delayed_period"]
+            guard keys.contains(where: { a[$0] != nil }) else { return nil }
+            let (baseName, baseLR, baseMu): (String, Float, Float) = switch base {
+            case .sgd(let lr): ("sgd", lr, 0.9)
+            case .nesterov(let lr, let mu): ("nesterov", lr, mu)
+            case .adam(let lr, _, _, _): ("adam", lr, 0.9)
+            case .delayedNesterov(let lr, let mu, _): ("delayed_nesterov", lr, mu)
+            }
+            let lr = Float(try double(a, "server_learning_rate", p) ?? Double(baseLR))
+            let mu = Float(try double(a, "server_momentum", p) ?? Double(baseMu))
+            guard lr > 0, mu >= 0, mu < 1 else { throw bad("'\(p)server_learning_rate' must be > 0 and \(p)server_momentum in [0, 1)") }
+            switch try string(a, "server_optimizer", p) ?? baseName {
+            case "sgd": return .sgd(learningRate: lr)
+            case "nesterov": return .nesterov(learningRate: lr, momentum: mu)
+            case "adam": return .adam(learningRate: lr, beta1: Float(try double(a, "adam_beta1", p) ?? 0.9),
+                                      beta2: Float(try double(a, "adam_beta2", p) ?? 0.99), epsilon: 1e-8)
+            case "delayed_nesterov":
+                let period = try int(a, "delayed_period", p) ?? 4
+                guard period >= 1 else { throw bad("'\(p)delayed_period' must be >= 1") }
+                return .delayedNesterov(learningRate: lr, momentum: mu, period: period)
+            case let other: throw bad("'\(p)server_optimizer' is '\(other)', not sgd, nesterov, adam or delayed_nesterov")
+            }
         }
         let base = (path as NSString).deletingLastPathComponent
         // Relative paths are relative to the working directory (the repository root in the README).
@@ -214,20 +245,7 @@ public struct Topology: Sendable {
             case "inverse_sqrt": c.staleness = .inverseSquareRoot
             case let other: throw bad("'aggregation.staleness' is '\(other)', not constant, polynomial, hinge or inverse_sqrt")
             }
-            let lr = Float(try double(a, "server_learning_rate", p) ?? 0.7)
-            let mu = Float(try double(a, "server_momentum", p) ?? 0.9)
-            guard lr > 0, mu >= 0, mu < 1 else { throw bad("'aggregation.server_learning_rate' must be > 0 and server_momentum in [0, 1)") }
-            switch try string(a, "server_optimizer", p) ?? "nesterov" {
-            case "sgd": c.serverOptimizer = .sgd(learningRate: lr)
-            case "nesterov": c.serverOptimizer = .nesterov(learningRate: lr, momentum: mu)
-            case "adam": c.serverOptimizer = .adam(learningRate: lr, beta1: Float(try double(a, "adam_beta1", p) ?? 0.9),
-                                                   beta2: Float(try double(a, "adam_beta2", p) ?? 0.99), epsilon: 1e-8)
-            case "delayed_nesterov":
-                let period = try int(a, "delayed_period", p) ?? 4
-                guard period >= 1 else { throw bad("'aggregation.delayed_period' must be >= 1") }
-                c.serverOptimizer = .delayedNesterov(learningRate: lr, momentum: mu, period: period)
-            case let other: throw bad("'aggregation.server_optimizer' is '\(other)', not sgd, nesterov, adam or delayed_nesterov")
-            }
+            c.serverOptimizer = try serverOptimizer(a, p, default: .nesterov(learningRate: 0.7, momentum: 0.9)) ?? c.serverOptimizer
             t.aggregation = c
         }
         if let st = root["security"] {
@@ -239,7 +257,8 @@ public struct Topology: Sendable {
         }
         if let ct = root["clusters"] {
             guard let ct = ct.table else { throw bad("[clusters] must be a table") }
-            try allow(ct, ["names", "head", "reassign_every", "initial_noise"], "clusters.", bad)
+            try allow(ct, ["names", "head", "reassign_every", "initial_noise", "share", "server_optimizer", "server_learning_rate",
+                           "server_momentum", "adam_beta1", "adam_beta2", "delayed_period"], "clusters.", bad)
             guard let arr = ct["names"]?.array, let names = arr.map({ $0.string }) as? [String], !names.isEmpty else {
                 throw bad("'clusters.names' must be a non-empty list of names")
             }
@@ -256,7 +275,10 @@ public struct Topology: Sendable {
             }
             let noise = try double(ct, "initial_noise", "clusters.") ?? 0
             guard noise >= 0 else { throw bad("'clusters.initial_noise' must be >= 0") }
-            t.aggregation.clusters = ClusterConfig(names: names, headPatterns: head, initialNoise: noise)
+            let share = try double(ct, "share", "clusters.") ?? 0
+            guard share >= 0, share <= 1 else { throw bad("'clusters.share' must be between 0 and 1") }
+            t.aggregation.clusters = ClusterConfig(names: names, headPatterns: head, initialNoise: noise, share: share,
+                                                   serverOptimizer: try serverOptimizer(ct, "clusters.", default: t.aggregation.serverOptimizer))
             if let r = try int(ct, "reassign_every", "clusters.") {
                 guard r >= 1 else { throw bad("'clusters.reassign_every' must be >= 1") }
                 t.reassignEvery = r

@@ -38,7 +38,10 @@ public struct TrainerOptions: Sendable {
     public var maxLocalSteps = 20
     /// Seconds of local training per update; H adapts to the measured step time.
     public var timeBudget: Double?
-    /// Stop after training this many tokens (nil: until stopped).
+    /// Stop after training this many tokens (nil: until stopped). The learning-rate schedule
+    /// (warmup, then cosine decay to `min_learning_rate`) spans the budget, as it spans
+    /// `fedlm train --tokens`, so a trainer anneals by the end of its budget; without a budget
+    /// it spans the config's `max_steps`.
     public var tokenBudget: Int?
     /// Artificial slowness (1 = none, 5 = five times slower), for straggler experiments.
     public var slowdown = 1.0
@@ -54,6 +57,13 @@ public struct TrainerOptions: Sendable {
     public var stateDirectory: String
     /// Seconds to wait for an acknowledgement before sending the update again.
     public var ackTimeout = 30.0
+    /// `training` with `maxSteps` set to the steps of the token budget, when there is one.
+    public var scheduledTraining: TrainingConfig {
+        var t = training
+        if let tokenBudget { t.maxSteps = max(1, tokenBudget / (t.batchSize * (t.sequenceLength ?? modelConfig.context))) }
+        return t
+    }
+
     public init(id: String, dataDirectory: String, training: TrainingConfig, modelConfig: GPT2Config, stateDirectory: String) {
         self.id = id
         self.dataDirectory = dataDirectory
@@ -98,9 +108,9 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         let data = try TokenDataset(directory: o.dataDirectory)
         for c in o.dataClusters ?? [] { try data.checkCluster(c) }
         let model = try GPT2Model(config: o.modelConfig)
-        let step = TrainingStep(model: model, training: o.training)
-        var rng = SeededGenerator(seed: o.training.seed &+ UInt64(abs(o.id.hashValue % 1_000_000)))
         let sequence = o.training.sequenceLength ?? o.modelConfig.context
+        let step = TrainingStep(model: model, training: o.scheduledTraining)
+        var rng = SeededGenerator(seed: o.training.seed, name: o.id)
 
         let context = ZMQContext()
         let socket = try ZMQSocket(context, .dealer)

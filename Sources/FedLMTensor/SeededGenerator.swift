@@ -3,6 +3,17 @@
 public struct SeededGenerator: RandomNumberGenerator, Sendable, Codable, Equatable {
     public var state: [UInt64]
 
+    /// A generator seeded by `seed` and a name (FNV-1a of its UTF-8 bytes): the same on every
+    /// run and machine, unlike `String.hashValue`, which Swift randomizes per process.
+    public init(seed: UInt64, name: String) {
+        self.init(seed: seed ^ SeededGenerator.stableHash(name))
+    }
+
+    /// FNV-1a over the UTF-8 bytes of `s`.
+    public static func stableHash(_ s: String) -> UInt64 {
+        s.utf8.reduce(0xcbf2_9ce4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
+    }
+
     public init(seed: UInt64) {
         // SplitMix64 expands the seed into four non-zero words, as the xoshiro authors advise.
         var x = seed

@@ -41,11 +41,16 @@ final class ExperimentTests: XCTestCase {
         XCTAssertEqual(spec.variants.map(\.name), ["centralized", "sync"])
         XCTAssertEqual(spec.runDirectory, "runs/experiments/t")
         XCTAssertTrue(spec.variants[1].aggregationOverrides?.contains("participants = 4") ?? false, spec.variants[1].aggregationOverrides ?? "")
+        let local = try ExperimentSpec.load(path: try write(good + "\n[[variant]]\nname = \"alone\"\nlocal = true\ntopology = \"Topologies/demo.toml\"\n"))
+        XCTAssertEqual(local.variants.map(\.local), [false, false, true])
         for (bad, why) in [
             (good.replacingOccurrences(of: "tokens = 1000", with: "tokns = 1000"), "unknown key 'tokns'"),
             (good.replacingOccurrences(of: "reference = \"sync\"", with: "reference = \"fast\""), "'reference' names no variant: fast"),
             (good.replacingOccurrences(of: "centralized = true", with: "centralized = true\ntopology = \"x\""), "either centralized = true or a topology"),
             (good.replacingOccurrences(of: "name = \"sync\"", with: "name = \"centralized\""), "variant names must be unique"),
+            (good.replacingOccurrences(of: "centralized = true", with: "centralized = true\nlocal = true"), "'variant[1].local': needs the topology"),
+            (good.replacingOccurrences(of: "name = \"sync\"", with: "name = \"sync\"\nlocal = true"), "a local variant has no aggregation"),
+            (good.replacingOccurrences(of: "centralized = true", with: "centralized = \"yes\""), "'variant[1].centralized' must be true or false"),
         ] {
             XCTAssertThrowsError(try ExperimentSpec.load(path: try write(bad))) { XCTAssertTrue("\($0)".contains(why), "\($0)") }
         }
@@ -86,5 +91,31 @@ final class ExperimentTests: XCTestCase {
         XCTAssertTrue(svg.hasPrefix("<svg"))
         XCTAssertEqual(svg.components(separatedBy: "<polyline").count - 1, 2)
         XCTAssertTrue(svg.contains("en &lt;loss>"), "titles are escaped")
+    }
+
+    func testWorthJoiningComparesEachOrganisationWithTrainingAlone() {
+        let w = WorthJoining(organisations: [.init(name: "en", clusters: ["en"]), .init(name: "es-it", clusters: ["es", "it"])],
+                             alone: ["en": 5.0, "es-it": 4.0],
+                             federated: [(variant: "heads", losses: ["en": 4.5, "es-it": 4.2]), (variant: "shared", losses: ["en": 4.9, "es-it": 3.9])],
+                             pooled: ["en": 4.8, "es-it": 4.4])
+        let heads = w.ratios(w.federated[0].losses)
+        XCTAssertEqual(heads["en"]!, exp(0.5), accuracy: 1e-12, "perplexity alone / federated = exp(L_alone - L_federated)")
+        XCTAssertEqual(heads["es-it"]!, exp(-0.2), accuracy: 1e-12)
+        XCTAssertEqual(w.geometricMean(w.federated[0].losses)!, exp(0.15), accuracy: 1e-12)
+        XCTAssertEqual(w.betterOffAlone(w.federated[0].losses), ["es-it"])
+        XCTAssertEqual(w.betterOffAlone(w.federated[1].losses), [])
+        let md = w.markdown()
+        XCTAssertTrue(md.contains("| es-it | es+it | 4.000 | 4.200 | 0.82x | 3.900 | 1.11x | 4.400 |"), md)
+        XCTAssertTrue(md.contains("- heads: better off alone: es-it."), md)
+        XCTAssertTrue(md.contains("- shared: every organisation does better than alone (geometric mean 1.11x)."), md)
+    }
+
+    func testTokenSharesFollowSpeedInWholeBatches() {
+        let shares = TokenShares.split(1_000_000, among: [("fast", 1), ("slow", 4), ("same", 1)], batchTokens: 2048)
+        XCTAssertEqual(shares["fast"], shares["same"])
+        XCTAssertEqual(shares.values.map { $0 % 2048 }, [0, 0, 0], "whole batches")
+        XCTAssertEqual(Double(shares["fast"]!) / Double(shares["slow"]!), 4, accuracy: 0.05, "in proportion to speed")
+        XCTAssertLessThanOrEqual(shares.values.reduce(0, +), 1_000_000)
+        XCTAssertGreaterThan(shares.values.reduce(0, +), 1_000_000 - 3 * 2048)
     }
 }

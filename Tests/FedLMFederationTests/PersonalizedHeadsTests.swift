@@ -116,6 +116,40 @@ final class PersonalizedHeadsTests: XCTestCase {
         XCTAssertEqual(try core.ledger.assignments().map(\.cluster), ["en", "code"])
     }
 
+    func testWithShareEveryHeadTakesThatFractionOfTheOtherClustersUpdates() throws {
+        var c = config
+        c.clusters = ClusterConfig(names: ["en", "code", "de"], headPatterns: ["*"], share: 0.25)
+        let core = try AggregatorCore(runDirectory: dir, config: c, initialModel: try GPT2Model(config: modelConfig, seed: 3))
+        let initial = core.model.parameters.storage.array
+        for (t, cl) in [("t1", "en"), ("t2", "code")] { _ = try core.handle(.hello(Hello(trainerID: t, cluster: cl)), from: t) }
+        let d = delta(initial.count, scale: 0.01), e = delta(initial.count, scale: -0.02)
+        let keysBefore = ["en", "code", "de"].map { core.releaseKey(cluster: $0) }
+        _ = try core.handle(update("u1", core, cluster: "en", baseHead: 0, values: d), from: "t1")
+        _ = try core.handle(update("u2", core, cluster: "code", trainer: "t2", baseHead: 0, values: e), from: "t2")
+        let en = released(core, "en"), code = released(core, "code"), de = released(core, "de")
+        for i in 0..<initial.count {
+            // Sums in the order the aggregator applies them, so the comparison is exact.
+            XCTAssertEqual(en.1[i], (initial[i] - d[i]) - 0.25 * e[i], "en: its own update whole, a quarter of code's")
+            XCTAssertEqual(code.1[i], (initial[i] - 0.25 * d[i]) - e[i], "code: a quarter of en's, its own whole")
+            XCTAssertEqual(de.1[i], (initial[i] - 0.25 * d[i]) - 0.25 * e[i], "de, without trainers: a quarter of each")
+        }
+        XCTAssertEqual([en.0.headVersion, code.0.headVersion, de.0.headVersion], [1, 1, 0], "a head's version counts its own cluster's updates")
+        XCTAssertEqual(core.heads!.heads["de"]!.shared, 2)
+        XCTAssertTrue(zip(keysBefore, ["en", "code", "de"].map { core.releaseKey(cluster: $0) }).allSatisfy { $0 != $1 },
+                      "every release changed, so subscribers get the shared steps")
+        // Shared steps are replayed after a restart like the updates they come from.
+        let expected = ["en", "code", "de"].map { released(core, $0).1.map(\.bitPattern) }
+        let reopened = try AggregatorCore(runDirectory: dir, config: c, initialModel: try GPT2Model(config: modelConfig, seed: 3))
+        XCTAssertEqual(["en", "code", "de"].map { released(reopened, $0).1.map(\.bitPattern) }, expected)
+        XCTAssertEqual(reopened.heads!.heads["de"]!.shared, 2)
+        // A head of every parameter needs share > 0: otherwise nothing would be shared at all.
+        c.clusters = ClusterConfig(names: ["en"], headPatterns: ["*"], share: 0)
+        defer { try? FileManager.default.removeItem(atPath: dir + "-2") }
+        XCTAssertThrowsError(try AggregatorCore(runDirectory: dir + "-2", config: c, initialModel: try GPT2Model(config: modelConfig, seed: 3))) {
+            XCTAssertTrue("\($0)".contains("nothing is shared"), "\($0)")
+        }
+    }
+
     func testRestartRestoresEveryHeadAndNewClustersStartFromTheGlobalHead() throws {
         var expected: [String: [Float]] = [:]
         do {

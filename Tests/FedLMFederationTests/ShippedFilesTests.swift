@@ -44,6 +44,20 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(specs, 3)
     }
 
+    func testClustersMayHaveTheirOwnServerOptimizer() throws {
+        let path = NSTemporaryDirectory() + "heads-optimizer-\(getpid()).toml"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let text = "model = \"m.toml\"\ndata = \"d\"\n[aggregation]\nserver_optimizer = \"nesterov\"\nserver_learning_rate = 0.5\n"
+            + "[clusters]\nnames = [\"en\"]\nshare = 0.25\n%@[[trainer]]\nname = \"a\"\ncluster = \"en\"\n"
+        try String(format: text, "server_optimizer = \"sgd\"\nserver_learning_rate = 1.0\n").write(toFile: path, atomically: true, encoding: .utf8)
+        let own = try Topology.load(path: path).aggregation
+        XCTAssertEqual(own.serverOptimizer, .nesterov(learningRate: 0.5, momentum: 0.9))
+        XCTAssertEqual(own.clusters?.serverOptimizer, .sgd(learningRate: 1.0))
+        XCTAssertEqual(own.clusters?.share, 0.25)
+        try String(format: text, "").write(toFile: path, atomically: true, encoding: .utf8)
+        XCTAssertNil(try Topology.load(path: path).aggregation.clusters?.serverOptimizer, "heads use the aggregation's optimizer")
+    }
+
     func testBadTopologiesAreRefusedNamingTheKey() throws {
         let path = NSTemporaryDirectory() + "bad-topology-\(getpid()).toml"
         defer { try? FileManager.default.removeItem(atPath: path) }
@@ -78,5 +92,9 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base + "[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("needs a [clusters] table"))
         XCTAssertTrue(error(base + "[clusters]\nnames = [\"a/b\"]\n[[trainer]]\nname = \"a\"\ncluster = \"auto\"").contains("cluster name 'a/b'"))
         XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nhead = \"lm_head.*\"\n[[trainer]]\nname = \"a\"\ncluster = \"auto\"").contains("clusters.head"))
+        XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nserver_optimizer = \"lion\"\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.server_optimizer' is 'lion'"))
+        XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nserver_learning_rate = 0\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.server_learning_rate' must be > 0"))
+        XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nshare = 1.5\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.share' must be between 0 and 1"))
+        XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nshare = \"half\"\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.share' must be a number"))
     }
 }

@@ -44,12 +44,27 @@ demo_corpus_clusters() {
   echo "code=$(find "$py" -maxdepth 1 -type f -name '*.py' | sort | join)"
 }
 
-# prepare_demo_data DIR: tokenizer (vocabulary 4096) and token shards of the demo corpus in DIR.
-prepare_demo_data() {
-  local dir=$1
+# The confirmation corpus, built the same way from other Debian packages and never tuned on:
+# fortunes in Polish, Czech, Russian and Brazilian Portuguese; Perl's standard modules as code.
+CONFIRM_CORPUS_PACKAGES=(fortunes-pl fortunes-cs fortunes-ru fortunes-br perl-modules-5.36)
+confirm_corpus_clusters() {
+  local f=/usr/share/games/fortunes
+  local perl
+  perl=$(ls -d /usr/share/perl/5.[0-9]* 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$perl" ] || { echo "no /usr/share/perl/5.X found" >&2; return 1; }
+  join() { paste -sd, -; }
+  for lang in pl cs ru; do echo "$lang=$(find "$f/$lang" -type f ! -name '*.dat' ! -name '*.u8' | sort | join)"; done
+  echo "pt=$f/brasil"
+  echo "perl=$(find -L "$perl" -maxdepth 2 -type f -name '*.pm' | sort | join)"
+}
+
+# prepare_corpus DIR CLUSTERS_FUNCTION: tokenizer (vocabulary 4096) and token shards in DIR of
+# the clusters the function prints.
+prepare_corpus() {
+  local dir=$1 clusters_of=$2
   [ -f "$dir/shards/manifest.json" ] && return 0
   mkdir -p "$dir"
-  mapfile -t clusters < <(demo_corpus_clusters)
+  mapfile -t clusters < <("$clusters_of")
   local files=()
   for c in "${clusters[@]}"; do IFS=, read -ra list <<< "${c#*=}"; files+=("${list[@]}"); done
   echo "==> training the tokenizer on ${#files[@]} files"
@@ -57,3 +72,9 @@ prepare_demo_data() {
   echo "==> preparing token shards"
   .build/release/fedlm data prepare --tokenizer "$dir/tokenizer.json" --out "$dir/shards" "${clusters[@]}"
 }
+
+# prepare_demo_data DIR: the demo corpus's tokenizer and shards in DIR.
+prepare_demo_data() { prepare_corpus "$1" demo_corpus_clusters; }
+
+# prepare_confirm_data DIR: the confirmation corpus's tokenizer and shards in DIR.
+prepare_confirm_data() { prepare_corpus "$1" confirm_corpus_clusters; }

@@ -27,6 +27,9 @@ struct ExperimentCommand: ParsableCommand {
         var assignments: [String] = []
         /// Trainers' data (clusters joined by "+") -> final cluster -> how many trainers.
         var matrix: [String: [String: Int]] = [:]
+        /// Trainer (organisation) -> mean held-out loss on its own data clusters with the model
+        /// that serves it: its own (local), its cluster's or the global model (federated).
+        var organisations: [String: Double] = [:]
     }
 
     func run() throws {
@@ -49,7 +52,7 @@ struct ExperimentCommand: ParsableCommand {
         let file = try ConfigResolution.load(modelPath)
         let sequence = file.training.sequenceLength ?? file.model.context
         let data = PreparedData(dataset: try TokenDataset(directory: spec.data))
-        let validation = try data.validationSets(batch: 8, sequence: sequence, maxBatches: 4)
+        let validation = try OrganisationRuns.validation(data.dataset, modelPath: modelPath)
         let chosen = only.map { Set($0.split(separator: ",").map(String.init)) }
         for (i, v) in spec.variants.enumerated() where chosen?.contains(v.name) ?? true {
             print("=== \(spec.name): \(v.name) ===")
@@ -65,7 +68,7 @@ struct ExperimentCommand: ParsableCommand {
         for v in spec.variants {
             if let o = try? Self.load(spec.runDirectory + "/" + v.name + "/outcome.json", variant: v) { outcomes.append(o) }
         }
-        try ExperimentReport(spec: spec, outcomes: outcomes).write()
+        try ExperimentReport(spec: spec, outcomes: outcomes, clusters: data.dataset.clusters).write()
         print(try String(contentsOfFile: spec.runDirectory + "/results.md", encoding: .utf8))
     }
 
@@ -78,19 +81,13 @@ struct ExperimentCommand: ParsableCommand {
         let dir = spec.runDirectory + "/" + v.name
         try? FileManager.default.removeItem(atPath: dir)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
         let start = Date().timeIntervalSince1970
         func evaluate(_ model: GPT2Model, _ cluster: String) throws -> Double {
             Double(try meanLoss(model, validation.first { $0.name == cluster }!.batches))
         }
         if v.centralized {
             let steps = max(1, spec.tokens / batchTokens)
-            let p = try Self.spawn(me, ["train", "--config", modelPath, "--data", spec.data, "--tokens", "\(spec.tokens)", "--out", dir,
-                                        "--validate-every", "\(max(1, steps / 12))", "--validation-batches", "2",
-                                        "--checkpoint-every", "0", "--sample-bytes", "0"], log: dir + "/train.log")
-            p.waitUntilExit()
-            guard p.terminationStatus == 0 else { throw RunFailure("\(v.name): fedlm train failed (see \(dir)/train.log)") }
-            let model = try Checkpoint.load(from: dir + "/checkpoint").model
+            let model = try OrganisationRuns.train(modelPath: modelPath, data: spec.data, clusters: nil, tokens: spec.tokens, out: dir)
             var final: [String: Double] = [:]
             for set in validation { final[set.name] = try evaluate(model, set.name) }
             return Outcome(variant: v, curve: try LearningCurve.fromTrainingCSV(dir + "/validation.csv"), final: final,
@@ -98,11 +95,12 @@ struct ExperimentCommand: ParsableCommand {
         }
         // A federated variant: the topology with this experiment's model, data, ports, evaluation
         // cadence and aggregation overrides, run by `fedlm up` until the ledger has the budget.
+        if v.local { return try runAlone(v, spec: spec, modelPath: modelPath, batchTokens: batchTokens, validation: validation, in: dir) }
         let topologyPath = dir + "/topology.toml"
         try Self.writeTopology(v, spec: spec, port: spec.basePort + 10 * index, runDirectory: dir + "/federation", modelPath: modelPath,
-                               to: topologyPath)
+                               batchTokens: batchTokens, to: topologyPath)
         let topology = try Topology.load(path: topologyPath)
-        let up = try Self.spawn(me, ["up", topologyPath, "--fresh"], log: dir + "/up.log")
+        let up = try OrganisationRuns.spawn(["up", topologyPath, "--fresh"], log: dir + "/up.log")
         let ledgerPath = dir + "/federation/ledger.sqlite"
         var tokens = 0
         while up.isRunning {
@@ -147,27 +145,58 @@ struct ExperimentCommand: ParsableCommand {
                 final[set.name] = try evaluate(global, set.name)
             }
         }
+        // Each organisation (trainer) is served by its final cluster's model, or the global one.
+        var organisations: [String: Double] = [:]
+        for (name, model) in try OrganisationRuns.federatedModels(topology, ledger: ledger) {
+            organisations[name] = try OrganisationRuns.loss(model, clusters: topology.trainers.first { $0.name == name }?.clusters, validation: validation)
+        }
         return Outcome(variant: v, curve: try LearningCurve.fromLedger(ledgerPath, start: start, personalized: topology.aggregation.clusters != nil),
-                       final: final, seconds: seconds, tokens: tokens, assignments: assignments, matrix: matrix)
+                       final: final, seconds: seconds, tokens: tokens, assignments: assignments, matrix: matrix, organisations: organisations)
     }
 
-    static func spawn(_ executable: String, _ arguments: [String], log: String) throws -> Process {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = arguments
-        FileManager.default.createFile(atPath: log, contents: nil)
-        let handle = FileHandle(forWritingAtPath: log)!
-        p.standardOutput = handle
-        p.standardError = handle
-        try p.run()
-        return p
+    /// The local variant: every trainer of the topology trains alone (`fedlm train --clusters`)
+    /// on its own data with its share of the token budget (the share it gets in a federation),
+    /// one after another; each is scored on its own clusters with its own model.
+    func runAlone(_ v: ExperimentSpec.Variant, spec: ExperimentSpec, modelPath: String, batchTokens: Int,
+                  validation: [(name: String, batches: [TokenBatch])], in dir: String) throws -> Outcome {
+        let start = Date().timeIntervalSince1970
+        let topology = try Topology.load(path: v.topology!)
+        let shares = Self.shares(topology, spec: spec, batchTokens: batchTokens)
+        var organisations: [String: Double] = [:]
+        var perCluster: [String: [Double]] = [:]
+        for t in topology.trainers {
+            let out = dir + "/" + t.name
+            let model = try OrganisationRuns.train(modelPath: modelPath, data: spec.data, clusters: t.clusters, tokens: shares[t.name]!, out: out)
+            organisations[t.name] = try OrganisationRuns.loss(model, clusters: t.clusters, validation: validation)
+            for set in validation where t.clusters?.contains(set.name) ?? true {
+                perCluster[set.name, default: []].append(Double(try meanLoss(model, set.batches)))
+            }
+            print(String(format: "%@ alone on %@: %.4f", t.name, (t.clusters ?? ["all"]).joined(separator: "+"), organisations[t.name]!))
+        }
+        return Outcome(variant: v, curve: LearningCurve(points: []), final: perCluster.mapValues { $0.reduce(0, +) / Double($0.count) },
+                       seconds: Date().timeIntervalSince1970 - start, tokens: shares.values.reduce(0, +), organisations: organisations)
     }
 
+    /// Each trainer's share of the experiment's budget, in proportion to its speed.
+    static func shares(_ topology: Topology, spec: ExperimentSpec, batchTokens: Int) -> [String: Int] {
+        TokenShares.split(spec.tokens, among: topology.trainers.map { ($0.name, $0.slowdown) }, batchTokens: batchTokens)
+    }
+
+    /// The variant's topology with this experiment's model, data, ports, run directory,
+    /// evaluation cadence and aggregation overrides, and each trainer's share of the token budget
+    /// as its own budget (so its learning-rate schedule spans its share, as the local runs' do).
     static func writeTopology(_ v: ExperimentSpec.Variant, spec: ExperimentSpec, port: Int, runDirectory: String, modelPath: String,
-                              to path: String) throws {
+                              batchTokens: Int, to path: String) throws {
         let root = try TOMLTable(string: String(contentsOfFile: v.topology!, encoding: .utf8))
         if let trainers = root["trainer"]?.array, trainers.contains(where: { $0.table?["tokens"] != nil }) {
-            throw RunFailure("\(v.topology!): experiment topologies leave out trainers' 'tokens' (the experiment's budget stops the run)")
+            throw RunFailure("\(v.topology!): experiment topologies leave out trainers' 'tokens' (the harness gives each its share of the budget)")
+        }
+        let shares = Self.shares(try Topology.load(path: v.topology!), spec: spec, batchTokens: batchTokens)
+        if let trainers = root["trainer"]?.array {
+            for i in 0..<trainers.count {
+                guard let t = trainers[i]?.table, let name = t["name"]?.string else { continue }
+                t["tokens"] = shares[name]
+            }
         }
         root["name"] = spec.name + "-" + v.name
         root["run_directory"] = runDirectory
@@ -193,7 +222,7 @@ struct ExperimentCommand: ParsableCommand {
     static func save(_ o: Outcome, to path: String) throws {
         let points = o.curve.points.map { ["tokens": Double($0.tokens), "seconds": $0.seconds].merging($0.losses.mapKeys { "loss/" + $0 }) { a, _ in a } }
         let json: [String: Any] = ["final": o.final, "seconds": o.seconds, "tokens": o.tokens, "assignments": o.assignments, "matrix": o.matrix,
-                                   "curve": points]
+                                   "organisations": o.organisations, "curve": points]
         try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: path))
     }
 
@@ -206,7 +235,8 @@ struct ExperimentCommand: ParsableCommand {
                                 losses: Dictionary(uniqueKeysWithValues: p.filter { $0.key.hasPrefix("loss/") }.map { (String($0.key.dropFirst(5)), $0.value) }))
         }
         return Outcome(variant: variant, curve: LearningCurve(points: points), final: final, seconds: seconds, tokens: tokens,
-                       assignments: json["assignments"] as? [String] ?? [], matrix: json["matrix"] as? [String: [String: Int]] ?? [:])
+                       assignments: json["assignments"] as? [String] ?? [], matrix: json["matrix"] as? [String: [String: Int]] ?? [:],
+                       organisations: json["organisations"] as? [String: Double] ?? [:])
     }
 }
 

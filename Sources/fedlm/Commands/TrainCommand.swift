@@ -14,6 +14,8 @@ struct TrainCommand: ParsableCommand {
 
     @Option(help: "Config preset (tiny, small, ...) or TOML path.") var config: String = "tiny"
     @Option(help: "Prepared data directory (`fedlm data prepare`).") var data: String?
+    @Option(help: "Train only on these data clusters (comma-separated; default: all). Validation still covers every cluster.")
+    var clusters: String?
     @Option(parsing: .upToNextOption, help: "Or: text files or folders, with bytes as tokens.") var text: [String] = []
     @Option(help: "Stop after this many training tokens (sets the step count from the batch shape).") var tokens: Int?
     @Option(help: "Optimizer steps (default: the config's max_steps).") var steps: Int?
@@ -27,11 +29,15 @@ struct TrainCommand: ParsableCommand {
 
     func validate() throws {
         guard (data == nil) != text.isEmpty else { throw ValidationError("give either --data DIR or --text FILES") }
+        if clusters != nil, data == nil { throw ValidationError("--clusters selects clusters of --data DIR") }
+        if let clusters, clusterList(clusters).isEmpty { throw ValidationError("--clusters names no cluster") }
         if let steps, steps <= 0 { throw ValidationError("--steps must be positive") }
         if let tokens, tokens <= 0 { throw ValidationError("--tokens must be positive") }
         if steps != nil, tokens != nil { throw ValidationError("give --steps or --tokens, not both") }
         guard checkpointEvery >= 0, validateEvery > 0 else { throw ValidationError("--checkpoint-every >= 0, --validate-every > 0") }
     }
+
+    func clusterList(_ s: String) -> [String] { s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
 
     func run() throws {
         if let threads { ComputeThreads.set(threads) }
@@ -39,7 +45,10 @@ struct TrainCommand: ParsableCommand {
         var file = try ConfigResolution.load(config)
         let source: TrainingData
         if let data {
-            source = PreparedData(dataset: try TokenDataset(directory: data))
+            let dataset = try TokenDataset(directory: data)
+            let chosen = clusters.map(clusterList)
+            for c in chosen ?? [] { try dataset.checkCluster(c) }
+            source = PreparedData(dataset: dataset, trainingClusters: chosen)
         } else {
             source = ByteData(corpus: try ByteCorpus.load(paths: text))
         }

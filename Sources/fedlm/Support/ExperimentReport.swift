@@ -1,4 +1,5 @@
 import FedLMExperiment
+import FedLMFederation
 import Foundation
 
 /// The results of an experiment's variants: results.md and results.csv (final validation loss per
@@ -8,6 +9,14 @@ import Foundation
 struct ExperimentReport {
     let spec: ExperimentSpec
     let outcomes: [ExperimentCommand.Outcome]
+    /// The data's clusters (an organisation without `clusters` trains on all of them).
+    let dataClusters: [String]
+
+    init(spec: ExperimentSpec, outcomes: [ExperimentCommand.Outcome], clusters: [String]) {
+        self.spec = spec
+        self.outcomes = outcomes
+        self.dataClusters = clusters
+    }
 
     var clusters: [String] { Array(Set(outcomes.flatMap { $0.final.keys })).sorted() }
     var reference: ExperimentCommand.Outcome? { outcomes.first { $0.variant.name == spec.reference } }
@@ -24,6 +33,24 @@ struct ExperimentReport {
     func secondsToReference(_ o: ExperimentCommand.Outcome) -> Double? {
         guard let target = reference?.curve.points.last?.mean else { return nil }
         return o.curve.secondsToReach(target)
+    }
+
+    /// The per-organisation comparison, when a local variant ran: its topology's trainers are the
+    /// organisations; every federated variant and the first centralized one (pooled) are compared.
+    func worthJoining() throws -> WorthJoining? {
+        guard let local = outcomes.first(where: { $0.variant.local }), let path = local.variant.topology else { return nil }
+        let organisations = try Topology.load(path: path).trainers.map {
+            WorthJoining.Organisation(name: $0.name, clusters: $0.clusters ?? dataClusters)
+        }
+        let pooled = outcomes.first { $0.variant.centralized }.map { o in
+            Dictionary(uniqueKeysWithValues: organisations.compactMap { org -> (String, Double)? in
+                let losses = org.clusters.compactMap { o.final[$0] }
+                return losses.count == org.clusters.count ? (org.name, losses.reduce(0, +) / Double(losses.count)) : nil
+            })
+        }
+        let federated = outcomes.filter { !$0.variant.local && !$0.variant.centralized && !$0.organisations.isEmpty }
+            .map { (variant: $0.variant.name, losses: $0.organisations) }
+        return WorthJoining(organisations: organisations, alone: local.organisations, federated: federated, pooled: pooled)
     }
 
     func write() throws {
@@ -51,6 +78,13 @@ struct ExperimentReport {
             }
             csv += row.joined(separator: ",") + "\n"
             md += "| " + mdRow.joined(separator: " | ") + " |\n"
+        }
+        if let worth = try worthJoining() {
+            md += "\n## Worth joining: each organisation alone, in each federation, and pooled\n\n"
+            md += "Held-out loss on each organisation's own data (the mean over its clusters): alone is the model it trains on its own data "
+            md += "with its share of the tokens; a federation's is its cluster's release (or the global model); pooled is one model trained "
+            md += "on all the text (the privacy-free ideal).\n\n"
+            md += worth.markdown()
         }
         let assigned = outcomes.filter { !$0.assignments.isEmpty }
         if !assigned.isEmpty {

@@ -33,14 +33,17 @@ struct ByteData: TrainingData {
 
 struct PreparedData: TrainingData {
     let dataset: TokenDataset
+    /// The clusters training windows come from (nil: every cluster, weighted by size).
+    var trainingClusters: [String]? = nil
     var summary: String {
-        dataset.manifest.clusters.map { "\($0.name) \($0.trainTokens)" }.joined(separator: ", ") + " training tokens"
+        dataset.manifest.clusters.filter { trainingClusters?.contains($0.name) ?? true }
+            .map { "\($0.name) \($0.trainTokens)" }.joined(separator: ", ") + " training tokens"
     }
     var vocabularySize: Int { dataset.vocabularySize }
     var tokenizerFile: String? { dataset.tokenizerPath }
 
     func trainBatch(batch: Int, sequence: Int, rng: inout SeededGenerator) throws -> TokenBatch {
-        try dataset.batch(.train, batch: batch, sequence: sequence, rng: &rng)
+        try dataset.batch(.train, clusters: trainingClusters, batch: batch, sequence: sequence, rng: &rng)
     }
 
     func validationSets(batch: Int, sequence: Int, maxBatches: Int) throws -> [(name: String, batches: [TokenBatch])] {
