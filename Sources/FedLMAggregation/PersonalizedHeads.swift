@@ -68,6 +68,7 @@ public final class PersonalizedHeads {
     public func receive(delta: ParameterVector, cluster: String, staleness: Int, dataWeight: Double, trainer: String) -> AggregationDecision {
         guard let head = heads[cluster] else { return .refused("no cluster named \(cluster)") }
         partition.gatherHead(from: delta.pointer, into: scratch)
+        if share > 0 { scale(scratch, by: ownWeight) }
         let decision = head.strategy.receive(Contribution(delta: scratch, staleness: staleness, dataWeight: dataWeight, trainer: trainer),
                                              model: head.weights)
         if decision == .applied { head.version += 1 }
@@ -78,7 +79,17 @@ public final class PersonalizedHeads {
         return decision
     }
 
-    /// w_other -= share * (the head part of the update in `scratch`).
+    /// With n clusters, a round of one update per cluster moves each head by the weighted mean
+    /// of the round's updates, weight 1 for its own and `share` for each other:
+    /// own weight 1 / (1 + (n-1) s), the others' s / (1 + (n-1) s).
+    var ownWeight: Float { 1 / (1 + Float(max(heads.count - 1, 0)) * share) }
+
+    private func scale(_ v: ParameterVector, by k: Float) {
+        let p = v.pointer
+        parallelFor(v.count, granularity: 4096) { r in for i in r { p[i] *= k } }
+    }
+
+    /// w_other -= share * (the own-weighted head part of the update in `scratch`).
     private func shareInto(_ other: Head) {
         let w = other.weights.pointer, d = scratch.pointer, s = share
         parallelFor(other.weights.count, granularity: 4096) { r in for i in r { w[i] -= s * d[i] } }

@@ -27,8 +27,11 @@ import TOMLKit
 ///     name = "fedbuff"
 ///     topology = "Topologies/experiments/five-trainers.toml"   # trainers, their data, clusters
 ///     model = "Config/demo-quarter-batch.toml"   # optional: this variant's own model/training config
+///     local_steps = 5                    # optional: every trainer's H
 ///     [variant.aggregation]              # optional: replaces keys of the topology's [aggregation]
 ///     mode = "fedbuff"
+///     [variant.clusters]                 # optional: replaces keys of the topology's [clusters]
+///     share = 0.25
 public struct ExperimentSpec: Sendable {
     public struct Variant: Sendable {
         public var name: String
@@ -39,6 +42,10 @@ public struct ExperimentSpec: Sendable {
         public var topology: String?
         /// The `[variant.aggregation]` overrides as TOML text (applied to the topology's table).
         public var aggregationOverrides: String?
+        /// The `[variant.clusters]` overrides as TOML text (applied to the topology's `[clusters]`).
+        public var clusterOverrides: String?
+        /// Every trainer's local steps H instead of the topology's.
+        public var localSteps: Int?
         /// A short description for the results table.
         public var label: String?
         /// This variant's model and local training config instead of the spec's (same seed).
@@ -90,7 +97,7 @@ public struct ExperimentSpec: Sendable {
         for (i, item) in list.enumerated() {
             let p = "variant[\(i + 1)]."
             guard let v = item.table else { throw bad("variant \(i + 1) must be a table") }
-            try allow(v, ["name", "centralized", "local", "topology", "aggregation", "label", "model"], p, bad)
+            try allow(v, ["name", "centralized", "local", "topology", "aggregation", "clusters", "local_steps", "label", "model"], p, bad)
             guard let vname = try string(v, "name", p), ExperimentSpec.isValidName(vname) else {
                 throw bad("'\(p)name' is required: letters, digits, '-', '_'")
             }
@@ -103,13 +110,16 @@ public struct ExperimentSpec: Sendable {
             let topology = try string(v, "topology", p)
             guard centralized != (topology != nil) else { throw bad("'\(p)': give either centralized = true or a topology") }
             guard !local || topology != nil else { throw bad("'\(p)local': needs the topology whose trainers train alone") }
-            var overrides: String?
-            if let a = v["aggregation"] {
-                guard !local else { throw bad("'\(p)aggregation': a local variant has no aggregation") }
-                guard let table = a.table else { throw bad("'\(p)aggregation' must be a table") }
-                overrides = table.convert(to: .toml)
+            func overrides(_ key: String) throws -> String? {
+                guard let a = v[key] else { return nil }
+                guard !local, !centralized else { throw bad("'\(p)\(key)': only a federated variant has \(key) settings") }
+                guard let table = a.table else { throw bad("'\(p)\(key)' must be a table") }
+                return table.convert(to: .toml)
             }
-            spec.variants.append(Variant(name: vname, centralized: centralized, local: local, topology: topology, aggregationOverrides: overrides,
+            let localSteps = try int(v, "local_steps", p)
+            if let h = localSteps, h < 1 { throw bad("'\(p)local_steps' must be >= 1") }
+            spec.variants.append(Variant(name: vname, centralized: centralized, local: local, topology: topology,
+                                         aggregationOverrides: try overrides("aggregation"), clusterOverrides: try overrides("clusters"), localSteps: localSteps,
                                          label: try string(v, "label", p), model: try string(v, "model", p)))
         }
         guard Set(spec.variants.map(\.name)).count == spec.variants.count else { throw bad("variant names must be unique") }

@@ -43,13 +43,18 @@ final class ExperimentTests: XCTestCase {
         XCTAssertTrue(spec.variants[1].aggregationOverrides?.contains("participants = 4") ?? false, spec.variants[1].aggregationOverrides ?? "")
         let local = try ExperimentSpec.load(path: try write(good + "\n[[variant]]\nname = \"alone\"\nlocal = true\ntopology = \"Topologies/demo.toml\"\n"))
         XCTAssertEqual(local.variants.map(\.local), [false, false, true])
+        let tuned = try ExperimentSpec.load(path: try write(good.replacingOccurrences(of: "[variant.aggregation]", with: "local_steps = 5\n[variant.clusters]\nshare = 0.25\n[variant.aggregation]")))
+        XCTAssertEqual(tuned.variants[1].localSteps, 5)
+        XCTAssertTrue(tuned.variants[1].clusterOverrides?.contains("share = 0.25") ?? false, tuned.variants[1].clusterOverrides ?? "")
         for (bad, why) in [
             (good.replacingOccurrences(of: "tokens = 1000", with: "tokns = 1000"), "unknown key 'tokns'"),
             (good.replacingOccurrences(of: "reference = \"sync\"", with: "reference = \"fast\""), "'reference' names no variant: fast"),
             (good.replacingOccurrences(of: "centralized = true", with: "centralized = true\ntopology = \"x\""), "either centralized = true or a topology"),
             (good.replacingOccurrences(of: "name = \"sync\"", with: "name = \"centralized\""), "variant names must be unique"),
             (good.replacingOccurrences(of: "centralized = true", with: "centralized = true\nlocal = true"), "'variant[1].local': needs the topology"),
-            (good.replacingOccurrences(of: "name = \"sync\"", with: "name = \"sync\"\nlocal = true"), "a local variant has no aggregation"),
+            (good.replacingOccurrences(of: "name = \"sync\"", with: "name = \"sync\"\nlocal = true"), "'variant[2].aggregation': only a federated variant"),
+            (good.replacingOccurrences(of: "name = \"sync\"", with: "name = \"sync\"\nlocal_steps = 0"), "'variant[2].local_steps' must be >= 1"),
+            (good.replacingOccurrences(of: "centralized = true", with: "centralized = true\n[variant.clusters]\nshare = 1"), "'variant[1].clusters': only a federated variant"),
             (good.replacingOccurrences(of: "centralized = true", with: "centralized = \"yes\""), "'variant[1].centralized' must be true or false"),
         ] {
             XCTAssertThrowsError(try ExperimentSpec.load(path: try write(bad))) { XCTAssertTrue("\($0)".contains(why), "\($0)") }

@@ -127,12 +127,16 @@ final class PersonalizedHeadsTests: XCTestCase {
         _ = try core.handle(update("u1", core, cluster: "en", baseHead: 0, values: d), from: "t1")
         _ = try core.handle(update("u2", core, cluster: "code", trainer: "t2", baseHead: 0, values: e), from: "t2")
         let en = released(core, "en"), code = released(core, "code"), de = released(core, "de")
+        // Three clusters, weights 1 (own) and 0.25 (each other): own 1/1.5, each other 0.25/1.5.
+        let own: Float = 1 / (1 + 2 * 0.25)
         for i in 0..<initial.count {
             // Sums in the order the aggregator applies them, so the comparison is exact.
-            XCTAssertEqual(en.1[i], (initial[i] - d[i]) - 0.25 * e[i], "en: its own update whole, a quarter of code's")
-            XCTAssertEqual(code.1[i], (initial[i] - 0.25 * d[i]) - e[i], "code: a quarter of en's, its own whole")
-            XCTAssertEqual(de.1[i], (initial[i] - 0.25 * d[i]) - 0.25 * e[i], "de, without trainers: a quarter of each")
+            let dd = d[i] * own, ee = e[i] * own
+            XCTAssertEqual(en.1[i], (initial[i] - dd) - 0.25 * ee, "en: two thirds of its own update, a sixth of code's")
+            XCTAssertEqual(code.1[i], (initial[i] - 0.25 * dd) - ee, "code: a sixth of en's, two thirds of its own")
+            XCTAssertEqual(de.1[i], (initial[i] - 0.25 * dd) - 0.25 * ee, "de, without trainers: a sixth of each")
         }
+        XCTAssertEqual(own * (1 + 2 * 0.25), 1, accuracy: 1e-6, "a round of one update per cluster moves each head by a weighted mean")
         XCTAssertEqual([en.0.headVersion, code.0.headVersion, de.0.headVersion], [1, 1, 0], "a head's version counts its own cluster's updates")
         XCTAssertEqual(core.heads!.heads["de"]!.shared, 2)
         XCTAssertTrue(zip(keysBefore, ["en", "code", "de"].map { core.releaseKey(cluster: $0) }).allSatisfy { $0 != $1 },

@@ -196,7 +196,13 @@ struct ExperimentCommand: ParsableCommand {
             for i in 0..<trainers.count {
                 guard let t = trainers[i]?.table, let name = t["name"]?.string else { continue }
                 t["tokens"] = shares[name]
+                if let h = v.localSteps { t["local_steps"] = h }
             }
+        }
+        if let overrides = v.clusterOverrides {
+            guard let clusters = root["clusters"]?.table else { throw RunFailure("\(v.name): [variant.clusters] needs a topology with [clusters]") }
+            let o = try TOMLTable(string: overrides)
+            for key in o.keys { clusters[key] = o[key] }
         }
         root["name"] = spec.name + "-" + v.name
         root["run_directory"] = runDirectory

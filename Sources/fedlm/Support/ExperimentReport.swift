@@ -35,10 +35,17 @@ struct ExperimentReport {
         return o.curve.secondsToReach(target)
     }
 
-    /// The per-organisation comparison, when a local variant ran: its topology's trainers are the
-    /// organisations; every federated variant and the first centralized one (pooled) are compared.
+    /// The local variants that ran (each organisation's "alone" is its best among them).
+    var localOutcomes: [ExperimentCommand.Outcome] { outcomes.filter { $0.variant.local } }
+
+    /// The per-organisation comparison, when a local variant ran: the first one's topology's
+    /// trainers are the organisations, and each one's loss alone is the lowest it reached in any
+    /// local variant (the strictest baseline); every federated variant and the first centralized
+    /// one (pooled) are compared with it.
     func worthJoining() throws -> WorthJoining? {
-        guard let local = outcomes.first(where: { $0.variant.local }), let path = local.variant.topology else { return nil }
+        guard let first = localOutcomes.first, let path = first.variant.topology else { return nil }
+        var alone: [String: Double] = [:]
+        for o in localOutcomes { for (name, loss) in o.organisations { alone[name] = min(alone[name] ?? .infinity, loss) } }
         let organisations = try Topology.load(path: path).trainers.map {
             WorthJoining.Organisation(name: $0.name, clusters: $0.clusters ?? dataClusters)
         }
@@ -50,7 +57,7 @@ struct ExperimentReport {
         }
         let federated = outcomes.filter { !$0.variant.local && !$0.variant.centralized && !$0.organisations.isEmpty }
             .map { (variant: $0.variant.name, losses: $0.organisations) }
-        return WorthJoining(organisations: organisations, alone: local.organisations, federated: federated, pooled: pooled)
+        return WorthJoining(organisations: organisations, alone: alone, federated: federated, pooled: pooled)
     }
 
     func write() throws {
@@ -82,7 +89,8 @@ struct ExperimentReport {
         if let worth = try worthJoining() {
             md += "\n## Worth joining: each organisation alone, in each federation, and pooled\n\n"
             md += "Held-out loss on each organisation's own data (the mean over its clusters): alone is the model it trains on its own data "
-            md += "with its share of the tokens; a federation's is its cluster's release (or the global model); pooled is one model trained "
+            md += "with its share of the tokens\(localOutcomes.count > 1 ? " (the lower of \(localOutcomes.map(\.variant.name).joined(separator: ", ")))" : ""); "
+            md += "a federation's is its cluster's release (or the global model); pooled is one model trained "
             md += "on all the text (the privacy-free ideal).\n\n"
             md += worth.markdown()
         }
