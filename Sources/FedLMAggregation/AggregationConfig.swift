@@ -67,10 +67,10 @@ public struct ClusterConfig: Equatable, Sendable, Codable {
     /// head). Automatic assignment (IFCA) needs clusters that differ from the start, or every
     /// trainer picks the same one.
     public var initialNoise = 0.0
-    /// How much each cluster's head learns from the other clusters: every update's head part
-    /// is applied in full to its own cluster's head (through the server optimizer) and, scaled
-    /// by `share`, to every other cluster's head. 0: heads learn only from their own cluster;
-    /// 1: every head takes every update. See `PersonalizedHeads`.
+    /// How much each cluster's head learns from the other clusters: each head aggregates the
+    /// updates as a weighted mean, its own cluster's with weight 1 and every other cluster's with
+    /// weight `share`. 0: heads learn only from their own cluster; 1: every head takes the plain
+    /// mean. See `PersonalizedHeads`.
     public var share = 0.0
     /// The server optimizer that applies a cluster's own updates to its head (nil: the
     /// aggregation's). SGD at rate 1 makes a head follow its trainers' local training exactly,

@@ -36,6 +36,23 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(text.contains("parameters:"), text)
     }
 
+    func testTrainingOnSomeClustersRefusesAnUnknownOne() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let data = try scratch.prepareData(vocab: 280, clusters: ["en": scratch.corpus])
+        let model = try scratch.writeModelConfig(layers: 1, embedding: 16, context: 16, vocab: 280, batch: 2, training: "")
+        let common = ["train", "--config", model, "--data", data, "--sample-bytes", "0", "--steps", "2", "--out", scratch.dir + "/run"]
+        let (status, output) = try FedLMProcess.run(common + ["--clusters", "en,xx"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(output.contains("unknown cluster 'xx' (known: en)"), output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: scratch.dir + "/run/checkpoint"), "nothing trained or written")
+        let (textStatus, textOutput) = try FedLMProcess.run(["train", "--config", model, "--text", scratch.corpus, "--clusters", "en"])
+        XCTAssertNotEqual(textStatus, 0)
+        XCTAssertTrue(textOutput.contains("--clusters selects clusters of --data DIR"), textOutput)
+        let (ok, trained) = try FedLMProcess.run(common + ["--clusters", "en"])
+        XCTAssertEqual(ok, 0, trained)
+    }
+
     func testInterruptedTrainingResumesToTheSameModelAsAnUninterruptedRun() throws {
         let scratch = try Scratch()
         defer { scratch.remove() }

@@ -334,6 +334,57 @@ final class FederationTests: XCTestCase {
         print("transformers on the exported cluster en: loss \(hfLoss) vs FedLM \(swiftLoss)")
     }
 
+    func testSharedPersonalModelsTrainAndCompareWithTrainingAlone() throws {
+        let trainerBlock = { (name: String, cluster: String) in
+            SmallFederation.trainer(name, "clusters = [\"\(cluster)\"]", "cluster = \"\(cluster)\"", "local_steps = 3", "tokens = 6000")
+        }
+        let f = try SmallFederation(SmallFederation.fedbuff("checkpoint_every = 2", "[clusters]", "names = [\"en\", \"de\"]",
+                                                            "head = [\"*\"]", "share = 0.5")
+                                    + trainerBlock("t-en", "en") + trainerBlock("t-de", "de"),
+            twoClusters: true)
+        defer { f.scratch.remove() }
+        let broker = try f.start("broker")
+        let aggregator = try f.start("aggregator", ["--threads", "1"])
+        let trainers = try ["t-en", "t-de"].map { try f.start("trainer", ["--name", $0, "--threads", "1"]) }
+        _ = SmallFederation.finish(zip(["t-en", "t-de"], trainers).map { ($0, $1) }, aggregator: aggregator, broker: broker, logs: [])
+        XCTAssertEqual(f.ledger("SELECT COUNT(*) FROM updates WHERE outcome = 'refused'"), 0)
+
+        // Every parameter is personal: the two organisations' models differ in every tensor.
+        let d = f.scratch.dir
+        for c in ["en", "de"] {
+            let (status, out) = try FedLMProcess.run(["cluster", "export", c, "--topology", f.topology, "--out", d + "/export-\(c)"])
+            XCTAssertEqual(status, 0, out)
+        }
+        let en = try Checkpoint.load(from: d + "/export-en").model, de = try Checkpoint.load(from: d + "/export-de").model
+        for entry in en.layout.entries {
+            XCTAssertNotEqual(Array(UnsafeBufferPointer(start: en.parameters.pointer(entry.name), count: entry.count)),
+                              Array(UnsafeBufferPointer(start: de.parameters.pointer(entry.name), count: entry.count)), entry.name)
+        }
+
+        // fedlm compare: each organisation alone on its budget, everything pooled, one row each.
+        let (status, table) = try FedLMProcess.run(["compare", f.topology, "--out", d + "/compare"])
+        XCTAssertEqual(status, 0, table)
+        for row in ["| t-en | en | ", "| t-de | de | ", "alone / federated", "mean loss; geometric mean of the ratios"] {
+            XCTAssertTrue(table.contains(row), "\(row) in:\n\(table)")
+        }
+        XCTAssertTrue(table.contains("every organisation does better than alone") || table.contains("better off alone: "), table)
+        XCTAssertEqual(try String(contentsOfFile: d + "/compare/compare.md", encoding: .utf8).isEmpty, false)
+        for run in ["alone-t-en", "alone-t-de", "pooled"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: d + "/compare/\(run)/checkpoint/model.safetensors"), run)
+        }
+        let summary = try String(contentsOfFile: d + "/compare/alone-t-en/train.log", encoding: .utf8)
+            .split(separator: "\n").first { $0.contains("training tokens") }.map(String.init) ?? ""
+        XCTAssertTrue(summary.contains("; en ") && !summary.contains("de "), "alone trains on its own clusters only: \(summary)")
+
+        // A trainer without a budget cannot be compared: the error names it.
+        let noBudget = d + "/no-budget.toml"
+        try String(contentsOfFile: f.topology, encoding: .utf8).replacingOccurrences(of: "tokens = 6000\n", with: "")
+            .write(toFile: noBudget, atomically: true, encoding: .utf8)
+        let (refused, why) = try FedLMProcess.run(["compare", noBudget])
+        XCTAssertNotEqual(refused, 0)
+        XCTAssertTrue(why.contains("trainer 't-en' has no 'tokens'"), why)
+    }
+
     func testALateSubscriberGetsASnapshotThenEveryLaterVersionOnce() throws {
         let f = try SmallFederation("""
             [aggregation]

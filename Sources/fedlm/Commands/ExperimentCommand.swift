@@ -93,9 +93,9 @@ struct ExperimentCommand: ParsableCommand {
             return Outcome(variant: v, curve: try LearningCurve.fromTrainingCSV(dir + "/validation.csv"), final: final,
                            seconds: Date().timeIntervalSince1970 - start, tokens: steps * batchTokens)
         }
-        // A federated variant: the topology with this experiment's model, data, ports, evaluation
-        // cadence and aggregation overrides, run by `fedlm up` until the ledger has the budget.
         if v.local { return try runAlone(v, spec: spec, modelPath: modelPath, batchTokens: batchTokens, validation: validation, in: dir) }
+        // A federated variant: the topology with this experiment's model, data, ports, evaluation
+        // cadence and overrides, run by `fedlm up` until the ledger has the budget.
         let topologyPath = dir + "/topology.toml"
         try Self.writeTopology(v, spec: spec, port: spec.basePort + 10 * index, runDirectory: dir + "/federation", modelPath: modelPath,
                                batchTokens: batchTokens, to: topologyPath)
@@ -117,7 +117,7 @@ struct ExperimentCommand: ParsableCommand {
         while up.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.2) }
         if up.isRunning { up.terminate() }
         up.waitUntilExit()
-        if tokens < spec.tokens { print("\(v.name): stopped at \(tokens) tokens (time limit \(Int(spec.timeLimit)) s)") }
+        if seconds > spec.timeLimit { print("\(v.name): stopped at \(tokens) tokens (time limit \(Int(spec.timeLimit)) s)") }
         let ledger = try Ledger(path: ledgerPath)
         // Updates in flight when the stop came are applied too: count what the final model saw.
         tokens = try ledger.database.query("SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE outcome != 'refused'").first?[0].int ?? tokens

@@ -86,7 +86,8 @@ struct UpCommand: ParsableCommand {
     }
 }
 
-/// One progress line from the ledger: version, updates/s, staleness, validation loss, ETA.
+/// One progress line from the ledger: version, updates/s, staleness, validation loss (and the
+/// clusters' own models' mean loss), ETA.
 enum Progress {
     static func line(runDirectory: String, elapsed: Double, totalTokens: Int) -> String {
         guard FileManager.default.fileExists(atPath: runDirectory + "/ledger.sqlite"),
@@ -98,7 +99,14 @@ enum Progress {
         let updates = accepted?[0].int ?? 0, tokens = accepted?[1].int ?? 0, staleness = accepted?[2].double ?? 0
         var s = String(format: "%5.0fs  version %d  updates %d (%.2f/s, %d refused)  mean staleness %.2f  tokens %d", elapsed, version,
                        updates, Double(updates) / max(elapsed, 1), refused, staleness, tokens)
-        if let loss { s += String(format: "  validation loss %.4f", loss) }
+        // With personalized clusters: the mean over clusters of each one's own model's loss first.
+        let own = (try? db.query("SELECT AVG(value) FROM metrics WHERE name LIKE 'personalized_loss/%' "
+            + "AND version = (SELECT MAX(version) FROM metrics WHERE name LIKE 'personalized_loss/%')"))?.first?[0].double
+        switch (own, loss) {
+        case let (own?, global?): s += String(format: "  validation loss: clusters' own models %.4f, global model %.4f", own, global)
+        case let (nil, global?): s += String(format: "  validation loss %.4f", global)
+        default: break
+        }
         if totalTokens > 0, tokens > 0 {
             s += String(format: "  ETA %.0fs", max(0, Double(totalTokens - tokens) * elapsed / Double(tokens)))
         }
