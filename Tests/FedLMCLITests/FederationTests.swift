@@ -259,12 +259,7 @@ final class FederationTests: XCTestCase {
     /// With FEDLM_HF_PYTHON set (scripts/check-huggingface), transformers loads the export and
     /// computes the same loss.
     func testClusterCommandsListCreateAndExportEachClustersModel() throws {
-        let trainerBlock = { (name: String, cluster: String) in
-            SmallFederation.trainer(name, "clusters = [\"\(cluster)\"]", "cluster = \"\(cluster)\"", "local_steps = 3", "tokens = 6000")
-        }
-        let f = try SmallFederation(SmallFederation.fedbuff("checkpoint_every = 2", "[clusters]", "names = [\"en\", \"de\"]")
-                                    + trainerBlock("t-en", "en") + trainerBlock("t-de", "de"),
-            twoClusters: true)
+        let f = try SmallFederation.twoOrganisations()
         defer { f.scratch.remove() }
         let broker = try f.start("broker")
         let aggregator = try f.start("aggregator", ["--threads", "1"])
@@ -335,13 +330,7 @@ final class FederationTests: XCTestCase {
     }
 
     func testSharedPersonalModelsTrainAndCompareWithTrainingAlone() throws {
-        let trainerBlock = { (name: String, cluster: String) in
-            SmallFederation.trainer(name, "clusters = [\"\(cluster)\"]", "cluster = \"\(cluster)\"", "local_steps = 3", "tokens = 6000")
-        }
-        let f = try SmallFederation(SmallFederation.fedbuff("checkpoint_every = 2", "[clusters]", "names = [\"en\", \"de\"]",
-                                                            "head = [\"*\"]", "share = 0.5")
-                                    + trainerBlock("t-en", "en") + trainerBlock("t-de", "de"),
-            twoClusters: true)
+        let f = try SmallFederation.twoOrganisations(clusterKeys: "head = [\"*\"]\nshare = 0.5")
         defer { f.scratch.remove() }
         let broker = try f.start("broker")
         let aggregator = try f.start("aggregator", ["--threads", "1"])
@@ -550,6 +539,16 @@ struct SmallFederation {
     static func fedbuff(_ keys: String...) -> String {
         "[aggregation]\nmode = \"fedbuff\"\nbuffer_size = 2\nserver_optimizer = \"sgd\"\nserver_learning_rate = 1.0\n"
             + keys.map { $0 + "\n" }.joined()
+    }
+
+    /// Two organisations, trainers t-en and t-de, each with its own data cluster and cluster
+    /// (`[clusters]` names en and de, plus `clusterKeys`), 6000 tokens each, H = 3.
+    static func twoOrganisations(clusterKeys: String = "") throws -> SmallFederation {
+        let trainer = { (name: String, cluster: String) in
+            SmallFederation.trainer(name, "clusters = [\"\(cluster)\"]", "cluster = \"\(cluster)\"", "local_steps = 3", "tokens = 6000")
+        }
+        return try SmallFederation(fedbuff("checkpoint_every = 2", "[clusters]", "names = [\"en\", \"de\"]", clusterKeys)
+                                   + trainer("t-en", "en") + trainer("t-de", "de"), twoClusters: true)
     }
 
     /// A `[[trainer]]` entry of a topology: its name and further keys, one TOML line each.
