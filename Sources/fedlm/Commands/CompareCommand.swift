@@ -24,13 +24,13 @@ struct CompareCommand: ParsableCommand {
         var budgets: [String: Int] = [:]
         for trainer in t.trainers {
             guard let tokens = trainer.tokens else {
-                throw ValidationError("\(topology): trainer '\(trainer.name)' has no 'tokens': compare trains it alone on its own budget")
+                throw RunFailure("\(topology): trainer '\(trainer.name)' has no 'tokens': compare trains it alone on its own budget")
             }
             budgets[trainer.name] = tokens
         }
         let ledgerPath = t.runDirectory + "/ledger.sqlite"
         guard FileManager.default.fileExists(atPath: ledgerPath) else {
-            throw ValidationError("\(ledgerPath) does not exist: run the federation first (fedlm up \(topology))")
+            throw RunFailure("\(ledgerPath) does not exist: run the federation first (fedlm up \(topology))")
         }
         let dir = out ?? t.runDirectory + "/compare"
         let dataset = try TokenDataset(directory: t.dataDirectory)
