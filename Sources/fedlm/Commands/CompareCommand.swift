@@ -36,7 +36,10 @@ struct CompareCommand: ParsableCommand {
         let dataset = try TokenDataset(directory: t.dataDirectory)
         let validation = try OrganisationRuns.validation(dataset, modelPath: t.modelConfigPath)
         var federated: [String: Double] = [:]
-        for (name, model) in try OrganisationRuns.federatedModels(t, ledger: try Ledger(path: ledgerPath)) {
+        let ledger = try Ledger(path: ledgerPath)
+        let models = try ClusterModels(ledger: ledger)
+        for (name, model) in try OrganisationRuns.federatedModels(t, models: models, clusters: try OrganisationRuns.finalClusters(ledger),
+                                                                  global: try models.global()) {
             federated[name] = try OrganisationRuns.loss(model, clusters: t.trainers.first { $0.name == name }?.clusters, validation: validation)
         }
         var alone: [String: Double] = [:]

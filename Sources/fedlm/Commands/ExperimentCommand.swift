@@ -124,11 +124,10 @@ struct ExperimentCommand: ParsableCommand {
         let models = try ClusterModels(ledger: ledger)
         let global = try models.global()
         // Which cluster serves each data cluster: the final cluster of the trainers holding it.
-        var current: [String: String] = [:]
+        let current = try OrganisationRuns.finalClusters(ledger)
         var assignments: [String] = []
         var matrix: [String: [String: Int]] = [:]
         let allAssignments = try ledger.assignments()
-        for a in allAssignments { current[a.trainer] = a.cluster }
         for t in topology.trainers {
             let moves = allAssignments.filter { $0.trainer == t.name }
             if let last = moves.last {
@@ -147,7 +146,7 @@ struct ExperimentCommand: ParsableCommand {
         }
         // Each organisation (trainer) is served by its final cluster's model, or the global one.
         var organisations: [String: Double] = [:]
-        for (name, model) in try OrganisationRuns.federatedModels(topology, ledger: ledger) {
+        for (name, model) in try OrganisationRuns.federatedModels(topology, models: models, clusters: current, global: global) {
             organisations[name] = try OrganisationRuns.loss(model, clusters: topology.trainers.first { $0.name == name }?.clusters, validation: validation)
         }
         return Outcome(variant: v, curve: try LearningCurve.fromLedger(ledgerPath, start: start, personalized: topology.aggregation.clusters != nil),

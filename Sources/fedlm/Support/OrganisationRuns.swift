@@ -52,15 +52,18 @@ enum OrganisationRuns {
         return try PreparedData(dataset: data).validationSets(batch: 8, sequence: file.training.sequenceLength ?? file.model.context, maxBatches: 4)
     }
 
-    /// The federation's model for each trainer of `topology`: its final cluster's (global trunk,
-    /// the cluster's head), or the global model where it has no cluster.
-    static func federatedModels(_ topology: Topology, ledger: Ledger) throws -> [String: GPT2Model] {
-        let models = try ClusterModels(ledger: ledger)
+    /// Each trainer's final cluster in the ledger (the last assignment it got).
+    static func finalClusters(_ ledger: Ledger) throws -> [String: String] {
         var cluster: [String: String] = [:]
         for a in try ledger.assignments() { cluster[a.trainer] = a.cluster }
-        let global = try models.global()
+        return cluster
+    }
+
+    /// The federation's model for each trainer of `topology`: its final cluster's (global trunk,
+    /// the cluster's head), or `global` where it has no cluster.
+    static func federatedModels(_ topology: Topology, models: ClusterModels, clusters: [String: String], global: GPT2Model) throws -> [String: GPT2Model] {
         var out: [String: GPT2Model] = [:]
-        for t in topology.trainers { out[t.name] = try cluster[t.name].map { try models.model(of: $0) } ?? global }
+        for t in topology.trainers { out[t.name] = try clusters[t.name].map { try models.model(of: $0) } ?? global }
         return out
     }
 }
