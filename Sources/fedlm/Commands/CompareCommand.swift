@@ -35,13 +35,10 @@ struct CompareCommand: ParsableCommand {
         let dir = out ?? t.runDirectory + "/compare"
         let dataset = try TokenDataset(directory: t.dataDirectory)
         let validation = try OrganisationRuns.validation(dataset, modelPath: t.modelConfigPath)
-        var federated: [String: Double] = [:]
         let ledger = try Ledger(path: ledgerPath)
         let models = try ClusterModels(ledger: ledger)
-        for (name, model) in try OrganisationRuns.federatedModels(t, models: models, clusters: try OrganisationRuns.finalClusters(ledger),
-                                                                  global: try models.global()) {
-            federated[name] = try OrganisationRuns.loss(model, clusters: t.trainers.first { $0.name == name }?.clusters, validation: validation)
-        }
+        let federated = try OrganisationRuns.federatedLosses(t, models: models, clusters: try OrganisationRuns.finalClusters(ledger),
+                                                             global: try models.global(), validation: validation)
         var alone: [String: Double] = [:]
         for trainer in t.trainers {
             print("==> \(trainer.name) alone: \(budgets[trainer.name]!) tokens on \((trainer.clusters ?? dataset.clusters).joined(separator: ", "))")

@@ -145,10 +145,7 @@ struct ExperimentCommand: ParsableCommand {
             }
         }
         // Each organisation (trainer) is served by its final cluster's model, or the global one.
-        var organisations: [String: Double] = [:]
-        for (name, model) in try OrganisationRuns.federatedModels(topology, models: models, clusters: current, global: global) {
-            organisations[name] = try OrganisationRuns.loss(model, clusters: topology.trainers.first { $0.name == name }?.clusters, validation: validation)
-        }
+        let organisations = try OrganisationRuns.federatedLosses(topology, models: models, clusters: current, global: global, validation: validation)
         return Outcome(variant: v, curve: try LearningCurve.fromLedger(ledgerPath, start: start, personalized: topology.aggregation.clusters != nil),
                        final: final, seconds: seconds, tokens: tokens, assignments: assignments, matrix: matrix, organisations: organisations)
     }
@@ -166,10 +163,9 @@ struct ExperimentCommand: ParsableCommand {
         for t in topology.trainers {
             let out = dir + "/" + t.name
             let model = try OrganisationRuns.train(modelPath: modelPath, data: spec.data, clusters: t.clusters, tokens: shares[t.name]!, out: out)
-            organisations[t.name] = try OrganisationRuns.loss(model, clusters: t.clusters, validation: validation)
-            for set in validation where t.clusters?.contains(set.name) ?? true {
-                perCluster[set.name, default: []].append(Double(try meanLoss(model, set.batches)))
-            }
+            let losses = try OrganisationRuns.clusterLosses(model, clusters: t.clusters, validation: validation)
+            organisations[t.name] = losses.values.reduce(0, +) / Double(losses.count)
+            for (cluster, loss) in losses { perCluster[cluster, default: []].append(loss) }
             print(String(format: "%@ alone on %@: %.4f", t.name, (t.clusters ?? ["all"]).joined(separator: "+"), organisations[t.name]!))
         }
         return Outcome(variant: v, curve: LearningCurve(points: []), final: perCluster.mapValues { $0.reduce(0, +) / Double($0.count) },

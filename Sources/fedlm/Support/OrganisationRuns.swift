@@ -16,7 +16,7 @@ enum OrganisationRuns {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = arguments
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         let handle = FileHandle(forWritingAtPath: log)!
         p.standardOutput = handle
         p.standardError = handle
@@ -39,11 +39,17 @@ enum OrganisationRuns {
         return try Checkpoint.load(from: out + "/checkpoint").model
     }
 
-    /// Mean held-out loss of `model` over an organisation's clusters (nil: every cluster).
-    static func loss(_ model: GPT2Model, clusters: [String]?, validation: [(name: String, batches: [TokenBatch])]) throws -> Double {
+    /// Held-out loss of `model` on each of an organisation's clusters (nil: every cluster).
+    static func clusterLosses(_ model: GPT2Model, clusters: [String]?, validation: [(name: String, batches: [TokenBatch])]) throws -> [String: Double] {
         let sets = validation.filter { clusters?.contains($0.name) ?? true }
         guard !sets.isEmpty else { throw RunFailure("no validation data for clusters \((clusters ?? []).joined(separator: ", "))") }
-        return try sets.map { Double(try meanLoss(model, $0.batches)) }.reduce(0, +) / Double(sets.count)
+        return Dictionary(uniqueKeysWithValues: try sets.map { ($0.name, Double(try meanLoss(model, $0.batches))) })
+    }
+
+    /// Mean held-out loss of `model` over an organisation's clusters (nil: every cluster).
+    static func loss(_ model: GPT2Model, clusters: [String]?, validation: [(name: String, batches: [TokenBatch])]) throws -> Double {
+        let losses = try clusterLosses(model, clusters: clusters, validation: validation)
+        return losses.values.reduce(0, +) / Double(losses.count)
     }
 
     /// The validation batches every comparison scores on: 4 batches of 8 windows per cluster.
@@ -65,5 +71,14 @@ enum OrganisationRuns {
         var out: [String: GPT2Model] = [:]
         for t in topology.trainers { out[t.name] = try clusters[t.name].map { try models.model(of: $0) } ?? global }
         return out
+    }
+
+    /// Each trainer's (organisation's) loss on its own clusters with the federation's model for it.
+    static func federatedLosses(_ topology: Topology, models: ClusterModels, clusters: [String: String], global: GPT2Model,
+                                validation: [(name: String, batches: [TokenBatch])]) throws -> [String: Double] {
+        let served = try federatedModels(topology, models: models, clusters: clusters, global: global)
+        var losses: [String: Double] = [:]
+        for t in topology.trainers { losses[t.name] = try loss(served[t.name]!, clusters: t.clusters, validation: validation) }
+        return losses
     }
 }
