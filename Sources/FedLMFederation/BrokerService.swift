@@ -6,25 +6,40 @@ import Logging
 /// The broker: routes trainers' messages to the aggregator and back, and relays releases.
 /// It holds no model state; it knows only which peers it has heard from recently.
 ///
-/// Trainer side: a ROUTER; a message from trainer T arrives as [T, frames...] and is forwarded to
-/// the aggregator as [aggregator, T, frames...]. The aggregator's replies [T, frames...] go back
-/// to T. The aggregator says where it is by sending [""] + HEARTBEAT (an empty peer addresses the
-/// broker). While no aggregator has been heard from within the heartbeat timeout, trainers get
-/// ERROR `unavailable` at once instead of waiting.
+/// Trainer side: a ROUTER; a message from trainer T arrives as [T, frames...] and, once the
+/// `BrokerGate` has let it through (protocol, identity, budget), is forwarded to the aggregator
+/// as [aggregator, T, frames...]. The aggregator's replies [T, frames...] go back to T without
+/// waiting: a member that does not read its replies loses them, it never stalls the broker. The
+/// aggregator says where it is by sending [""] + HEARTBEAT (an empty peer addresses the broker).
+/// While no aggregator has been heard from within the heartbeat timeout, trainers get ERROR
+/// `unavailable` at once instead of waiting.
 public final class BrokerService: BlockingService, @unchecked Sendable {
     public let endpoints: BrokerEndpoints
     public let limits: TransportLimits
     /// CURVE encryption and authentication on every socket (nil: plaintext, for local demos).
     public let security: BrokerSecurity?
+    public let gateLimits: BrokerGate.Limits
     let logger: Logger
     private let stopFlag = StopFlag()
     private let codec = WireCodec()
+    private let countersLock = NSLock()
+    private var _counters = Counters()
+
+    /// What the broker has done with the messages it received, for tests and status lines.
+    public struct Counters: Sendable {
+        public var forwarded = 0
+        public var refused: [String: Int] = [:]
+        public var repliesDropped = 0
+    }
+
+    public var counters: Counters { countersLock.lock(); defer { countersLock.unlock() }; return _counters }
 
     public init(endpoints: BrokerEndpoints, limits: TransportLimits = TransportLimits(), security: BrokerSecurity? = nil,
-                logger: Logger = Logger(label: "fedlm.broker")) {
+                gateLimits: BrokerGate.Limits = BrokerGate.Limits(), logger: Logger = Logger(label: "fedlm.broker")) {
         self.endpoints = endpoints
         self.limits = limits
         self.security = security
+        self.gateLimits = gateLimits
         self.logger = logger
     }
 
@@ -34,18 +49,20 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
     public func runBlocking() throws {
         let context = ZMQContext()
         // With security, the ZAP handler is in place before any CURVE socket binds, so no
-        // handshake can ever go unchecked (fail closed).
+        // handshake can ever go unchecked (fail closed). A connection's user id is its key.
         let zap = try security.map { security in
-            try ZAPHandler(context: context, decide: { domain, key in security.allowed.decide(domain: domain, key: key) },
+            try ZAPHandler(context: context, decide: { domain, key in security.allowed.decide(domain: domain, key: key) ? key : nil },
                            log: { [logger] in logger.warning("\($0)") })
         }
         func secure(_ socket: ZMQSocket, _ domain: String) throws {
+            // Subscribers send the relay only subscriptions (a topic each).
+            if domain == "releases" { try socket.setMaximumMessageSize(64 << 10) }
             if let security { try socket.makeCurveServer(secretKey: security.keys.secretKey, domain: domain) }
         }
         let trainers = try ZMQSocket(context, .router)
         let aggregator = try ZMQSocket(context, .router)
         for s in [trainers, aggregator] {
-            try limits.apply(to: s)
+            try limits.applyServer(to: s)
             try s.setRouterMandatory(true)
         }
         try secure(trainers, "trainers")
@@ -60,82 +77,127 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
             zap?.stop()
         }
         if let security {
-            logger.info("broker: CURVE on every socket; broker key \(security.keys.publicKey); allowed keys from \(security.allowed.path) (re-read when it changes)")
+            logger.info("broker: CURVE on every socket; broker key \(security.keys.publicKey); allowed keys from \(security.allowed.path) (re-read when it changes); membership \(security.membership.rawValue)")
         } else {
             logger.warning("broker: PLAINTEXT: no encryption, no authentication: anyone who can reach these ports may join, read releases and push updates. For local demos only; set [security] in the topology otherwise.")
         }
         logger.info("broker: trainers \(trainers.lastEndpoint), aggregator \(aggregator.lastEndpoint), releases \(relay.publisherEndpoint) -> \(relay.subscriberEndpoint)")
-        var aggregatorID: [UInt8]?
-        var aggregatorSeen = 0.0
-        var peersSeen: [[UInt8]: Double] = [:]
-        var lastSweep = Date().timeIntervalSince1970
-        let timeout = Double(limits.heartbeatTimeout) / 1000
+        var loop = Loop(trainers: trainers, aggregator: aggregator, gate: BrokerGate(codec: codec, security: security, limits: gateLimits),
+                        timeout: Double(limits.heartbeatTimeout) / 1000)
         while !stopFlag.isSet {
             let ready = try ZMQPoller.readable([trainers, aggregator], timeout: 100)
             let now = Date().timeIntervalSince1970
-            // Frames are handed from socket to socket without copies (tensors are most of the bytes).
-            if ready.contains(0) {
-                var unavailable: [UInt8]?
-                var forbidden: [UInt8]?
-                var from: [UInt8]?
-                var head: [[UInt8]]?
-                do {
-                    // With security the first protocol frames are read too, to keep subscribers
-                    // (authenticated as such by their key) from pushing updates.
-                    head = try trainers.forward(to: aggregator, head: security == nil ? 1 : 3) { head, user in
-                        from = head[0]
-                        if user == "subscriber", head.count == 3, head[2] == [MessageType.update.rawValue] || head[2] == [MessageType.chunk.rawValue] {
-                            if head[2] == [MessageType.update.rawValue] { forbidden = head[0] }
-                            return nil
-                        }
-                        if let id = aggregatorID, now - aggregatorSeen < timeout { return [id] + head }
-                        unavailable = head[0]
-                        return nil
+            // A burst from one side never starves the other: a bounded batch each turn.
+            if ready.contains(0) { try loop.fromTrainers(now: now, limit: 256) }
+            if ready.contains(1) { try loop.fromAggregator(now: now, limit: 256) }
+            loop.sweep(now: now)
+            for line in loop.gate.logLines(now: now) { logger.warning("\(line)") }
+            for line in loop.notes { logger.info("\(line)") }
+            loop.notes = []
+            countersLock.lock()
+            _counters = Counters(forwarded: loop.gate.forwarded, refused: loop.gate.refusals.totals, repliesDropped: loop.repliesDropped)
+            countersLock.unlock()
+        }
+        logger.info("broker stopped")
+    }
+
+    /// The broker's routing state and the moves between its two ROUTERs.
+    struct Loop {
+        let trainers: ZMQSocket
+        let aggregator: ZMQSocket
+        var gate: BrokerGate
+        let timeout: Double
+        var aggregatorID: [UInt8]?
+        var aggregatorSeen = 0.0
+        var peersSeen: [String: Double] = [:]
+        var lastSweep = 0.0
+        var repliesDropped = 0
+        var notes: [String] = []
+        let codec = WireCodec()
+
+        init(trainers: ZMQSocket, aggregator: ZMQSocket, gate: BrokerGate, timeout: Double) {
+            self.trainers = trainers
+            self.aggregator = aggregator
+            self.gate = gate
+            self.timeout = timeout
+        }
+
+        /// Up to `limit` messages from trainers and subscribers: each checked by the gate, then
+        /// forwarded, refused, or dropped.
+        mutating func fromTrainers(now: Double, limit: Int) throws {
+            for _ in 0..<limit {
+                guard let message = try trainers.receiveInPlace(timeout: 0) else { return }
+                let peerID = Array(message.frame(0)), peer = Self.name(message.frame(0))
+                if peersSeen[peer] == nil { notes.append("peer \(peer) connected") }
+                peersSeen[peer] = now
+                let member = message.userID.flatMap { key in gate.security?.allowed.member(key: key) }
+                let action = gate.inbound(peer: peer, head: (1..<min(4, message.count)).map { Array(message.frame($0)) },
+                                          frameSizes: Array(message.frameSizes.dropFirst()), member: member, now: now)
+                switch action {
+                case .drop: continue
+                case .refuse(let error): reply(to: peerID, .error(error))
+                case .forward:
+                    guard let id = aggregatorID, now - aggregatorSeen < timeout else {
+                        reply(to: peerID, .error(ErrorReply(code: .unavailable, detail: "no aggregator is connected to the broker")))
+                        gate.answered(peer: peer, now: now)
+                        continue
                     }
-                } catch let e as ZMQError where e.code == EHOSTUNREACH {
-                    // The aggregator's connection is gone (it crashed or stopped) before its
-                    // heartbeats timed out: the trainer hears `unavailable` and retries.
-                    logger.info("aggregator disconnected")
-                    aggregatorID = nil
-                    unavailable = from
-                }
-                if let peer = head?.first {
-                    if peersSeen[peer] == nil { logger.info("peer \(String(decoding: peer, as: UTF8.self)) connected") }
-                    peersSeen[peer] = now
-                }
-                if let peer = forbidden {
-                    logger.warning("refused an update from subscriber \(String(decoding: peer, as: UTF8.self))")
-                    let reply = codec.encode(.error(ErrorReply(code: .forbidden, detail: "a subscriber's key may receive releases, not push updates")))
-                    _ = try? trainers.send([peer] + reply)
-                }
-                if let peer = unavailable {
-                    let reply = codec.encode(.error(ErrorReply(code: .unavailable, detail: "no aggregator is connected to the broker")))
-                    _ = try? trainers.send([peer] + reply)
-                }
-            }
-            if ready.contains(1) {
-                do {
-                    let head = try aggregator.forward(to: trainers, head: 2) { head in
-                        head[1].isEmpty ? nil : [head[1]]  // an empty target addresses the broker itself (heartbeat)
+                    do {
+                        try message.send(to: aggregator, prefix: [id, peerID], from: 1)
+                    } catch let e as ZMQError where e.code == EHOSTUNREACH {
+                        // The aggregator's connection is gone (it crashed or stopped) before its
+                        // heartbeats timed out: the trainer hears `unavailable` and retries.
+                        notes.append("aggregator disconnected")
+                        aggregatorID = nil
+                        gate.aggregatorChanged()
+                        reply(to: peerID, .error(ErrorReply(code: .unavailable, detail: "no aggregator is connected to the broker")))
                     }
-                    if let id = head?.first {
-                        if aggregatorID != id { logger.info("aggregator connected") }
-                        aggregatorID = id
-                        aggregatorSeen = now
-                    }
-                } catch let e as ZMQError where e.code == EHOSTUNREACH {
-                    logger.info("a reply's trainer is gone; dropped")
-                }
-            }
-            if now - lastSweep > 1 {
-                lastSweep = now
-                for (peer, seen) in peersSeen where now - seen > timeout * 6 {
-                    peersSeen[peer] = nil
-                    logger.info("peer \(String(decoding: peer, as: UTF8.self)) forgotten after silence")
                 }
             }
         }
-        logger.info("broker stopped")
+
+        /// Up to `limit` messages from the aggregator: heartbeats for the broker, replies passed
+        /// on to their trainer without waiting.
+        mutating func fromAggregator(now: Double, limit: Int) throws {
+            for _ in 0..<limit {
+                guard let message = try aggregator.receiveInPlace(timeout: 0) else { return }
+                guard message.count >= 4 else { continue }
+                let id = Array(message.frame(0))
+                if aggregatorID != id {
+                    notes.append("aggregator connected")
+                    gate.aggregatorChanged()
+                }
+                aggregatorID = id
+                aggregatorSeen = now
+                let target = Array(message.frame(1))
+                guard !target.isEmpty else { continue }  // an empty target addresses the broker itself (heartbeat)
+                let isChunk = message.frame(3).count == 1 && message.frame(3)[0] == MessageType.chunk.rawValue
+                if !isChunk { gate.answered(peer: Self.name(message.frame(1)), now: now) }
+                do {
+                    if try !message.send(to: trainers, prefix: [target], from: 2, wait: false) { repliesDropped += 1 }
+                } catch let e as ZMQError where e.code == EHOSTUNREACH {
+                    repliesDropped += 1  // the trainer is gone; it fetches again when it is back
+                }
+            }
+        }
+
+        /// Forgets peers silent for long (their budgets go with them).
+        mutating func sweep(now: Double) {
+            guard now - lastSweep > 1 else { return }
+            lastSweep = now
+            for (peer, seen) in peersSeen where now - seen > timeout * 6 {
+                peersSeen[peer] = nil
+                gate.forget(peer: peer)
+                notes.append("peer \(peer) forgotten after silence")
+            }
+        }
+
+        /// Answers a trainer from the broker itself, never waiting on it.
+        mutating func reply(to peer: [UInt8], _ message: Message) {
+            if (try? trainers.send([peer] + codec.encode(message), wait: false)) != true { repliesDropped += 1 }
+        }
+
+        static func name(_ bytes: UnsafeRawBufferPointer) -> String { String(decoding: bytes, as: UTF8.self) }
     }
 }
 

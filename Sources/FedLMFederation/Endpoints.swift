@@ -36,11 +36,29 @@ public struct TransportLimits: Equatable, Sendable, Codable {
     public var heartbeatTimeout: Int32 = 10_000
     public init() {}
 
-    /// Sets the message size limit, high-water marks and heartbeats on a socket.
+    /// Sets the message size limit, high-water marks and heartbeats on a (connecting) socket.
     public func apply(to socket: ZMQSocket) throws {
         try socket.setMaximumMessageSize(maxMessageBytes)
         try socket.setHighWaterMarks(send: highWaterMark, receive: highWaterMark)
         try socket.setHeartbeat(interval: heartbeatInterval, timeout: heartbeatTimeout)
+    }
+
+    /// Sets the message size limit and high-water marks on one of the broker's binding sockets,
+    /// with TCP keepalive instead of ZMTP heartbeats to notice peers whose machine or link died.
+    ///
+    /// No ZMTP heartbeats on sockets that members connect to: libzmq (4.3.4, 4.3.5 and master as
+    /// of 2026) sends a heartbeat PING by calling the connection's `out_event` from a timer
+    /// without checking for an I/O error. When a peer fills its receive queue (the high-water
+    /// mark stops reading its socket) and then closes the connection, the engine records the
+    /// error but waits for the queue to drain; the next heartbeat timer then fails
+    /// `zmq_assert (!_io_error)` in `stream_engine_base.cpp` and aborts the whole process. One
+    /// member flooding and disconnecting took the broker down that way. The broker's own
+    /// liveness checks (the aggregator's HEARTBEAT, peers forgotten after silence) do not need
+    /// ZMTP heartbeats.
+    public func applyServer(to socket: ZMQSocket) throws {
+        try socket.setMaximumMessageSize(maxMessageBytes)
+        try socket.setHighWaterMarks(send: highWaterMark, receive: highWaterMark)
+        try socket.setTCPKeepalive(idle: max(1, heartbeatTimeout / 1000), interval: max(1, heartbeatInterval / 1000), count: 5)
     }
 }
 

@@ -2,68 +2,133 @@ import FedLMZeroMQ
 import Foundation
 import TOMLKit
 
-/// Who may connect to the broker, by role: CURVE public keys (Z85) in a TOML file
+/// A member of a federation as its key identifies it: its role and the names (trainer ids,
+/// routing ids) the key may use.
+public struct Member: Equatable, Sendable {
+    public enum Role: String, Sendable { case trainer, subscriber, aggregator }
+    public var role: Role
+    public var names: Set<String>
+    public var key: String
+    public init(role: Role, names: Set<String>, key: String) {
+        self.role = role
+        self.names = names
+        self.key = key
+    }
+}
+
+/// Who may connect to the broker and as whom: for each role, each member's name and its CURVE
+/// public key (Z85), in a TOML file
 ///
-///     trainers = ["rq:4Y...", ...]      # may fetch and push
-///     subscribers = ["..."]             # may receive releases and fetch snapshots, never push
-///     aggregators = ["..."]
+///     [trainers]
+///     en = "rq:4Y..."                 # trainer `en` connects with this key
+///     es-it = ["TV$G...", "x9..."]    # two keys (e.g. while rotating) for one name
+///     [subscribers]
+///     subscriber = "..."              # may receive releases and fetch snapshots, never push
+///     [aggregators]
+///     aggregator = "..."
 ///
-/// re-read whenever the file changes, so a key is revoked by deleting its line (connections
-/// already made stay until they drop; every new handshake sees the new list).
+/// A key listed under several names may use any of them. The file is re-read when it changes
+/// (checked at most once a second), so a key is revoked by deleting its line: new handshakes
+/// are refused at once, and so is every later message on a connection it already made.
 public final class AllowList: @unchecked Sendable {
     public let path: String
     private let lock = NSLock()
-    private var roles: [String: Set<String>] = [:]
+    private var members: [String: Member] = [:]
     private var loadedStamp: Date?
+    private var checkedAt = 0.0
 
-    public static let roleNames = ["trainers": "trainer", "subscribers": "subscriber", "aggregators": "aggregator"]
+    public static let roleNames: [String: Member.Role] = ["trainers": .trainer, "subscribers": .subscriber, "aggregators": .aggregator]
 
     public init(path: String) throws {
         self.path = path
         try reloadIfChanged(force: true)
     }
 
-    /// The role of `key` on the broker socket with ZAP `domain`, or nil to refuse: trainers and
-    /// subscribers on "trainers" and "releases", aggregators on "aggregator" and "publish".
-    public func decide(domain: String, key: String) -> String? {
+    /// Whether `key` may connect to the broker socket with ZAP `domain`: trainers and subscribers
+    /// on "trainers" and "releases", aggregators on "aggregator" and "publish".
+    public func decide(domain: String, key: String) -> Bool {
+        guard let member = member(key: key) else { return false }
+        switch domain {
+        case "trainers", "releases": return member.role == .trainer || member.role == .subscriber
+        case "aggregator", "publish": return member.role == .aggregator
+        default: return false
+        }
+    }
+
+    /// The member `key` belongs to now (nil: not, or no longer, allowed).
+    public func member(key: String) -> Member? {
         try? reloadIfChanged(force: false)
         lock.lock(); defer { lock.unlock() }
-        let permitted: [String]
-        switch domain {
-        case "trainers", "releases": permitted = ["trainer", "subscriber"]
-        case "aggregator", "publish": permitted = ["aggregator"]
-        default: return nil
-        }
-        return permitted.first { roles[$0]?.contains(key) == true }
+        return members[key]
+    }
+
+    /// Every name some key is bound to.
+    public var boundNames: Set<String> {
+        try? reloadIfChanged(force: false)
+        lock.lock(); defer { lock.unlock() }
+        return members.values.reduce(into: Set<String>()) { $0.formUnion($1.names) }
     }
 
     func reloadIfChanged(force: Bool) throws {
+        let now = Date().timeIntervalSince1970
+        lock.lock()
+        let recent = !force && now - checkedAt < 1
+        if !recent { checkedAt = now }
+        lock.unlock()
+        if recent { return }
         let stamp = (try? FileManager.default.attributesOfItem(atPath: path)[.modificationDate]) as? Date
         lock.lock()
         let unchanged = !force && stamp == loadedStamp
         lock.unlock()
         if unchanged { return }
+        let next = try Self.parse(path: path)
+        lock.lock()
+        members = next
+        loadedStamp = stamp
+        lock.unlock()
+    }
+
+    /// The members of an allow-list file, by key.
+    static func parse(path: String) throws -> [String: Member] {
         let text: String
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
             throw FederationError.badTopology("cannot read the allowed keys \(path)")
         }
         let table: TOMLTable
         do { table = try TOMLTable(string: text) } catch { throw FederationError.badTopology("\(path): not valid TOML: \(error)") }
-        var next: [String: Set<String>] = [:]
-        for key in table.keys {
-            guard let role = Self.roleNames[key] else {
-                throw FederationError.badTopology("\(path): unknown key '\(key)' (allowed: trainers, subscribers, aggregators)")
+        var members: [String: Member] = [:]
+        for section in table.keys.sorted() {
+            guard let role = roleNames[section] else {
+                throw FederationError.badTopology("\(path): unknown key '\(section)' (allowed: trainers, subscribers, aggregators)")
             }
-            guard let list = table[key]?.array, let keys = list.map({ $0.string }) as? [String] else {
-                throw FederationError.badTopology("\(path): '\(key)' must be a list of Z85 public keys")
+            guard let names = table[section]?.table else {
+                throw FederationError.badTopology("\(path): '\(section)' must be a table of name = \"key\" (regenerate the file with `fedlm keys generate --topology TOPOLOGY`: existing key pairs are kept)")
             }
-            for k in keys where !CurveKeyPair.isKey(k) { throw FederationError.badTopology("\(path): '\(k)' in \(key) is not a CURVE public key") }
-            next[role] = Set(keys)
+            for name in names.keys.sorted() {
+                let value = names[name]!
+                guard let keys = value.string.map({ [$0] }) ?? value.array?.map({ $0.string }) as? [String], !keys.isEmpty else {
+                    throw FederationError.badTopology("\(path): '\(section).\(name)' must be a Z85 public key or a list of them")
+                }
+                for key in keys {
+                    guard CurveKeyPair.isKey(key) else { throw FederationError.badTopology("\(path): '\(key)' (\(section).\(name)) is not a CURVE public key") }
+                    if let other = members[key], other.role != role {
+                        throw FederationError.badTopology("\(path): key \(key) is listed both as \(other.role.rawValue) and as \(role.rawValue)")
+                    }
+                    members[key, default: Member(role: role, names: [], key: key)].names.insert(name)
+                }
+            }
         }
-        lock.lock()
-        roles = next
-        loadedStamp = stamp
-        lock.unlock()
+        return members
+    }
+
+    /// The text of an allow-list naming each member's key, by role.
+    public static func text(trainers: [(String, String)], subscribers: [(String, String)], aggregators: [(String, String)]) -> String {
+        var text = "# Who may connect to the broker, by role: name = \"public key\". A key may use only its own names.\n"
+        text += "# Delete a line to revoke a key (the broker re-reads this file).\n"
+        for (section, entries) in [("trainers", trainers), ("subscribers", subscribers), ("aggregators", aggregators)] {
+            text += "\n[\(section)]\n" + entries.map { "\"\($0.0)\" = \"\($0.1)\"\n" }.joined()
+        }
+        return text
     }
 }
 
@@ -89,12 +154,27 @@ public struct CurveClient: Sendable {
     func apply(to socket: ZMQSocket) throws { try socket.makeCurveClient(serverKey: brokerKey, keys: keys) }
 }
 
-/// The broker's CURVE settings: its key pair and who may connect.
+/// The broker's CURVE settings: its key pair, who may connect, and whether names no key is
+/// bound to may join.
 public struct BrokerSecurity: Sendable {
+    /// Closed: a key uses only the names the allow-list binds to it. Open: also any name no key
+    /// is bound to (volunteers join under names of their own), never another key's name.
+    public enum Membership: String, Sendable, CaseIterable { case closed, open }
+
     public let keys: CurveKeyPair
     public let allowed: AllowList
-    public init(keys: CurveKeyPair, allowed: AllowList) {
+    public let membership: Membership
+    public init(keys: CurveKeyPair, allowed: AllowList, membership: Membership = .closed) {
         self.keys = keys
         self.allowed = allowed
+        self.membership = membership
+    }
+
+    /// Whether `member` may speak as `name` (its routing id, or the trainer id in a HELLO or
+    /// UPDATE). A subscriber never pushes, so it may use any name but another key's.
+    public func may(_ member: Member, use name: String) -> Bool {
+        if member.names.contains(name) { return true }
+        guard member.role == .subscriber || membership == .open else { return false }
+        return !allowed.boundNames.contains(name)
     }
 }

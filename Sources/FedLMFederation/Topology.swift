@@ -59,7 +59,13 @@ import TOMLKit
 ///
 ///     [security]                            # optional: CURVE on every socket (default: plaintext)
 ///     keys = "keys"                         # key pairs: broker, aggregator, <trainer name>, ... (`fedlm keys generate`)
-///     allowed = "keys/allowed.toml"         # trainers / subscribers / aggregators public keys (default: <keys>/allowed.toml)
+///     allowed = "keys/allowed.toml"         # each member's name and public key, by role (default: <keys>/allowed.toml)
+///     membership = "closed"                 # closed: a key uses only its own names; open: also names no key is bound to
+///
+///     [supervision]                         # optional: how `fedlm up` keeps the federation running
+///     on_failure = "restart"                # a role process that dies is restarted (restart) or ends the run (stop)
+///     max_restarts = 3                      # restarts of one process before the run stops
+///     trainer_silence = 15.0                # seconds without a word from the broker before a trainer says so
 ///
 ///     [clusters]                            # optional: personalized heads per data cluster
 ///     names = ["en", "de", "code"]          # clusters from the start
@@ -102,13 +108,16 @@ public struct Topology: Sendable {
     /// by name, subscribers by their own name) and the allow-list file (nil: plaintext).
     public var keysDirectory: String?
     public var allowedKeys: String?
+    public var membership = BrokerSecurity.Membership.closed
+    /// How `fedlm up` supervises the processes it starts.
+    public var supervision = SupervisionPolicy()
 
     public static func load(path: String) throws -> Topology {
         func bad(_ why: String) -> FederationError { .badTopology("\(path): \(why)") }
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw bad("cannot read the file") }
         let root: TOMLTable
         do { root = try TOMLTable(string: text) } catch { throw bad("not valid TOML: \(error)") }
-        try allow(root, ["name", "run_directory", "model", "data", "broker", "aggregation", "trainer", "clusters", "security"], "", bad)
+        try allow(root, ["name", "run_directory", "model", "data", "broker", "aggregation", "trainer", "clusters", "security", "supervision"], "", bad)
         func string(_ t: TOMLTable, _ key: String, _ prefix: String) throws -> String? {
             guard let v = t[key] else { return nil }
             guard let s = v.string else { throw bad("'\(prefix)\(key)' must be a string") }
@@ -250,10 +259,30 @@ public struct Topology: Sendable {
         }
         if let st = root["security"] {
             guard let st = st.table else { throw bad("[security] must be a table") }
-            try allow(st, ["keys", "allowed"], "security.", bad)
+            try allow(st, ["keys", "allowed", "membership"], "security.", bad)
             guard let keys = try string(st, "keys", "security.") else { throw bad("'security.keys' (the directory of key pairs) is required") }
             t.keysDirectory = keys
             t.allowedKeys = try string(st, "allowed", "security.") ?? keys + "/allowed.toml"
+            if let m = try string(st, "membership", "security.") {
+                guard let membership = BrokerSecurity.Membership(rawValue: m) else { throw bad("'security.membership' is '\(m)', not closed or open") }
+                t.membership = membership
+            }
+        }
+        if let sv = root["supervision"] {
+            guard let sv = sv.table else { throw bad("[supervision] must be a table") }
+            try allow(sv, ["on_failure", "max_restarts", "trainer_silence"], "supervision.", bad)
+            if let f = try string(sv, "on_failure", "supervision.") {
+                guard let onFailure = SupervisionPolicy.OnFailure(rawValue: f) else { throw bad("'supervision.on_failure' is '\(f)', not restart or stop") }
+                t.supervision.onFailure = onFailure
+            }
+            if let n = try int(sv, "max_restarts", "supervision.") {
+                guard n >= 0 else { throw bad("'supervision.max_restarts' must be >= 0") }
+                t.supervision.maxRestarts = n
+            }
+            if let s = try double(sv, "trainer_silence", "supervision.") {
+                guard s > 0 else { throw bad("'supervision.trainer_silence' must be > 0 (seconds)") }
+                t.supervision.trainerSilence = s
+            }
         }
         if let ct = root["clusters"] {
             guard let ct = ct.table else { throw bad("[clusters] must be a table") }

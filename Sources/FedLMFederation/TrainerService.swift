@@ -57,6 +57,9 @@ public struct TrainerOptions: Sendable {
     public var stateDirectory: String
     /// Seconds to wait for an acknowledgement before sending the update again.
     public var ackTimeout = 30.0
+    /// Seconds without any word from the broker, while waiting for one, before the trainer says
+    /// so in its log and in `<stateDirectory>/silent-since` (it keeps retrying all along).
+    public var silenceWarning = 15.0
     /// `training` with `maxSteps` set to the steps of the token budget, when there is one.
     public var scheduledTraining: TrainingConfig {
         var t = training
@@ -100,6 +103,10 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
     public func stop() { stopFlag.set() }
 
     var pendingPath: String { options.stateDirectory + "/pending-update.safetensors" }
+    /// Present, holding the Unix time the silence began, while the trainer hears nothing from
+    /// the broker (`fedlm up` shows it on its progress line).
+    public static let silenceFile = "silent-since"
+    var silencePath: String { options.stateDirectory + "/" + Self.silenceFile }
 
     /// The service loop on the calling thread, until `stop()`.
     public func runBlocking() throws {
@@ -121,6 +128,26 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         defer { socket.close() }
 
         var assembler = StreamAssembler(codec: codec)
+        try? FileManager.default.removeItem(atPath: silencePath)
+        var lastHeard = Date().timeIntervalSince1970
+        var silentSince: Double?
+        /// Notes a silence from the broker that lasted `silenceWarning` while waiting since
+        /// `waiting`, and its end.
+        func watchSilence(heard: Bool, waiting: Double, now: Double) {
+            if heard {
+                lastHeard = now
+                if let since = silentSince {
+                    logger.info("\(o.id): the broker answers again after \(Int(now - since)) s of silence")
+                    try? FileManager.default.removeItem(atPath: silencePath)
+                    silentSince = nil
+                }
+            } else if silentSince == nil, now - max(lastHeard, waiting) > o.silenceWarning {
+                let since = max(lastHeard, waiting)
+                silentSince = since
+                logger.warning("\(o.id): no word from the broker at \(endpoints.trainers) for \(Int(now - since)) s; still retrying")
+                try? String(since).write(toFile: silencePath, atomically: true, encoding: .utf8)
+            }
+        }
         /// Sends `frames` and waits for a reply that `accept` takes; resends every `retry` seconds
         /// (a release still streaming in counts as an answer in progress).
         func request(_ message: Message, retry: Double = 5, accept: (Message) throws -> Bool) throws -> Bool {
@@ -131,9 +158,12 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         func request(_ frames: SharedFrames, retry: Double = 5, accept: (Message) throws -> Bool) throws -> Bool {
             try socket.sendStreamed(frames)
             var sentAt = Date().timeIntervalSince1970
+            let waiting = sentAt
             while !stopFlag.isSet {
                 let now = Date().timeIntervalSince1970
-                if let reply = try socket.receiveInPlace(timeout: 100) {
+                let reply = try socket.receiveInPlace(timeout: 100)
+                watchSilence(heard: reply != nil, waiting: waiting, now: now)
+                if let reply {
                     let message: Message?
                     do { message = try assembler.accept(buffers: reply.frames) } catch {
                         logger.warning("\(o.id): undecodable reply: \(error)")

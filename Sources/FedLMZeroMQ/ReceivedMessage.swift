@@ -49,6 +49,8 @@ public final class ReceivedMessage {
         return UnsafeRawBufferPointer(start: size == 0 ? nil : zmq_msg_data(messages + i), count: size)
     }
 
+    fileprivate func messages(at i: Int) -> UnsafeMutablePointer<zmq_msg_t> { messages + i }
+
     /// Every frame in place (valid while this message lives).
     public var frames: [UnsafeRawBufferPointer] { (0..<count).map(frame) }
 }
@@ -72,5 +74,43 @@ extension ZMQSocket {
             if zmq_msg_more(slot) == 0 { break }
         }
         return message
+    }
+}
+
+extension ReceivedMessage {
+    /// The size of every frame.
+    public var frameSizes: [Int] { (0..<count).map { zmq_msg_size(messages(at: $0)) } }
+
+    /// The authenticated user id of the sender (what the ZAP handler answered for its key; nil
+    /// without authentication). A ROUTER's routing-id frame carries no metadata; the frames
+    /// after it do.
+    public var userID: String? {
+        for i in 0..<count {
+            if let user = zmq_msg_gets(messages(at: i), "User-Id") { return String(cString: user) }
+        }
+        return nil
+    }
+
+    /// Sends `prefix` and then this message's frames from `first` on to `socket`, handing the
+    /// frames' buffers over without copying them. With `wait: false` a full queue drops the
+    /// message and returns false. A message is sent whole or not at all (libzmq queues a
+    /// multipart message atomically once its first frame is accepted).
+    @discardableResult
+    public func send(to socket: ZMQSocket, prefix: [[UInt8]], from first: Int, wait: Bool = true) throws -> Bool {
+        precondition(!prefix.isEmpty, "a forwarded message starts with its routing frames")
+        let dontWait: Int32 = wait ? 0 : ZMQ_DONTWAIT
+        for (i, frame) in prefix.enumerated() {
+            let more = i < prefix.count - 1 || first < count
+            let rc = frame.withUnsafeBytes { zmq_send(socket.handle, $0.baseAddress, frame.count, (more ? ZMQ_SNDMORE : 0) | (i == 0 ? dontWait : 0)) }
+            if rc < 0 {
+                let error = ZMQError.last("send")
+                if i == 0, !wait, error.code == EAGAIN { return false }
+                throw error
+            }
+        }
+        for i in first..<count {
+            if zmq_msg_send(messages(at: i), socket.handle, i < count - 1 ? ZMQ_SNDMORE : 0) < 0 { throw ZMQError.last("forward") }
+        }
+        return true
     }
 }

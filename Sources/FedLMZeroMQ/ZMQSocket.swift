@@ -99,6 +99,15 @@ public final class ZMQSocket: @unchecked Sendable {
         try set(ZMQ_HEARTBEAT_TTL, timeout)
     }
 
+    /// TCP keepalive probes: a peer whose machine or link died is noticed by the kernel after
+    /// `idle` seconds of silence and `count` unanswered probes `interval` seconds apart.
+    public func setTCPKeepalive(idle: Int32, interval: Int32, count: Int32) throws {
+        try set(ZMQ_TCP_KEEPALIVE, 1)
+        try set(ZMQ_TCP_KEEPALIVE_IDLE, idle)
+        try set(ZMQ_TCP_KEEPALIVE_INTVL, interval)
+        try set(ZMQ_TCP_KEEPALIVE_CNT, count)
+    }
+
     /// ROUTER: fail a send to an unknown peer (EHOSTUNREACH) instead of dropping it silently.
     public func setRouterMandatory(_ on: Bool) throws { try set(ZMQ_ROUTER_MANDATORY, Int32(on ? 1 : 0)) }
 
@@ -147,56 +156,6 @@ public final class ZMQSocket: @unchecked Sendable {
             if zmq_msg_more(&msg) == 0 { break }
         }
         return frames
-    }
-
-    /// Moves one whole multipart message from this socket to `destination` without copying its
-    /// frames: libzmq hands the buffers over. The first `head` frames are received as bytes and
-    /// given to `route`, which returns the frames to send before the rest (e.g. routing ids), or
-    /// nil to discard the rest. Returns the head frames, or nil if nothing was waiting. If the
-    /// destination refuses the message (an unknown ROUTER peer), the rest is discarded and the
-    /// error thrown after the incoming message has been fully consumed.
-    public func forward(to destination: ZMQSocket, head: Int, route: ([[UInt8]]) -> [[UInt8]]?) throws -> [[UInt8]]? {
-        try forward(to: destination, head: head) { frames, _ in route(frames) }
-    }
-
-    /// `forward`, telling `route` also the authenticated user id of the sender (what the ZAP
-    /// handler answered for its CURVE key; nil without authentication).
-    public func forward(to destination: ZMQSocket, head: Int, route: ([[UInt8]], String?) -> [[UInt8]]?) throws -> [[UInt8]]? {
-        guard try poll(timeout: 0) else { return nil }
-        var headFrames: [[UInt8]] = []
-        var prefix: [[UInt8]]?
-        var failure: Error?
-        var more = true
-        var userID: String?
-        while more {
-            var msg = zmq_msg_t()
-            zmq_msg_init(&msg)
-            defer { zmq_msg_close(&msg) }
-            while zmq_msg_recv(&msg, handle, 0) < 0 {
-                let error = ZMQError.last("receive")
-                if error.code != EINTR { throw error }
-            }
-            more = zmq_msg_more(&msg) != 0
-            // The routing-id frame a ROUTER adds carries no metadata; the frames after it do.
-            if userID == nil, let user = zmq_msg_gets(&msg, "User-Id") { userID = String(cString: user) }
-            if headFrames.count < head {
-                headFrames.append(Array(UnsafeRawBufferPointer(start: zmq_msg_data(&msg), count: zmq_msg_size(&msg))))
-                if headFrames.count == head, more {
-                    prefix = route(headFrames, userID)
-                    if let p = prefix {
-                        do { try destination.send(p, more: true) } catch {
-                            failure = error
-                            prefix = nil
-                        }
-                    }
-                }
-                continue
-            }
-            guard prefix != nil, failure == nil else { continue }  // discarding: drain the frames
-            if zmq_msg_send(&msg, destination.handle, more ? ZMQ_SNDMORE : 0) < 0 { failure = ZMQError.last("forward") }
-        }
-        if let failure { throw failure }
-        return headFrames
     }
 
     /// Sends frames, leaving the message open (more frames follow) when `more` is set.

@@ -17,6 +17,7 @@ final class SecurityTests: XCTestCase {
     var stops: [() -> Void] = []
     let context = ZMQContext()
     let codec = WireCodec()
+    var broker: BrokerService?
 
     override func setUpWithError() throws {
         signal(SIGPIPE, SIG_IGN)  // the relay's sockets close under it at teardown
@@ -36,9 +37,10 @@ final class SecurityTests: XCTestCase {
         return k
     }
 
-    func writeAllowed(trainers: [CurveKeyPair], subscribers: [CurveKeyPair], aggregators: [CurveKeyPair]) throws {
-        func list(_ k: [CurveKeyPair]) -> String { "[" + k.map { "\"\($0.publicKey)\"" }.joined(separator: ", ") + "]" }
-        try "trainers = \(list(trainers))\nsubscribers = \(list(subscribers))\naggregators = \(list(aggregators))\n"
+    /// The allow-list: each member's name and key pair, by role.
+    func writeAllowed(trainers: [(String, CurveKeyPair)], subscribers: [(String, CurveKeyPair)], aggregators: [(String, CurveKeyPair)]) throws {
+        func entries(_ k: [(String, CurveKeyPair)]) -> [(String, String)] { k.map { ($0.0, $0.1.publicKey) } }
+        try AllowList.text(trainers: entries(trainers), subscribers: entries(subscribers), aggregators: entries(aggregators))
             .write(toFile: dir + "/allowed.toml", atomically: true, encoding: .utf8)
     }
 
@@ -51,6 +53,7 @@ final class SecurityTests: XCTestCase {
         config.serverOptimizer = .sgd(learningRate: 1)
         config.durability = .process
         let broker = BrokerService(endpoints: endpoints, security: security)
+        self.broker = broker
         let service = AggregatorService(core: try AggregatorCore(runDirectory: dir + "/run-\(UInt32.random(in: 0...UInt32.max))", config: config,
                                                                  initialModel: try GPT2Model(config: modelConfig, seed: 2)),
                                         endpoints: endpoints)
@@ -104,7 +107,7 @@ final class SecurityTests: XCTestCase {
     func testOnlyAllowedKeysGetInByRoleAndTheWireCarriesNoPlaintext() throws {
         let brokerKeys = try keys("broker"), trainer = try keys("t1"), subscriber = try keys("s1"), aggregator = try keys("aggregator")
         let stranger = try CurveKeyPair.generate()
-        try writeAllowed(trainers: [trainer], subscribers: [subscriber], aggregators: [aggregator])
+        try writeAllowed(trainers: [("t1", trainer)], subscribers: [("s1", subscriber)], aggregators: [("aggregator", aggregator)])
         let endpoints = try startFederation(security: BrokerSecurity(keys: brokerKeys, allowed: try AllowList(path: dir + "/allowed.toml")),
                                             aggregatorCurve: CurveClient(brokerKey: brokerKeys.publicKey, keys: aggregator))
         // The trainer goes through a TCP relay that records every byte.
@@ -159,11 +162,58 @@ final class SecurityTests: XCTestCase {
         XCTAssertNotNil(try allowedSub.receive(timeout: 5000), "the allowed subscriber received the new release")
         XCTAssertNil(try strangerSub.receive(timeout: 1000), "a stranger's subscription received a release")
 
-        // Revocation: remove the trainer's key; its next handshake is refused.
-        try writeAllowed(trainers: [], subscribers: [subscriber], aggregators: [aggregator])
-        let again = try client("t1b", CurveClient(brokerKey: brokerKeys.publicKey, keys: trainer), endpoints.trainers)
+        // Revocation: remove the trainer's key; its next handshake is refused, and so is every
+        // later message on the connection it already has (the list is re-checked once a second).
+        try writeAllowed(trainers: [], subscribers: [("s1", subscriber)], aggregators: [("aggregator", aggregator)])
+        usleep(1_200_000)
+        let again = try client("t1", CurveClient(brokerKey: brokerKeys.publicKey, keys: trainer), endpoints.trainers)
         defer { again.close() }
-        XCTAssertNil(try call(again, .hello(Hello(trainerID: "t1b")), seconds: 2), "a revoked key was answered")
+        XCTAssertNil(try call(again, .hello(Hello(trainerID: "t1")), seconds: 2), "a revoked key was answered")
+        guard case .error(let revoked)? = try call(t1, .fetch(Fetch())) else { return XCTFail("the revoked key's connection was not refused") }
+        XCTAssertEqual(revoked.code, .forbidden)
+    }
+
+    /// One member's key may speak only as the names the allow-list binds to it: not as another
+    /// member (by trainer id or routing id), and in a closed federation not as a name nobody
+    /// declared. Every refusal is answered `forbidden` and counted by the broker.
+    func testAKeySpeaksOnlyAsItsOwnNames() throws {
+        let brokerKeys = try keys("broker"), en = try keys("en"), de = try keys("de"), aggregator = try keys("aggregator")
+        try writeAllowed(trainers: [("en", en), ("de", de)], subscribers: [], aggregators: [("aggregator", aggregator)])
+        for membership in BrokerSecurity.Membership.allCases {
+            let security = BrokerSecurity(keys: brokerKeys, allowed: try AllowList(path: dir + "/allowed.toml"), membership: membership)
+            let endpoints = try startFederation(security: security, aggregatorCurve: CurveClient(brokerKey: brokerKeys.publicKey, keys: aggregator))
+            let enKeys = CurveClient(brokerKey: brokerKeys.publicKey, keys: en)
+            func answer(routingID: String, trainerID: String) throws -> Message? {
+                let socket = try client(routingID, enKeys, endpoints.trainers)
+                defer { socket.close() }
+                return try call(socket, .hello(Hello(trainerID: trainerID)), seconds: 10)
+            }
+            guard case .welcome? = try answer(routingID: "en", trainerID: "en") else { return XCTFail("\(membership): en was not welcomed") }
+            for (routing, claimed) in [("en", "de"), ("de", "de"), ("de", "en")] {
+                guard case .error(let e)? = try answer(routingID: routing, trainerID: claimed) else {
+                    return XCTFail("\(membership): en's key speaking as \(claimed) on \(routing) was not refused")
+                }
+                XCTAssertEqual(e.code, .forbidden, "\(membership): \(routing)/\(claimed)")
+            }
+            let undeclared = try answer(routingID: "zz-new", trainerID: "zz-new")
+            switch (membership, undeclared) {
+            case (.closed, .error(let e)?): XCTAssertEqual(e.code, .forbidden)
+            case (.open, .welcome?): break
+            default: XCTFail("\(membership): an undeclared name got \(String(describing: undeclared))")
+            }
+            // An update sent as another member is refused before it reaches the aggregator.
+            let socket = try client("en", enKeys, endpoints.trainers)
+            defer { socket.close() }
+            let forged = Message.update(UpdateInfo(updateID: "forged", trainerID: "de", baseVersion: 0, tokens: 8, localSteps: 1),
+                                        TensorPayload(specs: [TensorSpec(name: "x", shape: [4])], values: [0, 0, 0, 0]))
+            guard case .error(let e)? = try call(socket, forged) else { return XCTFail("\(membership): a forged update was not refused") }
+            XCTAssertEqual(e.code, .forbidden)
+            let refused = broker!.counters.refused["forbidden"] ?? 0
+            XCTAssertGreaterThanOrEqual(refused, membership == .closed ? 5 : 4, "\(membership): the broker counts its refusals")
+            stops.forEach { $0() }
+            stops = []
+            while threads.contains(where: \.isExecuting) { usleep(1000) }
+        }
     }
 
     func testPlaintextModeShowsItsBytesOnTheWire() throws {

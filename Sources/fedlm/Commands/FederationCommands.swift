@@ -34,7 +34,8 @@ struct BrokerCommand: AsyncParsableCommand {
         if let releases { e.releases = releases }
         var security: BrokerSecurity?
         if let keys = t?.keysDirectory, let allowed = t?.allowedKeys {
-            security = BrokerSecurity(keys: try CurveKeyPair.load(prefix: keys + "/broker"), allowed: try AllowList(path: allowed))
+            security = BrokerSecurity(keys: try CurveKeyPair.load(prefix: keys + "/broker"), allowed: try AllowList(path: allowed),
+                                      membership: t?.membership ?? .closed)
         }
         try await runService(BrokerService(endpoints: e, security: security), label: "fedlm.broker")
     }
@@ -114,6 +115,7 @@ struct TrainerCommand: AsyncParsableCommand {
             options.slowdown = entry.slowdown
             options.freshBaseWait = entry.freshBaseWait
             options.ackTimeout = entry.ackTimeout
+            options.silenceWarning = t.supervision.trainerSilence
             options.attack = entry.attack
         } else {
             guard let broker, let data else { throw ValidationError("give --topology and --name, or --broker and --data") }

@@ -49,12 +49,10 @@ struct KeysCommand: ParsableCommand {
                 print("\(prefix).public  \(pair.publicKey)")
             }
             if let roles, let t = topology.map({ try? Topology.load(path: $0) }), let allowed = t?.allowedKeys {
-                var text = "# Who may connect to the broker, by role (public keys). Delete a line to revoke a key.\n"
-                for role in ["trainers", "subscribers", "aggregators"] {
-                    text += "\(role) = [\n" + roles[role]!.map { "  \"\(publicKeys[$0]!)\",  # \($0)\n" }.joined() + "]\n"
-                }
+                func entries(_ role: String) -> [(String, String)] { roles[role]!.map { ($0, publicKeys[$0]!) } }
+                let text = AllowList.text(trainers: entries("trainers"), subscribers: entries("subscribers"), aggregators: entries("aggregators"))
                 try text.write(toFile: allowed, atomically: true, encoding: .utf8)
-                print("allow-list: \(allowed)")
+                print("allow-list: \(allowed) (each key bound to its name)")
             }
         }
     }

@@ -154,8 +154,10 @@ struct TrainCommand: ParsableCommand {
 enum StopSignal {
     nonisolated(unsafe) static var flag: sig_atomic_t = 0
     static var requested: Bool { flag != 0 }
+    /// Signals received so far (a second Ctrl-C: stop at once).
+    static var count: Int { Int(flag) }
     static func install() {
-        signal(SIGINT) { _ in StopSignal.flag = 1 }
-        signal(SIGTERM) { _ in StopSignal.flag = 1 }
+        signal(SIGINT) { _ in StopSignal.flag += 1 }
+        signal(SIGTERM) { _ in StopSignal.flag += 1 }
     }
 }

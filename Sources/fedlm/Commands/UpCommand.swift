@@ -28,59 +28,63 @@ struct UpCommand: ParsableCommand {
         let logs = t.runDirectory + "/logs"
         try fm.createDirectory(atPath: logs, withIntermediateDirectories: true)
         let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-        var children: [(name: String, process: Process)] = []
-        func spawn(_ name: String, _ arguments: [String]) throws -> Process {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: me)
-            p.arguments = arguments
-            let log = logs + "/\(name).log"
-            _ = fm.createFile(atPath: log, contents: nil)
-            let handle = FileHandle(forWritingAtPath: log)!
-            handle.seekToEndOfFile()
-            p.standardOutput = handle
-            p.standardError = handle
-            try p.run()
-            children.append((name, p))
-            return p
-        }
-        StopSignal.install()
-        func stopAll(_ list: [(name: String, process: Process)]) {
-            for c in list where c.process.isRunning { c.process.terminate() }  // SIGTERM: graceful
-            for c in list { c.process.waitUntilExit() }
-        }
-        print("federation \(t.name): \(t.trainers.count) trainers, \(t.aggregation.mode.rawValue); logs in \(logs)")
-        let broker = try spawn("broker", ["broker", "--topology", topology])
-        Thread.sleep(forTimeInterval: 0.3)
         // Several processes share this machine: one compute thread each, so no process spins
         // waiting for a core another one holds.
-        let aggregator = try spawn("aggregator", ["aggregator", "--topology", topology, "--threads", "1"])
-        let trainers = try t.trainers.map {
-            try spawn("trainer-\($0.name)", ["trainer", "--topology", topology, "--name", $0.name, "--threads", "1"])
+        var commands: [(name: String, role: Supervisor.Role, arguments: [String])] = [
+            ("broker", .broker, ["broker", "--topology", topology]),
+            ("aggregator", .aggregator, ["aggregator", "--topology", topology, "--threads", "1"]),
+        ]
+        commands += t.trainers.map { ("trainer-\($0.name)", .trainer, ["trainer", "--topology", topology, "--name", $0.name, "--threads", "1"]) }
+        var supervisor = Supervisor(policy: t.supervision, processes: Dictionary(uniqueKeysWithValues: commands.map { ($0.name, $0.role) }))
+        var running: [String: ChildProcess] = [:]
+        func start(_ name: String) throws {
+            let command = commands.first { $0.name == name }!
+            running[name] = try ChildProcess(name: name, executable: me, arguments: command.arguments, log: logs + "/\(name).log")
         }
+        StopSignal.install()
+        print("federation \(t.name): \(t.trainers.count) trainers, \(t.aggregation.mode.rawValue); logs in \(logs); a process that dies is \(t.supervision.onFailure == .restart ? "restarted (at most \(t.supervision.maxRestarts) times)" : "the end of the run")")
+        try start("broker")
+        Thread.sleep(forTimeInterval: 0.3)
+        for (name, _, _) in commands.dropFirst() { try start(name) }
         let totalTokens = t.trainers.compactMap(\.tokens).reduce(0, +)
-        let start = Date()
+        let startTime = Date()
         var lastLine = Date.distantPast
         let tty = isatty(1) != 0
         var failure: String?
-        while !StopSignal.requested {
-            Thread.sleep(forTimeInterval: 0.5)
-            for (name, p) in [("broker", broker), ("aggregator", aggregator)] where !p.isRunning {
-                failure = "\(name) exited with status \(p.terminationStatus); see \(logs)/\(name).log"
+        var finished = false
+        func say(_ line: String) { print((tty ? "\r" : "") + line) }
+        supervise: while !StopSignal.requested {
+            Thread.sleep(forTimeInterval: 0.25)
+            for (name, process) in running.sorted(by: { $0.key < $1.key }) where process.poll() {
+                running[name] = nil
+                switch supervisor.exited(name, status: process.status, signal: process.signal) {
+                case .none:
+                    say("\(name) finished")
+                case .restart(let again):
+                    say("\(name) \(process.ending); restarting it (\(supervisor.restartCount(again)) of \(t.supervision.maxRestarts)); see \(logs)/\(name).log")
+                    try start(again)
+                case .stop(let why):
+                    failure = why.map { "\($0); see \(logs)/\(name).log" }
+                    finished = why == nil
+                    if let why { say("\(why): stopping the federation") }
+                    break supervise
+                }
             }
-            if failure != nil { break }
-            if trainers.allSatisfy({ !$0.isRunning }) { break }
             if Date().timeIntervalSince(lastLine) >= (tty ? 1 : 10) {
                 lastLine = Date()
-                let line = Progress.line(runDirectory: t.runDirectory, elapsed: Date().timeIntervalSince(start), totalTokens: totalTokens)
+                let line = Progress.line(runDirectory: t.runDirectory, elapsed: Date().timeIntervalSince(startTime), totalTokens: totalTokens)
+                    + Progress.silentTrainers(runDirectory: t.runDirectory, names: t.trainers.map(\.name))
                 if tty { print("\r" + line + "   ", terminator: ""); fflush(nil) } else { print(line) }
             }
         }
         if tty { print("") }
-        if StopSignal.requested { print("stopping (Ctrl-C) ...") }
-        stopAll(children.filter { $0.name.hasPrefix("trainer") })
-        stopAll(children.filter { $0.name == "aggregator" })
-        stopAll(children.filter { $0.name == "broker" })
-        print(Progress.line(runDirectory: t.runDirectory, elapsed: Date().timeIntervalSince(start), totalTokens: totalTokens))
+        if StopSignal.requested { print("stopping (Ctrl-C: again to kill at once) ...") } else if finished { print("every trainer finished its budget") }
+        // Trainers first (they finish their round's bookkeeping), then aggregator (checkpoint), then broker.
+        let hurry = { StopSignal.count > 1 }
+        stop(running.values.filter { $0.name.hasPrefix("trainer") }, grace: 10, hurry: hurry)
+        stop(running.values.filter { $0.name == "aggregator" }, grace: 10, hurry: hurry)
+        stop(running.values.filter { $0.name == "broker" }, grace: 5, hurry: hurry)
+        print(Progress.line(runDirectory: t.runDirectory, elapsed: Date().timeIntervalSince(startTime), totalTokens: totalTokens))
         print("run directory: \(t.runDirectory) (ledger.sqlite, checkpoints/, logs/)")
         if let failure { throw RunFailure(failure) }
     }
@@ -111,6 +115,17 @@ enum Progress {
             s += String(format: "  ETA %.0fs", max(0, Double(totalTokens - tokens) * elapsed / Double(tokens)))
         }
         return s
+    }
+
+    /// "  no word from the broker: en 21s, de 20s" for the trainers that have said so
+    /// (`TrainerService` keeps `<state>/silent-since` while it hears nothing), or "".
+    static func silentTrainers(runDirectory: String, names: [String], now: Double = Date().timeIntervalSince1970) -> String {
+        let silent = names.compactMap { name -> String? in
+            guard let text = try? String(contentsOfFile: runDirectory + "/trainers/\(name)/" + TrainerService.silenceFile, encoding: .utf8),
+                  let since = Double(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { return nil }
+            return "\(name) \(Int(now - since))s"
+        }
+        return silent.isEmpty ? "" : "  no word from the broker: " + silent.joined(separator: ", ")
     }
 }
 
