@@ -37,6 +37,11 @@ public struct LoadGenerator: Sendable {
     public var seconds: Double
     /// Extra time to collect outstanding ACKs after sending stops.
     public var drainSeconds = 10.0
+    /// CURVE keys, when the broker requires them (one key for every simulated trainer: the
+    /// broker's membership must then be open).
+    public var curve: CurveClient?
+    /// Prefix of the simulated trainers' names ("<prefix>-<i>"), distinct per run against one broker.
+    public var namePrefix = "load"
 
     /// The aggregator a load runs against: FedBuff over 8 updates, plain SGD, no staleness bound
     /// (every simulated update starts from version 0), trainers never forgotten for silence (the
@@ -110,10 +115,12 @@ public struct LoadGenerator: Sendable {
         }
         var sims = try indices.map { i -> Simulated in
             let s = try ZMQSocket(context, .dealer)
-            try s.setRoutingID(Array("load-\(i)".utf8))
+            let id = "\(namePrefix)-\(i)"
+            try s.setRoutingID(Array(id.utf8))
+            try curve?.apply(to: s)
             try s.connect(BrokerEndpoints.connectable(endpoints.trainers))
-            try s.send(codec.encode(.hello(Hello(trainerID: "load-\(i)"))))
-            return Simulated(id: "load-\(i)", socket: s)
+            try s.send(codec.encode(.hello(Hello(trainerID: id))))
+            return Simulated(id: id, socket: s)
         }
         defer { sims.forEach { $0.socket.close() } }
         let start = Date().timeIntervalSince1970

@@ -11,6 +11,8 @@ final class ChildProcess {
     private(set) var status: Int32?
     private(set) var signal: Int32?
     private(set) var exited = false
+    /// CPU seconds (user and system, all threads) it used, once it has exited.
+    private(set) var cpuSeconds = 0.0
 
     /// Starts `executable` with `arguments`, stdout and stderr appended to `log`.
     init(name: String, executable: String, arguments: [String], log: String) throws {
@@ -33,8 +35,10 @@ final class ChildProcess {
     func poll() -> Bool {
         guard !exited else { return true }
         var raw: Int32 = 0
-        guard waitpid(pid, &raw, WNOHANG) == pid else { return false }
+        var usage = rusage()
+        guard wait4(pid, &raw, WNOHANG, &usage) == pid else { return false }
         exited = true
+        cpuSeconds = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
         // WIFEXITED / WEXITSTATUS / WTERMSIG, spelled out (the C macros do not import).
         if raw & 0x7f == 0 { status = (raw >> 8) & 0xff } else { signal = raw & 0x7f }
         return true
