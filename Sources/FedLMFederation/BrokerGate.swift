@@ -17,7 +17,10 @@ import FedLMProtocol
 ///
 /// Everything else is refused: counted and reported once per peer per interval (`RefusalLog`),
 /// answered with ERROR at most once per peer per `replyInterval` (a flood gets no flood of
-/// replies), and dropped.
+/// replies), and dropped. A member that keeps sending what is not protocol (`suspendAfter`
+/// refusals within `suspendWindow` seconds, or `suspendAfterStrays` stray CHUNKs, which an
+/// honest trainer sends only after a refused stream) is suspended for `suspension` seconds: its
+/// connection is closed, its key refused at the handshake, and anything else from it dropped.
 public struct BrokerGate: Sendable {
     public struct Limits: Sendable {
         public var requestsInFlight = 8
@@ -25,6 +28,10 @@ public struct BrokerGate: Sendable {
         public var bytesInFlight = (256 << 20) * 4 + (4 << 20)
         public var answerTimeout = 30.0
         public var replyInterval = 1.0
+        public var suspendAfter = 100
+        public var suspendAfterStrays = 10_000
+        public var suspendWindow = 10.0
+        public var suspension = 60.0
         public init() {}
     }
 
@@ -33,6 +40,9 @@ public struct BrokerGate: Sendable {
         /// Answer the sender with this ERROR, and drop the message.
         case refuse(ErrorReply)
         case drop
+        /// Close the sender's connection and refuse its key (`suspendedKey`) until `until`; the
+        /// text says why.
+        case suspend(until: Double, why: String)
     }
 
     private struct Peer {
@@ -41,12 +51,17 @@ public struct BrokerGate: Sendable {
         var waitingSince: Double?
         var stream: (next: Int, count: Int, chunkBytes: Int)?
         var lastReply = -Double.infinity
+        var windowStart = -Double.infinity
+        var violations = 0
+        var strays = 0
     }
 
     public let codec: WireCodec
     public let security: BrokerSecurity?
     public let limits: Limits
     private var peers: [String: Peer] = [:]
+    /// Suspended senders (their key, or routing id without CURVE) and until when.
+    private var suspended: [String: Double] = [:]
     public private(set) var refusals: RefusalLog
     public private(set) var forwarded = 0
     private var lines: [String] = []
@@ -64,9 +79,31 @@ public struct BrokerGate: Sendable {
     /// the size of each of its frames, `member` who its key belongs to (nil without CURVE, or a
     /// key no longer allowed).
     public mutating func inbound(peer: String, head: [[UInt8]], frameSizes: [Int], member: Member?, now: Double) -> Action {
+        let sender = member?.key ?? peer
+        if let until = suspended[sender] {
+            guard now >= until else { return dropped(peer, "suspended", "the sender is suspended", now: now, counts: false) }
+            suspended[sender] = nil
+        }
         var state = peers[peer] ?? Peer()
         defer { peers[peer] = state }
-        if let since = state.waitingSince, now - since > limits.answerTimeout { state = Peer(lastReply: state.lastReply) }
+        if let since = state.waitingSince, now - since > limits.answerTimeout {
+            state = Peer(lastReply: state.lastReply, windowStart: state.windowStart, violations: state.violations, strays: state.strays)
+        }
+        if now - state.windowStart > limits.suspendWindow {
+            state.windowStart = now
+            state.violations = 0
+            state.strays = 0
+        }
+        let action = decide(peer: peer, head: head, frameSizes: frameSizes, member: member, state: &state, now: now)
+        guard state.violations >= limits.suspendAfter || state.strays >= limits.suspendAfterStrays else { return action }
+        let why = "\(state.violations) refused messages and \(state.strays) stray CHUNKs within \(Int(limits.suspendWindow)) s"
+        state = Peer(lastReply: state.lastReply)
+        suspended[sender] = now + limits.suspension
+        lines.append("suspended \(peer)\(member.map { " (key \($0.key))" } ?? "") for \(Int(limits.suspension)) s after \(why): its connection is closed and its key refused until then")
+        return .suspend(until: now + limits.suspension, why: why)
+    }
+
+    private mutating func decide(peer: String, head: [[UInt8]], frameSizes: [Int], member: Member?, state: inout Peer, now: Double) -> Action {
         let envelope: Envelope
         do { envelope = try codec.envelope(head: head, frameSizes: frameSizes) } catch let e as ProtocolError {
             state.stream = nil  // a broken message ends the stream it was part of, as at the aggregator
@@ -77,7 +114,10 @@ public struct BrokerGate: Sendable {
         if let refusal = identityRefusal(peer: peer, envelope, member) { return refuse(peer, &state, refusal, now: now) }
         let bytes = frameSizes.reduce(0, +)
         if case .chunk(let index, let count, let size) = envelope {
-            guard let stream = state.stream else { return dropped(peer, "strayChunk", "a CHUNK of no stream in progress", now: now) }
+            guard let stream = state.stream else {
+                state.strays += 1
+                return dropped(peer, "strayChunk", "a CHUNK of no stream in progress", now: now)
+            }
             guard index == stream.next, count == stream.count, size <= stream.chunkBytes else {
                 state.stream = nil
                 return refuse(peer, &state, ErrorReply(code: .malformed,
@@ -117,6 +157,9 @@ public struct BrokerGate: Sendable {
 
     /// A peer silent long enough to be forgotten.
     public mutating func forget(peer: String) { peers[peer] = nil }
+
+    /// Whether the sender with this key (or routing id, without CURVE) is suspended at `now`.
+    public func isSuspended(_ sender: String, now: Double) -> Bool { (suspended[sender] ?? -.infinity) > now }
 
     /// The lines to log now: first refusals of each peer, and summaries of intervals that ended.
     public mutating func logLines(now: Double) -> [String] {
@@ -164,14 +207,15 @@ public struct BrokerGate: Sendable {
     }
 
     private mutating func refuse(_ peer: String, _ state: inout Peer, _ reply: ErrorReply, now: Double) -> Action {
+        state.violations += 1
         if let line = refusals.record(peer: peer, reason: reply.code.rawValue, detail: reply.detail, now: now) { lines.append(line) }
         guard now - state.lastReply >= limits.replyInterval else { return .drop }
         state.lastReply = now
         return .refuse(reply)
     }
 
-    private mutating func dropped(_ peer: String, _ reason: String, _ detail: String, now: Double) -> Action {
-        if let line = refusals.record(peer: peer, reason: reason, detail: detail, now: now) { lines.append(line) }
+    private mutating func dropped(_ peer: String, _ reason: String, _ detail: String, now: Double, counts: Bool = true) -> Action {
+        if let line = refusals.record(peer: peer, reason: reason, detail: detail, now: now), counts { lines.append(line) }
         return .drop
     }
 }

@@ -51,7 +51,8 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
         // With security, the ZAP handler is in place before any CURVE socket binds, so no
         // handshake can ever go unchecked (fail closed). A connection's user id is its key.
         let zap = try security.map { security in
-            try ZAPHandler(context: context, decide: { domain, key in security.allowed.decide(domain: domain, key: key) ? key : nil },
+            try ZAPHandler(context: context, decide: { domain, key in
+                                security.allowed.decide(domain: domain, key: key) && !security.suspensions.isSuspended(key) ? key : nil },
                            log: { [logger] in logger.warning("\($0)") })
         }
         func secure(_ socket: ZMQSocket, _ domain: String) throws {
@@ -135,6 +136,11 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
                                           frameSizes: Array(message.frameSizes.dropFirst()), member: member, now: now)
                 switch action {
                 case .drop: continue
+                case .suspend(let until, _):
+                    // Its key is refused at the handshake until then; its connection is closed now
+                    // (shutdown, not close: libzmq still owns the descriptor and cleans up).
+                    if let key = member?.key { gate.security?.suspensions.suspend(key, until: until) }
+                    if let fd = message.sourceFD { shutdown(fd, Int32(SHUT_RDWR)) }
                 case .refuse(let error): reply(to: peerID, .error(error))
                 case .forward:
                     guard let id = aggregatorID, now - aggregatorSeen < timeout else {

@@ -164,6 +164,8 @@ public struct BrokerSecurity: Sendable {
     public let keys: CurveKeyPair
     public let allowed: AllowList
     public let membership: Membership
+    /// Keys the broker suspended for misbehaving: refused at the handshake until then.
+    public let suspensions = Suspensions()
     public init(keys: CurveKeyPair, allowed: AllowList, membership: Membership = .closed) {
         self.keys = keys
         self.allowed = allowed
@@ -176,5 +178,26 @@ public struct BrokerSecurity: Sendable {
         if member.names.contains(name) { return true }
         guard member.role == .subscriber || membership == .open else { return false }
         return !allowed.boundNames.contains(name)
+    }
+}
+
+/// Keys suspended until a time, shared by the broker's loop (which suspends) and its ZAP
+/// handler's thread (which refuses their handshakes).
+public final class Suspensions: @unchecked Sendable {
+    private let lock = NSLock()
+    private var until: [String: Double] = [:]
+
+    public init() {}
+
+    public func suspend(_ key: String, until time: Double) {
+        lock.lock(); defer { lock.unlock() }
+        until[key] = time
+    }
+
+    public func isSuspended(_ key: String, now: Double = Date().timeIntervalSince1970) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        guard let t = until[key] else { return false }
+        if t <= now { until[key] = nil }
+        return t > now
     }
 }

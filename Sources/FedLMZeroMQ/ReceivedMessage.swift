@@ -91,6 +91,13 @@ extension ReceivedMessage {
         return nil
     }
 
+    /// The file descriptor of the TCP connection the message came in on (libzmq's `ZMQ_SRCFD`),
+    /// or nil. Valid only while that connection lasts: use it at once.
+    public var sourceFD: Int32? {
+        let fd = zmq_msg_get(messages(at: count > 1 ? 1 : 0), ZMQ_SRCFD)
+        return fd >= 0 ? fd : nil
+    }
+
     /// Sends `prefix` and then this message's frames from `first` on to `socket`, handing the
     /// frames' buffers over without copying them. With `wait: false` a full queue drops the
     /// message and returns false. A message is sent whole or not at all (libzmq queues a

@@ -17,6 +17,10 @@ public final class ZAPHandler: @unchecked Sendable {
     private let thread: Thread
     private let finished = DispatchSemaphore(value: 0)
     private let log: @Sendable (String) -> Void
+    /// Refusals are logged once per key and domain per `logInterval` seconds, with a count of
+    /// those in between (a refused client reconnects ten times a second).
+    public var logInterval = 10.0
+    private var lastLogged: [String: (time: Double, suppressed: Int)] = [:]
 
     public init(context: ZMQContext, decide: @escaping Decide, log: @escaping @Sendable (String) -> Void = { _ in }) throws {
         socket = try ZMQSocket(context, .rep)
@@ -52,14 +56,28 @@ public final class ZAPHandler: @unchecked Sendable {
         guard f.count >= 7, f[0] == Array("1.0".utf8) else { return reply("400", "malformed ZAP request") }
         let domain = String(decoding: f[2], as: UTF8.self)
         guard String(decoding: f[5], as: UTF8.self) == "CURVE", let key = CurveKeyPair.z85(f[6]) else {
-            log("refused a \(String(decoding: f[5], as: UTF8.self)) connection on \(domain): only CURVE is accepted")
+            logOnce(String(decoding: f[5], as: UTF8.self) + " " + domain,
+                    "refused a \(String(decoding: f[5], as: UTF8.self)) connection on \(domain): only CURVE is accepted")
             return reply("400", "CURVE required")
         }
         guard let user = decide(domain, key) else {
-            log("refused key \(key) on \(domain) (from \(String(decoding: f[3], as: UTF8.self)))")
+            logOnce(key + " " + domain, "refused key \(key) on \(domain) (from \(String(decoding: f[3], as: UTF8.self)))")
             return reply("400", "key not allowed")
         }
         return reply("200", "OK", user: user)
+    }
+
+    /// Logs `line` unless a line for `subject` was logged within `logInterval` (then counts it).
+    private func logOnce(_ subject: String, _ line: String) {
+        let now = Date().timeIntervalSince1970
+        if let last = lastLogged[subject], now - last.time < logInterval {
+            lastLogged[subject]!.suppressed += 1
+            return
+        }
+        let suppressed = lastLogged[subject]?.suppressed ?? 0
+        if lastLogged.count > 4096 { lastLogged = lastLogged.filter { now - $0.value.time < logInterval } }  // strangers' keys
+        lastLogged[subject] = (now, 0)
+        log(line + (suppressed > 0 ? " (and \(suppressed) times more since the last such line)" : ""))
     }
 
     public func stop() {

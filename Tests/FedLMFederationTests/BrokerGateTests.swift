@@ -113,7 +113,9 @@ final class BrokerGateTests: XCTestCase {
     }
 
     func testRefusalsAreAnsweredOncePerIntervalAndLoggedOncePerPeer() {
-        var gate = BrokerGate(security: nil, logInterval: 10)
+        var limits = BrokerGate.Limits()
+        limits.suspendAfter = .max  // counted here, never suspended
+        var gate = BrokerGate(security: nil, limits: limits, logInterval: 10)
         let garbage: [[UInt8]] = [[1], [2], [3]]
         XCTAssertNotNil(code(inbound(&gate, garbage, now: 0)))
         for i in 1..<1000 { XCTAssertEqual(inbound(&gate, garbage, now: 0.5 + Double(i) / 10_000), .drop) }
@@ -195,5 +197,34 @@ final class BrokerGateTests: XCTestCase {
         var strict = Supervisor(policy: policy, processes: processes)
         guard case .stop(let reason?) = strict.exited("aggregator", status: nil, signal: SIGKILL) else { return XCTFail("on_failure = stop") }
         XCTAssertTrue(reason.contains("aggregator was killed by signal 9"), reason)
+    }
+}
+
+extension BrokerGateTests {
+    func testAMemberThatKeepsSendingGarbageIsSuspendedAndOthersAreNot() {
+        var limits = BrokerGate.Limits()
+        limits.suspendAfter = 50
+        limits.suspension = 60
+        var gate = BrokerGate(security: nil, limits: limits)
+        let garbage: [[UInt8]] = [[1], [2], [3]]
+        let fetch = codec.encode(.fetch(Fetch()))
+        var suspendedAt: Int?
+        for i in 0..<200 {
+            if case .suspend(let until, let why) = inbound(&gate, garbage, peer: "bad", now: Double(i) / 100) {
+                suspendedAt = i
+                XCTAssertEqual(until, Double(i) / 100 + 60, accuracy: 1e-9)
+                XCTAssertTrue(why.contains("50 refused messages"), why)
+                break
+            }
+        }
+        XCTAssertEqual(suspendedAt, 49, "suspended at the 50th refusal")
+        XCTAssertEqual(inbound(&gate, fetch, peer: "bad", now: 1), .drop, "even protocol is dropped while suspended")
+        XCTAssertTrue(gate.isSuspended("bad", now: 30))
+        XCTAssertEqual(inbound(&gate, fetch, peer: "good", now: 1), .forward, "others are not")
+        XCTAssertEqual(inbound(&gate, fetch, peer: "bad", now: 61), .forward, "back after the suspension")
+        XCTAssertTrue(gate.logLines(now: 61).contains { $0.hasPrefix("suspended bad for 60 s") })
+        // Refusals spread thinner than the window allows never suspend.
+        var patient = BrokerGate(security: nil, limits: limits)
+        for i in 0..<500 { XCTAssertNotEqual({ if case .suspend = $0 { return true }; return false }(inbound(&patient, garbage, now: Double(i) * 0.3)), true) }
     }
 }
