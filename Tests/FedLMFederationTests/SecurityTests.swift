@@ -45,14 +45,14 @@ final class SecurityTests: XCTestCase {
     }
 
     /// Broker and aggregator on random ports; returns the endpoints.
-    func startFederation(security: BrokerSecurity?, aggregatorCurve: CurveClient?) throws -> BrokerEndpoints {
+    func startFederation(security: BrokerSecurity?, aggregatorCurve: CurveClient?, gateLimits: BrokerGate.Limits = BrokerGate.Limits()) throws -> BrokerEndpoints {
         let endpoints = BrokerEndpoints.loopback()
         var config = AggregationConfig()
         config.mode = .fedbuff
         config.bufferSize = 1
         config.serverOptimizer = .sgd(learningRate: 1)
         config.durability = .process
-        let broker = BrokerService(endpoints: endpoints, security: security)
+        let broker = BrokerService(endpoints: endpoints, security: security, gateLimits: gateLimits)
         self.broker = broker
         let service = AggregatorService(core: try AggregatorCore(runDirectory: dir + "/run-\(UInt32.random(in: 0...UInt32.max))", config: config,
                                                                  initialModel: try GPT2Model(config: modelConfig, seed: 2)),
@@ -214,6 +214,37 @@ final class SecurityTests: XCTestCase {
             stops = []
             while threads.contains(where: \.isExecuting) { usleep(1000) }
         }
+    }
+
+    /// The way one member took the broker down: it floods until the broker's queue for it is
+    /// full (the high-water mark stops libzmq reading its connection), then hangs up. libzmq
+    /// (4.3.4, 4.3.5) then aborts the whole process in the connection's next ZMTP heartbeat
+    /// (see `TransportLimits.applyServer`). A ROUTER set up as the broker's are, never read, must
+    /// outlive that; with `apply(to:)` (heartbeats on) this test process aborts.
+    func testABrokerSocketSurvivesAPeerThatFillsItsQueueAndHangsUp() throws {
+        let limits = TransportLimits()
+        let router = try ZMQSocket(context, .router)
+        defer { router.close() }
+        try limits.applyServer(to: router)
+        try router.bind("tcp://127.0.0.1:*")
+        for _ in 0..<2 {
+            let flooder = try ZMQSocket(context, .dealer)
+            try flooder.setHighWaterMarks(send: 100_000, receive: 100)
+            try flooder.connect(router.lastEndpoint)
+            let garbage: [[UInt8]] = [[UInt8](repeating: 1, count: 64), [2], [UInt8](repeating: 3, count: 900)]
+            let end = Date().addingTimeInterval(1.5)
+            while Date() < end { _ = try flooder.send(garbage, wait: false) }
+            flooder.close()
+            usleep(UInt32(limits.heartbeatInterval) * 2500)  // two and a half heartbeat intervals
+        }
+        // Still alive, and still serving: a new peer's message arrives.
+        let peer = try ZMQSocket(context, .dealer)
+        defer { peer.close() }
+        try peer.connect(router.lastEndpoint)
+        try peer.send([Array("hello".utf8)])
+        var seen = false
+        while let m = try router.receive(timeout: 2000) { if m.last == Array("hello".utf8) { seen = true; break } }
+        XCTAssertTrue(seen)
     }
 
     func testPlaintextModeShowsItsBytesOnTheWire() throws {

@@ -9,9 +9,12 @@ import Foundation
 import Logging
 import ServiceLifecycle
 
-/// Runs one service until SIGINT/SIGTERM, then shuts it down gracefully.
+/// Runs one service until SIGINT/SIGTERM, then shuts it down gracefully. A service that ends by
+/// itself (a trainer that finished its token budget) ends the process with status 0; one that
+/// fails, with status 1.
 func runService(_ service: any Service, label: String) async throws {
-    let group = ServiceGroup(configuration: .init(services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint],
+    let group = ServiceGroup(configuration: .init(services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+                                                  gracefulShutdownSignals: [.sigterm, .sigint],
                                                   logger: Logger(label: label)))
     try await group.run()
 }
