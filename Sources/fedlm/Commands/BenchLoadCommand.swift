@@ -25,6 +25,8 @@ struct BenchLoadCommand: ParsableCommand {
     @Flag(help: "CURVE on every socket (generated keys; the simulated trainers share one key, so membership is open).") var secure = false
     @Flag(help: "Alternate phases without and with one member flooding the broker.") var flood = false
     @Option(help: "With --flood: pairs of phases (quiet, flooded); medians are reported.") var rounds: Int = 3
+    @Option(help: "With --flood: the first flood's seed (each round adds one).") var floodSeed: UInt64 = 1
+    @Flag(help: "Never suspend the flooder: the whole flood goes through the broker's checks (a networked fuzz run).") var noSuspend = false
 
     func validate() throws {
         guard trainers >= 1, seconds > 0, threads >= 1, rounds >= 1 else { throw ValidationError("--trainers, --seconds, --threads and --rounds must be positive") }
@@ -39,7 +41,12 @@ struct BenchLoadCommand: ParsableCommand {
         let aggregation = LoadGenerator.aggregation(durability: AggregationConfig.Durability(rawValue: durability)!, checkpointEvery: 50)
         let endpoints = BrokerEndpoints.loopback()
         let keys = try secure ? BenchKeys(directory: directory + "/keys") : nil
-        let broker = BrokerService(endpoints: endpoints, security: keys?.broker)
+        var gateLimits = BrokerGate.Limits()
+        if noSuspend {
+            gateLimits.suspendAfter = .max
+            gateLimits.suspendAfterStrays = .max
+        }
+        let broker = BrokerService(endpoints: endpoints, security: keys?.broker, gateLimits: gateLimits)
         let core = try AggregatorCore(runDirectory: directory + "/run", config: aggregation, initialModel: try GPT2Model(config: config, seed: 1))
         let service = AggregatorService(core: core, endpoints: endpoints)
         service.curve = keys?.client("aggregator")
@@ -64,7 +71,7 @@ struct BenchLoadCommand: ParsableCommand {
             guard flood else { break }
             generator.namePrefix = "load\(round)f"
             var arguments = ["bench", "flood", "--endpoint", endpoints.trainers, "--as", "flooder", "--seconds", "\(seconds + generator.drainSeconds)",
-                             "--seed", "\(round + 1)", "--impersonate", "load\(round)f-0,aggregator"]
+                             "--seed", "\(floodSeed + UInt64(round))", "--impersonate", "load\(round)f-0,aggregator"]
             if let keys { arguments += ["--key", keys.directory + "/flooder", "--broker-key", keys.directory + "/broker.public"] }
             phases.append(try Phase.run(generator, flooder: arguments, log: directory + "/flooder.log", samples: samples))
         }
