@@ -113,11 +113,13 @@ struct BenchLoadCommand: ParsableCommand {
         var flooderSaid = ""
         var rate: Double { Double(report.acknowledged) / elapsed }
 
-        static func run(_ generator: LoadGenerator, flooder arguments: [String]?, log: String = "/dev/null", samples: SampleBox) throws -> Phase {
+        static func run(_ generator: LoadGenerator, flooder arguments: [String]?, log: String = "", samples: SampleBox) throws -> Phase {
             let before = samples.values.count
-            try? FileManager.default.removeItem(atPath: log)
             let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-            let flooder = try arguments.map { try ChildProcess(name: "flooder", executable: me, arguments: $0, log: log) }
+            let flooder = try arguments.map { arguments in
+                try? FileManager.default.removeItem(atPath: log)  // this phase's words only
+                return try ChildProcess(name: "flooder", executable: me, arguments: arguments, log: log)
+            }
             if flooder != nil { usleep(300_000) }  // its handshake done, the flood under way
             let t0 = now()
             let report = try generator.run()
