@@ -24,7 +24,7 @@ struct BenchLoadCommand: ParsableCommand {
     @Option(help: "Where to put the run directory.") var directory: String = "runs/bench-load"
     @Flag(help: "CURVE on every socket (generated keys; the simulated trainers share one key, so membership is open).") var secure = false
     @Flag(help: "Alternate phases without and with one member flooding the broker.") var flood = false
-    @Option(help: "With --flood: pairs of phases (quiet, flooded); medians are reported.") var rounds: Int = 3
+    @Option(help: "With --flood: flooded phases, each between two quiet ones; medians are reported.") var rounds: Int = 3
     @Option(help: "With --flood: the first flood's seed (each round adds one).") var floodSeed: UInt64 = 1
     @Flag(help: "Never suspend the flooder: the whole flood goes through the broker's checks (a networked fuzz run).") var noSuspend = false
 
@@ -75,6 +75,10 @@ struct BenchLoadCommand: ParsableCommand {
             if let keys { arguments += ["--key", keys.directory + "/flooder", "--broker-key", keys.directory + "/broker.public"] }
             phases.append(try Phase.run(generator, flooder: arguments, log: directory + "/flooder.log", samples: samples))
         }
+        if flood {  // every flooded phase between two quiet ones: a drift of the machine's speed cancels out
+            generator.namePrefix = "load\(rounds)q"
+            phases.append(try Phase.run(generator, flooder: nil, samples: samples))
+        }
         samples.stop = true
         let refused = broker.counters.refused
         services.forEach { $0.stop() }
@@ -89,8 +93,11 @@ struct BenchLoadCommand: ParsableCommand {
         for phase in phases { print("  " + phase.line) }
         if flood {
             let quiet = phases.filter { $0.flooderCPU == nil }.map(\.rate), flooded = phases.filter { $0.flooderCPU != nil }.map(\.rate)
-            print(String(format: "  median acknowledged updates/s: %.0f without the flood, %.0f with it: %.0f%% kept", median(quiet), median(flooded),
-                         100 * median(flooded) / max(median(quiet), 1e-9)))
+            // Each flooded phase against the mean of the quiet phases on either side of it.
+            let kept = stride(from: 1, to: phases.count - 1, by: 2).map { i in phases[i].rate / max((phases[i - 1].rate + phases[i + 1].rate) / 2, 1e-9) }
+            print(String(format: "  median acknowledged updates/s: %.0f without the flood, %.0f with it", median(quiet), median(flooded)))
+            print("  throughput kept under the flood (each flooded phase / mean of the quiet phases around it): "
+                  + kept.map { String(format: "%.0f%%", 100 * $0) }.joined(separator: ", ") + String(format: "; median %.0f%%", 100 * median(kept)))
             print("  the broker refused: " + refused.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         }
         let rss = samples.values
