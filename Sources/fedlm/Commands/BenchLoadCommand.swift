@@ -40,7 +40,7 @@ struct BenchLoadCommand: ParsableCommand {
         let config = GPT2Config(layers: 1, embedding: 16, heads: 2, context: 8, vocabulary: 64)
         let aggregation = LoadGenerator.aggregation(durability: AggregationConfig.Durability(rawValue: durability)!, checkpointEvery: 50)
         let endpoints = BrokerEndpoints.loopback()
-        let keys = try secure ? BenchKeys(directory: directory + "/keys") : nil
+        let keys = try secure ? BenchKeys(directory: directory + "/keys", flooders: flood ? rounds : 0) : nil
         var gateLimits = BrokerGate.Limits()
         if noSuspend {
             gateLimits.suspendAfter = .max
@@ -70,9 +70,10 @@ struct BenchLoadCommand: ParsableCommand {
             phases.append(try Phase.run(generator, flooder: nil, samples: samples))
             guard flood else { break }
             generator.namePrefix = "load\(round)f"
-            var arguments = ["bench", "flood", "--endpoint", endpoints.trainers, "--as", "flooder", "--seconds", "\(seconds + generator.drainSeconds)",
+            // A member of its own each round, so that every flooded phase starts with a flooder not yet suspended.
+            var arguments = ["bench", "flood", "--endpoint", endpoints.trainers, "--as", "flooder-\(round)", "--seconds", "\(seconds + generator.drainSeconds)",
                              "--seed", "\(floodSeed + UInt64(round))", "--impersonate", "load\(round)f-0,aggregator"]
-            if let keys { arguments += ["--key", keys.directory + "/flooder", "--broker-key", keys.directory + "/broker.public"] }
+            if let keys { arguments += ["--key", keys.directory + "/flooder-\(round)", "--broker-key", keys.directory + "/broker.public"] }
             phases.append(try Phase.run(generator, flooder: arguments, log: directory + "/flooder.log", samples: samples))
         }
         if flood {  // every flooded phase between two quiet ones: a drift of the machine's speed cancels out
@@ -182,22 +183,23 @@ struct BenchFloodCommand: ParsableCommand {
 }
 
 /// Key pairs for a secure benchmark: broker, aggregator, one shared by the simulated trainers
-/// ("load", open membership), and the flooder's own, saved in `directory`.
+/// ("load", open membership), and one for each flooder ("flooder-<i>"), saved in `directory`.
 struct BenchKeys {
     let directory: String
     let broker: BrokerSecurity
     private let pairs: [String: CurveKeyPair]
 
-    init(directory: String) throws {
+    init(directory: String, flooders: Int) throws {
         self.directory = directory
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var pairs: [String: CurveKeyPair] = [:]
-        for name in ["broker", "aggregator", "load", "flooder"] {
+        let flooderNames = (0..<flooders).map { "flooder-\($0)" }
+        for name in ["broker", "aggregator", "load"] + flooderNames {
             pairs[name] = try CurveKeyPair.generate()
             try pairs[name]!.save(prefix: directory + "/" + name)
         }
         let allowed = directory + "/allowed.toml"
-        try AllowList.text(trainers: [("load", pairs["load"]!.publicKey), ("flooder", pairs["flooder"]!.publicKey)], subscribers: [],
+        try AllowList.text(trainers: (["load"] + flooderNames).map { ($0, pairs[$0]!.publicKey) }, subscribers: [],
                            aggregators: [("aggregator", pairs["aggregator"]!.publicKey)]).write(toFile: allowed, atomically: true, encoding: .utf8)
         broker = BrokerSecurity(keys: pairs["broker"]!, allowed: try AllowList(path: allowed), membership: .open)
         self.pairs = pairs
