@@ -9,7 +9,7 @@ import FedLMProtocol
 ///   (`WireCodec.envelope`);
 /// - with CURVE, its sender is who it says: the routing id, and the trainer id of a HELLO or
 ///   UPDATE, are names the allow-list binds to the connection's key (`BrokerSecurity.may`), and a
-///   subscriber's key never pushes;
+///   subscriber's key never registers as a trainer nor pushes;
 /// - its sender is within its budget: at most `requestsInFlight` requests the aggregator has not
 ///   answered yet, and `bytesInFlight` bytes forwarded since it last answered (an update
 ///   streaming in counts its chunks). A budget whose requests go unanswered for `answerTimeout`
@@ -177,6 +177,7 @@ public struct BrokerGate: Sendable {
         if member.role == .subscriber {
             switch envelope {
             case .update, .chunk: return ErrorReply(code: .forbidden, detail: "a subscriber's key may receive releases, not push updates")
+            case .hello: return ErrorReply(code: .forbidden, detail: "a subscriber's key may receive releases, not register as a trainer")
             default: break
             }
         }

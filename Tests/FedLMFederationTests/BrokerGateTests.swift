@@ -161,6 +161,7 @@ final class BrokerGateTests: XCTestCase {
             XCTAssertEqual(verdict(.fetch(Fetch()), as: "de", viewer), .forbidden, "but not under a member's name")
             let push = updateStream(trainer: "viewer-123")[0]
             XCTAssertEqual(code(inbound(&gate, push, peer: "viewer-123", member: viewer)), .forbidden, "a subscriber never pushes")
+            XCTAssertEqual(verdict(.hello(Hello(trainerID: "viewer-123")), as: "viewer-123", viewer), .forbidden, "nor registers as a trainer")
         }
     }
 
