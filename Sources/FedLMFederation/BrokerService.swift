@@ -92,9 +92,9 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
             if ready.contains(0) { try loop.fromTrainers(now: now, limit: 256) }
             if ready.contains(1) { try loop.fromAggregator(now: now, limit: 256) }
             loop.sweep(now: now)
-            for line in loop.gate.logLines(now: now) { logger.warning("\(line)") }
             for line in loop.notes { logger.info("\(line)") }
             loop.notes = []
+            for line in loop.gate.logLines(now: now) { logger.warning("\(line)") }
             countersLock.lock()
             _counters = Counters(forwarded: loop.gate.forwarded, refused: loop.gate.refusals.totals, repliesDropped: loop.repliesDropped)
             countersLock.unlock()

@@ -55,15 +55,16 @@ public struct Flooder: Sendable {
         var batch = 0
         while Date().timeIntervalSince1970 < end, !stop() {
             let message = pool[batch % pool.count]
-            if try socket.send(message, wait: false) {
+            // A flood goes on whatever happens to its connection (it is shut down when suspended).
+            if (try? socket.send(message, wait: false)) == true {
                 report.sent += 1
                 report.bytes += message.reduce(0) { $0 + $1.count }
             } else {
-                usleep(200)  // the queue to the broker is full: it is reading as fast as it will
+                usleep(200)  // the queue to the broker is full (it reads as fast as it will), or no connection
             }
             batch += 1
             if readsReplies, batch % 64 == 0 {
-                while let _ = try socket.receive(timeout: 0) { report.replies += 1 }
+                while let _ = try? socket.receive(timeout: 0) { report.replies += 1 }
             }
         }
         return report

@@ -61,6 +61,8 @@ import TOMLKit
 ///     keys = "keys"                         # key pairs: broker, aggregator, <trainer name>, ... (`fedlm keys generate`)
 ///     allowed = "keys/allowed.toml"         # each member's name and public key, by role (default: <keys>/allowed.toml)
 ///     membership = "closed"                 # closed: a key uses only its own names; open: also names no key is bound to
+///     suspend_after = 100                   # refused messages within 10 s that suspend a member (0: never)
+///     suspension = 60.0                     # seconds a suspended member's key is refused
 ///
 ///     [supervision]                         # optional: how `fedlm up` keeps the federation running
 ///     on_failure = "restart"                # a role process that dies is restarted (restart) or ends the run (stop)
@@ -109,6 +111,8 @@ public struct Topology: Sendable {
     public var keysDirectory: String?
     public var allowedKeys: String?
     public var membership = BrokerSecurity.Membership.closed
+    /// The broker's checks and budgets per member (suspension is set under `[security]`).
+    public var gate = BrokerGate.Limits()
     /// How `fedlm up` supervises the processes it starts.
     public var supervision = SupervisionPolicy()
 
@@ -259,13 +263,22 @@ public struct Topology: Sendable {
         }
         if let st = root["security"] {
             guard let st = st.table else { throw bad("[security] must be a table") }
-            try allow(st, ["keys", "allowed", "membership"], "security.", bad)
+            try allow(st, ["keys", "allowed", "membership", "suspend_after", "suspension"], "security.", bad)
             guard let keys = try string(st, "keys", "security.") else { throw bad("'security.keys' (the directory of key pairs) is required") }
             t.keysDirectory = keys
             t.allowedKeys = try string(st, "allowed", "security.") ?? keys + "/allowed.toml"
             if let m = try string(st, "membership", "security.") {
                 guard let membership = BrokerSecurity.Membership(rawValue: m) else { throw bad("'security.membership' is '\(m)', not closed or open") }
                 t.membership = membership
+            }
+            if let n = try int(st, "suspend_after", "security.") {
+                guard n >= 0 else { throw bad("'security.suspend_after' must be >= 0 (0: never suspend)") }
+                t.gate.suspendAfter = n == 0 ? .max : n
+                if n == 0 { t.gate.suspendAfterStrays = .max }
+            }
+            if let d = try double(st, "suspension", "security.") {
+                guard d > 0 else { throw bad("'security.suspension' must be > 0 (seconds)") }
+                t.gate.suspension = d
             }
         }
         if let sv = root["supervision"] {

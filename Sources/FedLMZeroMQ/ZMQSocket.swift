@@ -117,7 +117,7 @@ public final class ZMQSocket: @unchecked Sendable {
     // MARK: Messages
 
     /// Sends a multipart message. With `wait: false` returns false instead of blocking when
-    /// the high-water mark is reached.
+    /// the message cannot be queued (the high-water mark is reached, or there is no connection).
     @discardableResult
     public func send(_ frames: [[UInt8]], wait: Bool = true) throws -> Bool {
         precondition(!frames.isEmpty, "a message has at least one frame")
@@ -127,7 +127,9 @@ public final class ZMQSocket: @unchecked Sendable {
             let rc = frame.withUnsafeBytes { zmq_send(handle, $0.baseAddress, frame.count, flags) }
             if rc < 0 {
                 let error = ZMQError.last("send")
-                if error.code == EAGAIN, !wait, i == 0 { return false }
+                // Later frames too: a connection that drops mid-message makes libzmq roll the
+                // message back and answer EAGAIN; the next send starts a new message.
+                if error.code == EAGAIN, !wait { return false }
                 throw error
             }
         }

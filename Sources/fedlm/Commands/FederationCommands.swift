@@ -40,7 +40,7 @@ struct BrokerCommand: AsyncParsableCommand {
             security = BrokerSecurity(keys: try CurveKeyPair.load(prefix: keys + "/broker"), allowed: try AllowList(path: allowed),
                                       membership: t?.membership ?? .closed)
         }
-        try await runService(BrokerService(endpoints: e, security: security), label: "fedlm.broker")
+        try await runService(BrokerService(endpoints: e, security: security, gateLimits: t?.gate ?? BrokerGate.Limits()), label: "fedlm.broker")
     }
 }
 
