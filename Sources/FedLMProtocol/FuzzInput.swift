@@ -46,11 +46,14 @@ public enum FuzzInput {
         messages.flatMap { [UInt8($0.count)] + encode(frames: $0) }
     }
 
-    /// One fuzz input through the wire decoder: any outcome but a crash is fine.
+    /// One fuzz input through the wire decoder and through the broker's check of the same frames
+    /// (`WireCodec.envelope`): any outcome but a crash is fine.
     public static func decodeOnce(_ bytes: [UInt8]) {
         var codec = WireCodec()
         codec.maxValues = 1 << 16
-        _ = try? codec.decode(frames(bytes))
+        let frames = frames(bytes)
+        _ = try? codec.decode(frames)
+        _ = try? codec.envelope(head: Array(frames.prefix(3)), frameSizes: frames.map(\.count))
     }
 
     /// One fuzz input through a stream assembler.
