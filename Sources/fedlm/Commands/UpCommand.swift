@@ -43,9 +43,6 @@ struct UpCommand: ParsableCommand {
         }
         StopSignal.install()
         print("federation \(t.name): \(t.trainers.count) trainers, \(t.aggregation.mode.rawValue); logs in \(logs); a process that dies is \(t.supervision.onFailure == .restart ? "restarted (at most \(t.supervision.maxRestarts) times)" : "the end of the run")")
-        try start("broker")
-        Thread.sleep(forTimeInterval: 0.3)
-        for (name, _, _) in commands.dropFirst() { try start(name) }
         let totalTokens = t.trainers.compactMap(\.tokens).reduce(0, +)
         let startTime = Date()
         var lastLine = Date.distantPast
@@ -53,29 +50,37 @@ struct UpCommand: ParsableCommand {
         var failure: String?
         var finished = false
         func say(_ line: String) { print((tty ? "\r" : "") + line) }
-        supervise: while !StopSignal.requested {
-            Thread.sleep(forTimeInterval: 0.25)
-            for (name, process) in running.sorted(by: { $0.key < $1.key }) where process.poll() {
-                running[name] = nil
-                switch supervisor.exited(name, status: process.status, signal: process.signal) {
-                case .none:
-                    say("\(name) finished")
-                case .restart(let again):
-                    say("\(name) \(process.ending); restarting it (\(supervisor.restartCount(again)) of \(t.supervision.maxRestarts)); see \(logs)/\(name).log")
-                    try start(again)
-                case .stop(let why):
-                    failure = why.map { "\($0); see \(logs)/\(name).log" }
-                    finished = why == nil
-                    if let why { say("\(why): stopping the federation") }
-                    break supervise
+        // Whatever goes wrong in here (a process that cannot be started), everything started is stopped below.
+        do {
+            try start("broker")
+            Thread.sleep(forTimeInterval: 0.3)
+            for (name, _, _) in commands.dropFirst() { try start(name) }
+            supervise: while !StopSignal.requested {
+                Thread.sleep(forTimeInterval: 0.25)
+                for (name, process) in running.sorted(by: { $0.key < $1.key }) where process.poll() {
+                    running[name] = nil
+                    switch supervisor.exited(name, status: process.status, signal: process.signal) {
+                    case .none:
+                        say("\(name) finished")
+                    case .restart(let again):
+                        say("\(name) \(process.ending); restarting it (\(supervisor.restartCount(again)) of \(t.supervision.maxRestarts)); see \(logs)/\(name).log")
+                        try start(again)
+                    case .stop(let why):
+                        failure = why.map { "\($0); see \(logs)/\(name).log" }
+                        finished = why == nil
+                        if let why { say("\(why): stopping the federation") }
+                        break supervise
+                    }
+                }
+                if Date().timeIntervalSince(lastLine) >= (tty ? 1 : 10) {
+                    lastLine = Date()
+                    let line = Progress.line(runDirectory: t.runDirectory, elapsed: Date().timeIntervalSince(startTime), totalTokens: totalTokens)
+                        + Progress.silentTrainers(runDirectory: t.runDirectory, names: t.trainers.map(\.name))
+                    if tty { print("\r" + line + "   ", terminator: ""); fflush(nil) } else { print(line) }
                 }
             }
-            if Date().timeIntervalSince(lastLine) >= (tty ? 1 : 10) {
-                lastLine = Date()
-                let line = Progress.line(runDirectory: t.runDirectory, elapsed: Date().timeIntervalSince(startTime), totalTokens: totalTokens)
-                    + Progress.silentTrainers(runDirectory: t.runDirectory, names: t.trainers.map(\.name))
-                if tty { print("\r" + line + "   ", terminator: ""); fflush(nil) } else { print(line) }
-            }
+        } catch {
+            failure = "\(error)"
         }
         if tty { print("") }
         if StopSignal.requested { print("stopping (Ctrl-C: again to kill at once) ...") } else if finished { print("every trainer finished its budget") }
