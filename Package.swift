@@ -2,8 +2,15 @@
 //
 // FedLM: asynchronous federated pre-training of GPT-2-style language models.
 //
+// Linux only: it reads /proc, tunes glibc's malloc and spawns with posix_spawn.
+//
 // Layers (arrows point down only):
-//   fedlm (CLI)  ->  FedLMCheckpoint  ->  FedLMModel  ->  FedLMTensor  ->  COpenBLAS, CFedLMRuntime
+//   fedlm (CLI)
+//     -> FedLMExperiment, FedLMFederation
+//     -> FedLMAggregation, FedLMLedger, FedLMProtocol, FedLMZeroMQ, FedLMCheckpoint, FedLMData
+//     -> FedLMModel, FedLMTokenizer
+//     -> FedLMTensor
+//     -> CFedLMRuntime, COpenBLAS, CZeroMQ, CSQLite
 // The C system libraries (libzmq, OpenBLAS, SQLite) are SwiftPM system-library targets with
 // hand-written module maps; libzmq's pkg-config file is deliberately not used (it adds a krb5
 // flag SwiftPM rejects).
@@ -13,7 +20,6 @@ let optimize: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(conf
 
 let package = Package(
     name: "FedLM",
-    platforms: [.macOS(.v14)],
     products: [
         .executable(name: "fedlm", targets: ["fedlm"]),
         .library(name: "FedLMModel", targets: ["FedLMModel"]),
@@ -74,7 +80,7 @@ let package = Package(
         .target(name: "FedLMExperiment",
                 dependencies: ["FedLMLedger", .product(name: "TOMLKit", package: "TOMLKit")]),
         .executableTarget(name: "fedlm",
-                          dependencies: ["FedLMExperiment", "FedLMZeroMQ", "FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "FedLMData", "FedLMFederation",
+                          dependencies: ["FedLMExperiment", "FedLMProtocol", "FedLMZeroMQ", "FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "FedLMData", "FedLMFederation",
                                          "FedLMLedger", "FedLMAggregation", "CFedLMRuntime",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -93,7 +99,7 @@ let package = Package(
         .testTarget(name: "FedLMLedgerTests", dependencies: ["FedLMLedger"]),
         .testTarget(name: "FedLMFederationTests",
                     dependencies: ["FedLMFederation", "FedLMAggregation", "FedLMProtocol", "FedLMModel", "FedLMLedger", "FedLMCheckpoint", "FedLMZeroMQ",
-                                   "FedLMExperiment"]),
+                                   "FedLMExperiment", "FedLMTensor"]),
         .testTarget(name: "FedLMAggregationTests", dependencies: ["FedLMAggregation", "FedLMModel"]),
         .testTarget(name: "FedLMDataTests", dependencies: ["FedLMData", "FedLMTokenizer", "FedLMModel"]),
         .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),
