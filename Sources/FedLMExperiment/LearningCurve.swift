@@ -22,15 +22,9 @@ public struct LearningCurve: Sendable {
     /// heads "personalized_loss/<c>" for the clusters that have them), with the tokens of the
     /// updates received by then and seconds since `start`.
     public static func fromLedger(_ path: String, start: Double, personalized: Bool) throws -> LearningCurve {
-        let db = try SQLiteDatabase(path: path)
-        let rows = try db.query("""
-            SELECT m.version, m.time, m.name, m.value,
-                   (SELECT COALESCE(SUM(u.tokens), 0) FROM updates u WHERE u.outcome != 'refused' AND u.received_at <= m.time)
-            FROM metrics m WHERE m.name LIKE 'validation_loss/%' OR m.name LIKE 'personalized_loss/%' ORDER BY m.time
-            """)
         var byVersion: [(version: Int, point: Point, personal: [String: Double])] = []
-        for r in rows {
-            guard let version = r[0].int, let time = r[1].double, let name = r[2].string, let value = r[3].double, let tokens = r[4].int else { continue }
+        for e in try Ledger.reading(path: path).evaluations(prefixes: ["validation_loss/", "personalized_loss/"]) {
+            let (version, time, name, value, tokens) = (e.version, e.time, e.name, e.value, e.tokens)
             if byVersion.last?.version != version {
                 byVersion.append((version, Point(tokens: tokens, seconds: time - start, losses: [:]), [:]))
             }

@@ -203,7 +203,7 @@ public final class AggregatorCore {
     /// its refusal; nil for an id never seen.
     private func earlierVerdict(_ info: UpdateInfo) throws -> Message? {
         guard let earlier = try ledger.update(id: info.updateID) else { return nil }
-        if earlier.outcome == "refused" {
+        if earlier.outcome == .refused {
             return .error(ErrorReply(code: .duplicate, detail: earlier.reason ?? "refused before", refersTo: info.updateID))
         }
         return .ack(Ack(updateID: info.updateID, outcome: .duplicate, version: earlier.versionAfter))
@@ -213,7 +213,7 @@ public final class AggregatorCore {
     private func refuse(_ info: UpdateInfo, _ e: ProtocolError, staleness: Int = 0, norm: Double = 0, now: Double) throws -> Message {
         try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster,
                                       baseVersion: info.baseVersion, staleness: staleness, weight: 0, norm: norm, tokens: info.tokens,
-                                      outcome: "refused", versionAfter: version, deltaPath: nil, reason: e.description,
+                                      outcome: .refused, versionAfter: version, deltaPath: nil, reason: e.description,
                                       receivedAt: now))
         log("refused update \(info.updateID) from \(info.trainerID): \(e)")
         return .error(ErrorReply(e, refersTo: info.updateID))
@@ -307,7 +307,7 @@ public final class AggregatorCore {
         mark("strategy")
         try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster, baseVersion: info.baseVersion,
                                       staleness: staleness, weight: StalenessWeightOf(config).weight(staleness), norm: norm,
-                                      tokens: info.tokens, outcome: decision == .applied ? "applied" : "buffered",
+                                      tokens: info.tokens, outcome: decision == .applied ? .applied : .buffered,
                                       versionAfter: version, deltaPath: deltaPath, reason: nil, receivedAt: now,
                                       headStaleness: headStaleness, headVersionAfter: headVersionAfter))
         mark("ledger")

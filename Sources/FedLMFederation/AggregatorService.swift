@@ -171,9 +171,7 @@ extension AggregatorService {
         }
         if let dp = core.config.privacy {
             // The trainer with the most aggregated updates bounds everyone's privacy loss.
-            let most = try core.ledger.database.query(
-                "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM updates WHERE outcome != 'refused' GROUP BY trainer)")
-                .first?[0].int ?? 0
+            let most = try core.ledger.mostAcceptedUpdatesByOneTrainer()
             let epsilon = dp.epsilon(contributions: most)
             try core.ledger.recordMetric("dp_epsilon", epsilon, version: core.version)
             line += String(format: ", privacy epsilon %.2f at delta %g (noise multiplier %.2f, clip %g, %d updates from the busiest trainer)",

@@ -8,6 +8,16 @@ import Foundation
 /// good checkpoint and replays, in order, the updates recorded after it; an id already in the
 /// ledger is never applied again.
 public final class Ledger {
+    /// What became of an update.
+    public enum Outcome: String, Sendable, CaseIterable {
+        /// Folded into the model (a new version).
+        case applied
+        /// Kept in the aggregation buffer, applied with the next version.
+        case buffered
+        /// Refused, with a reason; a resend of the id gets the same verdict.
+        case refused
+    }
+
     public struct UpdateRecord: Equatable, Sendable {
         public var seq: Int
         public var id: String
@@ -18,8 +28,7 @@ public final class Ledger {
         public var weight: Double
         public var norm: Double
         public var tokens: Int
-        /// applied, buffered or refused
-        public var outcome: String
+        public var outcome: Outcome
         /// The global version right after this update.
         public var versionAfter: Int
         /// Where the pseudo-gradient is kept until a checkpoint covers it (nil once covered, or refused).
@@ -31,7 +40,7 @@ public final class Ledger {
         public var headVersionAfter: Int?
 
         public init(seq: Int = 0, id: String, trainer: String, cluster: String?, baseVersion: Int, staleness: Int, weight: Double,
-                    norm: Double, tokens: Int, outcome: String, versionAfter: Int, deltaPath: String?, reason: String?,
+                    norm: Double, tokens: Int, outcome: Outcome, versionAfter: Int, deltaPath: String?, reason: String?,
                     receivedAt: Double, headStaleness: Int? = nil, headVersionAfter: Int? = nil) {
             self.headStaleness = headStaleness
             self.headVersionAfter = headVersionAfter
@@ -70,6 +79,12 @@ public final class Ledger {
     }
 
     public let database: SQLiteDatabase
+
+    /// Opens an existing ledger to read it while its aggregator may be writing (nothing is
+    /// created or changed).
+    public static func reading(path: String) throws -> Ledger { Ledger(database: try SQLiteDatabase(path: path)) }
+
+    private init(database: SQLiteDatabase) { self.database = database }
 
     /// `durable: false` commits without fsync (WAL with synchronous=NORMAL: safe against a killed
     /// process, not against a power cut).
@@ -152,10 +167,10 @@ public final class Ledger {
                                      version_after, delta_path, reason, received_at, head_staleness, head_version_after)
                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                 """, [.text(r.id), .text(r.trainer), .init(r.cluster), .init(r.baseVersion), .init(r.staleness), .real(r.weight),
-                      .real(r.norm), .init(r.tokens), .text(r.outcome), .init(r.versionAfter), .init(r.deltaPath),
+                      .real(r.norm), .init(r.tokens), .text(r.outcome.rawValue), .init(r.versionAfter), .init(r.deltaPath),
                       .init(r.reason), .real(r.receivedAt), .init(r.headStaleness), .init(r.headVersionAfter)])
             let seq = Int(database.lastInsertRowID)
-            if r.outcome != "refused" {
+            if r.outcome != .refused {
                 try database.query("UPDATE trainers SET updates = updates + 1 WHERE id = ?1", [.text(r.trainer)])
             }
             return seq
@@ -172,9 +187,9 @@ public final class Ledger {
             .map(Self.update(row:))
     }
 
-    public func updateCount(outcome: String? = nil) throws -> Int {
+    public func updateCount(outcome: Outcome? = nil) throws -> Int {
         if let outcome {
-            return try database.query("SELECT COUNT(*) FROM updates WHERE outcome = ?1", [.text(outcome)])[0][0].int ?? 0
+            return try database.query("SELECT COUNT(*) FROM updates WHERE outcome = ?1", [.text(outcome.rawValue)])[0][0].int ?? 0
         }
         return try database.query("SELECT COUNT(*) FROM updates")[0][0].int ?? 0
     }
@@ -234,6 +249,87 @@ public final class Ledger {
             .map { ($0[0].int!, $0[1].double!) }
     }
 
+    // MARK: Summaries
+
+    /// Where a run stands, for progress lines.
+    public struct Summary: Equatable, Sendable {
+        /// The newest global version an update produced.
+        public var version: Int
+        /// Applied or buffered updates, their tokens and mean staleness.
+        public var accepted: Int
+        public var acceptedTokens: Int
+        public var meanStaleness: Double
+        public var refused: Int
+        public init(version: Int, accepted: Int, acceptedTokens: Int, meanStaleness: Double, refused: Int) {
+            self.version = version
+            self.accepted = accepted
+            self.acceptedTokens = acceptedTokens
+            self.meanStaleness = meanStaleness
+            self.refused = refused
+        }
+    }
+
+    public func summary() throws -> Summary {
+        let version = try database.query("SELECT COALESCE(MAX(version_after), 0) FROM updates").first?[0].int ?? 0
+        let accepted = try database.query(
+            "SELECT COUNT(*), COALESCE(SUM(tokens), 0), COALESCE(AVG(staleness), 0) FROM updates WHERE outcome != 'refused'").first
+        return Summary(version: version, accepted: accepted?[0].int ?? 0, acceptedTokens: accepted?[1].int ?? 0,
+                       meanStaleness: accepted?[2].double ?? 0, refused: try updateCount(outcome: .refused))
+    }
+
+    /// Tokens of the applied and buffered updates.
+    public func acceptedTokens() throws -> Int {
+        try database.query("SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE outcome != 'refused'").first?[0].int ?? 0
+    }
+
+    /// Ids of the applied and buffered updates.
+    public func acceptedUpdateIDs() throws -> Set<String> {
+        Set(try database.query("SELECT id FROM updates WHERE outcome != 'refused'").compactMap { $0[0].string })
+    }
+
+    /// The most applied or buffered updates any one trainer has (what bounds everyone's privacy loss).
+    public func mostAcceptedUpdatesByOneTrainer() throws -> Int {
+        try database.query("SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM updates WHERE outcome != 'refused' GROUP BY trainer)")
+            .first?[0].int ?? 0
+    }
+
+    /// The newest value of metric `name`.
+    public func latestMetric(_ name: String) throws -> Double? {
+        try database.query("SELECT value FROM metrics WHERE name = ?1 ORDER BY time DESC LIMIT 1", [.text(name)]).first?[0].double
+    }
+
+    /// The mean over the metrics named `<prefix>...` at the newest version any of them was
+    /// recorded (e.g. every cluster's personalized loss at the last evaluation).
+    public func latestMean(ofMetricsStartingWith prefix: String) throws -> Double? {
+        let pattern = prefix.replacingOccurrences(of: "%", with: "") + "%"
+        return try database.query("SELECT AVG(value) FROM metrics WHERE name LIKE ?1 AND version = (SELECT MAX(version) FROM metrics WHERE name LIKE ?1)",
+                                   [.text(pattern)]).first?[0].double
+    }
+
+    /// One recorded evaluation: metric, value, when, at which version, and the tokens of the
+    /// updates accepted by then.
+    public struct Evaluation: Equatable, Sendable {
+        public var version: Int
+        public var time: Double
+        public var name: String
+        public var value: Double
+        public var tokens: Int
+    }
+
+    /// Every metric named `<prefix>...` for each of `prefixes`, in time order.
+    public func evaluations(prefixes: [String]) throws -> [Evaluation] {
+        guard !prefixes.isEmpty else { return [] }
+        let matches = prefixes.indices.map { "m.name LIKE ?\($0 + 1)" }.joined(separator: " OR ")
+        return try database.query("""
+            SELECT m.version, m.time, m.name, m.value,
+                   (SELECT COALESCE(SUM(u.tokens), 0) FROM updates u WHERE u.outcome != 'refused' AND u.received_at <= m.time)
+            FROM metrics m WHERE \(matches) ORDER BY m.time
+            """, prefixes.map { .text($0 + "%") }).compactMap { r in
+            guard let version = r[0].int, let time = r[1].double, let name = r[2].string, let value = r[3].double, let tokens = r[4].int else { return nil }
+            return Evaluation(version: version, time: time, name: name, value: value, tokens: tokens)
+        }
+    }
+
     static let updateColumns = """
         SELECT seq, id, trainer, cluster, base_version, staleness, weight, norm, tokens, outcome, version_after,
                delta_path, reason, received_at, head_staleness, head_version_after FROM updates
@@ -241,7 +337,8 @@ public final class Ledger {
 
     static func update(row r: [SQLiteDatabase.Value]) -> UpdateRecord {
         UpdateRecord(seq: r[0].int!, id: r[1].string!, trainer: r[2].string!, cluster: r[3].string, baseVersion: r[4].int!,
-                     staleness: r[5].int!, weight: r[6].double!, norm: r[7].double!, tokens: r[8].int!, outcome: r[9].string!,
+                     staleness: r[5].int!, weight: r[6].double!, norm: r[7].double!, tokens: r[8].int!,
+                     outcome: Outcome(rawValue: r[9].string!) ?? .refused,
                      versionAfter: r[10].int!, deltaPath: r[11].string, reason: r[12].string, receivedAt: r[13].double!,
                      headStaleness: r[14].int, headVersionAfter: r[15].int)
     }

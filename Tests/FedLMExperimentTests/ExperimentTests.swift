@@ -66,7 +66,7 @@ final class ExperimentTests: XCTestCase {
         let start = 1000.0
         for (i, t) in [1001.0, 1002.0, 1003.0, 1004.0].enumerated() {
             try ledger.recordUpdate(.init(id: "u\(i)", trainer: "t", cluster: nil, baseVersion: i, staleness: 0, weight: 1, norm: 1, tokens: 100,
-                                          outcome: "applied", versionAfter: i + 1, deltaPath: nil, reason: nil, receivedAt: t))
+                                          outcome: .applied, versionAfter: i + 1, deltaPath: nil, reason: nil, receivedAt: t))
         }
         for (v, time, en, de) in [(2, 1002.5, 6.0, 7.0), (4, 1004.5, 4.0, 5.0)] {
             try ledger.recordMetric("validation_loss/en", en, version: v, at: time)

@@ -64,7 +64,7 @@ final class AggregatorCoreTests: XCTestCase {
             return XCTFail()
         }
         XCTAssertEqual(stale.code, .tooStale)
-        XCTAssertEqual(try c.ledger.updateCount(outcome: "refused"), 2)
+        XCTAssertEqual(try c.ledger.updateCount(outcome: .refused), 2)
         XCTAssertEqual(c.model.parameters.storage.array.allSatisfy(\.isFinite), true)
     }
 
@@ -126,7 +126,7 @@ final class AggregatorCoreTests: XCTestCase {
         XCTAssertTrue(e.detail.contains("exceeds max_update_norm 1.0"), e.detail)
         XCTAssertEqual(core.model.parameters.storage.array, before)
         let record = try XCTUnwrap(try core.ledger.update(id: "big"))
-        XCTAssertEqual(record.outcome, "refused")
+        XCTAssertEqual(record.outcome, .refused)
         XCTAssertGreaterThan(record.norm, 1.0)
         XCTAssertNil(record.deltaPath, "nothing of a refused update is kept for replay")
         // Small enough: applied.
@@ -141,7 +141,7 @@ final class AggregatorCoreTests: XCTestCase {
         XCTAssertEqual(first.code, .nonFinite)
         XCTAssertEqual(second.code, .duplicate)
         XCTAssertTrue(second.detail.contains("tensor x holds nan"), second.detail)
-        XCTAssertEqual(try core.ledger.updateCount(outcome: "refused"), 2)
+        XCTAssertEqual(try core.ledger.updateCount(outcome: .refused), 2)
     }
 
     /// `keep_checkpoints`: only the newest checkpoints stay (directories and ledger rows), and a

@@ -139,7 +139,7 @@ final class StreamedTransportTests: XCTestCase {
         XCTAssertEqual(refusal.refersTo, "u-nan")
         XCTAssertTrue(refusal.detail.contains(release.specs.last!.name), refusal.detail)
         let recorded = try XCTUnwrap(try service.core.ledger.update(id: "u-nan"))
-        XCTAssertEqual(recorded.outcome, "refused")
+        XCTAssertEqual(recorded.outcome, .refused)
         XCTAssertTrue(recorded.reason?.contains("nonFinite") == true, recorded.reason ?? "")
         guard case .error(let again) = try call(bad).0 else { return XCTFail("expected ERROR") }
         XCTAssertEqual(again.code, .duplicate)

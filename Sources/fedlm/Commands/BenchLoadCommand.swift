@@ -85,7 +85,7 @@ struct BenchLoadCommand: ParsableCommand {
         services.forEach { $0.stop() }
         while threadsRunning.contains(where: \.isExecuting) || monitor.isExecuting { usleep(1000) }
         let ledger = try Ledger(path: directory + "/run/ledger.sqlite")
-        let recorded = Set(try ledger.database.query("SELECT id FROM updates WHERE outcome != 'refused'").compactMap { $0[0].string })
+        let recorded = try ledger.acceptedUpdateIDs()
         var acknowledged = Set<String>()
         for phase in phases { acknowledged.formUnion(phase.report.acknowledgedIDs) }
         let lost = acknowledged.subtracting(recorded).count

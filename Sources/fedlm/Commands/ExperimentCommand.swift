@@ -105,10 +105,7 @@ struct ExperimentCommand: ParsableCommand {
         var tokens = 0
         while up.isRunning {
             Thread.sleep(forTimeInterval: 0.25)
-            if let db = try? SQLiteDatabase(path: ledgerPath),
-               let t = try? db.query("SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE outcome != 'refused'").first?[0].int {
-                tokens = t
-            }
+            if FileManager.default.fileExists(atPath: ledgerPath), let t = try? Ledger.reading(path: ledgerPath).acceptedTokens() { tokens = t }
             if tokens >= spec.tokens || Date().timeIntervalSince1970 - start > spec.timeLimit { break }
         }
         let seconds = Date().timeIntervalSince1970 - start
@@ -120,7 +117,7 @@ struct ExperimentCommand: ParsableCommand {
         if seconds > spec.timeLimit { print("\(v.name): stopped at \(tokens) tokens (time limit \(Int(spec.timeLimit)) s)") }
         let ledger = try Ledger(path: ledgerPath)
         // Updates in flight when the stop came are applied too: count what the final model saw.
-        tokens = try ledger.database.query("SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE outcome != 'refused'").first?[0].int ?? tokens
+        tokens = try ledger.acceptedTokens()
         let models = try ClusterModels(ledger: ledger)
         let global = try models.global()
         // Which cluster serves each data cluster: the final cluster of the trainers holding it.

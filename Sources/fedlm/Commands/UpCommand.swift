@@ -100,17 +100,15 @@ struct UpCommand: ParsableCommand {
 enum Progress {
     static func line(runDirectory: String, elapsed: Double, totalTokens: Int) -> String {
         guard FileManager.default.fileExists(atPath: runDirectory + "/ledger.sqlite"),
-              let db = try? SQLiteDatabase(path: runDirectory + "/ledger.sqlite") else { return "waiting for the aggregator ..." }
-        let version = (try? db.query("SELECT COALESCE(MAX(version_after), 0) FROM updates"))?.first?[0].int ?? 0
-        let accepted = (try? db.query("SELECT COUNT(*), COALESCE(SUM(tokens), 0), COALESCE(AVG(staleness), 0) FROM updates WHERE outcome != 'refused'"))?.first
-        let refused = (try? db.query("SELECT COUNT(*) FROM updates WHERE outcome = 'refused'"))?.first?[0].int ?? 0
-        let loss = (try? db.query("SELECT value FROM metrics WHERE name = 'validation_loss' ORDER BY time DESC LIMIT 1"))?.first?[0].double
-        let updates = accepted?[0].int ?? 0, tokens = accepted?[1].int ?? 0, staleness = accepted?[2].double ?? 0
-        var s = String(format: "%5.0fs  version %d  updates %d (%.2f/s, %d refused)  mean staleness %.2f  tokens %d", elapsed, version,
-                       updates, Double(updates) / max(elapsed, 1), refused, staleness, tokens)
+              let ledger = try? Ledger.reading(path: runDirectory + "/ledger.sqlite"), let summary = try? ledger.summary() else {
+            return "waiting for the aggregator ..."
+        }
+        let loss = (try? ledger.latestMetric("validation_loss")) ?? nil
+        let tokens = summary.acceptedTokens
+        var s = String(format: "%5.0fs  version %d  updates %d (%.2f/s, %d refused)  mean staleness %.2f  tokens %d", elapsed, summary.version,
+                       summary.accepted, Double(summary.accepted) / max(elapsed, 1), summary.refused, summary.meanStaleness, tokens)
         // With personalized clusters: the mean over clusters of each one's own model's loss first.
-        let own = (try? db.query("SELECT AVG(value) FROM metrics WHERE name LIKE 'personalized_loss/%' "
-            + "AND version = (SELECT MAX(version) FROM metrics WHERE name LIKE 'personalized_loss/%')"))?.first?[0].double
+        let own = (try? ledger.latestMean(ofMetricsStartingWith: "personalized_loss/")) ?? nil
         switch (own, loss) {
         case let (own?, global?): s += String(format: "  validation loss: clusters' own models %.4f, global model %.4f", own, global)
         case let (nil, global?): s += String(format: "  validation loss %.4f", global)
