@@ -26,7 +26,7 @@ import TOMLKit
 ///     [[variant]]
 ///     name = "fedbuff"
 ///     topology = "Topologies/experiments/five-trainers.toml"   # trainers, their data, clusters
-///     model = "Config/demo-quarter-batch.toml"   # optional: this variant's own model/training config
+///     model = "Config/experiments/demo-quarter-batch.toml"   # optional: this variant's own model/training config
 ///     local_steps = 5                    # optional: every trainer's H
 ///     [variant.aggregation]              # optional: replaces keys of the topology's [aggregation]
 ///     mode = "fedbuff"

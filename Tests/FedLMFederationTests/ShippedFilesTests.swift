@@ -15,10 +15,11 @@ final class ShippedFilesTests: XCTestCase {
     }
 
     func testEveryShippedConfigAndTopologyLoads() throws {
-        let configs = try files("Config")
-        XCTAssertGreaterThanOrEqual(configs.count, 5)
+        let configs = try files("Config") + files("Config/experiments")
+        XCTAssertGreaterThanOrEqual(configs.count, 10)
         for c in configs { XCTAssertNoThrow(try ConfigFile.load(path: c), c) }
-        let topologies = try files("Topologies")
+        // Deployments, and the standalone topologies of past experiments (run with `fedlm up`, budgets in them).
+        let topologies = try files("Topologies") + files("Topologies/experiments/standalone")
         XCTAssertFalse(topologies.isEmpty)
         for t in topologies {
             let topology = try Topology.load(path: t)
