@@ -6,7 +6,7 @@ import statistics
 import subprocess
 import sys
 
-CASES = [("tiny", "eager"), ("small", "sdpa")]  # the targets: tiny vs eager, small vs sdpa
+CASES = [("tiny", "eager"), ("small", "sdpa")]  # the targets: tiny against eager, small against sdpa
 
 
 def fedlm(config):
