@@ -9,8 +9,10 @@ import Foundation
 public enum AggregatorDirective: Equatable {
     /// Send to one peer (by its routing id).
     case reply(to: String, Message)
-    /// Publish a new release to subscribers.
-    case publish(ReleaseInfo)
+    /// Send one peer the current release of `cluster` (nil: the global model), as `release(cluster:)`
+    /// makes it: the service encodes each release once per version and streams it to every
+    /// fetcher and to the subscribers.
+    case sendRelease(to: String, cluster: String?)
 }
 
 /// The aggregator's protocol logic and durable state, without sockets.
@@ -162,7 +164,7 @@ public final class AggregatorCore {
                 return [.reply(to: peer, .error(ErrorReply(code: .unknownCluster, detail: "no cluster named '\(c)'")))]
             }
             if let have = f.haveVersion, have == version { return [.reply(to: peer, .heartbeat)] }
-            return [.reply(to: peer, release(cluster: f.cluster))]
+            return [.sendRelease(to: peer, cluster: f.cluster)]
         case .update(let info, let payload):
             return [.reply(to: peer, try handleUpdate(info, payload, now: now))]
         case .heartbeat:

@@ -108,19 +108,13 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
                 continue
             }
             let tDecoded = Date().timeIntervalSince1970
-            // A FETCH is answered with the release frames encoded once per version (shared with
-            // the publication below), streamed; everything else goes through the core.
-            var directives: [AggregatorDirective] = []
-            if case .fetch(let f) = decoded, f.haveVersion != core.version, f.cluster == nil || core.heads?.heads[f.cluster!] != nil {
-                try dealer.sendStreamed(releaseFrames(cluster: f.cluster), prefix: [peer])
-            } else {
-                directives = try core.handle(decoded, from: peerName)
-            }
+            let directives = try core.handle(decoded, from: peerName)
             let tHandled = Date().timeIntervalSince1970
             for directive in directives {
                 switch directive {
                 case .reply(let to, let reply): try dealer.send([Array(to.utf8)] + codec.encode(reply))
-                case .publish: break
+                // Release frames are encoded once per version (shared with the publication below) and streamed.
+                case .sendRelease(let to, let cluster): try dealer.sendStreamed(releaseFrames(cluster: cluster), prefix: [Array(to.utf8)])
                 }
             }
             if traceTiming {

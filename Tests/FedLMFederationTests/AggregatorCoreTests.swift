@@ -221,3 +221,16 @@ final class AggregatorCoreTests: XCTestCase {
                        .ack(Ack(updateID: "u3", outcome: .applied, version: 1)))
     }
 }
+
+extension AggregatorCoreTests {
+    /// A FETCH is decided by the core: the current release for a fetcher behind, a heartbeat for
+    /// one that has it already, a refusal for an unknown cluster.
+    func testAFetchIsAnsweredWithTheReleaseUnlessTheFetcherHasIt() throws {
+        let c = try core()
+        XCTAssertEqual(try c.handle(.fetch(Fetch()), from: "t1"), [.sendRelease(to: "t1", cluster: nil)])
+        XCTAssertEqual(try c.handle(.fetch(Fetch(haveVersion: c.version - 1)), from: "t1"), [.sendRelease(to: "t1", cluster: nil)])
+        XCTAssertEqual(try c.handle(.fetch(Fetch(haveVersion: c.version)), from: "t1"), [.reply(to: "t1", .heartbeat)])
+        guard case .error(let e)? = reply(try c.handle(.fetch(Fetch(cluster: "en")), from: "t1")) else { return XCTFail("a cluster without clusters") }
+        XCTAssertEqual(e.code, .unknownCluster)
+    }
+}
