@@ -7,7 +7,7 @@ import Foundation
 /// `decide` does not know is refused (status 400).
 public final class ZAPHandler: @unchecked Sendable {
     /// (ZAP domain of the server socket, client's public key in Z85) -> the user id to attach to
-    /// its messages (its role), or nil to refuse.
+    /// its messages (the broker attaches the key itself and looks its member up), or nil to refuse.
     public typealias Decide = @Sendable (_ domain: String, _ publicKey: String) -> String?
 
     private let socket: ZMQSocket
