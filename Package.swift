@@ -78,7 +78,7 @@ let package = Package(
                 swiftSettings: optimize),
         // `fedlm experiment`: specs, learning curves, results tables and SVG plots.
         .target(name: "FedLMExperiment",
-                dependencies: ["FedLMLedger", .product(name: "TOMLKit", package: "TOMLKit")]),
+                dependencies: ["FedLMLedger", "FedLMModel", .product(name: "TOMLKit", package: "TOMLKit")]),
         .executableTarget(name: "fedlm",
                           dependencies: ["FedLMExperiment", "FedLMProtocol", "FedLMZeroMQ", "FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "FedLMData", "FedLMFederation",
                                          "FedLMLedger", "FedLMAggregation", "CFedLMRuntime",

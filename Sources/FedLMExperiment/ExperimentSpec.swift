@@ -1,3 +1,4 @@
+import FedLMModel
 import Foundation
 import TOMLKit
 
@@ -69,58 +70,43 @@ public struct ExperimentSpec: Sendable {
         func bad(_ why: String) -> ExperimentError { ExperimentError("\(path): \(why)") }
         let text: String
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch { throw bad("cannot read: \(error.localizedDescription)") }
-        let root: TOMLTable
-        do { root = try TOMLTable(string: text) } catch { throw bad("not valid TOML: \(error)") }
-        try allow(root, ["name", "run_directory", "model", "data", "tokens", "seed", "evaluate_every", "time_limit", "reference",
-                         "base_port", "variant"], "", bad)
-        func string(_ t: TOMLTable, _ key: String, _ p: String) throws -> String? {
-            guard let v = t[key] else { return nil }
-            guard let s = v.string else { throw bad("'\(p)\(key)' must be a string") }
-            return s
-        }
-        func int(_ t: TOMLTable, _ key: String, _ p: String) throws -> Int? {
-            guard let v = t[key] else { return nil }
-            guard let i = v.int else { throw bad("'\(p)\(key)' must be an integer") }
-            return i
-        }
-        guard let name = try string(root, "name", "") else { throw bad("'name' is required") }
-        guard let model = try string(root, "model", "") else { throw bad("'model' (a config path) is required") }
-        guard let data = try string(root, "data", "") else { throw bad("'data' (a prepared data directory) is required") }
-        guard let tokens = try int(root, "tokens", ""), tokens > 0 else { throw bad("'tokens' (a positive token budget per variant) is required") }
-        var spec = ExperimentSpec(path: path, name: name, runDirectory: try string(root, "run_directory", "") ?? "runs/experiments/\(name)",
-                                  model: model, data: data, tokens: tokens, seed: try int(root, "seed", "") ?? 1234,
-                                  evaluateEvery: try int(root, "evaluate_every", "") ?? 4,
-                                  timeLimit: Double(try int(root, "time_limit", "") ?? 1800), reference: try string(root, "reference", ""),
-                                  basePort: try int(root, "base_port", "") ?? 5700, variants: [])
+        let table: TOMLTable
+        do { table = try TOMLTable(string: text) } catch { throw bad("not valid TOML: \(error)") }
+        let root = TOMLReader(table, fail: bad)
+        try root.allowOnly(["name", "run_directory", "model", "data", "tokens", "seed", "evaluate_every", "time_limit", "reference",
+                            "base_port", "variant"])
+        guard let name = try root.string("name") else { throw bad("'name' is required") }
+        guard let model = try root.string("model") else { throw bad("'model' (a config path) is required") }
+        guard let data = try root.string("data") else { throw bad("'data' (a prepared data directory) is required") }
+        guard let tokens = try root.int("tokens"), tokens > 0 else { throw bad("'tokens' (a positive token budget per variant) is required") }
+        var spec = ExperimentSpec(path: path, name: name, runDirectory: try root.string("run_directory") ?? "runs/experiments/\(name)",
+                                  model: model, data: data, tokens: tokens, seed: try root.int("seed") ?? 1234,
+                                  evaluateEvery: try root.int("evaluate_every") ?? 4,
+                                  timeLimit: Double(try root.int("time_limit") ?? 1800), reference: try root.string("reference"),
+                                  basePort: try root.int("base_port") ?? 5700, variants: [])
         guard spec.evaluateEvery >= 1 else { throw bad("'evaluate_every' must be >= 1") }
-        guard let list = root["variant"]?.array, !list.isEmpty else { throw bad("at least one [[variant]] is required") }
-        for (i, item) in list.enumerated() {
-            let p = "variant[\(i + 1)]."
-            guard let v = item.table else { throw bad("variant \(i + 1) must be a table") }
-            try allow(v, ["name", "centralized", "local", "topology", "aggregation", "clusters", "local_steps", "label", "model"], p, bad)
-            guard let vname = try string(v, "name", p), ExperimentSpec.isValidName(vname) else {
+        guard let list = try root.tables("variant", "a list of [[variant]] tables"), !list.isEmpty else { throw bad("at least one [[variant]] is required") }
+        for v in list {
+            let p = v.prefix
+            try v.allowOnly(["name", "centralized", "local", "topology", "aggregation", "clusters", "local_steps", "label", "model"])
+            guard let vname = try v.string("name"), ExperimentSpec.isValidName(vname) else {
                 throw bad("'\(p)name' is required: letters, digits, '-', '_'")
             }
-            func flag(_ key: String) throws -> Bool {
-                guard let f = v[key] else { return false }
-                guard let b = f.bool else { throw bad("'\(p)\(key)' must be true or false") }
-                return b
-            }
-            let centralized = try flag("centralized"), local = try flag("local")
-            let topology = try string(v, "topology", p)
+            let centralized = try v.bool("centralized") ?? false, local = try v.bool("local") ?? false
+            let topology = try v.string("topology")
             guard centralized != (topology != nil) else { throw bad("'\(p)': give either centralized = true or a topology") }
             guard !local || topology != nil else { throw bad("'\(p)local': needs the topology whose trainers train alone") }
             func overrides(_ key: String) throws -> String? {
-                guard let a = v[key] else { return nil }
+                guard v.has(key) else { return nil }
                 guard !local, !centralized else { throw bad("'\(p)\(key)': only a federated variant has \(key) settings") }
-                guard let table = a.table else { throw bad("'\(p)\(key)' must be a table") }
+                guard let table = v.table[key]?.table else { throw bad("'\(p)\(key)' must be a table") }
                 return table.convert(to: .toml)
             }
-            let localSteps = try int(v, "local_steps", p)
+            let localSteps = try v.int("local_steps")
             if let h = localSteps, h < 1 { throw bad("'\(p)local_steps' must be >= 1") }
             spec.variants.append(Variant(name: vname, centralized: centralized, local: local, topology: topology,
                                          aggregationOverrides: try overrides("aggregation"), clusterOverrides: try overrides("clusters"), localSteps: localSteps,
-                                         label: try string(v, "label", p), model: try string(v, "model", p)))
+                                         label: try v.string("label"), model: try v.string("model")))
         }
         guard Set(spec.variants.map(\.name)).count == spec.variants.count else { throw bad("variant names must be unique") }
         if let r = spec.reference, !spec.variants.contains(where: { $0.name == r }) { throw bad("'reference' names no variant: \(r)") }
@@ -129,12 +115,6 @@ public struct ExperimentSpec: Sendable {
 
     static func isValidName(_ s: String) -> Bool {
         !s.isEmpty && s.unicodeScalars.allSatisfy { ($0.isASCII && CharacterSet.alphanumerics.contains($0)) || $0 == "-" || $0 == "_" }
-    }
-
-    static func allow(_ t: TOMLTable, _ keys: [String], _ prefix: String, _ bad: (String) -> ExperimentError) throws {
-        for k in t.keys where !keys.contains(k) {
-            throw bad("unknown key '\(prefix)\(k)' (allowed: \(keys.joined(separator: ", ")))")
-        }
     }
 }
 

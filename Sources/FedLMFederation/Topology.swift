@@ -119,258 +119,33 @@ public struct Topology: Sendable {
     public static func load(path: String) throws -> Topology {
         func bad(_ why: String) -> FederationError { .badTopology("\(path): \(why)") }
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw bad("cannot read the file") }
-        let root: TOMLTable
-        do { root = try TOMLTable(string: text) } catch { throw bad("not valid TOML: \(error)") }
-        try allow(root, ["name", "run_directory", "model", "data", "broker", "aggregation", "trainer", "clusters", "security", "supervision"], "", bad)
-        func string(_ t: TOMLTable, _ key: String, _ prefix: String) throws -> String? {
-            guard let v = t[key] else { return nil }
-            guard let s = v.string else { throw bad("'\(prefix)\(key)' must be a string") }
-            return s
-        }
-        func int(_ t: TOMLTable, _ key: String, _ prefix: String) throws -> Int? {
-            guard let v = t[key] else { return nil }
-            guard let i = v.int else { throw bad("'\(prefix)\(key)' must be an integer") }
-            return i
-        }
-        func double(_ t: TOMLTable, _ key: String, _ prefix: String) throws -> Double? {
-            guard let v = t[key] else { return nil }
-            if let d = v.double { return d }
-            if let i = v.int { return Double(i) }
-            throw bad("'\(prefix)\(key)' must be a number")
-        }
-        /// The server optimizer of a table (`server_optimizer`, `server_learning_rate`,
-        /// `server_momentum`, `adam_beta1`, `adam_beta2`, `delayed_period`); nil when it names none
-        /// of them. Unnamed settings come from `base`.
-        func serverOptimizer(_ a: TOMLTable, _ p: String, default base: ServerOptimizerKind) throws -> ServerOptimizerKind? {
-            let keys = ["server_optimizer", "server_learning_rate", "server_momentum", "adam_beta1", "adam_beta2", "delayed_period"]
-            guard keys.contains(where: { a[$0] != nil }) else { return nil }
-            let (baseName, baseLR, baseMu): (String, Float, Float) = switch base {
-            case .sgd(let lr): ("sgd", lr, 0.9)
-            case .nesterov(let lr, let mu): ("nesterov", lr, mu)
-            case .adam(let lr, _, _, _): ("adam", lr, 0.9)
-            case .delayedNesterov(let lr, let mu, _): ("delayed_nesterov", lr, mu)
-            }
-            let lr = Float(try double(a, "server_learning_rate", p) ?? Double(baseLR))
-            let mu = Float(try double(a, "server_momentum", p) ?? Double(baseMu))
-            guard lr > 0, mu >= 0, mu < 1 else { throw bad("'\(p)server_learning_rate' must be > 0 and \(p)server_momentum in [0, 1)") }
-            switch try string(a, "server_optimizer", p) ?? baseName {
-            case "sgd": return .sgd(learningRate: lr)
-            case "nesterov": return .nesterov(learningRate: lr, momentum: mu)
-            case "adam": return .adam(learningRate: lr, beta1: Float(try double(a, "adam_beta1", p) ?? 0.9),
-                                      beta2: Float(try double(a, "adam_beta2", p) ?? 0.99), epsilon: 1e-8)
-            case "delayed_nesterov":
-                let period = try int(a, "delayed_period", p) ?? 4
-                guard period >= 1 else { throw bad("'\(p)delayed_period' must be >= 1") }
-                return .delayedNesterov(learningRate: lr, momentum: mu, period: period)
-            case let other: throw bad("'\(p)server_optimizer' is '\(other)', not sgd, nesterov, adam or delayed_nesterov")
-            }
-        }
-        let base = (path as NSString).deletingLastPathComponent
+        let table: TOMLTable
+        do { table = try TOMLTable(string: text) } catch { throw bad("not valid TOML: \(error)") }
+        let root = TOMLReader(table, fail: bad)
+        try root.allowOnly(["name", "run_directory", "model", "data", "broker", "aggregation", "trainer", "clusters", "security", "supervision"])
         // Relative paths are relative to the working directory (the repository root in the README).
-        _ = base
-        var t = Topology(path: path, name: try string(root, "name", "") ?? "federation",
-                         runDirectory: try string(root, "run_directory", "") ?? "runs/federation",
-                         modelConfigPath: try string(root, "model", "") ?? { throw bad("'model' (a config path) is required") }(),
-                         dataDirectory: try string(root, "data", "") ?? { throw bad("'data' (a prepared data directory) is required") }(),
+        var t = Topology(path: path, name: try root.string("name") ?? "federation",
+                         runDirectory: try root.string("run_directory") ?? "runs/federation",
+                         modelConfigPath: try root.string("model") ?? { throw bad("'model' (a config path) is required") }(),
+                         dataDirectory: try root.string("data") ?? { throw bad("'data' (a prepared data directory) is required") }(),
                          endpoints: BrokerEndpoints(), aggregation: AggregationConfig(), evaluateEvery: 5, trainers: [])
-        if let b = root["broker"] {
-            guard let b = b.table else { throw bad("[broker] must be a table") }
-            try allow(b, ["trainers", "aggregator", "publish", "releases"], "broker.", bad)
-            if let v = try string(b, "trainers", "broker.") { t.endpoints.trainers = v }
-            if let v = try string(b, "aggregator", "broker.") { t.endpoints.aggregator = v }
-            if let v = try string(b, "publish", "broker.") { t.endpoints.publish = v }
-            if let v = try string(b, "releases", "broker.") { t.endpoints.releases = v }
+        if let b = try root.table("broker") {
+            try b.allowOnly(["trainers", "aggregator", "publish", "releases"])
+            if let v = try b.string("trainers") { t.endpoints.trainers = v }
+            if let v = try b.string("aggregator") { t.endpoints.aggregator = v }
+            if let v = try b.string("publish") { t.endpoints.publish = v }
+            if let v = try b.string("releases") { t.endpoints.releases = v }
         }
-        if let a = root["aggregation"] {
-            guard let a = a.table else { throw bad("[aggregation] must be a table") }
-            let p = "aggregation."
-            try allow(a, ["mode", "buffer_size", "mixing", "staleness", "staleness_exponent", "hinge_slope", "hinge_cutoff",
-                          "max_staleness", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
-                          "participants", "checkpoint_every", "keep_checkpoints", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
-                          "trainer_timeout", "combination", "trim_fraction", "max_update_norm", "norm_policy", "dp_clip", "dp_noise_multiplier",
-                          "dp_delta"], p, bad)
-            var c = AggregationConfig()
-            if let m = try string(a, "mode", p) {
-                guard let mode = AggregationConfig.Mode(rawValue: m) else { throw bad("'aggregation.mode' is '\(m)', not fedasync, fedbuff or sync") }
-                c.mode = mode
-            }
-            if let v = try string(a, "durability", p) {
-                guard let d = AggregationConfig.Durability(rawValue: v) else { throw bad("'aggregation.durability' is '\(v)', not machine or process") }
-                c.durability = d
-            }
-            if let v = try double(a, "trainer_timeout", p) {
-                guard v > 0 else { throw bad("'aggregation.trainer_timeout' must be positive") }
-                c.trainerTimeout = v
-            }
-            if let v = try int(a, "buffer_size", p) { guard v >= 1 else { throw bad("'aggregation.buffer_size' must be >= 1") }; c.bufferSize = v }
-            if let v = try double(a, "mixing", p) { guard v > 0, v <= 1 else { throw bad("'aggregation.mixing' must be in (0, 1]") }; c.mixing = v }
-            if let v = try int(a, "max_staleness", p) { guard v >= 0 else { throw bad("'aggregation.max_staleness' must be >= 0") }; c.maxStaleness = v }
-            if let v = try int(a, "participants", p) { guard v >= 1 else { throw bad("'aggregation.participants' must be >= 1") }; c.participants = v }
-            if let v = try int(a, "checkpoint_every", p) { guard v >= 1 else { throw bad("'aggregation.checkpoint_every' must be >= 1") }; c.checkpointEvery = v }
-            if let v = try int(a, "keep_checkpoints", p) {
-                guard v >= 2 else { throw bad("'aggregation.keep_checkpoints' must be >= 2 (a damaged newest checkpoint falls back to the one before)") }
-                c.keepCheckpoints = v
-            }
-            if let v = try int(a, "evaluate_every", p) { guard v >= 1 else { throw bad("'aggregation.evaluate_every' must be >= 1") }; t.evaluateEvery = v }
-            switch try string(a, "combination", p) ?? "mean" {
-            case "mean": c.combination = .mean
-            case "median": c.combination = .median
-            case "trimmed_mean":
-                let f = try double(a, "trim_fraction", p) ?? 0.2
-                guard f > 0, f < 0.5 else { throw bad("'aggregation.trim_fraction' must be in (0, 0.5)") }
-                c.combination = .trimmedMean(fraction: f)
-            case let other: throw bad("'aggregation.combination' is '\(other)', not mean, median or trimmed_mean")
-            }
-            if c.combination != .mean, c.mode != .fedbuff { throw bad("'aggregation.combination' applies to mode = \"fedbuff\"") }
-            if let clip = try double(a, "dp_clip", p) {
-                let z = try double(a, "dp_noise_multiplier", p) ?? 1.0
-                let delta = try double(a, "dp_delta", p) ?? 1e-5
-                guard clip > 0, z >= 0, delta > 0, delta < 1 else {
-                    throw bad("'aggregation.dp_clip' must be > 0, 'dp_noise_multiplier' >= 0 and 'dp_delta' in (0, 1)")
-                }
-                guard c.mode == .fedbuff, c.combination == .mean else {
-                    throw bad("differential privacy (dp_clip) applies to mode = \"fedbuff\" with combination = \"mean\"")
-                }
-                c.privacy = DifferentialPrivacy(clip: clip, noiseMultiplier: z, delta: delta)
-            } else if try double(a, "dp_noise_multiplier", p) != nil {
-                throw bad("'aggregation.dp_noise_multiplier' needs 'dp_clip'")
-            }
-            if let v = try double(a, "max_update_norm", p) {
-                guard v > 0 else { throw bad("'aggregation.max_update_norm' must be > 0") }
-                c.maxUpdateNorm = v
-            }
-            if let policy = try string(a, "norm_policy", p) {
-                guard let v = AggregationConfig.NormPolicy(rawValue: policy) else {
-                    throw bad("'aggregation.norm_policy' is '\(policy)', not clip or refuse")
-                }
-                guard c.maxUpdateNorm != nil else { throw bad("'aggregation.norm_policy' needs 'max_update_norm'") }
-                guard v == .refuse || c.mode == .fedbuff else {
-                    throw bad("'aggregation.norm_policy' = \"clip\" applies to mode = \"fedbuff\"; use \"refuse\" with \(c.mode.rawValue)")
-                }
-                c.normPolicy = v
-            } else if c.maxUpdateNorm != nil, c.mode != .fedbuff {
-                throw bad("'aggregation.max_update_norm' clips only in mode = \"fedbuff\"; add norm_policy = \"refuse\" for \(c.mode.rawValue)")
-            }
-            switch try string(a, "staleness", p) ?? "inverse_sqrt" {
-            case "constant": c.staleness = .constant
-            case "polynomial": c.staleness = .polynomial(exponent: try double(a, "staleness_exponent", p) ?? 0.5)
-            case "hinge": c.staleness = .hinge(slope: try double(a, "hinge_slope", p) ?? 0.5, cutoff: try int(a, "hinge_cutoff", p) ?? 2)
-            case "inverse_sqrt": c.staleness = .inverseSquareRoot
-            case let other: throw bad("'aggregation.staleness' is '\(other)', not constant, polynomial, hinge or inverse_sqrt")
-            }
-            c.serverOptimizer = try serverOptimizer(a, p, default: .nesterov(learningRate: 0.7, momentum: 0.9)) ?? c.serverOptimizer
-            t.aggregation = c
+        if let a = try root.table("aggregation") {
+            let parsed = try AggregationConfig.parse(a)
+            t.aggregation = parsed.config
+            if let every = parsed.evaluateEvery { t.evaluateEvery = every }
         }
-        if let st = root["security"] {
-            guard let st = st.table else { throw bad("[security] must be a table") }
-            try allow(st, ["keys", "allowed", "membership", "suspend_after", "suspension"], "security.", bad)
-            guard let keys = try string(st, "keys", "security.") else { throw bad("'security.keys' (the directory of key pairs) is required") }
-            t.keysDirectory = keys
-            t.allowedKeys = try string(st, "allowed", "security.") ?? keys + "/allowed.toml"
-            if let m = try string(st, "membership", "security.") {
-                guard let membership = BrokerSecurity.Membership(rawValue: m) else { throw bad("'security.membership' is '\(m)', not closed or open") }
-                t.membership = membership
-            }
-            if let n = try int(st, "suspend_after", "security.") {
-                guard n >= 0 else { throw bad("'security.suspend_after' must be >= 0 (0: never suspend)") }
-                t.gate.suspendAfter = n == 0 ? .max : n
-                if n == 0 { t.gate.suspendAfterStrays = .max }
-            }
-            if let d = try double(st, "suspension", "security.") {
-                guard d > 0 else { throw bad("'security.suspension' must be > 0 (seconds)") }
-                t.gate.suspension = d
-            }
-        }
-        if let sv = root["supervision"] {
-            guard let sv = sv.table else { throw bad("[supervision] must be a table") }
-            try allow(sv, ["on_failure", "max_restarts", "trainer_silence"], "supervision.", bad)
-            if let f = try string(sv, "on_failure", "supervision.") {
-                guard let onFailure = SupervisionPolicy.OnFailure(rawValue: f) else { throw bad("'supervision.on_failure' is '\(f)', not restart or stop") }
-                t.supervision.onFailure = onFailure
-            }
-            if let n = try int(sv, "max_restarts", "supervision.") {
-                guard n >= 0 else { throw bad("'supervision.max_restarts' must be >= 0") }
-                t.supervision.maxRestarts = n
-            }
-            if let s = try double(sv, "trainer_silence", "supervision.") {
-                guard s > 0 else { throw bad("'supervision.trainer_silence' must be > 0 (seconds)") }
-                t.supervision.trainerSilence = s
-            }
-        }
-        if let ct = root["clusters"] {
-            guard let ct = ct.table else { throw bad("[clusters] must be a table") }
-            try allow(ct, ["names", "head", "reassign_every", "initial_noise", "share", "server_optimizer", "server_learning_rate",
-                           "server_momentum", "adam_beta1", "adam_beta2", "delayed_period"], "clusters.", bad)
-            guard let arr = ct["names"]?.array, let names = arr.map({ $0.string }) as? [String], !names.isEmpty else {
-                throw bad("'clusters.names' must be a non-empty list of names")
-            }
-            for n in names where !ClusterConfig.isValidName(n) {
-                throw bad("cluster name '\(n)': use letters, digits, '-', '_' and '.' (at most 64)")
-            }
-            guard Set(names).count == names.count else { throw bad("'clusters.names' has a name twice") }
-            var head: [String]?
-            if let h = ct["head"] {
-                guard let arr = h.array, let patterns = arr.map({ $0.string }) as? [String], !patterns.isEmpty else {
-                    throw bad("'clusters.head' must be a non-empty list of name patterns")
-                }
-                head = patterns
-            }
-            let noise = try double(ct, "initial_noise", "clusters.") ?? 0
-            guard noise >= 0 else { throw bad("'clusters.initial_noise' must be >= 0") }
-            let share = try double(ct, "share", "clusters.") ?? 0
-            guard share >= 0, share <= 1 else { throw bad("'clusters.share' must be between 0 and 1") }
-            t.aggregation.clusters = ClusterConfig(names: names, headPatterns: head, initialNoise: noise, share: share,
-                                                   serverOptimizer: try serverOptimizer(ct, "clusters.", default: t.aggregation.serverOptimizer))
-            if let r = try int(ct, "reassign_every", "clusters.") {
-                guard r >= 1 else { throw bad("'clusters.reassign_every' must be >= 1") }
-                t.reassignEvery = r
-            }
-        }
-        guard let list = root["trainer"]?.array else { throw bad("at least one [[trainer]] is required") }
-        for (i, item) in list.enumerated() {
-            guard let tt = item.table else { throw bad("trainer \(i + 1) must be a table") }
-            let p = "trainer[\(i + 1)]."
-            try allow(tt, ["name", "clusters", "local_steps", "time_budget", "tokens", "slowdown", "ack_timeout", "cluster", "attack",
-                           "attack_scale", "fresh_base_wait"], p, bad)
-            var attack: TrainerAttack?
-            if let kind = try string(tt, "attack", p) {
-                let scale = try double(tt, "attack_scale", p) ?? 10
-                guard scale > 0 else { throw bad("'\(p)attack_scale' must be > 0") }
-                switch kind {
-                case "sign_flip": attack = .signFlip(scale: scale)
-                case "noise": attack = .noise(scale: scale)
-                case "nan": attack = .nan
-                case let other: throw bad("'\(p)attack' is '\(other)', not sign_flip, noise or nan")
-                }
-            }
-            guard let name = try string(tt, "name", p), !name.isEmpty, !name.contains("/") else {
-                throw bad("'\(p)name' is required (non-empty, no '/')")
-            }
-            var clusters: [String]?
-            if let c = tt["clusters"] {
-                guard let arr = c.array, let names = arr.map({ $0.string }) as? [String] else { throw bad("'\(p)clusters' must be a list of names") }
-                clusters = names
-            }
-            let steps = try int(tt, "local_steps", p) ?? 20
-            guard steps >= 1 else { throw bad("'\(p)local_steps' must be >= 1") }
-            let slowdown = try double(tt, "slowdown", p) ?? 1
-            guard slowdown >= 1 else { throw bad("'\(p)slowdown' must be >= 1") }
-            let freshBaseWait = try double(tt, "fresh_base_wait", p) ?? 0
-            guard freshBaseWait >= 0, freshBaseWait <= 10 else { throw bad("'\(p)fresh_base_wait' must be between 0 and 10") }
-            let cluster = try string(tt, "cluster", p)
-            if let names = t.aggregation.clusters?.names {
-                guard let cluster else { throw bad("'\(p)cluster' is required with [clusters]: one of \(names.joined(separator: ", ")), or \"auto\"") }
-                guard cluster == "auto" || names.contains(cluster) else {
-                    throw bad("'\(p)cluster' is '\(cluster)', not one of \(names.joined(separator: ", ")) or \"auto\"")
-                }
-            } else if cluster != nil {
-                throw bad("'\(p)cluster' needs a [clusters] table")
-            }
-            t.trainers.append(Trainer(name: name, clusters: clusters, localSteps: steps, timeBudget: try double(tt, "time_budget", p),
-                                      tokens: try int(tt, "tokens", p), slowdown: slowdown, freshBaseWait: freshBaseWait,
-                                      ackTimeout: try double(tt, "ack_timeout", p) ?? 30, cluster: cluster == "auto" ? nil : cluster,
-                                      attack: attack))
-        }
+        if let st = try root.table("security") { try parseSecurity(st, into: &t) }
+        if let sv = try root.table("supervision") { try parseSupervision(sv, into: &t) }
+        if let ct = try root.table("clusters") { try parseClusters(ct, into: &t) }
+        guard let list = try root.tables("trainer", "a list of [[trainer]] tables") else { throw bad("at least one [[trainer]] is required") }
+        t.trainers = try list.map { try parseTrainer($0, clusterNames: t.aggregation.clusters?.names) }
         guard Set(t.trainers.map(\.name)).count == t.trainers.count else { throw bad("trainer names must be unique") }
         if t.aggregation.mode == .sync, t.aggregation.participants > t.trainers.count {
             throw bad("'aggregation.participants' (\(t.aggregation.participants)) exceeds the \(t.trainers.count) trainers")
@@ -378,9 +153,106 @@ public struct Topology: Sendable {
         return t
     }
 
-    static func allow(_ t: TOMLTable, _ keys: [String], _ prefix: String, _ bad: (String) -> FederationError) throws {
-        for k in t.keys where !keys.contains(k) {
-            throw bad("unknown key '\(prefix)\(k)' (allowed: \(keys.joined(separator: ", ")))")
+    /// `[security]`: keys, allow-list, membership, suspension.
+    private static func parseSecurity(_ st: TOMLReader, into t: inout Topology) throws {
+        try st.allowOnly(["keys", "allowed", "membership", "suspend_after", "suspension"])
+        guard let keys = try st.string("keys") else { throw st.fail("'security.keys' (the directory of key pairs) is required") }
+        t.keysDirectory = keys
+        t.allowedKeys = try st.string("allowed") ?? keys + "/allowed.toml"
+        if let m = try st.string("membership") {
+            guard let membership = BrokerSecurity.Membership(rawValue: m) else { throw st.fail("'security.membership' is '\(m)', not closed or open") }
+            t.membership = membership
         }
+        if let n = try st.int("suspend_after") {
+            guard n >= 0 else { throw st.fail("'security.suspend_after' must be >= 0 (0: never suspend)") }
+            t.gate.suspendAfter = n == 0 ? .max : n
+            if n == 0 { t.gate.suspendAfterStrays = .max }
+        }
+        if let d = try st.double("suspension") {
+            guard d > 0 else { throw st.fail("'security.suspension' must be > 0 (seconds)") }
+            t.gate.suspension = d
+        }
+    }
+
+    /// `[supervision]`: what `fedlm up` does when a process dies, and the trainers' silence warning.
+    private static func parseSupervision(_ sv: TOMLReader, into t: inout Topology) throws {
+        try sv.allowOnly(["on_failure", "max_restarts", "trainer_silence"])
+        if let f = try sv.string("on_failure") {
+            guard let onFailure = SupervisionPolicy.OnFailure(rawValue: f) else { throw sv.fail("'supervision.on_failure' is '\(f)', not restart or stop") }
+            t.supervision.onFailure = onFailure
+        }
+        if let n = try sv.int("max_restarts") {
+            guard n >= 0 else { throw sv.fail("'supervision.max_restarts' must be >= 0") }
+            t.supervision.maxRestarts = n
+        }
+        if let s = try sv.double("trainer_silence") {
+            guard s > 0 else { throw sv.fail("'supervision.trainer_silence' must be > 0 (seconds)") }
+            t.supervision.trainerSilence = s
+        }
+    }
+
+    /// `[clusters]`: personalized heads per data cluster (after `[aggregation]`: the heads' optimizer defaults to its).
+    private static func parseClusters(_ ct: TOMLReader, into t: inout Topology) throws {
+        try ct.allowOnly(["names", "head", "reassign_every", "initial_noise", "share", "server_optimizer", "server_learning_rate",
+                       "server_momentum", "adam_beta1", "adam_beta2", "delayed_period"])
+        guard let names = try ct.strings("names", "a non-empty list of names", nonEmpty: true) else {
+            throw ct.fail("'clusters.names' must be a non-empty list of names")
+        }
+        for n in names where !ClusterConfig.isValidName(n) {
+            throw ct.fail("cluster name '\(n)': use letters, digits, '-', '_' and '.' (at most 64)")
+        }
+        guard Set(names).count == names.count else { throw ct.fail("'clusters.names' has a name twice") }
+        let head = try ct.strings("head", "a non-empty list of name patterns", nonEmpty: true)
+        let noise = try ct.double("initial_noise") ?? 0
+        guard noise >= 0 else { throw ct.fail("'clusters.initial_noise' must be >= 0") }
+        let share = try ct.double("share") ?? 0
+        guard share >= 0, share <= 1 else { throw ct.fail("'clusters.share' must be between 0 and 1") }
+        t.aggregation.clusters = ClusterConfig(names: names, headPatterns: head, initialNoise: noise, share: share,
+                                               serverOptimizer: try ServerOptimizerKind.parse(ct, default: t.aggregation.serverOptimizer))
+        if let r = try ct.int("reassign_every") {
+            guard r >= 1 else { throw ct.fail("'clusters.reassign_every' must be >= 1") }
+            t.reassignEvery = r
+        }
+    }
+
+    /// One `[[trainer]]`; with clusters its `cluster` must name one of `clusterNames` (or "auto").
+    private static func parseTrainer(_ tt: TOMLReader, clusterNames: [String]?) throws -> Trainer {
+        let p = tt.prefix
+        try tt.allowOnly(["name", "clusters", "local_steps", "time_budget", "tokens", "slowdown", "ack_timeout", "cluster", "attack",
+                       "attack_scale", "fresh_base_wait"])
+        var attack: TrainerAttack?
+        if let kind = try tt.string("attack") {
+            let scale = try tt.double("attack_scale") ?? 10
+            guard scale > 0 else { throw tt.fail("'\(p)attack_scale' must be > 0") }
+            switch kind {
+            case "sign_flip": attack = .signFlip(scale: scale)
+            case "noise": attack = .noise(scale: scale)
+            case "nan": attack = .nan
+            case let other: throw tt.fail("'\(p)attack' is '\(other)', not sign_flip, noise or nan")
+            }
+        }
+        guard let name = try tt.string("name"), !name.isEmpty, !name.contains("/") else {
+            throw tt.fail("'\(p)name' is required (non-empty, no '/')")
+        }
+        let clusters = try tt.strings("clusters", "a list of names")
+        let steps = try tt.int("local_steps") ?? 20
+        guard steps >= 1 else { throw tt.fail("'\(p)local_steps' must be >= 1") }
+        let slowdown = try tt.double("slowdown") ?? 1
+        guard slowdown >= 1 else { throw tt.fail("'\(p)slowdown' must be >= 1") }
+        let freshBaseWait = try tt.double("fresh_base_wait") ?? 0
+        guard freshBaseWait >= 0, freshBaseWait <= 10 else { throw tt.fail("'\(p)fresh_base_wait' must be between 0 and 10") }
+        let cluster = try tt.string("cluster")
+        if let names = clusterNames {
+            guard let cluster else { throw tt.fail("'\(p)cluster' is required with [clusters]: one of \(names.joined(separator: ", ")), or \"auto\"") }
+            guard cluster == "auto" || names.contains(cluster) else {
+                throw tt.fail("'\(p)cluster' is '\(cluster)', not one of \(names.joined(separator: ", ")) or \"auto\"")
+            }
+        } else if cluster != nil {
+            throw tt.fail("'\(p)cluster' needs a [clusters] table")
+        }
+        return Trainer(name: name, clusters: clusters, localSteps: steps, timeBudget: try tt.double("time_budget"),
+                                  tokens: try tt.int("tokens"), slowdown: slowdown, freshBaseWait: freshBaseWait,
+                                  ackTimeout: try tt.double("ack_timeout") ?? 30, cluster: cluster == "auto" ? nil : cluster,
+                                  attack: attack)
     }
 }
