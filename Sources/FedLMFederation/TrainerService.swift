@@ -117,6 +117,7 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         let model = try GPT2Model(config: o.modelConfig)
         let sequence = o.training.sequenceLength ?? o.modelConfig.context
         let step = TrainingStep(model: model, training: o.scheduledTraining)
+        let core = TrainerCore(options: o, tokensPerStep: o.training.batchSize * sequence)
         var rng = SeededGenerator(seed: o.training.seed, name: o.id)
 
         let context = ZMQContext()
@@ -157,8 +158,8 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
         /// chunks, however often it is resent.
         func request(_ frames: SharedFrames, retry: Double = 5, accept: (Message) throws -> Bool) throws -> Bool {
             try socket.sendStreamed(frames)
-            var sentAt = Date().timeIntervalSince1970
-            let waiting = sentAt
+            let waiting = Date().timeIntervalSince1970
+            var pending = TrainerCore.Request(sentAt: waiting, retry: retry)
             while !stopFlag.isSet {
                 let now = Date().timeIntervalSince1970
                 let reply = try socket.receiveInPlace(timeout: 100)
@@ -170,21 +171,17 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
                         continue
                     }
                     guard let message else {
-                        sentAt = now
+                        pending.streaming(now: now)
                         continue
                     }
                     if case .error(let e) = message, e.code == .unavailable {
                         // The broker answers every message of a stream; resend at most twice a second.
-                        if now - sentAt > 0.5 {
-                            try socket.sendStreamed(frames)
-                            sentAt = now
-                        }
+                        if pending.unavailable(now: now) { try socket.sendStreamed(frames) }
                         continue
                     }
                     if try accept(message) { return true }
-                } else if now - sentAt > retry {
+                } else if pending.silence(now: now) {
                     try socket.sendStreamed(frames)  // lost or the aggregator restarted: same message again
-                    sentAt = now
                 }
             }
             return false
@@ -242,17 +239,20 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
             var taken = false
             lastBuffered = false
             _ = try request(frames, retry: o.ackTimeout) { reply in
-                switch reply {
-                case .ack(let a) where a.updateID == id:
+                switch core.delivery(of: id, reply: reply) {
+                case .acknowledged(let a):
                     logger.info("\(o.id): update \(id) acknowledged (\(a.outcome.rawValue), version \(a.version))")
                     lastBuffered = a.outcome == .buffered
                     taken = true
                     return true
-                case .error(let e) where e.refersTo == id:
-                    if e.code == .unknownTrainer { _ = try hello(); try socket.sendStreamed(frames); return false }
+                case .registerAgain:
+                    _ = try hello()
+                    try socket.sendStreamed(frames)
+                    return false
+                case .refused(let e):
                     logger.info("\(o.id): update \(id) refused: \(e.code.rawValue): \(e.detail)")
                     return true
-                default: return false
+                case .other: return false
                 }
             }
             if !stopFlag.isSet { try? FileManager.default.removeItem(atPath: pendingPath) }
@@ -278,20 +278,16 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
             // After a buffered update: in a synchronous round wait for the round's next version;
             // in an asynchronous mode with `freshBaseWait`, wait for it only that long (the
             // aggregator answers a FETCH for the version we have with a heartbeat).
-            var have: Int?
-            var waitUntil = Double.infinity
-            if lastBuffered, mode == "sync" { have = lastBase }
-            if lastBuffered, mode != "sync", o.freshBaseWait > 0, lastRoundSeconds > 0 {
-                have = lastBase
-                waitUntil = Date().timeIntervalSince1970 + o.freshBaseWait * lastRoundSeconds
-            }
-            if o.automaticCluster, round > 0, round % max(1, o.reassignEvery) == 0 { guard try chooseCluster() else { break } }
+            let plan = core.fetchPlan(lastBuffered: lastBuffered, mode: mode, lastBase: lastBase, lastRoundSeconds: lastRoundSeconds,
+                                      now: Date().timeIntervalSince1970)
+            var have = plan.haveVersion
+            if core.choosesClusterAgain(round: round) { guard try chooseCluster() else { break } }
             guard try request(.fetch(Fetch(cluster: cluster, haveVersion: have)), accept: {
                 if case .release(let info, let payload) = $0 { release = (info, payload); return true }
-                if case .heartbeat = $0, have != nil {
-                    if Date().timeIntervalSince1970 >= waitUntil {
-                        logger.info("\(o.id): no version after v\(have!) within \(String(format: "%.2f", o.freshBaseWait * lastRoundSeconds)) s; training on it again")
-                        have = nil
+                if case .heartbeat = $0, let waitingFor = have {
+                    have = core.askAgain(plan, now: Date().timeIntervalSince1970)
+                    if have == nil {
+                        logger.info("\(o.id): no version after v\(waitingFor) within \(String(format: "%.2f", o.freshBaseWait * lastRoundSeconds)) s; training on it again")
                     } else {
                         Thread.sleep(forTimeInterval: 0.02)
                     }
@@ -304,9 +300,7 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
             payload.values.withUnsafeBufferPointer { model.parameters.pointer.update(from: $0.baseAddress!, count: model.parameters.count) }
             start.copy(from: model.parameters)
             // Dynamic local updates: as many steps as the time budget allows at the measured speed.
-            var h = o.maxLocalSteps
-            if let budget = o.timeBudget, stepSeconds > 0 { h = max(1, min(o.maxLocalSteps, Int(budget / stepSeconds))) }
-            if let total = o.tokenBudget { h = max(1, min(h, (total - tokensTrained) / (o.training.batchSize * sequence))) }
+            let h = core.localSteps(stepSeconds: stepSeconds, tokensTrained: tokensTrained)
             let t0 = Date().timeIntervalSince1970
             var lastLoss: Float = 0
             var lastHeartbeat = t0
