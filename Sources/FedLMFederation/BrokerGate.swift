@@ -40,8 +40,7 @@ public struct BrokerGate: Sendable {
         /// Answer the sender with this ERROR, and drop the message.
         case refuse(ErrorReply)
         case drop
-        /// Close the sender's connection and refuse its key (`suspendedKey`) until `until`; the
-        /// text says why.
+        /// Close the sender's connection and refuse its key until `until`; the text says why.
         case suspend(until: Double, why: String)
     }
 
@@ -54,6 +53,21 @@ public struct BrokerGate: Sendable {
         var windowStart = -Double.infinity
         var violations = 0
         var strays = 0
+
+        /// Forgets what is in flight: the aggregator will not answer it.
+        mutating func clearBudget() {
+            requests = 0
+            bytes = 0
+            waitingSince = nil
+            stream = nil
+        }
+
+        /// Starts counting refusals afresh from `time`.
+        mutating func startWindow(at time: Double) {
+            windowStart = time
+            violations = 0
+            strays = 0
+        }
     }
 
     public let codec: WireCodec
@@ -81,23 +95,18 @@ public struct BrokerGate: Sendable {
     public mutating func inbound(peer: String, head: [[UInt8]], frameSizes: [Int], member: Member?, now: Double) -> Action {
         let sender = member?.key ?? peer
         if let until = suspended[sender] {
-            guard now >= until else { return dropped(peer, "suspended", "the sender is suspended", now: now, counts: false) }
+            guard now >= until else { return dropped(peer, "suspended", "the sender is suspended", now: now, logged: false) }
             suspended[sender] = nil
         }
         var state = peers[peer] ?? Peer()
         defer { peers[peer] = state }
-        if let since = state.waitingSince, now - since > limits.answerTimeout {
-            state = Peer(lastReply: state.lastReply, windowStart: state.windowStart, violations: state.violations, strays: state.strays)
-        }
-        if now - state.windowStart > limits.suspendWindow {
-            state.windowStart = now
-            state.violations = 0
-            state.strays = 0
-        }
+        if let since = state.waitingSince, now - since > limits.answerTimeout { state.clearBudget() }
+        if now - state.windowStart > limits.suspendWindow { state.startWindow(at: now) }
         let action = decide(peer: peer, head: head, frameSizes: frameSizes, member: member, state: &state, now: now)
         guard state.violations >= limits.suspendAfter || state.strays >= limits.suspendAfterStrays else { return action }
         let why = "\(state.violations) refused messages and \(state.strays) stray CHUNKs within \(Int(limits.suspendWindow)) s"
-        state = Peer(lastReply: state.lastReply)
+        state.clearBudget()
+        state.startWindow(at: -.infinity)
         suspended[sender] = now + limits.suspension
         lines.append("suspended \(peer)\(member.map { " (key \($0.key))" } ?? "") for \(Int(limits.suspension)) s after \(why): its connection is closed and its key refused until then")
         return .suspend(until: now + limits.suspension, why: why)
@@ -152,7 +161,10 @@ public struct BrokerGate: Sendable {
 
     /// The aggregator went away or another took its place: nothing in flight will be answered.
     public mutating func aggregatorChanged() {
-        for peer in peers.keys { peers[peer] = Peer(lastReply: peers[peer]!.lastReply) }
+        for peer in peers.keys {
+            peers[peer]!.clearBudget()
+            peers[peer]!.startWindow(at: -.infinity)
+        }
     }
 
     /// A peer silent long enough to be forgotten.
@@ -215,8 +227,8 @@ public struct BrokerGate: Sendable {
         return .refuse(reply)
     }
 
-    private mutating func dropped(_ peer: String, _ reason: String, _ detail: String, now: Double, counts: Bool = true) -> Action {
-        if let line = refusals.record(peer: peer, reason: reason, detail: detail, now: now), counts { lines.append(line) }
+    private mutating func dropped(_ peer: String, _ reason: String, _ detail: String, now: Double, logged: Bool = true) -> Action {
+        if let line = refusals.record(peer: peer, reason: reason, detail: detail, now: now), logged { lines.append(line) }
         return .drop
     }
 }
