@@ -1,17 +1,287 @@
 import FedLMProtocol
 
-/// A trainer's decisions, without sockets or training: when to send a request again, which
-/// version to ask for after an update (the fresh-base wait), when to choose its cluster again,
-/// how many local steps a round takes, and what an answer to its update means. `TrainerService`
-/// performs what these say; they are tested on their own.
+/// A trainer's protocol logic, without sockets, files or training: a state machine that takes
+/// events (a message arrived, a quiet moment passed, a round was trained, a cluster's model was
+/// evaluated) and answers with the actions the driver performs (send, send again, train a round,
+/// evaluate, settle the update in flight, finish). `TrainerService` is the driver: it owns the
+/// socket, the model and the pending-update file and does only what the actions say.
+///
+/// The life of a trainer: register (HELLO until WELCOME), with automatic clusters choose one
+/// (IFCA, Ghosh et al. 2020: fetch every cluster's release, evaluate each on a fixed sample of
+/// local data, join the lowest loss), deliver an update left from before a restart, then rounds
+/// of fetch, train H local steps, deliver, until the token budget is spent. Each request is sent
+/// again after its timeout without a word (`Request`); an update the aggregator has forgotten
+/// the trainer for (`unknown_trainer`) is sent again after registering again.
 public struct TrainerCore: Sendable {
     public let options: TrainerOptions
     /// Tokens per local step (batch x sequence).
     public let tokensPerStep: Int
 
+    /// What the driver does next, in order.
+    public enum Action: Equatable, Sendable {
+        /// Send this request (the one to send again on `resend`).
+        case send(Message)
+        /// Send this request after a short pause (asking again for a newer version).
+        case sendAfter(seconds: Double, Message)
+        /// Send the last request again.
+        case resend
+        /// Send the update in flight (its frames are the driver's: the pending file's).
+        case sendUpdate
+        /// Load this cluster's release and report its loss on the choice sample (`evaluated`).
+        case evaluate(cluster: String, ReleaseInfo, TensorPayload)
+        /// Train `steps` local steps from this release and report the update (`trained`).
+        case train(Round)
+        /// The update in flight is settled: its pending file may go.
+        case settled(updateID: String, Settlement)
+        /// Something worth a line in the log.
+        case note(Note)
+        /// The token budget is spent: say BYE and stop.
+        case finish
+        /// The aggregator refused this trainer for good: stop with this error.
+        case fail(String)
+    }
+
+    /// One round's work for the driver.
+    public struct Round: Equatable, Sendable {
+        public var number: Int
+        public var release: ReleaseInfo
+        public var payload: TensorPayload
+        public var steps: Int
+        /// The cluster the update is for (its HELLO's).
+        public var cluster: String?
+    }
+
+    public enum Settlement: Equatable, Sendable {
+        case acknowledged(Ack)
+        case refused(ErrorReply)
+    }
+
+    public enum Note: Equatable, Sendable {
+        case registered(cluster: String?)
+        case clusterLosses([String], [Float], chosen: String)
+        case movedCluster(from: String, to: String)
+        /// No version newer than `after` came within the fresh-base wait: training on it again.
+        case noFreshVersion(after: Int)
+        case resendingPendingUpdate(String)
+    }
+
+    /// Where the trainer is.
+    private enum State: Sendable {
+        case idle
+        case registering(Request)
+        case choosing(Request, Choice)
+        case fetching(Request, FetchPlan, asking: Int?)
+        case training
+        case delivering(Request)
+        case finished
+    }
+
+    /// An IFCA choice in progress: the clusters still to evaluate and the losses so far.
+    private struct Choice: Sendable {
+        var remaining: [String]
+        var losses: [(String, Float)] = []
+    }
+
+    private var state = State.idle
+    public private(set) var mode = "fedbuff"
+    public private(set) var clusters: [String] = []
+    /// The cluster the trainer trains in (nil: none, or not chosen yet).
+    public private(set) var cluster: String?
+    /// The update sent and not yet settled.
+    public private(set) var updateInFlight: String?
+    public private(set) var tokensTrained = 0
+    public private(set) var rounds = 0
+    private var mustChooseCluster: Bool
+    private var lastBase: Int?
+    private var lastBuffered = false
+    private var lastRoundSeconds = 0.0
+    private var stepSeconds = 0.0
+    /// Seconds to wait for an answer before sending a registration or fetch again.
+    public static let requestRetry = 5.0
+
     public init(options: TrainerOptions, tokensPerStep: Int) {
         self.options = options
         self.tokensPerStep = tokensPerStep
+        cluster = options.automaticCluster ? nil : options.cluster
+        mustChooseCluster = options.automaticCluster
+    }
+
+    public var isFinished: Bool { if case .finished = state { true } else { false } }
+
+    // MARK: Events
+
+    /// The trainer starts, with the id of an update left unacknowledged before a restart, if any.
+    public mutating func start(now: Double, pendingUpdate: String? = nil) -> [Action] {
+        updateInFlight = pendingUpdate
+        return register(now: now)
+    }
+
+    /// A whole message arrived from the broker.
+    public mutating func received(_ message: Message, now: Double) -> [Action] {
+        if case .error(let e) = message, e.code == .unavailable {
+            // No aggregator yet; the broker answers every message of a stream: again, at most twice a second.
+            return withRequest { $0.unavailable(now: now) ? [.resend] : [] }
+        }
+        switch state {
+        case .registering: return registering(message, now: now)
+        case .choosing(_, let choice): return choosing(message, choice)
+        case .fetching(_, let plan, let asking): return fetching(message, plan: plan, asking: asking, now: now)
+        case .delivering: return delivering(message, now: now)
+        case .idle, .training, .finished: return []
+        }
+    }
+
+    /// Part of a streamed message arrived: the answer is on its way.
+    public mutating func streaming(now: Double) {
+        _ = withRequest { $0.streaming(now: now); return [] }
+    }
+
+    /// Nothing arrived for a moment.
+    public mutating func quiet(now: Double) -> [Action] {
+        withRequest { $0.silence(now: now) ? [.resend] : [] }
+    }
+
+    /// The driver evaluated `cluster`'s release: its mean loss on the choice sample.
+    public mutating func evaluated(cluster evaluated: String, loss: Float, now: Double) -> [Action] {
+        guard case .choosing(_, var choice) = state, choice.remaining.first == evaluated else { return [] }
+        choice.remaining.removeFirst()
+        choice.losses.append((evaluated, loss))
+        if let next = choice.remaining.first {
+            state = .choosing(Request(sentAt: now, retry: Self.requestRetry), choice)
+            return [.send(.fetch(Fetch(cluster: next)))]
+        }
+        let best = choice.losses.min { $0.1 < $1.1 }!.0
+        var actions: [Action] = [.note(.clusterLosses(choice.losses.map(\.0), choice.losses.map(\.1), chosen: best))]
+        mustChooseCluster = false
+        guard best != cluster else { return actions + proceed(now: now) }
+        if let cluster { actions.append(.note(.movedCluster(from: cluster, to: best))) }
+        cluster = best
+        return actions + register(now: now)
+    }
+
+    /// The driver trained the round and saved the update `updateID` (`tokens` in `steps` steps
+    /// that took `seconds`, slowdown included).
+    public mutating func trained(updateID: String, tokens: Int, steps: Int, seconds: Double, now: Double) -> [Action] {
+        guard case .training = state else { return [] }
+        tokensTrained += tokens
+        rounds += 1
+        lastRoundSeconds = seconds
+        stepSeconds = seconds / Double(max(1, steps))
+        updateInFlight = updateID
+        if choosesClusterAgain(round: rounds) { mustChooseCluster = true }
+        return deliver(now: now)
+    }
+
+    // MARK: Transitions
+
+    private mutating func register(now: Double) -> [Action] {
+        state = .registering(Request(sentAt: now, retry: Self.requestRetry))
+        let assignment = cluster == nil ? nil : (options.automaticCluster ? "automatic" : "declared")
+        return [.send(.hello(Hello(trainerID: options.id, cluster: cluster, assignment: assignment)))]
+    }
+
+    /// After registering or settling an update: choose a cluster, deliver, fetch, or finish.
+    private mutating func proceed(now: Double) -> [Action] {
+        if mustChooseCluster {
+            guard let first = clusters.first else {
+                state = .finished
+                return [.fail("\(options.id): automatic cluster choice, but the federation has no clusters")]
+            }
+            state = .choosing(Request(sentAt: now, retry: Self.requestRetry), Choice(remaining: clusters))
+            return [.send(.fetch(Fetch(cluster: first)))]
+        }
+        if updateInFlight != nil { return deliver(now: now) }
+        if tokensTrained >= (options.tokenBudget ?? .max) {
+            state = .finished
+            return [.finish]
+        }
+        let plan = fetchPlan(lastBuffered: lastBuffered, mode: mode, lastBase: lastBase, lastRoundSeconds: lastRoundSeconds, now: now)
+        state = .fetching(Request(sentAt: now, retry: Self.requestRetry), plan, asking: plan.haveVersion)
+        return [.send(.fetch(Fetch(cluster: cluster, haveVersion: plan.haveVersion)))]
+    }
+
+    private mutating func deliver(now: Double) -> [Action] {
+        state = .delivering(Request(sentAt: now, retry: options.ackTimeout))
+        return [.sendUpdate]
+    }
+
+    private mutating func registering(_ message: Message, now: Double) -> [Action] {
+        switch message {
+        case .welcome(let w):
+            mode = w.mode
+            clusters = w.clusters ?? []
+            return [.note(.registered(cluster: cluster))] + proceed(now: now)
+        case .error(let e) where e.code == .unknownCluster:
+            state = .finished
+            return [.fail("\(options.id): \(e.detail)")]
+        default:
+            return []
+        }
+    }
+
+    private func choosing(_ message: Message, _ choice: Choice) -> [Action] {
+        guard case .release(let info, let payload) = message, let wanted = choice.remaining.first, info.cluster == wanted else { return [] }
+        return [.evaluate(cluster: wanted, info, payload)]
+    }
+
+    private mutating func fetching(_ message: Message, plan: FetchPlan, asking: Int?, now: Double) -> [Action] {
+        switch message {
+        case .release(let info, let payload):
+            lastBase = info.version
+            state = .training
+            let steps = localSteps(stepSeconds: stepSeconds, tokensTrained: tokensTrained)
+            return [.train(Round(number: rounds + 1, release: info, payload: payload, steps: steps, cluster: cluster))]
+        case .heartbeat:
+            // The aggregator has nothing newer than `asking` yet.
+            guard let waitingFor = asking else { return [] }
+            let next = askAgain(plan, now: now)
+            state = .fetching(Request(sentAt: now, retry: Self.requestRetry), plan, asking: next)
+            let fetch = Message.fetch(Fetch(cluster: cluster, haveVersion: next))
+            return next == nil ? [.note(.noFreshVersion(after: waitingFor)), .send(fetch)] : [.sendAfter(seconds: 0.02, fetch)]
+        default:
+            return []
+        }
+    }
+
+    private mutating func delivering(_ message: Message, now: Double) -> [Action] {
+        guard let id = updateInFlight else { return [] }
+        switch delivery(of: id, reply: message) {
+        case .acknowledged(let ack):
+            lastBuffered = ack.outcome == .buffered
+            return settle(id, .acknowledged(ack), now: now)
+        case .refused(let e):
+            lastBuffered = false
+            return settle(id, .refused(e), now: now)
+        case .registerAgain:
+            return register(now: now)
+        case .other:
+            return []
+        }
+    }
+
+    private mutating func settle(_ id: String, _ settlement: Settlement, now: Double) -> [Action] {
+        updateInFlight = nil
+        return [.settled(updateID: id, settlement)] + proceed(now: now)
+    }
+
+    /// Applies `change` to the request awaiting an answer, if one is.
+    private mutating func withRequest(_ change: (inout Request) -> [Action]) -> [Action] {
+        switch state {
+        case .registering(var r):
+            defer { state = .registering(r) }
+            return change(&r)
+        case .choosing(var r, let c):
+            defer { state = .choosing(r, c) }
+            return change(&r)
+        case .fetching(var r, let p, let a):
+            defer { state = .fetching(r, p, asking: a) }
+            return change(&r)
+        case .delivering(var r):
+            defer { state = .delivering(r) }
+            return change(&r)
+        case .idle, .training, .finished:
+            return []
+        }
     }
 
     // MARK: Requests
@@ -106,5 +376,42 @@ public struct TrainerCore: Sendable {
         case .error(let e) where e.refersTo == id: return e.code == .unknownTrainer ? .registerAgain : .refused(e)
         default: return .other
         }
+    }
+}
+
+/// When a trainer has heard nothing from the broker for `warnAfter` seconds while waiting for an
+/// answer, and when that silence ends.
+public struct SilenceWatch: Sendable {
+    public enum Change: Equatable, Sendable {
+        case began(since: Double)
+        case ended(seconds: Double)
+    }
+
+    public let warnAfter: Double
+    private var lastHeard: Double
+    private var waitingSince: Double
+    private var silentSince: Double?
+
+    public init(warnAfter: Double, now: Double) {
+        self.warnAfter = warnAfter
+        lastHeard = now
+        waitingSince = now
+    }
+
+    /// A request went out: the silence counts from here at the earliest.
+    public mutating func waiting(since now: Double) { waitingSince = now }
+
+    public mutating func heard(now: Double) -> Change? {
+        lastHeard = now
+        guard let since = silentSince else { return nil }
+        silentSince = nil
+        return .ended(seconds: now - since)
+    }
+
+    public mutating func quiet(now: Double) -> Change? {
+        let since = max(lastHeard, waitingSince)
+        guard silentSince == nil, now - since > warnAfter else { return nil }
+        silentSince = since
+        return .began(since: since)
     }
 }

@@ -74,4 +74,129 @@ final class TrainerCoreTests: XCTestCase {
                        "a broken transfer is not about the update: it is sent again")
         XCTAssertEqual(c.delivery(of: "u1", reply: .heartbeat), .other)
     }
+
+    // MARK: The state machine
+
+    let payload = TensorPayload(specs: [TensorSpec(name: "w", shape: [2])], values: [1, 2])
+    func welcome(clusters: [String]? = nil, mode: String = "fedbuff") -> Message {
+        .welcome(Welcome(trainerID: "en", cluster: nil, heartbeatMilliseconds: 1000, maxStaleness: 10, latestVersion: 0,
+                         mode: mode, clusters: clusters))
+    }
+    func release(_ version: Int, cluster: String? = nil) -> Message { .release(ReleaseInfo(version: version, cluster: cluster), payload) }
+    func round(of actions: [TrainerCore.Action]) -> TrainerCore.Round? {
+        for case .train(let r) in actions { return r }
+        return nil
+    }
+
+    func testATrainerRegistersFetchesTrainsAndDeliversUntilItsBudgetIsSpent() {
+        var c = core { $0.cluster = "en"; $0.maxLocalSteps = 5; $0.tokenBudget = 64 * 8 }
+        XCTAssertEqual(c.start(now: 0), [.send(.hello(Hello(trainerID: "en", cluster: "en", assignment: "declared")))])
+        XCTAssertEqual(c.received(.heartbeat, now: 1), [], "not an answer to HELLO")
+        XCTAssertEqual(c.received(welcome(), now: 1), [.note(.registered(cluster: "en")), .send(.fetch(Fetch(cluster: "en")))])
+        let first = c.received(release(3), now: 2)
+        XCTAssertEqual(round(of: first)?.steps, 5)
+        XCTAssertEqual(round(of: first)?.number, 1)
+        XCTAssertEqual(c.trained(updateID: "u1", tokens: 64 * 5, steps: 5, seconds: 1, now: 3), [.sendUpdate])
+        XCTAssertEqual(c.received(.ack(Ack(updateID: "old", outcome: .applied, version: 4)), now: 4), [], "another update's ACK")
+        let ack = Ack(updateID: "u1", outcome: .applied, version: 4)
+        XCTAssertEqual(c.received(.ack(ack), now: 4), [.settled(updateID: "u1", .acknowledged(ack)), .send(.fetch(Fetch(cluster: "en")))])
+        XCTAssertEqual(round(of: c.received(release(4), now: 5))?.steps, 3, "the budget's last 3 steps")
+        _ = c.trained(updateID: "u2", tokens: 64 * 3, steps: 3, seconds: 1, now: 6)
+        let stale = ErrorReply(code: .tooStale, detail: "base 4, now 20", refersTo: "u2")
+        XCTAssertEqual(c.received(.error(stale), now: 7), [.settled(updateID: "u2", .refused(stale)), .finish])
+        XCTAssertTrue(c.isFinished)
+        XCTAssertEqual(c.tokensTrained, 64 * 8)
+    }
+
+    func testARequestWithoutAnswerIsSentAgainAfterItsTimeout() {
+        var c = core { $0.ackTimeout = 30 }
+        _ = c.start(now: 0)
+        XCTAssertEqual(c.quiet(now: 4), [])
+        XCTAssertEqual(c.quiet(now: 5.5), [.resend], "HELLO again after 5 s")
+        XCTAssertEqual(c.received(.error(ErrorReply(code: .unavailable, detail: "no aggregator")), now: 5.8), [])
+        XCTAssertEqual(c.received(.error(ErrorReply(code: .unavailable, detail: "no aggregator")), now: 6.1), [.resend])
+        _ = c.received(welcome(), now: 7)
+        _ = c.received(release(1), now: 8)
+        _ = c.trained(updateID: "u1", tokens: 64, steps: 1, seconds: 1, now: 9)
+        XCTAssertEqual(c.quiet(now: 20), [], "an update waits its ACK timeout")
+        c.streaming(now: 30)
+        XCTAssertEqual(c.quiet(now: 39.5), [], "something streaming in counts as an answer")
+        XCTAssertEqual(c.quiet(now: 60.5), [.resend])
+    }
+
+    func testAfterABufferedUpdateTheTrainerAsksForANewerVersionUntilTheFreshBaseWaitEnds() {
+        var c = core { $0.freshBaseWait = 0.5 }
+        _ = c.start(now: 0)
+        _ = c.received(welcome(), now: 0)
+        _ = c.received(release(7), now: 0)
+        _ = c.trained(updateID: "u1", tokens: 64, steps: 1, seconds: 10, now: 10)
+        let buffered = Ack(updateID: "u1", outcome: .buffered, version: 7)
+        XCTAssertEqual(c.received(.ack(buffered), now: 100).last, .send(.fetch(Fetch(haveVersion: 7))), "a version newer than 7")
+        XCTAssertEqual(c.received(.heartbeat, now: 101), [.sendAfter(seconds: 0.02, .fetch(Fetch(haveVersion: 7)))], "none yet: ask again")
+        XCTAssertEqual(c.received(.heartbeat, now: 105), [.note(.noFreshVersion(after: 7)), .send(.fetch(Fetch()))],
+                       "half the last round's 10 s are over: the version there is")
+        XCTAssertEqual(c.received(.heartbeat, now: 106), [], "already asking for any version")
+        XCTAssertNotNil(round(of: c.received(release(7), now: 106)))
+    }
+
+    func testAForgottenTrainerRegistersAgainAndSendsTheSameUpdate() {
+        var c = core { $0.cluster = "en" }
+        XCTAssertEqual(c.start(now: 0, pendingUpdate: "left-before-restart").count, 1)
+        XCTAssertEqual(c.received(welcome(), now: 1).last, .sendUpdate, "the update left from before a restart goes first")
+        XCTAssertEqual(c.updateInFlight, "left-before-restart")
+        let forgotten = ErrorReply(code: .unknownTrainer, detail: "say HELLO", refersTo: "left-before-restart")
+        XCTAssertEqual(c.received(.error(forgotten), now: 2), [.send(.hello(Hello(trainerID: "en", cluster: "en", assignment: "declared")))])
+        XCTAssertEqual(c.received(welcome(), now: 3), [.note(.registered(cluster: "en")), .sendUpdate])
+        let ack = Ack(updateID: "left-before-restart", outcome: .duplicate, version: 2)
+        XCTAssertEqual(c.received(.ack(ack), now: 4).first, .settled(updateID: "left-before-restart", .acknowledged(ack)))
+        XCTAssertNil(c.updateInFlight)
+    }
+
+    func testAnAutomaticTrainerJoinsTheClusterWithTheLowestLossAndChoosesAgainLater() {
+        var c = core { $0.automaticCluster = true; $0.reassignEvery = 2 }
+        XCTAssertEqual(c.start(now: 0), [.send(.hello(Hello(trainerID: "en", cluster: nil, assignment: nil)))])
+        XCTAssertEqual(c.received(welcome(clusters: ["a", "b"]), now: 1).last, .send(.fetch(Fetch(cluster: "a"))))
+        XCTAssertEqual(c.received(release(5, cluster: "b"), now: 1), [], "not the cluster asked for")
+        XCTAssertEqual(c.received(release(5, cluster: "a"), now: 1), [.evaluate(cluster: "a", ReleaseInfo(version: 5, cluster: "a"), payload)])
+        XCTAssertEqual(c.evaluated(cluster: "a", loss: 3.5, now: 2), [.send(.fetch(Fetch(cluster: "b")))])
+        _ = c.received(release(6, cluster: "b"), now: 2)
+        XCTAssertEqual(c.evaluated(cluster: "b", loss: 2.5, now: 3),
+                       [.note(.clusterLosses(["a", "b"], [3.5, 2.5], chosen: "b")),
+                        .send(.hello(Hello(trainerID: "en", cluster: "b", assignment: "automatic")))])
+        XCTAssertEqual(c.received(welcome(clusters: ["a", "b"]), now: 4).last, .send(.fetch(Fetch(cluster: "b"))))
+        for (k, id) in ["u1", "u2"].enumerated() {
+            _ = c.received(release(6 + k, cluster: "b"), now: 5)
+            _ = c.trained(updateID: id, tokens: 64, steps: 1, seconds: 1, now: 6)
+            let after = c.received(.ack(Ack(updateID: id, outcome: .applied, version: 7 + k)), now: 7)
+            XCTAssertEqual(after.last, .send(.fetch(Fetch(cluster: k == 0 ? "b" : "a"))), "round \(k + 1): every 2 rounds a new choice")
+        }
+        _ = c.received(release(9, cluster: "a"), now: 8)
+        _ = c.evaluated(cluster: "a", loss: 1.0, now: 8)
+        _ = c.received(release(9, cluster: "b"), now: 8)
+        XCTAssertEqual(c.evaluated(cluster: "b", loss: 2.0, now: 9),
+                       [.note(.clusterLosses(["a", "b"], [1.0, 2.0], chosen: "a")), .note(.movedCluster(from: "b", to: "a")),
+                        .send(.hello(Hello(trainerID: "en", cluster: "a", assignment: "automatic")))])
+        XCTAssertEqual(c.cluster, "a")
+    }
+
+    func testARefusedClusterOrAFederationWithoutClustersStopsTheTrainer() {
+        var declared = core { $0.cluster = "xx" }
+        _ = declared.start(now: 0)
+        XCTAssertEqual(declared.received(.error(ErrorReply(code: .unknownCluster, detail: "no cluster xx")), now: 1), [.fail("en: no cluster xx")])
+        var automatic = core { $0.automaticCluster = true }
+        _ = automatic.start(now: 0)
+        XCTAssertEqual(automatic.received(welcome(), now: 1).last,
+                       .fail("en: automatic cluster choice, but the federation has no clusters"))
+    }
+
+    func testSilenceIsReportedOnceAfterItsThresholdAndItsEndWhenTheBrokerAnswers() {
+        var w = SilenceWatch(warnAfter: 15, now: 0)
+        XCTAssertNil(w.quiet(now: 14))
+        w.waiting(since: 10)
+        XCTAssertNil(w.quiet(now: 20), "counts from the request")
+        XCTAssertEqual(w.quiet(now: 25.5), .began(since: 10))
+        XCTAssertNil(w.quiet(now: 40), "said once")
+        XCTAssertEqual(w.heard(now: 50), .ended(seconds: 40))
+        XCTAssertNil(w.heard(now: 51))
+    }
 }

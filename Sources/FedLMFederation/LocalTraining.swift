@@ -1,0 +1,117 @@
+import FedLMData
+import FedLMModel
+import FedLMProtocol
+import FedLMTensor
+import Foundation
+
+/// A trainer's model, data and optimizer: loads releases, evaluates them for a cluster choice,
+/// and trains a round of local AdamW steps into a pseudo-gradient (Photon, Sani et al. 2024:
+/// Δ = θ_start − θ_end after H local steps, which the aggregator's outer optimizer treats as a
+/// gradient).
+final class LocalTraining {
+    let options: TrainerOptions
+    let data: TokenDataset
+    let model: GPT2Model
+    let step: TrainingStep
+    let sequence: Int
+    /// The weights the round started from.
+    private let start: ParameterVector
+    /// Seeded from the training seed and the trainer's id (a stable hash), so a trainer's batches
+    /// are the same on every run.
+    private var rng: SeededGenerator
+    /// IFCA's fixed sample of local data: the same batches for every evaluation, so losses compare.
+    private var choiceSample: [TokenBatch]?
+
+    var tokensPerStep: Int { options.training.batchSize * sequence }
+
+    init(options o: TrainerOptions) throws {
+        options = o
+        data = try TokenDataset(directory: o.dataDirectory)
+        for c in o.dataClusters ?? [] { try data.checkCluster(c) }
+        model = try GPT2Model(config: o.modelConfig)
+        sequence = o.training.sequenceLength ?? o.modelConfig.context
+        step = TrainingStep(model: model, training: o.scheduledTraining)
+        start = ParameterVector(layout: model.layout)
+        rng = SeededGenerator(seed: o.training.seed, name: o.id)
+    }
+
+    var dataClusters: [String] { options.dataClusters ?? data.clusters }
+
+    /// Checks a release against the model's tensors and loads it.
+    func load(_ payload: TensorPayload) throws {
+        try payload.check(against: model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) })
+        payload.values.withUnsafeBufferPointer { model.parameters.pointer.update(from: $0.baseAddress!, count: model.parameters.count) }
+    }
+
+    /// The mean loss of a release on the choice sample.
+    func evaluate(_ payload: TensorPayload) throws -> Float {
+        try load(payload)
+        let sample = try choiceBatches()
+        return try sample.map { try model.loss($0) }.reduce(0, +) / Float(sample.count)
+    }
+
+    private func choiceBatches() throws -> [TokenBatch] {
+        if let choiceSample { return choiceSample }
+        var sampleRNG = SeededGenerator(seed: options.training.seed &+ 77)
+        let sample = try (0..<options.assignmentBatches).map { _ in
+            try data.batch(.train, clusters: options.dataClusters, batch: options.training.batchSize, sequence: sequence, rng: &sampleRNG)
+        }
+        choiceSample = sample
+        return sample
+    }
+
+    struct Result {
+        var delta: [Float]
+        var tokens: Int
+        /// Wall time of the round, artificial slowdown included.
+        var seconds: Double
+        var lastLoss: Float
+    }
+
+    /// Trains `steps` local steps from `payload` and returns the pseudo-gradient; `alive` is
+    /// called about once a second meanwhile.
+    func train(from payload: TensorPayload, steps: Int, alive: () -> Void) throws -> Result {
+        try load(payload)
+        start.copy(from: model.parameters)
+        let t0 = Date().timeIntervalSince1970
+        var lastLoss: Float = 0, tokens = 0, lastAlive = t0
+        for _ in 0..<steps {
+            let batch = try data.batch(.train, clusters: options.dataClusters, batch: options.training.batchSize, sequence: sequence, rng: &rng)
+            lastLoss = try step.run(batch).loss
+            tokens += batch.inputs.count
+            if Date().timeIntervalSince1970 - lastAlive > 1 {
+                alive()
+                lastAlive = Date().timeIntervalSince1970
+            }
+        }
+        let elapsed = Date().timeIntervalSince1970 - t0
+        if options.slowdown > 1 { Thread.sleep(forTimeInterval: elapsed * (options.slowdown - 1)) }
+        var delta = pseudoGradient()
+        if let attack = options.attack { Self.corrupt(&delta, attack, rng: &rng) }
+        return Result(delta: delta, tokens: tokens, seconds: Date().timeIntervalSince1970 - t0, lastLoss: lastLoss)
+    }
+
+    /// Δ = start weights − end weights.
+    private func pseudoGradient() -> [Float] {
+        let before = start.pointer, after = model.parameters.pointer
+        return [Float](unsafeUninitializedCapacity: model.parameters.count) { out, initialized in
+            for i in 0..<out.count { out[i] = before[i] - after[i] }
+            initialized = out.count
+        }
+    }
+}
+
+extension LocalTraining {
+    static func corrupt(_ delta: inout [Float], _ attack: TrainerAttack, rng: inout SeededGenerator) {
+        switch attack {
+        case .signFlip(let scale):
+            for i in delta.indices { delta[i] *= -Float(scale) }
+        case .noise(let scale):
+            let rms = (delta.reduce(0) { $0 + Double($1) * Double($1) } / Double(max(delta.count, 1))).squareRoot()
+            for i in delta.indices { delta[i] = Float(scale * rms * rng.nextNormal()) }
+        case .nan:
+            delta[Int(rng.next() % UInt64(delta.count))] = .nan
+        }
+    }
+}
+

@@ -1,0 +1,70 @@
+import FedLMModel
+
+/// A deliberately broken trainer, for robustness experiments: what it does to each update.
+public enum TrainerAttack: Equatable, Sendable {
+    /// Sends -scale times its honest update.
+    case signFlip(scale: Double)
+    /// Sends Gaussian noise with `scale` times the honest update's RMS.
+    case noise(scale: Double)
+    /// Puts a NaN into every update (the aggregator must refuse it).
+    case nan
+}
+
+/// What one trainer does and on which data.
+public struct TrainerOptions: Sendable {
+    public var id: String
+    /// Declared data cluster (sent in HELLO); ignored with `automaticCluster`.
+    public var cluster: String?
+    /// Choose the cluster automatically (IFCA): evaluate every cluster's release on a sample of
+    /// this trainer's data, join the one with the lowest loss, and check again every
+    /// `reassignEvery` rounds.
+    public var automaticCluster = false
+    public var reassignEvery = 10
+    /// Batches of local data each cluster's model is evaluated on when choosing.
+    public var assignmentBatches = 2
+    /// The prepared data directory and the clusters of it this trainer owns.
+    public var dataDirectory: String
+    public var dataClusters: [String]?
+    public var training: TrainingConfig
+    public var modelConfig: GPT2Config
+    /// H: local AdamW steps per update (an upper bound when `timeBudget` is set).
+    public var maxLocalSteps = 20
+    /// Seconds of local training per update; H adapts to the measured step time.
+    public var timeBudget: Double?
+    /// Stop after training this many tokens (nil: until stopped). The learning-rate schedule
+    /// (warmup, then cosine decay to `min_learning_rate`) spans the budget, as it spans
+    /// `fedlm train --tokens`, so a trainer anneals by the end of its budget; without a budget
+    /// it spans the config's `max_steps`.
+    public var tokenBudget: Int?
+    /// Artificial slowness (1 = none, 5 = five times slower), for straggler experiments.
+    public var slowdown = 1.0
+    /// Asynchronous modes: after an update the aggregator only buffered (no new version yet),
+    /// wait up to this fraction of the trainer's own last round time for the next version before
+    /// training on the one it already has (0: never wait). Equal-speed trainers then start from
+    /// fresh models instead of repeating work on the same base; a straggler never holds anyone
+    /// up by more than this bound.
+    public var freshBaseWait = 0.0
+    /// Robustness experiments only: corrupt every update this way.
+    public var attack: TrainerAttack?
+    /// Where the unacknowledged update is kept across restarts.
+    public var stateDirectory: String
+    /// Seconds to wait for an acknowledgement before sending the update again.
+    public var ackTimeout = 30.0
+    /// Seconds without any word from the broker, while waiting for one, before the trainer says
+    /// so in its log and in `<stateDirectory>/silent-since` (it keeps retrying all along).
+    public var silenceWarning = 15.0
+    /// `training` with `maxSteps` set to the steps of the token budget, when there is one.
+    public var scheduledTraining: TrainingConfig {
+        var t = training
+        if let tokenBudget { t.maxSteps = max(1, tokenBudget / (t.batchSize * (t.sequenceLength ?? modelConfig.context))) }
+        return t
+    }
+
+    public init(id: String, dataDirectory: String, training: TrainingConfig, modelConfig: GPT2Config, stateDirectory: String) {
+        self.id = id
+        self.dataDirectory = dataDirectory
+        self.training = training
+        self.modelConfig = modelConfig
+        self.stateDirectory = stateDirectory
+    }
+}
