@@ -24,12 +24,96 @@ struct BenchUpdateCommand: ParsableCommand {
         Runtime.announce()
         let config = GPT2Config(layers: 8, embedding: width, heads: 8, context: 256, vocabulary: 8192)
         try config.validate()
-        let n = config.parameterCount
-        let bytes = Double(n * 4)
-        print(String(format: "model: %d parameters (%.1f MB of FP32 per update)", n, bytes / 1e6))
+        guard let mode = AggregationConfig.Durability(rawValue: durability) else { throw ValidationError("--durability is machine or process") }
+        let bench = UpdateBench(config: config, rounds: rounds, directory: directory, durability: mode)
+        print(String(format: "model: %d parameters (%.1f MB of FP32 per update)", config.parameterCount, bench.bytes / 1e6))
         try? FileManager.default.removeItem(atPath: directory)
+        let memory = bench.memory()
+        let raw = try bench.rawOneHop()
+        let parts = try bench.parts()
+        let exchange = try bench.throughBroker()
+        print(report(bench, memory, raw, parts, exchange))
+    }
 
-        // 1. Memory bandwidth: one thread copying 400 MB.
+    func report(_ b: UpdateBench, _ memory: UpdateBench.Memory, _ raw: UpdateBench.Raw, _ parts: UpdateBench.Parts,
+                _ x: UpdateBench.Exchange) -> String {
+        let rounds = b.rounds
+        let e2eGBs = b.bytes / median(x.updateT) / 1e9
+        let rawGBs = max(raw.copyingGBs, raw.zeroCopyGBs)
+        let rawBrokerGBs = max(x.rawBrokerCopyingGBs, x.rawBrokerZeroCopyGBs)
+        let transfer = median(x.updateT) - median(parts.encodeT) - median(parts.applyT)
+        let strategyGBs = b.bytes / median(parts.strategyT) / 1e9
+        func ms(_ v: [Double]) -> String { String(format: "%7.1f ms", 1000 * median(v)) }
+        func f(_ format: String, _ v: Double) -> String { String(format: format, v) }
+        return """
+            medians of \(rounds) rounds, durability \(durability):
+              trainer: encode update (CRC-32C per 1 MiB chunk; sent from where the values lie)  \(ms(parts.encodeT))
+              transfer through broker + per-chunk work on arrival (remainder)  \(f("%7.1f ms", 1000 * transfer))
+                per-chunk work alone (CRC, finite values, norm, copy, file write)  \(ms(parts.receiveT))
+              aggregator after the last chunk: apply, commit file, ledger  \(ms(parts.applyT))
+                the same, written whole into fresh pages (first updates after a start)  \(ms(parts.coldT))
+                of which the strategy's arithmetic                       \(ms(parts.strategyT))
+            update (send -> ack), end to end                             \(ms(x.updateT))
+            fetch release                                                \(ms(x.fetchT))
+            full exchange: fetch + update + ack                          \(ms(x.exchangeT))   (target < 100 ms)
+            throughput: update \(f("%.2f", e2eGBs)) GB/s vs raw libzmq \(f("%.2f", rawGBs)) GB/s = \(f("%.0f%%", 100 * e2eGBs / rawGBs))   (target >= 80%)
+              (raw libzmq, one hop, 1 MiB messages: \(f("%.2f", raw.copyingGBs)) GB/s copying, \(f("%.2f", raw.zeroCopyGBs)) GB/s without copies; as one multipart message of 1 MiB frames: \(f("%.2f", raw.multipartGBs)) GB/s)
+            throughput: update vs raw libzmq through the same broker \(f("%.2f", rawBrokerGBs)) GB/s = \(f("%.0f%%", 100 * e2eGBs / rawBrokerGBs))
+              (raw through the broker: \(f("%.2f", x.rawBrokerCopyingGBs)) GB/s copying, \(f("%.2f", x.rawBrokerZeroCopyGBs)) GB/s without copies; the faster is the reference)
+            CPU per \(f("%.1f", b.bytes / 1e6)) MB, all threads: raw libzmq through the broker without copies \(f("%.1f", 1000 * (x.rawCPU.zmq + x.rawCPU.other) / Double(rounds))) ms (libzmq I/O threads \(f("%.1f", 1000 * x.rawCPU.zmq / Double(rounds))) ms); an update \(f("%.1f", 1000 * (x.updateCPU.zmq + x.updateCPU.other) / Double(rounds))) ms (libzmq I/O threads \(f("%.1f", 1000 * x.updateCPU.zmq / Double(rounds))) ms, FedLM's threads \(f("%.1f", 1000 * x.updateCPU.other / Double(rounds))) ms); this machine has \(ProcessInfo.processInfo.activeProcessorCount) cores
+            throughput, \(x.senders) trainers each with one update in flight (\(x.pipelinedUpdates) updates): \(f("%.2f", x.pipelinedGBs)) GB/s = \(f("%.0f%%", 100 * x.pipelinedGBs / rawGBs)) of raw one-hop, \(f("%.0f%%", 100 * x.pipelinedGBs / rawBrokerGBs)) of raw through the broker
+            CRC-32C of one update: \(f("%.1f", 1000 * memory.crcParallelT)) ms (three chains) vs \(f("%.1f", 1000 * memory.crcSerialT)) ms (one chain) = \(f("%.1fx", memory.crcSerialT / memory.crcParallelT))
+            application: \(f("%.1f", strategyGBs)) GB/s of updates applied vs single-thread copy \(f("%.1f", memory.copyGBs)) GB/s = \(f("%.0f%%", 100 * strategyGBs / memory.copyGBs))   (target >= 50%)
+            """
+    }
+}
+
+/// The stages of `fedlm bench update`, each a method returning its medians.
+final class UpdateBench {
+    let config: GPT2Config
+    let rounds: Int
+    let directory: String
+    let durability: AggregationConfig.Durability
+    /// Bytes of one F32 update.
+    let bytes: Double
+    let specs: [TensorSpec]
+    let delta: [Float]
+    let codec = WireCodec()
+    let context = ZMQContext()
+    /// An update's bytes as 1 MiB messages, for the raw libzmq references.
+    let frame = [UInt8](repeating: 7, count: 1 << 20)
+    let frameCount: Int
+    let body: SharedFrames
+
+    init(config: GPT2Config, rounds: Int, directory: String, durability: AggregationConfig.Durability) {
+        self.config = config
+        self.rounds = rounds
+        self.directory = directory
+        self.durability = durability
+        bytes = Double(config.parameterCount * 4)
+        specs = ParameterLayout(config: config).entries.map { TensorSpec(name: $0.name, shape: $0.shape) }
+        var rng = SeededGenerator(seed: 3)
+        delta = (0..<config.parameterCount).map { _ in Float(rng.nextUniform() - 0.5) * 1e-3 }
+        frameCount = Int(bytes) / (1 << 20) + 1
+        body = SharedFrames(head: [], body: [UInt8](repeating: 7, count: frameCount << 20), bodyFrameBytes: 1 << 20)
+    }
+
+    var aggregation: AggregationConfig {
+        var a = AggregationConfig()
+        a.mode = .fedbuff
+        a.bufferSize = 1
+        a.serverOptimizer = .sgd(learningRate: 1)
+        a.checkpointEvery = 1_000_000
+        a.maxStaleness = 1_000_000
+        a.durability = durability
+        return a
+    }
+
+    struct Memory { var copyGBs: Double, crcSerialT: Double, crcParallelT: Double }
+
+    /// Memory bandwidth (one thread copying 400 MB) and CRC-32C over an update's bytes: one
+    /// dependent chain against three interleaved ones.
+    func memory() -> Memory {
         let big = FloatBuffer(count: 100_000_000), big2 = FloatBuffer(count: 100_000_000)
         big2.copy(from: big)
         let copyGBs = median((0..<3).map { _ in
@@ -37,8 +121,6 @@ struct BenchUpdateCommand: ParsableCommand {
             big2.copy(from: big)
             return 400e6 / (now() - t0) / 1e9
         })
-
-        // CRC-32C over an update's bytes: one dependent chain against the three interleaved ones.
         func crcSeconds(_ crc: (UInt32, UnsafeRawPointer?, Int) -> UInt32) -> Double {
             median((0..<5).map { _ in
                 let t0 = now()
@@ -46,40 +128,24 @@ struct BenchUpdateCommand: ParsableCommand {
                 return now() - t0
             })
         }
-        let crcSerialT = crcSeconds(fedlm_crc32c_serial), crcParallelT = crcSeconds(fedlm_crc32c)
+        return Memory(copyGBs: copyGBs, crcSerialT: crcSeconds(fedlm_crc32c_serial), crcParallelT: crcSeconds(fedlm_crc32c))
+    }
 
-        // 2. Raw libzmq: the same bytes DEALER -> ROUTER over TCP loopback, small reply; as separate
-        // 1 MiB messages (the fastest way libzmq moves them, and how FedLM streams tensors), and
-        // for context as one multipart message of 1 MiB frames.
-        let context = ZMQContext()
+    struct Raw { var copyingGBs: Double, multipartGBs: Double, zeroCopyGBs: Double }
+
+    /// Raw libzmq: the same bytes DEALER -> ROUTER over TCP loopback, small reply; as separate
+    /// 1 MiB messages (the fastest way libzmq moves them, and how FedLM streams tensors), and for
+    /// context as one multipart message of 1 MiB frames. Both as a plain libzmq user would (send
+    /// and receive copy) and without copies (zero-copy send, messages left in libzmq's buffers),
+    /// as FedLM moves them; the faster one is the reference.
+    func rawOneHop() throws -> Raw {
         let router = try ZMQSocket(context, .router)
         try router.bind("tcp://127.0.0.1:*")
         let dealer = try ZMQSocket(context, .dealer)
         try dealer.connect(router.lastEndpoint)
-        let frame = [UInt8](repeating: 7, count: 1 << 20)
-        let frameCount = Int(bytes) / (1 << 20) + 1
-        // Both as a plain libzmq user would (send and receive copy) and without copies (zero-copy
-        // send, messages left in libzmq's buffers), as FedLM moves them; the faster one is the
-        // reference, here and through the broker below.
-        let body = SharedFrames(head: [], body: [UInt8](repeating: 7, count: frameCount << 20), bodyFrameBytes: 1 << 20)
-        let stopEcho = StopBox(), echoInPlace = StopBox()
-        let echo = Thread {
-            var got = 0
-            while !stopEcho.stop {
-                let peer: [UInt8]
-                if echoInPlace.stop {
-                    guard let m = try? router.receiveInPlace(timeout: 50) else { continue }
-                    peer = Array(m.frame(0))
-                    got += m.count - 1
-                } else {
-                    guard let m = try? router.receive(timeout: 50) else { continue }
-                    peer = m[0]
-                    got += m.count - 1
-                }
-                if got >= frameCount { _ = try? router.send([peer, [1]]); got = 0 }
-            }
-        }
-        echo.start()
+        defer { dealer.close(); router.close() }
+        let echo = Sink(socket: router, replyAfter: frameCount, counting: { $0 - 1 })
+        defer { echo.stop() }
         func raw(multipart: Bool = false, zeroCopy: Bool = false) throws -> Double {
             median(try (0..<rounds).map { _ in
                 let t0 = now()
@@ -92,75 +158,87 @@ struct BenchUpdateCommand: ParsableCommand {
                 return Double(frameCount << 20) / (now() - t0) / 1e9
             })
         }
-        let rawCopyingGBs = try raw()
-        let rawMultipartGBs = try raw(multipart: true)
-        echoInPlace.stop = true
-        let rawZeroCopyGBs = try raw(zeroCopy: true)
-        let rawGBs = max(rawCopyingGBs, rawZeroCopyGBs)
-        stopEcho.stop = true
-        while echo.isExecuting { usleep(1000) }
+        let copying = try raw(), multipart = try raw(multipart: true)
+        echo.inPlace.stop = true
+        return Raw(copyingGBs: copying, multipartGBs: multipart, zeroCopyGBs: try raw(zeroCopy: true))
+    }
 
-        // 3. The parts of an update, each alone.
-        let codec = WireCodec()
-        let specs = ParameterLayout(config: config).entries.map { TensorSpec(name: $0.name, shape: $0.shape) }
-        var rng = SeededGenerator(seed: 3)
-        let delta = (0..<n).map { _ in Float(rng.nextUniform() - 0.5) * 1e-3 }
-        var aggregation = AggregationConfig()
-        aggregation.mode = .fedbuff
-        aggregation.bufferSize = 1
-        aggregation.serverOptimizer = .sgd(learningRate: 1)
-        aggregation.checkpointEvery = 1_000_000
-        aggregation.maxStaleness = 1_000_000
-        guard let mode = AggregationConfig.Durability(rawValue: durability) else { throw ValidationError("--durability is machine or process") }
-        aggregation.durability = mode
+    struct Parts { var coldT: [Double], encodeT: [Double] = [], receiveT: [Double] = [], applyT: [Double] = [], strategyT: [Double] = [] }
+
+    /// The parts of an update, each alone, as the aggregator takes a stream: each chunk checked,
+    /// assembled and written to the update's file as it arrives (receive), then the rest after
+    /// the last chunk (apply); and the strategy's arithmetic alone (FedBuff accumulate + SGD step).
+    func parts() throws -> Parts {
         let core = try AggregatorCore(runDirectory: directory + "/parts", config: aggregation, initialModel: try GPT2Model(config: config, seed: 1))
         _ = try core.handle(.hello(Hello(trainerID: "bench")), from: "bench")
-        let coldT = try Self.warmUp(core, updates: rounds, specs: specs, delta: delta)
-        // As the aggregator takes a stream: each chunk checked, assembled and written to the
-        // update's file as it arrives (receive), then the rest after the last chunk (apply).
+        var p = Parts(coldT: try BenchUpdateCommand.warmUp(core, updates: rounds, specs: specs, delta: delta))
         nonisolated(unsafe) let partsCore = core
-        var encodeT: [Double] = [], receiveT: [Double] = [], applyT: [Double] = [], strategyT: [Double] = []
         for r in 0..<rounds {
             let message = Message.update(UpdateInfo(updateID: "p\(r)", trainerID: "bench", baseVersion: core.version, tokens: 1, localSteps: 1),
                                          TensorPayload(specs: specs, values: delta))
             var t0 = now()
             _ = SharedFrames(message, codec: codec)
-            encodeT.append(now() - t0)
+            p.encodeT.append(now() - t0)
             let stream = MessageStream.split(codec.encode(message))
             var assembler = StreamAssembler(codec: codec)
             assembler.destinations = { _, count in partsCore.incomingUpdate(count: count) }
             t0 = now()
             var decoded: Message?
             for m in stream { decoded = try assembler.accept(m) }
-            receiveT.append(now() - t0)
+            p.receiveT.append(now() - t0)
             t0 = now()
             _ = try core.handle(decoded!, from: "bench")
-            applyT.append(now() - t0)
+            p.applyT.append(now() - t0)
         }
-        // The strategy's arithmetic alone (FedBuff accumulate + SGD step), for the bandwidth figure.
         let strategy = FedBuff(bufferSize: 1, optimizer: .sgd(learningRate: 1), layout: ParameterLayout(config: config))
         let d = ParameterVector(layout: ParameterLayout(config: config))
         for _ in 0..<rounds {
             let t0 = now()
             _ = strategy.receive(Contribution(delta: d, staleness: 0), model: core.model.parameters)
-            strategyT.append(now() - t0)
+            p.strategyT.append(now() - t0)
         }
-        // Update bytes applied per second, counted like the copy (bytes moved once).
-        let strategyGBs = bytes / median(strategyT) / 1e9
+        return p
+    }
 
-        // 4. The full exchange through a real broker and aggregator.
+    struct Exchange {
+        var rawBrokerCopyingGBs = 0.0, rawBrokerZeroCopyGBs = 0.0
+        var rawCPU = (zmq: 0.0, other: 0.0), updateCPU = (zmq: 0.0, other: 0.0)
+        var fetchT: [Double] = [], updateT: [Double] = [], exchangeT: [Double] = []
+        var senders = 3, pipelinedUpdates = 0, pipelinedGBs = 0.0
+    }
+
+    /// The full exchange through a real broker and aggregator: raw libzmq through the broker
+    /// first (the floor of its extra hop), then fetch + update + ack one at a time, then several
+    /// trainers each keeping one update in flight.
+    func throughBroker() throws -> Exchange {
         let endpoints = BrokerEndpoints.loopback()
         let broker = BrokerService(endpoints: endpoints)
-        let e2eCore = try AggregatorCore(runDirectory: directory + "/e2e", config: aggregation, initialModel: try GPT2Model(config: config, seed: 1),
-                                         log: { print($0) })
-        let senders = 3, perSender = max(2, rounds / 2)
-        _ = try Self.warmUp(e2eCore, updates: rounds + senders * perSender, specs: specs, delta: delta)
-        let service = AggregatorService(core: e2eCore, endpoints: endpoints)
+        let core = try AggregatorCore(runDirectory: directory + "/e2e", config: aggregation, initialModel: try GPT2Model(config: config, seed: 1),
+                                      log: { print($0) })
+        var x = Exchange()
+        let perSender = max(2, rounds / 2)
+        _ = try BenchUpdateCommand.warmUp(core, updates: rounds + x.senders * perSender, specs: specs, delta: delta)
+        let service = AggregatorService(core: core, endpoints: endpoints)
         let brokerThread = Thread { try? broker.runBlocking() }
         brokerThread.start()
+        try rawThroughBroker(endpoints, into: &x)
+        let aggregatorThread = Thread { try? service.runBlocking() }
+        aggregatorThread.start()
+        try exchanges(endpoints, into: &x)
+        let t0 = now()
+        try pipelined(endpoints, senders: x.senders, perSender: perSender)
+        x.pipelinedUpdates = x.senders * perSender
+        x.pipelinedGBs = Double(x.pipelinedUpdates) * bytes / (now() - t0) / 1e9
+        service.stop()
+        broker.stop()
+        while aggregatorThread.isExecuting || brokerThread.isExecuting { usleep(1000) }
+        return x
+    }
 
-        // 4a. Raw libzmq through the same broker: the same 1 MiB messages, trainer -> broker -> a
-        // bare DEALER in the aggregator's seat, no FedLM codec: the floor of the broker's extra hop.
+    /// An update's stream (a head and 1 MiB CHUNK messages, as a trainer sends it and the
+    /// broker's gate checks it), trainer -> broker -> a bare DEALER in the aggregator's seat that
+    /// only counts messages: the floor of the broker's extra hop, without FedLM's work at either end.
+    private func rawThroughBroker(_ endpoints: BrokerEndpoints, into x: inout Exchange) throws {
         let rawAggregator = try ZMQSocket(context, .dealer)
         try rawAggregator.setRoutingID(Array("raw-aggregator".utf8))
         try rawAggregator.connect(endpoints.aggregator)
@@ -168,58 +246,42 @@ struct BenchUpdateCommand: ParsableCommand {
         let rawTrainer = try ZMQSocket(context, .dealer)
         try rawTrainer.setRoutingID(Array("raw-trainer".utf8))
         try rawTrainer.connect(endpoints.trainers)
-        // Measured both as a plain libzmq user would (send and receive copy) and without copies
-        // (zero-copy send, messages left in libzmq's buffers), as FedLM moves them; the faster
-        // one is the reference.
-        let stopSink = StopBox(), inPlace = StopBox()
-        let sink = Thread {
-            var got = 0
-            while !stopSink.stop {
-                let peer: [UInt8]
-                if inPlace.stop {
-                    guard let m = try? rawAggregator.receiveInPlace(timeout: 50) else { continue }
-                    peer = Array(m.frame(0))
-                } else {
-                    guard let m = try? rawAggregator.receive(timeout: 50) else { continue }
-                    peer = m[0]
-                }
-                got += 1
-                if got >= frameCount { _ = try? rawAggregator.send([peer, [1]]); got = 0 }
-            }
-        }
-        sink.start()
+        defer { rawTrainer.close(); rawAggregator.close() }
+        let update = Message.update(UpdateInfo(updateID: "raw", trainerID: "raw-trainer", baseVersion: 0, tokens: 1, localSteps: 1),
+                                    TensorPayload(specs: specs, values: delta))
+        let messages = MessageStream.split(codec.encode(update))
+        let shared = SharedFrames(update, codec: codec)
+        let streamBytes = Double(messages.reduce(0) { $0 + $1.reduce(0) { $0 + $1.count } })
+        let sink = Sink(socket: rawAggregator, replyAfter: messages.count,
+                        reply: codec.encode(.ack(Ack(updateID: "raw", outcome: .applied, version: 0))), counting: { _ in 1 })
+        defer { sink.stop() }
         usleep(300_000)  // the heartbeat reaches the broker first
-        let rawBrokerCopyingGBs = median(try (0..<rounds).map { _ in
+        x.rawBrokerCopyingGBs = median(try (0..<rounds).map { _ in
             let t0 = now()
-            for _ in 0..<frameCount { try rawTrainer.send([frame]) }
+            for m in messages { try rawTrainer.send(m) }
             _ = try rawTrainer.receive()
-            return Double(frameCount << 20) / (now() - t0) / 1e9
+            return streamBytes / (now() - t0) / 1e9
         })
-        inPlace.stop = true
-        let rawCPU0 = ThreadCPU.now()
-        let rawBrokerZeroCopyGBs = median(try (0..<rounds).map { _ in
+        sink.inPlace.stop = true
+        let cpu0 = ThreadCPU.now()
+        x.rawBrokerZeroCopyGBs = median(try (0..<rounds).map { _ in
             let t0 = now()
-            for i in 0..<frameCount { try rawTrainer.send([], shared: body, range: i..<(i + 1)) }
+            try rawTrainer.sendStreamed(shared)
             _ = try rawTrainer.receive()
-            return Double(frameCount << 20) / (now() - t0) / 1e9
+            return streamBytes / (now() - t0) / 1e9
         })
-        let rawCPU = ThreadCPU.now().since(rawCPU0)
-        let rawBrokerGBs = max(rawBrokerCopyingGBs, rawBrokerZeroCopyGBs)
-        stopSink.stop = true
-        while sink.isExecuting { usleep(1000) }
-        rawTrainer.close()
-        rawAggregator.close()
+        x.rawCPU = ThreadCPU.now().since(cpu0)
+    }
 
-        let aggregatorThread = Thread { try? service.runBlocking() }
-        aggregatorThread.start()
+    /// One trainer: fetch, update, ack, `rounds` times.
+    private func exchanges(_ endpoints: BrokerEndpoints, into x: inout Exchange) throws {
         let trainer = try ZMQSocket(context, .dealer)
+        defer { trainer.close() }
         try trainer.setRoutingID(Array("bench".utf8))
         try trainer.connect(endpoints.trainers)
         var assembler = StreamAssembler(codec: codec)
-        func call(_ m: Message) throws -> Message { try Self.call(m, on: trainer, assembler: &assembler, codec: codec) }
+        func call(_ m: Message) throws -> Message { try BenchUpdateCommand.call(m, on: trainer, assembler: &assembler, codec: codec) }
         _ = try call(.hello(Hello(trainerID: "bench")))
-        var fetchT: [Double] = [], updateT: [Double] = [], exchangeT: [Double] = []
-        var updateCPU = (zmq: 0.0, other: 0.0)
         for r in 0..<rounds {
             let t0 = now()
             guard case .release(let info, _) = try call(.fetch(Fetch())) else { throw ValidationError("expected a release") }
@@ -229,17 +291,19 @@ struct BenchUpdateCommand: ParsableCommand {
                                                TensorPayload(specs: specs, values: delta))) else { throw ValidationError("expected an ack") }
             let t2 = now()
             let cpu = ThreadCPU.now().since(cpu0)
-            updateCPU = (updateCPU.zmq + cpu.zmq, updateCPU.other + cpu.other)
-            fetchT.append(t1 - t0)
-            updateT.append(t2 - t1)
-            exchangeT.append(t2 - t0)
+            x.updateCPU = (x.updateCPU.zmq + cpu.zmq, x.updateCPU.other + cpu.other)
+            x.fetchT.append(t1 - t0)
+            x.updateT.append(t2 - t1)
+            x.exchangeT.append(t2 - t0)
         }
+    }
 
-        // 5. Throughput with several trainers, each keeping one update in flight (as a
-        // federation runs): transfers overlap the aggregator's work on the previous update.
+    /// Several trainers, each keeping one update in flight (as a federation runs): transfers
+    /// overlap the aggregator's work on the previous update.
+    private func pipelined(_ endpoints: BrokerEndpoints, senders: Int, perSender: Int) throws {
         let failures = FailureBox()
         let finished = DispatchGroup()
-        let t5 = now()
+        let (context, codec, specs, delta) = (context, codec, specs, delta)
         let sending = (0..<senders).map { k in
             finished.enter()
             return Thread {
@@ -250,13 +314,13 @@ struct BenchUpdateCommand: ParsableCommand {
                     try socket.setRoutingID(Array("bench-\(k)".utf8))
                     try socket.connect(endpoints.trainers)
                     var assembler = StreamAssembler(codec: codec)
-                    guard case .welcome(let w) = try Self.call(.hello(Hello(trainerID: "bench-\(k)")), on: socket, assembler: &assembler, codec: codec) else {
+                    guard case .welcome(let w) = try BenchUpdateCommand.call(.hello(Hello(trainerID: "bench-\(k)")), on: socket, assembler: &assembler, codec: codec) else {
                         throw ValidationError("expected WELCOME")
                     }
                     for r in 0..<perSender {
                         let update = Message.update(UpdateInfo(updateID: "t\(k)-\(r)", trainerID: "bench-\(k)", baseVersion: w.latestVersion,
                                                                tokens: 1, localSteps: 1), TensorPayload(specs: specs, values: delta))
-                        guard case .ack = try Self.call(update, on: socket, assembler: &assembler, codec: codec) else { throw ValidationError("expected an ack") }
+                        guard case .ack = try BenchUpdateCommand.call(update, on: socket, assembler: &assembler, codec: codec) else { throw ValidationError("expected an ack") }
                     }
                 } catch { failures.set(error) }
             }
@@ -264,34 +328,40 @@ struct BenchUpdateCommand: ParsableCommand {
         sending.forEach { $0.start() }
         finished.wait()
         if let failure = failures.error { throw failure }
-        let pipelinedGBs = Double(senders * perSender) * bytes / (now() - t5) / 1e9
-        service.stop()
-        broker.stop()
-        while aggregatorThread.isExecuting || brokerThread.isExecuting { usleep(1000) }
+    }
+}
 
-        let e2eGBs = bytes / median(updateT) / 1e9
-        let transfer = median(updateT) - median(encodeT) - median(applyT)
-        func ms(_ v: [Double]) -> String { String(format: "%7.1f ms", 1000 * median(v)) }
-        print("""
-            medians of \(rounds) rounds, durability \(durability):
-              trainer: encode update (CRC-32C per 1 MiB chunk; sent from where the values lie)  \(ms(encodeT))
-              transfer through broker + per-chunk work on arrival (remainder)  \(String(format: "%7.1f ms", 1000 * transfer))
-                per-chunk work alone (CRC, finite values, norm, copy, file write)  \(ms(receiveT))
-              aggregator after the last chunk: apply, commit file, ledger  \(ms(applyT))
-                the same, written whole into fresh pages (first updates after a start)  \(ms(coldT))
-                of which the strategy's arithmetic                       \(ms(strategyT))
-            update (send -> ack), end to end                             \(ms(updateT))
-            fetch release                                                \(ms(fetchT))
-            full exchange: fetch + update + ack                          \(ms(exchangeT))   (target < 100 ms)
-            throughput: update \(String(format: "%.2f", e2eGBs)) GB/s vs raw libzmq \(String(format: "%.2f", rawGBs)) GB/s = \(String(format: "%.0f%%", 100 * e2eGBs / rawGBs))   (target >= 80%)
-              (raw libzmq, one hop, 1 MiB messages: \(String(format: "%.2f", rawCopyingGBs)) GB/s copying, \(String(format: "%.2f", rawZeroCopyGBs)) GB/s without copies; as one multipart message of 1 MiB frames: \(String(format: "%.2f", rawMultipartGBs)) GB/s)
-            throughput: update vs raw libzmq through the same broker \(String(format: "%.2f", rawBrokerGBs)) GB/s = \(String(format: "%.0f%%", 100 * e2eGBs / rawBrokerGBs))
-              (raw through the broker: \(String(format: "%.2f", rawBrokerCopyingGBs)) GB/s copying, \(String(format: "%.2f", rawBrokerZeroCopyGBs)) GB/s without copies; the faster is the reference)
-            CPU per 41.7 MB, all threads: raw libzmq through the broker without copies \(String(format: "%.1f", 1000 * (rawCPU.zmq + rawCPU.other) / Double(rounds))) ms (libzmq I/O threads \(String(format: "%.1f", 1000 * rawCPU.zmq / Double(rounds))) ms); an update \(String(format: "%.1f", 1000 * (updateCPU.zmq + updateCPU.other) / Double(rounds))) ms (libzmq I/O threads \(String(format: "%.1f", 1000 * updateCPU.zmq / Double(rounds))) ms, FedLM's threads \(String(format: "%.1f", 1000 * updateCPU.other / Double(rounds))) ms); this machine has \(ProcessInfo.processInfo.activeProcessorCount) cores
-            throughput, \(senders) trainers each with one update in flight (\(senders * perSender) updates): \(String(format: "%.2f", pipelinedGBs)) GB/s = \(String(format: "%.0f%%", 100 * pipelinedGBs / rawGBs)) of raw one-hop, \(String(format: "%.0f%%", 100 * pipelinedGBs / rawBrokerGBs)) of raw through the broker
-            CRC-32C of one update: \(String(format: "%.1f", 1000 * crcParallelT)) ms (three chains) vs \(String(format: "%.1f", 1000 * crcSerialT)) ms (one chain) = \(String(format: "%.1fx", crcSerialT / crcParallelT))
-            application: \(String(format: "%.1f", strategyGBs)) GB/s of updates applied vs single-thread copy \(String(format: "%.1f", copyGBs)) GB/s = \(String(format: "%.0f%%", 100 * strategyGBs / copyGBs))   (target >= 50%)
-            """)
+/// A thread that receives 1 MiB messages on `socket` and answers each `replyAfter` of them
+/// (counted by `counting`, from a message's frame count) with `reply`, copying them out or, once
+/// `inPlace.stop` is set, leaving them in libzmq's buffers.
+final class Sink: @unchecked Sendable {
+    let stopFlag = StopBox(), inPlace = StopBox()
+    private let thread: Thread
+
+    init(socket: ZMQSocket, replyAfter: Int, reply: [[UInt8]] = [[1]], counting: @escaping @Sendable (Int) -> Int) {
+        let (stopFlag, inPlace) = (stopFlag, inPlace)
+        thread = Thread {
+            var got = 0
+            while !stopFlag.stop {
+                let peer: [UInt8]
+                if inPlace.stop {
+                    guard let m = try? socket.receiveInPlace(timeout: 50) else { continue }
+                    peer = Array(m.frame(0))
+                    got += counting(m.count)
+                } else {
+                    guard let m = try? socket.receive(timeout: 50) else { continue }
+                    peer = m[0]
+                    got += counting(m.count)
+                }
+                if got >= replyAfter { _ = try? socket.send([peer] + reply); got = 0 }
+            }
+        }
+        thread.start()
+    }
+
+    func stop() {
+        stopFlag.stop = true
+        while thread.isExecuting { usleep(1000) }
     }
 }
 
