@@ -31,11 +31,10 @@ extension SharedFrames {
     /// `message` encoded by `codec` for sending without copies: a RELEASE's or UPDATE's values
     /// become its chunk frames where they lie (only their checksums are computed).
     public convenience init(_ message: Message, codec: WireCodec) {
-        let (head, values) = codec.encodeHead(message)
-        if let values {
-            self.init(head: head, body: values, bodyFrameBytes: codec.chunkBytes)
-        } else {
-            self.init(head)
+        switch codec.encodeHead(message) {
+        case (let head, .values(let values)?): self.init(head: head, body: values, bodyFrameBytes: codec.chunkBytes)
+        case (let head, .chunks(let chunks)?): self.init(head + chunks)
+        case (let head, nil): self.init(head)
         }
     }
 }

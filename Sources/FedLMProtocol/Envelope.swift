@@ -80,7 +80,7 @@ extension WireCodec {
             guard tensorFrames == 0 || tensorFrames == chunks else {
                 throw ProtocolError(.malformed, "\(tensorFrames) tensor frames for a layout of \(chunks) chunks")
             }
-            return .update(header.info, chunks: tensorFrames == 0 ? chunks : 0, chunkBytes: header.layout.chunkBytes)
+            return .update(header.info, chunks: tensorFrames == 0 ? chunks : 0, chunkBytes: header.layout.maxChunkBytes)
         default:
             guard frameSizes.count == 3 else { throw ProtocolError(.malformed, "\(type) has \(frameSizes.count) frames (expected 3)") }
             switch try decode(head) {

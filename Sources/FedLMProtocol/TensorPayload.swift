@@ -38,6 +38,8 @@ public struct TensorPayload: Equatable, Sendable {
     private enum Storage: Sendable {
         case array([Float])
         case destination(PayloadDestination)
+        /// Values to be sent in an encoding other than F32 (a sender's payload).
+        case encoded(EncodedTensors)
     }
 
     public static let defaultChunkBytes = 1 << 20
@@ -69,6 +71,18 @@ public struct TensorPayload: Equatable, Sendable {
         knownChecksums = (chunkBytes, crcs)
     }
 
+    /// A payload sent in `encoded` form (`Compression.encode`); its values are what a receiver
+    /// decodes.
+    public init(specs: [TensorSpec], encoded: EncodedTensors) {
+        self.specs = specs
+        self.storage = .encoded(encoded)
+    }
+
+    /// The encoded chunks, when this payload is sent encoded.
+    public var encoded: EncodedTensors? {
+        if case .encoded(let e) = storage { e } else { nil }
+    }
+
     /// A payload whose values are in `destination` (assembled there by a `StreamAssembler`).
     public init(specs: [TensorSpec], destination: PayloadDestination) {
         precondition(specs.reduce(0) { $0 + $1.count } == destination.values.count, "payload values do not match the specs")
@@ -81,7 +95,22 @@ public struct TensorPayload: Equatable, Sendable {
         switch storage {
         case .array(let values): values
         case .destination(let d): Array(d.values)
+        case .encoded(let e): Self.decoded(e, count: specs.reduce(0) { $0 + $1.count })
         }
+    }
+
+    /// The values a receiver of `e` gets.
+    static func decoded(_ e: EncodedTensors, count: Int) -> [Float] {
+        var out = [Float](repeating: 0, count: count)
+        let perChunk = e.chunkBytes / 4
+        out.withUnsafeMutableBufferPointer { o in
+            for (i, chunk) in e.chunks.enumerated() {
+                let start = i * perChunk
+                let slice = UnsafeMutableBufferPointer(rebasing: o[start..<min(start + perChunk, count)])
+                chunk.withUnsafeBytes { try! decodeChunk($0, encoding: e.compression.encoding, bits: e.compression.bits, chunk: i, into: slice) }
+            }
+        }
+        return out
     }
 
     /// The destination the values were assembled in, if they were.
@@ -94,6 +123,7 @@ public struct TensorPayload: Equatable, Sendable {
         switch storage {
         case .array(let values): try values.withUnsafeBufferPointer(body)
         case .destination(let d): try body(UnsafeBufferPointer(d.values))
+        case .encoded: try values.withUnsafeBufferPointer(body)
         }
     }
 
@@ -106,9 +136,25 @@ public struct TensorPayload: Equatable, Sendable {
         public var tensors: [TensorSpec]
         public var chunkBytes: Int
         public var chunkCRC32C: [UInt32]
-        /// The element type of every tensor: "F32" (little-endian), the only one this version
-        /// carries; stated so that a peer sending another type is refused instead of misread.
+        /// How the values travel (`TensorEncoding`: "F32", "F16", "BF16", "I8", "TOPK"; absent:
+        /// F32); a peer naming another is refused instead of misread.
         public var dtype: String?
+        /// TOPK: bits per value sent.
+        public var bits: Int?
+
+        /// The encoding the layout names.
+        public func encoding() throws -> TensorEncoding {
+            guard let dtype else { return .f32 }
+            guard let e = TensorEncoding(rawValue: dtype) else {
+                throw ProtocolError(.shapeMismatch, "tensors encoded as \(dtype); this protocol version knows \(TensorEncoding.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return e
+        }
+
+        /// The largest chunk frame this layout allows.
+        public var maxChunkBytes: Int {
+            Compression.maxChunkBytes((try? encoding()) ?? .f32, chunkBytes: chunkBytes, bits: bits)
+        }
     }
 
     public static let dtype = "F32"
@@ -120,6 +166,11 @@ public struct TensorPayload: Equatable, Sendable {
         #if _endian(big)
         fatalError("FedLM's wire format is little-endian; big-endian hosts are not supported")
         #endif
+        if case .encoded(let e) = storage {
+            precondition(e.chunkBytes == chunkBytes, "encoded in \(e.chunkBytes)-byte chunks, sent in \(chunkBytes)")
+            return Layout(tensors: specs, chunkBytes: chunkBytes, chunkCRC32C: e.crcs, dtype: e.compression.encoding.rawValue,
+                          bits: e.compression.encoding == .topk ? e.compression.bits : nil)
+        }
         if let known = knownChecksums, known.chunkBytes == chunkBytes {
             return Layout(tensors: specs, chunkBytes: chunkBytes, chunkCRC32C: known.crcs, dtype: Self.dtype)
         }
@@ -157,8 +208,8 @@ public struct TensorPayload: Equatable, Sendable {
     /// The number of values a layout describes, after checking it: positive chunk size and
     /// shapes, the size limit, and one checksum per chunk.
     static func valueCount(of layout: Layout, maxValues: Int) throws -> Int {
-        if let dtype = layout.dtype, dtype != Self.dtype {
-            throw ProtocolError(.shapeMismatch, "tensors of dtype \(dtype); this protocol version carries \(Self.dtype) only")
+        if try layout.encoding() == .topk, !(2...8).contains(layout.bits ?? 0) {
+            throw ProtocolError(.malformed, "TOPK tensors need bits between 2 and 8, the layout says \(layout.bits.map(String.init) ?? "none")")
         }
         guard layout.chunkBytes > 0, layout.chunkBytes % 4 == 0 else {
             throw ProtocolError(.malformed, "chunk size \(layout.chunkBytes) is not a positive multiple of 4")
@@ -191,6 +242,7 @@ public struct TensorPayload: Equatable, Sendable {
     struct Receiver {
         let layout: Layout
         let total: Int
+        let encoding: TensorEncoding
         private(set) var received = 0
         private var values: [Float]
         private let destination: PayloadDestination?
@@ -202,6 +254,7 @@ public struct TensorPayload: Equatable, Sendable {
             self.layout = layout
             let total = try TensorPayload.valueCount(of: layout, maxValues: maxValues)
             self.total = total
+            encoding = try layout.encoding()
             if let d = destination?(total), d.values.count == total {
                 self.destination = d
                 values = []
@@ -225,6 +278,7 @@ public struct TensorPayload: Equatable, Sendable {
         /// copies it into place and, in the same pass (`fedlm_take_floats`), checks its CRC-32C
         /// and finite values and adds up its squares.
         mutating func add(_ frame: UnsafeRawBufferPointer) throws {
+            if encoding != .f32 { return try addEncoded(frame) }
             let i = received
             let offset = i * (layout.chunkBytes / 4)
             let expectedSize = min(layout.chunkBytes, (total - offset) * 4)
@@ -247,6 +301,32 @@ public struct TensorPayload: Equatable, Sendable {
             }
             if firstNonFinite == nil, let bad { firstNonFinite = offset + bad }
             sumOfSquares += stats.sumOfSquares
+            destination?.received(offset..<(offset + n))
+            received += 1
+        }
+
+        /// Takes an encoded chunk: its CRC-32C over the bytes as sent, then decoded into place,
+        /// the decoded values checked for finiteness and their squares added up.
+        private mutating func addEncoded(_ frame: UnsafeRawBufferPointer) throws {
+            let i = received
+            let offset = i * (layout.chunkBytes / 4)
+            let n = min(layout.chunkBytes / 4, total - offset)
+            let crc = fedlm_crc32c(0, frame.baseAddress, frame.count)
+            guard crc == layout.chunkCRC32C[i] else {
+                throw ProtocolError(.badChecksum, "chunk \(i) has CRC-32C \(crc), the header says \(layout.chunkCRC32C[i])")
+            }
+            func place(_ out: UnsafeMutableBufferPointer<Float>) throws -> (Int?, Double) {
+                let chunk = UnsafeMutableBufferPointer(rebasing: out[offset..<(offset + n)])
+                try decodeChunk(frame, encoding: encoding, bits: layout.bits, chunk: i, into: chunk)
+                var squares = 0.0
+                for x in chunk { squares += Double(x) * Double(x) }
+                return (TensorPayload.firstNonFinite(UnsafeBufferPointer(chunk)), squares)
+            }
+            let (bad, squares) = if let destination { try place(destination.values) } else {
+                try values.withUnsafeMutableBufferPointer { try place($0) }
+            }
+            if firstNonFinite == nil, let bad { firstNonFinite = offset + bad }
+            sumOfSquares += squares
             destination?.received(offset..<(offset + n))
             received += 1
         }

@@ -30,15 +30,24 @@ public struct WireCodec: Sendable {
     }
 
     public func encode(_ message: Message) -> [[UInt8]] {
-        let (head, values) = encodeHead(message)
-        guard let values else { return head }
-        return head + TensorPayload.chunks(of: values, chunkBytes: chunkBytes)
+        let (head, body) = encodeHead(message)
+        switch body {
+        case nil: return head
+        case .values(let values): return head + TensorPayload.chunks(of: values, chunkBytes: chunkBytes)
+        case .chunks(let chunks): return head + chunks
+        }
+    }
+
+    /// What follows a tensor message's head: F32 values to cut into `chunkBytes` frames where
+    /// they lie, or chunks already encoded.
+    public enum Body {
+        case values([Float])
+        case chunks([[UInt8]])
     }
 
     /// The first three frames of `message` (marker, type, header), and for a RELEASE or UPDATE
-    /// the values its chunk frames are cut from (`chunkBytes` each, in order): the checksums in
-    /// the header are computed, the values are not copied.
-    public func encodeHead(_ message: Message) -> (head: [[UInt8]], values: [Float]?) {
+    /// its body: the checksums in the header are computed, the values are not copied.
+    public func encodeHead(_ message: Message) -> (head: [[UInt8]], body: Body?) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         func json<T: Encodable>(_ v: T) -> [UInt8] { Array(try! encoder.encode(v)) }
@@ -53,12 +62,17 @@ public struct WireCodec: Sendable {
         case .bye(let reason): frames.append(json(["reason": reason]))
         case .release(let info, let payload):
             frames.append(json(TensorHeader(info: info, layout: payload.layout(chunkBytes: chunkBytes))))
-            return (frames, payload.values)
+            return (frames, body(payload))
         case .update(let info, let payload):
             frames.append(json(TensorHeader(info: info, layout: payload.layout(chunkBytes: chunkBytes))))
-            return (frames, payload.values)
+            return (frames, body(payload))
         }
         return (frames, nil)
+    }
+
+    private func body(_ payload: TensorPayload) -> Body {
+        if let e = payload.encoded { return .chunks(e.chunks) }
+        return .values(payload.values)
     }
 
     /// Checks the protocol marker and version in frame 0 (and that there is a type frame).

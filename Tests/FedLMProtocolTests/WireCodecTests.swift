@@ -98,7 +98,8 @@ final class WireCodecTests: XCTestCase {
         }
     }
 
-    /// The layout states its dtype; a message claiming another one is refused, streamed or not.
+    /// The layout states its encoding; a message claiming one this version does not know is
+    /// refused, streamed or not, and chunks that do not fit the one it claims are malformed.
     func testAnotherDtypeIsRefusedByName() throws {
         var frames = codec.encode(.update(UpdateInfo(updateID: "u", trainerID: "t", baseVersion: 0, tokens: 1, localSteps: 1), payload))
         var header = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(frames[2])) as? [String: Any])
@@ -108,13 +109,20 @@ final class WireCodecTests: XCTestCase {
         header["layout"] = layout
         frames[2] = Array(try JSONSerialization.data(withJSONObject: header))
         XCTAssertThrowsError(try codec.decode(frames)) {
+            XCTAssertEqual(($0 as? ProtocolError)?.code, .malformed)
+            XCTAssertTrue("\($0)".contains("F16 chunk 0 has 64 bytes, expected 32"), "\($0)")
+        }
+        layout["dtype"] = "Q3"
+        header["layout"] = layout
+        frames[2] = Array(try JSONSerialization.data(withJSONObject: header))
+        XCTAssertThrowsError(try codec.decode(frames)) {
             XCTAssertEqual(($0 as? ProtocolError)?.code, .shapeMismatch)
-            XCTAssertTrue("\($0)".contains("dtype F16"), "\($0)")
+            XCTAssertTrue("\($0)".contains("encoded as Q3"), "\($0)")
             XCTAssertEqual(($0 as? ProtocolError)?.update?.updateID, "u", "a content refusal names the update")
         }
         var assembler = StreamAssembler(codec: codec)
         XCTAssertThrowsError(try MessageStream.split(frames).forEach { _ = try assembler.accept($0) }) {
-            XCTAssertTrue("\($0)".contains("dtype F16"), "\($0)")
+            XCTAssertTrue("\($0)".contains("encoded as Q3"), "\($0)")
             XCTAssertEqual(($0 as? ProtocolError)?.update?.updateID, "u")
         }
     }

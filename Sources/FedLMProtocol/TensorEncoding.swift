@@ -1,0 +1,325 @@
+import CFedLMRuntime
+
+/// How a payload's values travel, chunk by chunk. Every chunk covers the same values as an F32
+/// chunk of the layout's `chunkBytes` would (`chunkBytes / 4` values, the last one fewer) and is
+/// encoded on its own, so a receiver decodes, checks and places each chunk as it arrives.
+///
+/// | name | a chunk of n values | bytes |
+/// |---|---|---|
+/// | `F32` | IEEE binary32, little-endian | 4n |
+/// | `F16` | IEEE binary16, round to nearest even, clamped to ±65504 | 2n |
+/// | `BF16` | the upper 16 bits of binary32, round to nearest even | 2n |
+/// | `I8` | scale s (binary32), then n signed bytes q; value = q·s, s = max|v|/127 | 4 + n |
+/// | `TOPK` | k (UInt32), scale s (binary32), k ascending UInt32 indices into the chunk, then k codes of `bits` bits packed from the lowest bit up; value = (code − (2^bits − 1)/2)·s, every other value 0 | 8 + 4k + ⌈k·bits/8⌉ |
+///
+/// TOPK is the sparse form of SparseLoCo (Sarfi et al. 2025): the k = ⌈density·n⌉ entries of
+/// largest magnitude of each chunk, at 2 to 8 bits on a uniform mid-rise grid spanning ±max|v|
+/// (s = max|v| / ((2^bits − 1)/2)); what it leaves out is kept by the sender and added to its
+/// next update (`ErrorFeedback`).
+public enum TensorEncoding: String, Codable, Sendable, CaseIterable {
+    case f32 = "F32", f16 = "F16", bf16 = "BF16", int8 = "I8", topk = "TOPK"
+
+    /// The name used in topologies (`f32`, `f16`, `bf16`, `int8`, `topk`).
+    public var configName: String {
+        switch self {
+        case .f32: "f32"
+        case .f16: "f16"
+        case .bf16: "bf16"
+        case .int8: "int8"
+        case .topk: "topk"
+        }
+    }
+
+    public init?(configName: String) {
+        guard let e = Self.allCases.first(where: { $0.configName == configName }) else { return nil }
+        self = e
+    }
+
+    public var isLossless: Bool { self == .f32 }
+}
+
+/// An encoding with the sender's settings.
+public struct Compression: Equatable, Sendable {
+    public var encoding: TensorEncoding
+    /// TOPK: the fraction of each chunk's values sent (at most 0.5).
+    public var density: Double
+    /// TOPK: bits per value sent (2 to 8).
+    public var bits: Int
+
+    public init(_ encoding: TensorEncoding = .f32, density: Double = 0.01, bits: Int = 2) {
+        self.encoding = encoding
+        self.density = density
+        self.bits = bits
+    }
+
+    public static let none = Compression()
+
+    /// Why these settings cannot be used, if they cannot.
+    public var problem: String? {
+        guard encoding == .topk else { return nil }
+        if !(density > 0 && density <= 0.5) { return "density \(density) is not in (0, 0.5]" }
+        if !(2...8).contains(bits) { return "bits \(bits) is not between 2 and 8" }
+        return nil
+    }
+
+    /// Values kept of a TOPK chunk of `n` values.
+    public func kept(of n: Int) -> Int { max(1, min(n, Int((density * Double(n)).rounded(.up)))) }
+
+    /// Encodes one chunk.
+    public func encode(_ v: UnsafeBufferPointer<Float>) -> [UInt8] {
+        var out: [UInt8] = []
+        switch encoding {
+        case .f32:
+            out = Array(UnsafeRawBufferPointer(v))
+        case .f16:
+            out.reserveCapacity(2 * v.count)
+            for x in v { append16(Float16(min(max(x, -65504), 65504)).bitPattern, to: &out) }
+        case .bf16:
+            out.reserveCapacity(2 * v.count)
+            for x in v { append16(Self.bfloat16(x), to: &out) }
+        case .int8:
+            let scale = maxMagnitude(v) / 127
+            out.reserveCapacity(4 + v.count)
+            append32(scale.bitPattern, to: &out)
+            for x in v { out.append(UInt8(bitPattern: scale == 0 ? 0 : Int8(clamping: Int((x / scale).rounded())))) }
+        case .topk:
+            out = encodeTopK(v)
+        }
+        return out
+    }
+
+    private func encodeTopK(_ v: UnsafeBufferPointer<Float>) -> [UInt8] {
+        let k = kept(of: v.count)
+        let indices = Self.largest(k, of: v)
+        let levels = Float((1 << bits) - 1)
+        let half = levels / 2
+        let peak = indices.reduce(Float(0)) { max($0, abs(v[$1])) }
+        let scale = peak / half
+        var out: [UInt8] = []
+        out.reserveCapacity(8 + 4 * k + (k * bits + 7) / 8)
+        append32(UInt32(k), to: &out)
+        append32(scale.bitPattern, to: &out)
+        for i in indices { append32(UInt32(i), to: &out) }
+        var packer = BitPacker(bits: bits)
+        for i in indices {
+            let code = scale == 0 ? 0 : min(max((v[i] / scale + half).rounded(), 0), levels)
+            packer.append(UInt32(code), to: &out)
+        }
+        packer.flush(to: &out)
+        return out
+    }
+
+    /// Indices of the `k` values of largest magnitude, ascending (ties: the earlier index).
+    static func largest(_ k: Int, of v: UnsafeBufferPointer<Float>) -> [Int] {
+        guard k < v.count else { return Array(0..<v.count) }
+        var magnitudes = v.map { abs($0) }
+        let threshold = Self.select(&magnitudes, rank: v.count - k)
+        var above = 0
+        for x in v where abs(x) > threshold { above += 1 }
+        var ties = k - above
+        var out: [Int] = []
+        out.reserveCapacity(k)
+        for i in 0..<v.count {
+            let m = abs(v[i])
+            if m > threshold {
+                out.append(i)
+            } else if m == threshold, ties > 0 {
+                out.append(i)
+                ties -= 1
+            }
+        }
+        return out
+    }
+
+    /// The value that would be at `rank` if `a` were sorted (quickselect; reorders `a`).
+    static func select(_ a: inout [Float], rank: Int) -> Float {
+        var lo = 0, hi = a.count - 1
+        while lo < hi {
+            let pivot = a[(lo + hi) / 2]
+            var i = lo, j = hi
+            while i <= j {
+                while a[i] < pivot { i += 1 }
+                while a[j] > pivot { j -= 1 }
+                if i <= j {
+                    a.swapAt(i, j)
+                    i += 1
+                    j -= 1
+                }
+            }
+            if rank <= j { hi = j } else if rank >= i { lo = i } else { return a[rank] }
+        }
+        return a[rank]
+    }
+
+    /// binary32 -> bfloat16 bits, round to nearest even.
+    static func bfloat16(_ x: Float) -> UInt16 {
+        let b = x.bitPattern
+        return UInt16(truncatingIfNeeded: (b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16)
+    }
+}
+
+/// Decodes one chunk of `out.count` values into `out`, refusing anything that is not exactly
+/// what the encoding describes; returns nothing, throws a `ProtocolError` naming the problem.
+public func decodeChunk(_ bytes: UnsafeRawBufferPointer, encoding: TensorEncoding, bits: Int?, chunk: Int,
+                        into out: UnsafeMutableBufferPointer<Float>) throws {
+    let n = out.count
+    func size(_ expected: Int) throws {
+        guard bytes.count == expected else {
+            throw ProtocolError(.malformed, "\(encoding.rawValue) chunk \(chunk) has \(bytes.count) bytes, expected \(expected)")
+        }
+    }
+    func u16(_ i: Int) -> UInt16 { UInt16(bytes[2 * i]) | UInt16(bytes[2 * i + 1]) << 8 }
+    func u32(_ offset: Int) -> UInt32 { bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self).littleEndian }
+    switch encoding {
+    case .f32:
+        try size(4 * n)
+        for i in 0..<n { out[i] = Float(bitPattern: u32(4 * i)) }
+    case .f16:
+        try size(2 * n)
+        for i in 0..<n { out[i] = Float(Float16(bitPattern: u16(i))) }
+    case .bf16:
+        try size(2 * n)
+        for i in 0..<n { out[i] = Float(bitPattern: UInt32(u16(i)) << 16) }
+    case .int8:
+        try size(4 + n)
+        let scale = Float(bitPattern: u32(0))
+        try checkScale(scale, chunk)
+        for i in 0..<n { out[i] = Float(Int8(bitPattern: bytes[4 + i])) * scale }
+    case .topk:
+        guard let bits, (2...8).contains(bits) else {
+            throw ProtocolError(.malformed, "TOPK needs bits between 2 and 8, the layout says \(bits.map(String.init) ?? "none")")
+        }
+        guard bytes.count >= 8 else { throw ProtocolError(.malformed, "TOPK chunk \(chunk) has \(bytes.count) bytes, fewer than its 8-byte head") }
+        let k = Int(u32(0))
+        guard k <= n else { throw ProtocolError(.malformed, "TOPK chunk \(chunk) keeps \(k) values of \(n)") }
+        try size(8 + 4 * k + (k * bits + 7) / 8)
+        let scale = Float(bitPattern: u32(4))
+        try checkScale(scale, chunk)
+        out.update(repeating: 0)
+        let half = Float((1 << bits) - 1) / 2
+        var previous = -1
+        var unpacker = BitUnpacker(bits: bits, offset: 8 + 4 * k)
+        for j in 0..<k {
+            let index = Int(u32(8 + 4 * j))
+            guard index > previous, index < n else {
+                throw ProtocolError(.malformed, "TOPK chunk \(chunk): index \(index) after \(previous) (ascending, below \(n))")
+            }
+            previous = index
+            out[index] = (Float(unpacker.next(bytes)) - half) * scale
+        }
+    }
+}
+
+private func checkScale(_ scale: Float, _ chunk: Int) throws {
+    guard scale.isFinite, scale >= 0 else { throw ProtocolError(.nonFinite, "chunk \(chunk) has scale \(scale)") }
+}
+
+private func append16(_ v: UInt16, to out: inout [UInt8]) {
+    out.append(UInt8(truncatingIfNeeded: v))
+    out.append(UInt8(truncatingIfNeeded: v >> 8))
+}
+
+private func append32(_ v: UInt32, to out: inout [UInt8]) {
+    withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) }
+}
+
+private func maxMagnitude(_ v: UnsafeBufferPointer<Float>) -> Float { v.reduce(0) { max($0, abs($1)) } }
+
+/// Codes of `bits` bits, packed from the lowest bit of each byte up.
+struct BitPacker {
+    let bits: Int
+    private var pending: UInt32 = 0
+    private var filled = 0
+    init(bits: Int) { self.bits = bits }
+
+    mutating func append(_ code: UInt32, to out: inout [UInt8]) {
+        pending |= code << filled
+        filled += bits
+        while filled >= 8 {
+            out.append(UInt8(truncatingIfNeeded: pending))
+            pending >>= 8
+            filled -= 8
+        }
+    }
+
+    mutating func flush(to out: inout [UInt8]) {
+        if filled > 0 { out.append(UInt8(truncatingIfNeeded: pending)) }
+        pending = 0
+        filled = 0
+    }
+}
+
+struct BitUnpacker {
+    let bits: Int
+    private var bitOffset: Int
+    init(bits: Int, offset: Int) {
+        self.bits = bits
+        bitOffset = offset * 8
+    }
+
+    mutating func next(_ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        var code: UInt32 = 0
+        for b in 0..<bits {
+            let at = bitOffset + b
+            code |= UInt32((bytes[at >> 3] >> UInt8(at & 7)) & 1) << UInt32(b)
+        }
+        bitOffset += bits
+        return code
+    }
+}
+
+/// A payload's chunks encoded for the wire, with their CRC-32Cs (of the encoded bytes).
+public struct EncodedTensors: Sendable {
+    public let compression: Compression
+    /// The F32 chunk size the chunks partition the values by (`chunkBytes / 4` values each).
+    public let chunkBytes: Int
+    public let chunks: [[UInt8]]
+    public let crcs: [UInt32]
+
+    public var byteCount: Int { chunks.reduce(0) { $0 + $1.count } }
+}
+
+extension Compression {
+    /// Encodes `values` chunk by chunk. With `residual` (error feedback, as in SparseLoCo and
+    /// 1-bit Adam: e ← v − D(Q(v)) with v = Δ + e), the residual is added to the values before
+    /// encoding and replaced by what the encoding left out, so nothing is lost, only delayed.
+    public func encode(_ values: UnsafeBufferPointer<Float>, chunkBytes: Int = TensorPayload.defaultChunkBytes,
+                       residual: UnsafeMutableBufferPointer<Float>? = nil) -> EncodedTensors {
+        precondition(residual == nil || residual!.count == values.count, "residual of \(residual!.count) for \(values.count) values")
+        let perChunk = chunkBytes / 4
+        var chunks: [[UInt8]] = [], crcs: [UInt32] = []
+        var v = [Float](repeating: 0, count: min(perChunk, values.count))
+        var decoded = v
+        for start in stride(from: 0, to: values.count, by: perChunk) {
+            let n = min(perChunk, values.count - start)
+            let bytes: [UInt8] = v.withUnsafeMutableBufferPointer { vb in
+                let chunk = UnsafeMutableBufferPointer(rebasing: vb[0..<n])
+                for i in 0..<n { chunk[i] = values[start + i] + (residual?[start + i] ?? 0) }
+                return encode(UnsafeBufferPointer(chunk))
+            }
+            if let residual, encoding.isLossless {
+                for i in 0..<n { residual[start + i] = 0 }
+            } else if let residual {
+                decoded.withUnsafeMutableBufferPointer { db in
+                    let out = UnsafeMutableBufferPointer(rebasing: db[0..<n])
+                    bytes.withUnsafeBytes { try! decodeChunk($0, encoding: encoding, bits: bits, chunk: 0, into: out) }
+                    for i in 0..<n { residual[start + i] = v[i] - out[i] }
+                }
+            }
+            crcs.append(bytes.withUnsafeBytes { fedlm_crc32c(0, $0.baseAddress, $0.count) })
+            chunks.append(bytes)
+        }
+        return EncodedTensors(compression: self, chunkBytes: chunkBytes, chunks: chunks, crcs: crcs)
+    }
+
+    /// The largest chunk this encoding can make of `chunkBytes / 4` values.
+    public static func maxChunkBytes(_ encoding: TensorEncoding, chunkBytes: Int, bits: Int?) -> Int {
+        let n = chunkBytes / 4
+        switch encoding {
+        case .f32: return chunkBytes
+        case .f16, .bf16: return 2 * n
+        case .int8: return 4 + n
+        case .topk: return 8 + 4 * n + (n * (bits ?? 8) + 7) / 8
+        }
+    }
+}
