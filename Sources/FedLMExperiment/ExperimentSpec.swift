@@ -32,6 +32,7 @@ import TOMLKit
 ///     [variant.aggregation]              # optional: replaces keys of the topology's [aggregation]
 ///     mode = "fedbuff"
 ///     [variant.clusters]                 # optional: replaces keys of the topology's [clusters]
+///     [variant.wire]                     # optional: replaces keys of the topology's [wire] (encodings, overlap)
 ///     share = 0.25
 public struct ExperimentSpec: Sendable {
     public struct Variant: Sendable {
@@ -43,6 +44,8 @@ public struct ExperimentSpec: Sendable {
         public var topology: String?
         /// The `[variant.aggregation]` overrides as TOML text (applied to the topology's table).
         public var aggregationOverrides: String?
+        /// The `[variant.wire]` settings as TOML text (replace keys of the topology's `[wire]`).
+        public var wireOverrides: String?
         /// The `[variant.clusters]` overrides as TOML text (applied to the topology's `[clusters]`).
         public var clusterOverrides: String?
         /// Every trainer's local steps H instead of the topology's.
@@ -88,7 +91,7 @@ public struct ExperimentSpec: Sendable {
         guard let list = try root.tables("variant", "a list of [[variant]] tables"), !list.isEmpty else { throw bad("at least one [[variant]] is required") }
         for v in list {
             let p = v.prefix
-            try v.allowOnly(["name", "centralized", "local", "topology", "aggregation", "clusters", "local_steps", "label", "model"])
+            try v.allowOnly(["name", "centralized", "local", "topology", "aggregation", "clusters", "wire", "local_steps", "label", "model"])
             guard let vname = try v.string("name"), ExperimentSpec.isValidName(vname) else {
                 throw bad("'\(p)name' is required: letters, digits, '-', '_'")
             }
@@ -104,9 +107,11 @@ public struct ExperimentSpec: Sendable {
             }
             let localSteps = try v.int("local_steps")
             if let h = localSteps, h < 1 { throw bad("'\(p)local_steps' must be >= 1") }
-            spec.variants.append(Variant(name: vname, centralized: centralized, local: local, topology: topology,
-                                         aggregationOverrides: try overrides("aggregation"), clusterOverrides: try overrides("clusters"), localSteps: localSteps,
-                                         label: try v.string("label"), model: try v.string("model")))
+            var variant = Variant(name: vname, centralized: centralized, local: local, topology: topology,
+                                  aggregationOverrides: try overrides("aggregation"), clusterOverrides: try overrides("clusters"), localSteps: localSteps,
+                                  label: try v.string("label"), model: try v.string("model"))
+            variant.wireOverrides = try overrides("wire")
+            spec.variants.append(variant)
         }
         guard Set(spec.variants.map(\.name)).count == spec.variants.count else { throw bad("variant names must be unique") }
         if let r = spec.reference, !spec.variants.contains(where: { $0.name == r }) { throw bad("'reference' names no variant: \(r)") }

@@ -40,6 +40,9 @@ public final class AggregatorCore {
     /// When each known trainer was last heard from.
     private var lastSeen: [String: Double] = [:]
     public var log: (String) -> Void = { _ in }
+    /// How releases travel (lossy encodings: trainers start from the decoded weights and their
+    /// pseudo-gradients are taken from there, so nothing accumulates).
+    public var releaseCompression = Compression.none
     /// The pseudo-gradient being handled, reused from update to update (no strategy keeps it),
     /// so a 40 MB update does not fault in 40 MB of fresh pages each time.
     private lazy var deltaScratch = ParameterVector(layout: model.layout)
@@ -186,13 +189,19 @@ public final class AggregatorCore {
     /// The current model as a RELEASE: the global model, or a cluster's (global trunk, its head).
     public func release(cluster: String? = nil) -> Message {
         guard let cluster, let heads, let head = heads.heads[cluster] else {
-            return .release(ReleaseInfo(version: version), TensorPayload(specs: specs, copying: UnsafeBufferPointer(model.parameters.storage.buffer)))
+            return .release(ReleaseInfo(version: version), encodedRelease(UnsafeBufferPointer(model.parameters.storage.buffer)))
         }
         let values = [Float](unsafeUninitializedCapacity: model.parameters.count) { out, n in
             heads.release(cluster, model: model.parameters, into: out.baseAddress!)
             n = model.parameters.count
         }
-        return .release(ReleaseInfo(version: version, cluster: cluster, headVersion: head.version), TensorPayload(specs: specs, values: values))
+        return .release(ReleaseInfo(version: version, cluster: cluster, headVersion: head.version),
+                        values.withUnsafeBufferPointer { encodedRelease($0) })
+    }
+
+    private func encodedRelease(_ values: UnsafeBufferPointer<Float>) -> TensorPayload {
+        guard releaseCompression.encoding != .f32 else { return TensorPayload(specs: specs, copying: values) }
+        return TensorPayload(specs: specs, encoded: releaseCompression.encode(values))
     }
 
     /// The identity of what a release of `cluster` would carry now (changes when it must be re-sent).

@@ -68,11 +68,27 @@ final class LocalTraining {
         var lastLoss: Float
     }
 
-    /// Trains `steps` local steps from `payload` and returns the pseudo-gradient; `alive` is
-    /// called about once a second meanwhile.
-    func train(from payload: TensorPayload, steps: Int, alive: () -> Void) throws -> Result {
-        try load(payload)
+    /// Seconds spent in training steps (for the compute utilisation).
+    private(set) var trainingSeconds = 0.0
+    /// The latest pseudo-gradient, for overlap's merge rule.
+    private var lastDelta: [Float]?
+    /// Error feedback: what lossy encodings left out of the updates sent so far.
+    private var residual: [Float] = []
+
+    /// Trains the round's local steps from the weights its `start` names and returns the
+    /// pseudo-gradient; `alive` is called about once a second meanwhile.
+    func train(_ round: TrainerCore.Round, alive: () -> Void) throws -> Result {
+        switch round.start {
+        case .release:
+            try load(round.payload!)
+        case .local:
+            break
+        case .releaseMinusOwn:
+            try load(round.payload!)
+            if let own = lastDelta { Self.subtract(own, from: model.parameters.pointer) }
+        }
         start.copy(from: model.parameters)
+        let steps = round.steps
         let t0 = Date().timeIntervalSince1970
         var lastLoss: Float = 0, tokens = 0, lastAlive = t0
         for _ in 0..<steps {
@@ -85,10 +101,28 @@ final class LocalTraining {
             }
         }
         let elapsed = Date().timeIntervalSince1970 - t0
+        trainingSeconds += elapsed
         if options.slowdown > 1 { Thread.sleep(forTimeInterval: elapsed * (options.slowdown - 1)) }
         var delta = pseudoGradient()
+        lastDelta = delta
         if let attack = options.attack { Self.corrupt(&delta, attack, rng: &rng) }
         return Result(delta: delta, tokens: tokens, seconds: Date().timeIntervalSince1970 - t0, lastLoss: lastLoss)
+    }
+
+    /// Overlap's merge rule on the weights: θ −= Δ_own.
+    static func subtract(_ own: [Float], from weights: UnsafeMutablePointer<Float>) {
+        for i in own.indices { weights[i] -= own[i] }
+    }
+
+    /// The update's tensors as they travel: F32, or encoded with error feedback.
+    func payload(of delta: [Float]) -> TensorPayload {
+        let specs = model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) }
+        guard options.compression.encoding != .f32 else { return TensorPayload(specs: specs, values: delta) }
+        if residual.isEmpty { residual = [Float](repeating: 0, count: delta.count) }
+        let encoded = delta.withUnsafeBufferPointer { d in
+            residual.withUnsafeMutableBufferPointer { options.compression.encode(d, residual: $0) }
+        }
+        return TensorPayload(specs: specs, encoded: encoded)
     }
 
     /// Δ = start weights − end weights.

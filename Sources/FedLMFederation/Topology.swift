@@ -1,5 +1,6 @@
 import FedLMAggregation
 import FedLMModel
+import FedLMProtocol
 import Foundation
 import TOMLKit
 
@@ -69,6 +70,13 @@ import TOMLKit
 ///     max_restarts = 3                      # restarts of one process before the run stops
 ///     trainer_silence = 15.0                # seconds without a word from the broker before a trainer says so
 ///
+///     [wire]                                # optional: how updates and releases travel (default: F32, no overlap)
+///     updates = "topk"                      # f32 | f16 | bf16 | int8 | topk (sparse, with error feedback)
+///     releases = "bf16"                     # f32 | f16 | bf16 | int8
+///     density = 0.01                        # topk: share of each chunk's entries sent
+///     bits = 2                              # topk: bits per entry sent (2-8)
+///     overlap = true                        # trainers start their next round while their update uploads
+///
 ///     [clusters]                            # optional: personalized heads per data cluster
 ///     names = ["en", "de", "code"]          # clusters from the start
 ///     head = ["transformer.h.{last}.*", "transformer.ln_f.*", "lm_head.*"]   # default
@@ -115,6 +123,11 @@ public struct Topology: Sendable {
     public var gate = BrokerGate.Limits()
     /// How `fedlm up` supervises the processes it starts.
     public var supervision = SupervisionPolicy()
+    /// `[wire]`: the encoding of updates and of releases, and whether trainers overlap
+    /// communication with training.
+    public var updateCompression = Compression.none
+    public var releaseCompression = Compression.none
+    public var overlap = false
 
     public static func load(path: String) throws -> Topology {
         func bad(_ why: String) -> FederationError { .badTopology("\(path): \(why)") }
@@ -122,7 +135,7 @@ public struct Topology: Sendable {
         let table: TOMLTable
         do { table = try TOMLTable(string: text) } catch { throw bad("not valid TOML: \(error)") }
         let root = TOMLReader(table, fail: bad)
-        try root.allowOnly(["name", "run_directory", "model", "data", "broker", "aggregation", "trainer", "clusters", "security", "supervision"])
+        try root.allowOnly(["name", "run_directory", "model", "data", "broker", "aggregation", "trainer", "clusters", "security", "supervision", "wire"])
         // Relative paths are relative to the working directory (the repository root in the README).
         var t = Topology(path: path, name: try root.string("name") ?? "federation",
                          runDirectory: try root.string("run_directory") ?? "runs/federation",
@@ -143,6 +156,7 @@ public struct Topology: Sendable {
         }
         if let st = try root.table("security") { try parseSecurity(st, into: &t) }
         if let sv = try root.table("supervision") { try parseSupervision(sv, into: &t) }
+        if let w = try root.table("wire") { try parseWire(w, into: &t) }
         if let ct = try root.table("clusters") { try parseClusters(ct, into: &t) }
         guard let list = try root.tables("trainer", "a list of [[trainer]] tables") else { throw bad("at least one [[trainer]] is required") }
         t.trainers = try list.map { try parseTrainer($0, clusterNames: t.aggregation.clusters?.names) }
@@ -151,6 +165,23 @@ public struct Topology: Sendable {
             throw bad("'aggregation.participants' (\(t.aggregation.participants)) exceeds the \(t.trainers.count) trainers")
         }
         return t
+    }
+
+    /// `[wire]`: encodings of updates and releases, overlap.
+    private static func parseWire(_ w: TOMLReader, into t: inout Topology) throws {
+        try w.allowOnly(["updates", "releases", "density", "bits", "overlap"])
+        func encoding(_ key: String, allowed: [TensorEncoding]) throws -> TensorEncoding {
+            guard let name = try w.string(key) else { return .f32 }
+            guard let e = TensorEncoding(configName: name), allowed.contains(e) else {
+                throw w.fail("'wire.\(key)' is '\(name)', not one of \(allowed.map(\.configName).joined(separator: ", "))")
+            }
+            return e
+        }
+        t.updateCompression = Compression(try encoding("updates", allowed: TensorEncoding.allCases),
+                                          density: try w.double("density") ?? 0.01, bits: try w.int("bits") ?? 2)
+        if let problem = t.updateCompression.problem { throw w.fail("[wire]: \(problem)") }
+        t.releaseCompression = Compression(try encoding("releases", allowed: [.f32, .f16, .bf16, .int8]))
+        t.overlap = try w.bool("overlap") ?? false
     }
 
     /// `[security]`: keys, allow-list, membership, suspension.

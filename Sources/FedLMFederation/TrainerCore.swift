@@ -12,6 +12,20 @@ import FedLMProtocol
 /// of fetch, train H local steps, deliver, until the token budget is spent. Each request is sent
 /// again after its timeout without a word (`Request`); an update the aggregator has forgotten
 /// the trainer for (`unknown_trainer`) is sent again after registering again.
+///
+/// With overlap (`[wire] overlap = true`, asynchronous modes) communication hides behind
+/// training, as in Streaming DiLoCo (Douillard et al. 2025) and DiLoCo with eager updates (Kale
+/// et al. 2025): when round r is trained, its update Δ_r and a FETCH go out and round r+1 starts
+/// at once. At most one update is in flight and one more trained and held; a round starts only
+/// when the previous update has gone out. The weights a round starts from (the merge rule):
+///
+/// - a release R newer than the one the trainer holds has arrived: S = R − Δ_last, where Δ_last
+///   is the trainer's latest pseudo-gradient, which R cannot contain yet (it was trained while R
+///   was on its way); the trainer's own update stands in for the aggregate until R includes it.
+///   The round's base version is R's.
+/// - no newer release: S = the weights the last round ended with (training continues locally);
+///   the base version stays that of the last release, so the aggregator's staleness weighting
+///   sees how far the trainer has moved from it.
 public struct TrainerCore: Sendable {
     public let options: TrainerOptions
     /// Tokens per local step (batch x sequence).
@@ -25,8 +39,8 @@ public struct TrainerCore: Sendable {
         case sendAfter(seconds: Double, Message)
         /// Send the last request again.
         case resend
-        /// Send the update in flight (its frames are the driver's: the pending file's).
-        case sendUpdate
+        /// Send this update (its frames are the driver's; it keeps the one in flight on disk).
+        case sendUpdate(String)
         /// Load this cluster's release and report its loss on the choice sample (`evaluated`).
         case evaluate(cluster: String, ReleaseInfo, TensorPayload)
         /// Train `steps` local steps from this release and report the update (`trained`).
@@ -44,11 +58,24 @@ public struct TrainerCore: Sendable {
     /// One round's work for the driver.
     public struct Round: Equatable, Sendable {
         public var number: Int
+        /// The release the round's update is based on (its version goes in the UPDATE).
         public var release: ReleaseInfo
-        public var payload: TensorPayload
+        /// The weights it starts from (with `payload`, the release's tensors, when they are used).
+        public var start: Start
+        public var payload: TensorPayload?
         public var steps: Int
         /// The cluster the update is for (its HELLO's).
         public var cluster: String?
+    }
+
+    /// Where a round's weights come from.
+    public enum Start: Equatable, Sendable {
+        /// The release (`payload`).
+        case release
+        /// The weights the last round ended with.
+        case local
+        /// The release minus the trainer's latest pseudo-gradient (overlap's merge rule).
+        case releaseMinusOwn
     }
 
     public enum Settlement: Equatable, Sendable {
@@ -73,7 +100,25 @@ public struct TrainerCore: Sendable {
         case fetching(Request, FetchPlan, asking: Int?)
         case training
         case delivering(Request)
+        /// Overlap: training, sending and fetching at once (see the type's documentation).
+        case overlapping(Overlap)
         case finished
+    }
+
+    /// What overlap is waiting for.
+    private struct Overlap: Sendable {
+        var training = false
+        /// The update in flight's and the fetch's resend timers (nil: none outstanding).
+        var update: Request?
+        var fetch: Request?
+        /// A trained update waiting for the one in flight to be settled.
+        var held: String?
+        /// The newest release received and not yet trained from.
+        var fresh: (ReleaseInfo, TensorPayload)?
+        /// The release the trainer's weights derive from.
+        var base: ReleaseInfo
+        /// The newest version the trainer holds (a FETCH asks for a newer one).
+        var newest: Int { fresh?.0.version ?? base.version }
     }
 
     /// An IFCA choice in progress: the clusters still to evaluate and the losses so far.
@@ -93,6 +138,7 @@ public struct TrainerCore: Sendable {
     public private(set) var rounds = 0
     private var mustChooseCluster: Bool
     private var lastBase: Int?
+    private var lastRelease: ReleaseInfo?
     private var lastBuffered = false
     private var lastRoundSeconds = 0.0
     private var stepSeconds = 0.0
@@ -107,6 +153,8 @@ public struct TrainerCore: Sendable {
     }
 
     public var isFinished: Bool { if case .finished = state { true } else { false } }
+    /// Overlap is on and the aggregation is asynchronous (synchronous rounds wait by design).
+    private var overlaps: Bool { options.overlap && mode != "sync" }
 
     // MARK: Events
 
@@ -127,8 +175,18 @@ public struct TrainerCore: Sendable {
         case .choosing(_, let choice): return choosing(message, choice)
         case .fetching(_, let plan, let asking): return fetching(message, plan: plan, asking: asking, now: now)
         case .delivering: return delivering(message, now: now)
+        case .overlapping(let o): return overlapping(message, o, now: now)
         case .idle, .training, .finished: return []
         }
+    }
+
+    /// Everything that had arrived has been handed in: with overlap, the moment to decide
+    /// whether the next round can start (so that a release right behind an ACK is not missed).
+    public mutating func drained(now: Double) -> [Action] {
+        guard case .overlapping(var o) = state else { return [] }
+        let actions = advance(&o, now: now)
+        if case .overlapping = state { state = .overlapping(o) }
+        return actions
     }
 
     /// Part of a streamed message arrived: the answer is on its way.
@@ -162,14 +220,25 @@ public struct TrainerCore: Sendable {
     /// The driver trained the round and saved the update `updateID` (`tokens` in `steps` steps
     /// that took `seconds`, slowdown included).
     public mutating func trained(updateID: String, tokens: Int, steps: Int, seconds: Double, now: Double) -> [Action] {
-        guard case .training = state else { return [] }
         tokensTrained += tokens
         rounds += 1
         lastRoundSeconds = seconds
         stepSeconds = seconds / Double(max(1, steps))
-        updateInFlight = updateID
         if choosesClusterAgain(round: rounds) { mustChooseCluster = true }
-        return deliver(now: now)
+        switch state {
+        case .training where overlaps, .overlapping:
+            var o: Overlap
+            if case .overlapping(let current) = state { o = current } else { o = Overlap(base: lastRelease!) }
+            o.training = false
+            o.held = updateID
+            state = .overlapping(o)
+            return []  // the driver hands in what arrived meanwhile, then `drained` decides
+        case .training:
+            updateInFlight = updateID
+            return deliver(now: now)
+        default:
+            return []
+        }
     }
 
     // MARK: Transitions
@@ -190,6 +259,10 @@ public struct TrainerCore: Sendable {
             state = .choosing(Request(sentAt: now, retry: Self.requestRetry), Choice(remaining: clusters))
             return [.send(.fetch(Fetch(cluster: first)))]
         }
+        if updateInFlight == nil, let held = heldAfterRegistering {
+            heldAfterRegistering = nil
+            updateInFlight = held
+        }
         if updateInFlight != nil { return deliver(now: now) }
         if tokensTrained >= (options.tokenBudget ?? .max) {
             state = .finished
@@ -202,7 +275,87 @@ public struct TrainerCore: Sendable {
 
     private mutating func deliver(now: Double) -> [Action] {
         state = .delivering(Request(sentAt: now, retry: options.ackTimeout))
-        return [.sendUpdate]
+        return [.sendUpdate(updateInFlight!)]
+    }
+
+    // MARK: Overlap
+
+    private mutating func overlapping(_ message: Message, _ o: Overlap, now: Double) -> [Action] {
+        var o = o
+        var actions: [Action] = []
+        switch message {
+        case .release(let info, let payload) where o.fetch != nil:
+            o.fetch = nil
+            lastBase = info.version
+            lastRelease = info
+            o.fresh = (info, payload)
+        case .heartbeat where o.fetch != nil:
+            o.fetch = nil  // nothing newer than the release the trainer holds
+        default:
+            guard let id = updateInFlight else { return [] }
+            switch delivery(of: id, reply: message) {
+            case .acknowledged(let ack):
+                updateInFlight = nil
+                o.update = nil
+                actions = [.settled(updateID: id, .acknowledged(ack))]
+            case .refused(let e):
+                updateInFlight = nil
+                o.update = nil
+                actions = [.settled(updateID: id, .refused(e))]
+            case .registerAgain:
+                // The aggregator forgot this trainer: register, then deliver as without overlap.
+                if let held = o.held, !o.training { heldAfterRegistering = held }
+                return register(now: now)
+            case .other:
+                return []
+            }
+        }
+        state = .overlapping(o)
+        return actions
+    }
+    /// A held update to deliver once registered again.
+    private var heldAfterRegistering: String?
+
+    /// Sends the held update when nothing is in flight, finishes when the budget is spent and
+    /// everything is settled, and starts the next round by the merge rule.
+    private mutating func advance(_ o: inout Overlap, now: Double) -> [Action] {
+        guard !o.training else { return [] }
+        var actions: [Action] = []
+        if updateInFlight == nil, let held = o.held {
+            o.held = nil
+            updateInFlight = held
+            o.update = Request(sentAt: now, retry: options.ackTimeout)
+            actions.append(.sendUpdate(held))
+            if o.fetch == nil {
+                o.fetch = Request(sentAt: now, retry: Self.requestRetry)
+                actions.append(.send(.fetch(Fetch(cluster: cluster, haveVersion: o.newest))))
+            }
+        }
+        let spent = tokensTrained >= (options.tokenBudget ?? .max)
+        if spent {
+            guard updateInFlight == nil, o.held == nil else { return actions }
+            state = .finished
+            return actions + [.finish]
+        }
+        if mustChooseCluster {
+            // Choosing needs the trainer's full attention: once everything is settled, as without overlap.
+            guard updateInFlight == nil, o.held == nil, o.fetch == nil else { return actions }
+            return actions + proceed(now: now)
+        }
+        guard o.held == nil else { return actions }
+        let start: Start
+        var payload: TensorPayload?
+        if let (info, fresh) = o.fresh {
+            o.fresh = nil
+            o.base = info
+            start = .releaseMinusOwn
+            payload = fresh
+        } else {
+            start = .local
+        }
+        o.training = true
+        let steps = localSteps(stepSeconds: stepSeconds, tokensTrained: tokensTrained)
+        return actions + [.train(Round(number: rounds + 1, release: o.base, start: start, payload: payload, steps: steps, cluster: cluster))]
     }
 
     private mutating func registering(_ message: Message, now: Double) -> [Action] {
@@ -228,9 +381,10 @@ public struct TrainerCore: Sendable {
         switch message {
         case .release(let info, let payload):
             lastBase = info.version
+            lastRelease = info
             state = .training
             let steps = localSteps(stepSeconds: stepSeconds, tokensTrained: tokensTrained)
-            return [.train(Round(number: rounds + 1, release: info, payload: payload, steps: steps, cluster: cluster))]
+            return [.train(Round(number: rounds + 1, release: info, start: .release, payload: payload, steps: steps, cluster: cluster))]
         case .heartbeat:
             // The aggregator has nothing newer than `asking` yet.
             guard let waitingFor = asking else { return [] }
@@ -279,6 +433,18 @@ public struct TrainerCore: Sendable {
         case .delivering(var r):
             defer { state = .delivering(r) }
             return change(&r)
+        case .overlapping(var o):
+            var actions: [Action] = []
+            if var r = o.update, let id = updateInFlight {
+                if change(&r) == [.resend] { actions.append(.sendUpdate(id)) }
+                o.update = r
+            }
+            if var r = o.fetch {
+                if change(&r) == [.resend] { actions.append(.send(.fetch(Fetch(cluster: cluster, haveVersion: o.newest)))) }
+                o.fetch = r
+            }
+            state = .overlapping(o)
+            return actions
         case .idle, .training, .finished:
             return []
         }

@@ -1,4 +1,5 @@
 import FedLMModel
+import FedLMProtocol
 
 /// A deliberately broken trainer, for robustness experiments: what it does to each update.
 public enum TrainerAttack: Equatable, Sendable {
@@ -44,6 +45,11 @@ public struct TrainerOptions: Sendable {
     /// fresh models instead of repeating work on the same base; a straggler never holds anyone
     /// up by more than this bound.
     public var freshBaseWait = 0.0
+    /// How updates travel; a lossy encoding keeps what it left out and adds it to the next
+    /// update (error feedback).
+    public var compression = Compression.none
+    /// Start the next round while the update uploads (see `TrainerCore`'s overlap rule).
+    public var overlap = false
     /// Robustness experiments only: corrupt every update this way.
     public var attack: TrainerAttack?
     /// Where the unacknowledged update is kept across restarts.

@@ -61,9 +61,13 @@ private final class TrainerSession {
     var core: TrainerCore
     var assembler: StreamAssembler
     var silence: SilenceWatch
-    /// The request `resend` sends again, and the update in flight (the pending file's frames).
+    /// The request `resend` sends again; the trained updates not yet settled, by id; and the
+    /// one kept on disk (the update in flight).
     var lastRequest: SharedFrames?
-    var update: SharedFrames?
+    var updates: [String: SharedFrames] = [:]
+    var persisted: String?
+    /// Bytes sent and received (every frame, resends included), for the bytes per token.
+    var bytesSent = 0, bytesReceived = 0
 
     init(service: TrainerService) throws {
         self.service = service
@@ -89,11 +93,19 @@ private final class TrainerSession {
         let o = options
         if let attack = o.attack { logger.warning("\(o.id): ATTACKING: every update is corrupted (\(attack)); for robustness experiments only") }
         let pending = try? PendingUpdate.load(service.pendingPath)
-        update = pending?.frames
-        if let pending { note(.resendingPendingUpdate(pending.id)) }
+        if let pending {
+            updates[pending.id] = pending.frames
+            persisted = pending.id
+            note(.resendingPendingUpdate(pending.id))
+        }
         try perform(core.start(now: Self.now, pendingUpdate: pending?.id))
+        let started = Self.now
         while !service.isStopped, !core.isFinished {
-            let reply = try socket.receiveInPlace(timeout: 100)
+            var reply = try socket.receiveInPlace(timeout: 0)
+            if reply == nil {
+                try perform(core.drained(now: Self.now))
+                reply = try socket.receiveInPlace(timeout: 100)
+            }
             watchSilence(heard: reply != nil)
             guard let reply else {
                 try perform(core.quiet(now: Self.now))
@@ -104,13 +116,18 @@ private final class TrainerSession {
                 logger.warning("\(o.id): undecodable reply: \(error)")
                 continue
             }
+            bytesReceived += reply.frames.reduce(0) { $0 + $1.count }
             guard let message else {
                 core.streaming(now: Self.now)
                 continue
             }
             try perform(core.received(message, now: Self.now))
         }
-        logger.info("\(o.id): stopped after \(service.tokensTrained) tokens, \(service.updatesAcknowledged) updates acknowledged")
+        let stats = TrainerStats(tokens: service.tokensTrained, updatesAcknowledged: service.updatesAcknowledged,
+                                 trainingSeconds: local.trainingSeconds, wallSeconds: Self.now - started,
+                                 bytesSent: bytesSent, bytesReceived: bytesReceived)
+        try? stats.write(to: options.stateDirectory + "/" + TrainerStats.file)
+        logger.info("\(o.id): stopped after \(service.tokensTrained) tokens, \(service.updatesAcknowledged) updates acknowledged; \(stats.summary)")
     }
 
     /// Performs the core's actions in order, and those its reports lead to.
@@ -129,9 +146,14 @@ private final class TrainerSession {
             Thread.sleep(forTimeInterval: seconds)
             try send(SharedFrames(message, codec: codec))
         case .resend:
-            if let lastRequest { try socket.sendStreamed(lastRequest) }
-        case .sendUpdate:
-            if let update { try send(update) }
+            if let lastRequest { try transmit(lastRequest) }
+        case .sendUpdate(let id):
+            guard let frames = updates[id] else { break }
+            if persisted != id {
+                try PendingUpdate(id: id, frames: frames).save(service.pendingPath)
+                persisted = id
+            }
+            try send(frames)
         case .evaluate(let cluster, _, let payload):
             return core.evaluated(cluster: cluster, loss: try local.evaluate(payload), now: Self.now)
         case .train(let round):
@@ -151,22 +173,25 @@ private final class TrainerSession {
     private func send(_ frames: SharedFrames) throws {
         lastRequest = frames
         silence.waiting(since: Self.now)
+        try transmit(frames)
+    }
+
+    private func transmit(_ frames: SharedFrames) throws {
         try socket.sendStreamed(frames)
+        bytesSent += (0..<frames.count).reduce(0) { $0 + frames[$1].count }
     }
 
     /// Trains the round, keeps the update on disk, and reports it to the core.
     private func train(_ round: TrainerCore.Round) throws -> [TrainerCore.Action] {
-        let result = try local.train(from: round.payload, steps: round.steps) {
+        let result = try local.train(round) {
             // Alive during long local training (the answers are ignored).
             _ = try? socket.send(codec.encode(.heartbeat), wait: false)
         }
         let info = round.release
         let id = "\(options.id)-\(info.version)-\(round.number)-\(UInt32.random(in: 0...UInt32.max))"
-        let frames = SharedFrames(.update(UpdateInfo(updateID: id, trainerID: options.id, baseVersion: info.version, cluster: round.cluster,
-                                                     baseHeadVersion: info.headVersion, tokens: result.tokens, localSteps: round.steps),
-                                          TensorPayload(specs: round.payload.specs, values: result.delta)), codec: codec)
-        try PendingUpdate(id: id, frames: frames).save(service.pendingPath)
-        update = frames
+        updates[id] = SharedFrames(.update(UpdateInfo(updateID: id, trainerID: options.id, baseVersion: info.version, cluster: round.cluster,
+                                                      baseHeadVersion: info.headVersion, tokens: result.tokens, localSteps: round.steps),
+                                           local.payload(of: result.delta)), codec: codec)
         service.count(tokens: result.tokens)
         logger.info("\(options.id): round \(round.number) on v\(info.version): \(round.steps) steps, loss \(String(format: "%.4f", result.lastLoss)), \(service.tokensTrained) tokens")
         return core.trained(updateID: id, tokens: result.tokens, steps: round.steps, seconds: result.seconds, now: Self.now)
@@ -180,8 +205,11 @@ private final class TrainerSession {
         case .refused(let e):
             logger.info("\(options.id): update \(id) refused: \(e.code.rawValue): \(e.detail)")
         }
-        update = nil
-        try? FileManager.default.removeItem(atPath: service.pendingPath)
+        updates[id] = nil
+        if persisted == id {
+            try? FileManager.default.removeItem(atPath: service.pendingPath)
+            persisted = nil
+        }
     }
 
     private func note(_ note: TrainerCore.Note) {

@@ -96,7 +96,7 @@ final class TrainerCoreTests: XCTestCase {
         let first = c.received(release(3), now: 2)
         XCTAssertEqual(round(of: first)?.steps, 5)
         XCTAssertEqual(round(of: first)?.number, 1)
-        XCTAssertEqual(c.trained(updateID: "u1", tokens: 64 * 5, steps: 5, seconds: 1, now: 3), [.sendUpdate])
+        XCTAssertEqual(c.trained(updateID: "u1", tokens: 64 * 5, steps: 5, seconds: 1, now: 3), [.sendUpdate("u1")])
         XCTAssertEqual(c.received(.ack(Ack(updateID: "old", outcome: .applied, version: 4)), now: 4), [], "another update's ACK")
         let ack = Ack(updateID: "u1", outcome: .applied, version: 4)
         XCTAssertEqual(c.received(.ack(ack), now: 4), [.settled(updateID: "u1", .acknowledged(ack)), .send(.fetch(Fetch(cluster: "en")))])
@@ -142,11 +142,11 @@ final class TrainerCoreTests: XCTestCase {
     func testAForgottenTrainerRegistersAgainAndSendsTheSameUpdate() {
         var c = core { $0.cluster = "en" }
         XCTAssertEqual(c.start(now: 0, pendingUpdate: "left-before-restart").count, 1)
-        XCTAssertEqual(c.received(welcome(), now: 1).last, .sendUpdate, "the update left from before a restart goes first")
+        XCTAssertEqual(c.received(welcome(), now: 1).last, .sendUpdate("left-before-restart"), "the update left from before a restart goes first")
         XCTAssertEqual(c.updateInFlight, "left-before-restart")
         let forgotten = ErrorReply(code: .unknownTrainer, detail: "say HELLO", refersTo: "left-before-restart")
         XCTAssertEqual(c.received(.error(forgotten), now: 2), [.send(.hello(Hello(trainerID: "en", cluster: "en", assignment: "declared")))])
-        XCTAssertEqual(c.received(welcome(), now: 3), [.note(.registered(cluster: "en")), .sendUpdate])
+        XCTAssertEqual(c.received(welcome(), now: 3), [.note(.registered(cluster: "en")), .sendUpdate("left-before-restart")])
         let ack = Ack(updateID: "left-before-restart", outcome: .duplicate, version: 2)
         XCTAssertEqual(c.received(.ack(ack), now: 4).first, .settled(updateID: "left-before-restart", .acknowledged(ack)))
         XCTAssertNil(c.updateInFlight)
@@ -198,5 +198,61 @@ final class TrainerCoreTests: XCTestCase {
         XCTAssertNil(w.quiet(now: 40), "said once")
         XCTAssertEqual(w.heard(now: 50), .ended(seconds: 40))
         XCTAssertNil(w.heard(now: 51))
+    }
+
+    // MARK: Overlap
+
+    func testWithOverlapTheNextRoundStartsWhileTheUpdateIsInFlightAndMergesTheFreshRelease() {
+        var c = core { $0.overlap = true; $0.maxLocalSteps = 2; $0.tokenBudget = 64 * 6 }
+        _ = c.start(now: 0)
+        _ = c.received(welcome(), now: 0)
+        XCTAssertEqual(round(of: c.received(release(3), now: 0))?.start, .release, "the first round starts from the release")
+        XCTAssertEqual(c.trained(updateID: "u1", tokens: 128, steps: 2, seconds: 1, now: 1), [], "the driver hands in what arrived first")
+        let first = c.drained(now: 1)
+        XCTAssertEqual(Array(first.prefix(2)), [.sendUpdate("u1"), .send(.fetch(Fetch(haveVersion: 3)))])
+        XCTAssertEqual(round(of: first)?.start, .local, "round 2 starts at once, from where round 1 ended")
+        XCTAssertEqual(round(of: first)?.release.version, 3, "still based on v3")
+        // Round 2 trains; meanwhile the ACK and a newer release arrive.
+        XCTAssertEqual(c.trained(updateID: "u2", tokens: 128, steps: 2, seconds: 1, now: 2), [])
+        let ack = Ack(updateID: "u1", outcome: .applied, version: 4)
+        XCTAssertEqual(c.received(.ack(ack), now: 2), [.settled(updateID: "u1", .acknowledged(ack))], "no round starts before the queue is read")
+        XCTAssertEqual(c.received(release(4), now: 2), [])
+        let second = c.drained(now: 2)
+        XCTAssertEqual(Array(second.prefix(2)), [.sendUpdate("u2"), .send(.fetch(Fetch(haveVersion: 4)))])
+        XCTAssertEqual(round(of: second)?.start, .releaseMinusOwn, "v4 minus u2, which v4 cannot hold yet")
+        XCTAssertEqual(round(of: second)?.release.version, 4)
+        XCTAssertEqual(round(of: second)?.payload, payload)
+        // The budget is spent after round 3: its update waits for u2's ACK, then the trainer finishes.
+        XCTAssertEqual(c.trained(updateID: "u3", tokens: 128, steps: 2, seconds: 1, now: 3), [])
+        XCTAssertEqual(c.received(.heartbeat, now: 3), [], "nothing newer than v4")
+        XCTAssertEqual(c.drained(now: 3), [], "u2 is still in flight: u3 is held")
+        XCTAssertEqual(c.quiet(now: 3 + 30.5), [.sendUpdate("u2")], "u2 again after its ACK timeout")
+        _ = c.received(.ack(Ack(updateID: "u2", outcome: .applied, version: 5)), now: 34)
+        XCTAssertEqual(c.drained(now: 34), [.sendUpdate("u3"), .send(.fetch(Fetch(haveVersion: 4)))])
+        _ = c.received(.ack(Ack(updateID: "u3", outcome: .applied, version: 6)), now: 35)
+        XCTAssertEqual(c.drained(now: 35), [.finish])
+        XCTAssertTrue(c.isFinished)
+    }
+
+    func testOverlapWaitsInSynchronousRoundsAndAForgottenTrainerDeliversBothUpdates() {
+        var sync = core { $0.overlap = true }
+        _ = sync.start(now: 0)
+        _ = sync.received(welcome(mode: "sync"), now: 0)
+        _ = sync.received(release(1), now: 0)
+        XCTAssertEqual(sync.trained(updateID: "u1", tokens: 64, steps: 1, seconds: 1, now: 1), [.sendUpdate("u1")], "sync rounds: no overlap")
+
+        var c = core { $0.overlap = true; $0.cluster = "en" }
+        _ = c.start(now: 0)
+        _ = c.received(welcome(), now: 0)
+        _ = c.received(release(1), now: 0)
+        _ = c.trained(updateID: "u1", tokens: 64, steps: 1, seconds: 1, now: 1)
+        _ = c.drained(now: 1)
+        _ = c.trained(updateID: "u2", tokens: 64, steps: 1, seconds: 1, now: 2)
+        let forgotten = ErrorReply(code: .unknownTrainer, detail: "say HELLO", refersTo: "u1")
+        XCTAssertEqual(c.received(.error(forgotten), now: 2), [.send(.hello(Hello(trainerID: "en", cluster: "en", assignment: "declared")))])
+        XCTAssertEqual(c.received(welcome(), now: 3).last, .sendUpdate("u1"))
+        XCTAssertEqual(c.received(.ack(Ack(updateID: "u1", outcome: .applied, version: 2)), now: 4).last, .sendUpdate("u2"),
+                       "the held update follows")
+        XCTAssertEqual(c.received(.ack(Ack(updateID: "u2", outcome: .applied, version: 3)), now: 5).last, .send(.fetch(Fetch(cluster: "en"))))
     }
 }

@@ -196,6 +196,12 @@ struct ExperimentCommand: ParsableCommand {
             let o = try TOMLTable(string: overrides)
             for key in o.keys { clusters[key] = o[key] }
         }
+        if let overrides = v.wireOverrides {
+            let wire = root["wire"]?.table ?? TOMLTable()
+            let o = try TOMLTable(string: overrides)
+            for key in o.keys { wire[key] = o[key] }
+            root["wire"] = wire
+        }
         root["name"] = spec.name + "-" + v.name
         root["run_directory"] = runDirectory
         root["model"] = modelPath

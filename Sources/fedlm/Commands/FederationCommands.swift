@@ -58,6 +58,7 @@ struct AggregatorCommand: AsyncParsableCommand {
         let logger = Logger(label: "fedlm.aggregator")
         let core = try AggregatorCore(runDirectory: t.runDirectory, config: t.aggregation,
                                       initialModel: try GPT2Model(config: file.model, seed: file.training.seed)) { logger.info("\($0)") }
+        core.releaseCompression = t.releaseCompression
         let service = AggregatorService(core: core, endpoints: t.endpoints, logger: logger)
         service.curve = try t.keysDirectory.map { try CurveClient.load(directory: $0, name: "aggregator") }
         let data = PreparedData(dataset: try TokenDataset(directory: t.dataDirectory))
@@ -120,6 +121,8 @@ struct TrainerCommand: AsyncParsableCommand {
             options.ackTimeout = entry.ackTimeout
             options.silenceWarning = t.supervision.trainerSilence
             options.attack = entry.attack
+            options.compression = t.updateCompression
+            options.overlap = t.overlap
         } else {
             guard let broker, let data else { throw ValidationError("give --topology and --name, or --broker and --data") }
             let file = try ConfigResolution.load(config)

@@ -1,0 +1,32 @@
+import Foundation
+
+/// What a trainer did, written to `<state directory>/stats.json` when it stops: for compute
+/// utilisation (time in training steps over wall time) and bytes per trained token.
+public struct TrainerStats: Codable, Equatable, Sendable {
+    public static let file = "stats.json"
+    public var tokens: Int
+    public var updatesAcknowledged: Int
+    public var trainingSeconds: Double
+    public var wallSeconds: Double
+    /// Every frame sent and received, resends included.
+    public var bytesSent: Int
+    public var bytesReceived: Int
+
+    public var utilisation: Double { wallSeconds > 0 ? trainingSeconds / wallSeconds : 0 }
+    public var bytesPerToken: Double { tokens > 0 ? Double(bytesSent + bytesReceived) / Double(tokens) : 0 }
+
+    public var summary: String {
+        String(format: "trained %.1f s of %.1f s (%.0f%% compute); sent %d bytes, received %d (%.1f bytes per token)",
+               trainingSeconds, wallSeconds, 100 * utilisation, bytesSent, bytesReceived, bytesPerToken)
+    }
+
+    public func write(to path: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(self).write(to: URL(fileURLWithPath: path), options: .atomic)
+    }
+
+    public static func read(_ path: String) throws -> TrainerStats {
+        try JSONDecoder().decode(TrainerStats.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+}

@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""A TCP delay relay: latency, jitter and the cost of loss for links this kernel cannot shape.
+
+The kernel here has tc's tbf and htb (bandwidth) but no netem (delay, loss), so `scripts/wan`
+puts this relay in front of each region's connection to the hub: it accepts on LISTEN and
+connects to TARGET, and forwards each direction's bytes after a one-way delay of half the round
+trip, plus uniform jitter, in order (a piece never overtakes the one before it).
+
+Loss is emulated as what it costs TCP: each piece is held back, with the probability that one of
+its 1448-byte segments is lost, for a retransmission timeout (Linux's minimum 200 ms, or the round
+trip when longer), and everything behind it waits too. Real packet loss would also shrink the
+congestion window; this relay does not model that.
+
+    wan_relay.py LISTEN_HOST:PORT TARGET_HOST:PORT --rtt-ms 100 [--jitter-ms 5] [--loss 0.001] [--seed 1]
+"""
+import argparse
+import asyncio
+import random
+import time
+
+PIECE = 64 * 1024
+MSS = 1448
+
+
+def parse(address):
+    host, port = address.rsplit(":", 1)
+    return host, int(port)
+
+
+class Link:
+    def __init__(self, rtt_ms, jitter_ms, loss, seed):
+        self.delay = rtt_ms / 2000.0
+        self.jitter = jitter_ms / 1000.0
+        self.loss = loss
+        self.rto = max(0.2, rtt_ms / 1000.0)
+        self.random = random.Random(seed)
+
+    def due(self, now, previous, size):
+        due = now + self.delay + self.random.uniform(-self.jitter, self.jitter)
+        if self.loss > 0:
+            segments = max(1, (size + MSS - 1) // MSS)
+            if self.random.random() < 1 - (1 - self.loss) ** segments:
+                due += self.rto
+        return max(due, previous)
+
+
+async def pump(reader, writer, link):
+    """Reads pieces as they come and writes each at its due time, in order."""
+    queue = asyncio.Queue(maxsize=1024)  # at most 64 MiB in flight per direction
+
+    async def read():
+        previous = 0.0
+        try:
+            while True:
+                data = await reader.read(PIECE)
+                if not data:
+                    break
+                previous = link.due(time.monotonic(), previous, len(data))
+                await queue.put((previous, data))
+        finally:
+            await queue.put((None, None))
+
+    async def write():
+        try:
+            while True:
+                due, data = await queue.get()
+                if data is None:
+                    break
+                wait = due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                writer.write(data)
+                await writer.drain()
+        finally:
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+    await asyncio.gather(read(), write(), return_exceptions=True)
+
+
+async def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("listen")
+    parser.add_argument("target")
+    parser.add_argument("--rtt-ms", type=float, default=0)
+    parser.add_argument("--jitter-ms", type=float, default=0)
+    parser.add_argument("--loss", type=float, default=0)
+    parser.add_argument("--seed", type=int, default=1)
+    a = parser.parse_args()
+    if not (0 <= a.loss < 1) or a.rtt_ms < 0 or a.jitter_ms < 0 or a.jitter_ms > a.rtt_ms / 2:
+        parser.error("need 0 <= loss < 1, rtt >= 0 and 0 <= jitter <= rtt/2")
+    target = parse(a.target)
+    connections = 0
+
+    async def serve(client_reader, client_writer):
+        nonlocal connections
+        connections += 1
+        try:
+            server_reader, server_writer = await asyncio.open_connection(*target)
+        except OSError:
+            client_writer.close()
+            return
+        up = Link(a.rtt_ms, a.jitter_ms, a.loss, a.seed * 1000 + 2 * connections)
+        down = Link(a.rtt_ms, a.jitter_ms, a.loss, a.seed * 1000 + 2 * connections + 1)
+        await asyncio.gather(pump(client_reader, server_writer, up), pump(server_reader, client_writer, down))
+
+    host, port = parse(a.listen)
+    server = await asyncio.start_server(serve, host, port)
+    print(f"relay {a.listen} -> {a.target}: rtt {a.rtt_ms} ms, jitter {a.jitter_ms} ms, loss {a.loss}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
