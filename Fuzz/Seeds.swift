@@ -14,7 +14,12 @@ struct Seeds {
             .update(UpdateInfo(updateID: "u", trainerID: "t", baseVersion: 1, cluster: "en", baseHeadVersion: 0, tokens: 8, localSteps: 1), payload),
             .release(ReleaseInfo(version: 2, cluster: "en", headVersion: 1), payload), .ack(Ack(updateID: "u", outcome: .applied, version: 2)),
             .error(ErrorReply(code: .tooStale, detail: "x", refersTo: "u")),
-        ]
+        ] + [Compression(.f16), Compression(.bf16), Compression(.int8), Compression(.topk, density: 0.25, bits: 3)].map { c in
+            // Compressed payloads, so the fuzzer starts inside every chunk decoder.
+            let encoded = payload.values.withUnsafeBufferPointer { c.encode($0, chunkBytes: 64) }
+            return .update(UpdateInfo(updateID: "u", trainerID: "t", baseVersion: 1, tokens: 8, localSteps: 1),
+                           TensorPayload(specs: specs, encoded: encoded))
+        }
         try FileManager.default.createDirectory(atPath: dir + "/wire", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: dir + "/stream", withIntermediateDirectories: true)
         for (i, m) in messages.enumerated() {

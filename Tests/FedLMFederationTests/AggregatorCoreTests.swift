@@ -23,8 +23,8 @@ final class AggregatorCoreTests: XCTestCase {
     override func setUp() { dir = NSTemporaryDirectory() + "fedlm-agg-\(getpid())-\(UInt32.random(in: 0...UInt32.max))" }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
-    func core() throws -> AggregatorCore {
-        try AggregatorCore(runDirectory: dir, config: config, initialModel: try GPT2Model(config: modelConfig, seed: 1))
+    func core(_ config: AggregationConfig? = nil) throws -> AggregatorCore {
+        try AggregatorCore(runDirectory: dir, config: config ?? self.config, initialModel: try GPT2Model(config: modelConfig, seed: 1))
     }
 
     func update(_ id: String, base: Int, scale: Float, specs: [TensorSpec], trainer: String = "t1") -> Message {
@@ -106,6 +106,52 @@ final class AggregatorCoreTests: XCTestCase {
         XCTAssertEqual(rewritten.number, version + 1)
         XCTAssertEqual(try Checkpoint.sha256(ofFile: rewritten.checkpointPath + "/model.safetensors"), rewritten.sha256)
         XCTAssertEqual(try core().model.parameters.storage.array.map(\.bitPattern), afterOne.map(\.bitPattern))
+    }
+
+    /// Compressed updates arrive as a stream, are decoded chunk by chunk into the aggregator's
+    /// delta files and applied; a restart replays those files to the same model, bit for bit,
+    /// and what was applied is exactly what the sender's payload decodes to.
+    func testCompressedUpdatesReplayToTheSameModelBitForBit() throws {
+        var codec = WireCodec()
+        codec.chunkBytes = 256  // 64 values a chunk: several chunks per update
+        var expected: [Float] = []
+        var version = 0
+        var applied: [[Float]] = []
+        var uncheckpointed = config
+        uncheckpointed.checkpointEvery = 100  // every update replays from its delta file
+        do {
+            let c = try core(uncheckpointed)
+            nonisolated(unsafe) let core = c
+            _ = try c.handle(.hello(Hello(trainerID: "t1")), from: "p")
+            var residual = [Float](repeating: 0, count: c.model.parameters.count)
+            let encodings = [Compression(.int8), Compression(.topk, density: 0.1, bits: 2), Compression(.bf16), Compression(.f16)]
+            for i in 0..<7 {
+                let n = c.model.parameters.count
+                let delta = (0..<n).map { Float(($0 * 7 + i * 13) % 23 - 11) * 1e-3 }
+                let compression = encodings[i % encodings.count]
+                let encoded = delta.withUnsafeBufferPointer { d in residual.withUnsafeMutableBufferPointer { compression.encode(d, chunkBytes: 256, residual: $0) } }
+                let payload = TensorPayload(specs: c.specs, encoded: encoded)
+                applied.append(payload.values)
+                var assembler = StreamAssembler(codec: codec)
+                assembler.destinations = { _, count in core.incomingUpdate(count: count) }
+                var message: Message?
+                for m in MessageStream.split(codec.encode(.update(UpdateInfo(updateID: "c\(i)", trainerID: "t1", baseVersion: max(0, c.version - 1),
+                                                                              tokens: 64, localSteps: 4), payload))) {
+                    message = try assembler.accept(m)
+                }
+                guard case .update(_, let received)? = message else { return XCTFail("update \(i) did not assemble") }
+                XCTAssertNotNil(received.destination, "decoded straight into the update's delta file")
+                XCTAssertEqual(received.values.map(\.bitPattern), applied[i].map(\.bitPattern))
+                guard case .ack? = reply(try c.handle(message!, from: "p")) else { return XCTFail("update \(i) not acknowledged") }
+            }
+            expected = c.model.parameters.storage.array
+            version = c.version
+            XCTAssertEqual(version, 3, "seven updates at K = 2: three versions, one buffered")
+        }
+        let reopened = try core(uncheckpointed)
+        XCTAssertEqual(try reopened.ledger.versions().map(\.number), [0], "only the initial checkpoint: all seven replay")
+        XCTAssertEqual(reopened.version, version)
+        XCTAssertEqual(reopened.model.parameters.storage.array.map(\.bitPattern), expected.map(\.bitPattern))
     }
 
     /// With `norm_policy = "refuse"` an update above the bound is refused with its norm, recorded
