@@ -10,12 +10,14 @@ import CFedLMRuntime
 /// | `F16` | IEEE binary16, round to nearest even, clamped to ±65504 | 2n |
 /// | `BF16` | the upper 16 bits of binary32, round to nearest even | 2n |
 /// | `I8` | scale s (binary32), then n signed bytes q; value = q·s, s = max|v|/127 | 4 + n |
-/// | `TOPK` | k (UInt32), scale s (binary32), k ascending UInt32 indices into the chunk, then k codes of `bits` bits packed from the lowest bit up; value = (code − (2^bits − 1)/2)·s, every other value 0 | 8 + 4k + ⌈k·bits/8⌉ |
+/// | `TOPK` | blocks of 4096 values (the last fewer), each: k (UInt16), scale s (binary32), k ascending UInt16 indices into the block, k codes of `bits` bits packed from the lowest bit up; value = (code − (2^bits − 1)/2)·s, every other value 0 | Σ 6 + 2k + ⌈k·bits/8⌉ |
 ///
-/// TOPK is the sparse form of SparseLoCo (Sarfi et al. 2025): the k = ⌈density·n⌉ entries of
-/// largest magnitude of each chunk, at 2 to 8 bits on a uniform mid-rise grid spanning ±max|v|
-/// (s = max|v| / ((2^bits − 1)/2)); what it leaves out is kept by the sender and added to its
-/// next update (`ErrorFeedback`).
+/// TOPK is the chunked sparse form of SparseLoCo (Sarfi et al. 2025): in every block of 4096
+/// values, the k = ⌈density·4096⌉ of largest magnitude, at 2 to 8 bits on a uniform mid-rise
+/// grid spanning ±max|v| of the block (s = max|v| / ((2^bits − 1)/2)). Blocks keep every part of
+/// every tensor in the update (a top-k over a whole megabyte would pick from the tensors with
+/// the largest values only) and make 16-bit indices enough. What it leaves out is kept by the
+/// sender and added to its next update (error feedback, `Compression.encode(_:residual:)`).
 public enum TensorEncoding: String, Codable, Sendable, CaseIterable {
     case f32 = "F32", f16 = "F16", bf16 = "BF16", int8 = "I8", topk = "TOPK"
 
@@ -41,7 +43,9 @@ public enum TensorEncoding: String, Codable, Sendable, CaseIterable {
 /// An encoding with the sender's settings.
 public struct Compression: Equatable, Sendable {
     public var encoding: TensorEncoding
-    /// TOPK: the fraction of each chunk's values sent (at most 0.5).
+    /// TOPK: the values of a block (`topkBlock`).
+    public static let topkBlock = 4096
+    /// TOPK: the fraction of each block's values sent (at most 0.5).
     public var density: Double
     /// TOPK: bits per value sent (2 to 8).
     public var bits: Int
@@ -62,7 +66,7 @@ public struct Compression: Equatable, Sendable {
         return nil
     }
 
-    /// Values kept of a TOPK chunk of `n` values.
+    /// Values kept of a TOPK block of `n` values.
     public func kept(of n: Int) -> Int { max(1, min(n, Int((density * Double(n)).rounded(.up)))) }
 
     /// Encodes one chunk.
@@ -89,24 +93,28 @@ public struct Compression: Equatable, Sendable {
     }
 
     private func encodeTopK(_ v: UnsafeBufferPointer<Float>) -> [UInt8] {
-        let k = kept(of: v.count)
-        let indices = Self.largest(k, of: v)
+        var out: [UInt8] = []
+        out.reserveCapacity(v.count / 8)
+        for start in stride(from: 0, to: v.count, by: Self.topkBlock) {
+            encodeTopKBlock(UnsafeBufferPointer(rebasing: v[start..<min(start + Self.topkBlock, v.count)]), into: &out)
+        }
+        return out
+    }
+
+    private func encodeTopKBlock(_ v: UnsafeBufferPointer<Float>, into out: inout [UInt8]) {
+        let indices = Self.largest(kept(of: v.count), of: v)
         let levels = Float((1 << bits) - 1)
         let half = levels / 2
-        let peak = indices.reduce(Float(0)) { max($0, abs(v[$1])) }
-        let scale = peak / half
-        var out: [UInt8] = []
-        out.reserveCapacity(8 + 4 * k + (k * bits + 7) / 8)
-        append32(UInt32(k), to: &out)
+        let scale = indices.reduce(Float(0)) { max($0, abs(v[$1])) } / half
+        append16(UInt16(indices.count), to: &out)
         append32(scale.bitPattern, to: &out)
-        for i in indices { append32(UInt32(i), to: &out) }
+        for i in indices { append16(UInt16(i), to: &out) }
         var packer = BitPacker(bits: bits)
         for i in indices {
             let code = scale == 0 ? 0 : min(max((v[i] / scale + half).rounded(), 0), levels)
             packer.append(UInt32(code), to: &out)
         }
         packer.flush(to: &out)
-        return out
     }
 
     /// Indices of the `k` values of largest magnitude, ascending (ties: the earlier index).
@@ -168,7 +176,8 @@ public func decodeChunk(_ bytes: UnsafeRawBufferPointer, encoding: TensorEncodin
             throw ProtocolError(.malformed, "\(encoding.rawValue) chunk \(chunk) has \(bytes.count) bytes, expected \(expected)")
         }
     }
-    func u16(_ i: Int) -> UInt16 { UInt16(bytes[2 * i]) | UInt16(bytes[2 * i + 1]) << 8 }
+    func u16(_ i: Int) -> UInt16 { u16(at: 2 * i) }
+    func u16(at offset: Int) -> UInt16 { UInt16(bytes[offset]) | UInt16(bytes[offset + 1]) << 8 }
     func u32(_ offset: Int) -> UInt32 { bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self).littleEndian }
     switch encoding {
     case .f32:
@@ -189,23 +198,33 @@ public func decodeChunk(_ bytes: UnsafeRawBufferPointer, encoding: TensorEncodin
         guard let bits, (2...8).contains(bits) else {
             throw ProtocolError(.malformed, "TOPK needs bits between 2 and 8, the layout says \(bits.map(String.init) ?? "none")")
         }
-        guard bytes.count >= 8 else { throw ProtocolError(.malformed, "TOPK chunk \(chunk) has \(bytes.count) bytes, fewer than its 8-byte head") }
-        let k = Int(u32(0))
-        guard k <= n else { throw ProtocolError(.malformed, "TOPK chunk \(chunk) keeps \(k) values of \(n)") }
-        try size(8 + 4 * k + (k * bits + 7) / 8)
-        let scale = Float(bitPattern: u32(4))
-        try checkScale(scale, chunk)
         out.update(repeating: 0)
         let half = Float((1 << bits) - 1) / 2
-        var previous = -1
-        var unpacker = BitUnpacker(bits: bits, offset: 8 + 4 * k)
-        for j in 0..<k {
-            let index = Int(u32(8 + 4 * j))
-            guard index > previous, index < n else {
-                throw ProtocolError(.malformed, "TOPK chunk \(chunk): index \(index) after \(previous) (ascending, below \(n))")
+        var offset = 0
+        for start in stride(from: 0, to: n, by: Compression.topkBlock) {
+            let block = min(Compression.topkBlock, n - start)
+            let what = "TOPK chunk \(chunk), block \(start / Compression.topkBlock)"
+            guard bytes.count >= offset + 6 else { throw ProtocolError(.malformed, "\(what): \(bytes.count - offset) bytes left, fewer than its 6-byte head") }
+            let k = Int(u16(at: offset))
+            guard k <= block else { throw ProtocolError(.malformed, "\(what) keeps \(k) values of \(block)") }
+            let end = offset + 6 + 2 * k + (k * bits + 7) / 8
+            guard bytes.count >= end else { throw ProtocolError(.malformed, "\(what) needs \(end - offset) bytes, \(bytes.count - offset) are left") }
+            let scale = Float(bitPattern: u32(offset + 2))
+            try checkScale(scale, chunk)
+            var previous = -1
+            var unpacker = BitUnpacker(bits: bits, offset: offset + 6 + 2 * k)
+            for j in 0..<k {
+                let index = Int(u16(at: offset + 6 + 2 * j))
+                guard index > previous, index < block else {
+                    throw ProtocolError(.malformed, "\(what): index \(index) after \(previous) (ascending, below \(block))")
+                }
+                previous = index
+                out[start + index] = (Float(unpacker.next(bytes)) - half) * scale
             }
-            previous = index
-            out[index] = (Float(unpacker.next(bytes)) - half) * scale
+            offset = end
+        }
+        guard offset == bytes.count else {
+            throw ProtocolError(.malformed, "TOPK chunk \(chunk) has \(bytes.count) bytes, its blocks \(offset)")
         }
     }
 }
@@ -319,7 +338,9 @@ extension Compression {
         case .f32: return chunkBytes
         case .f16, .bf16: return 2 * n
         case .int8: return 4 + n
-        case .topk: return 8 + 4 * n + (n * (bits ?? 8) + 7) / 8
+        case .topk:
+            let blocks = (n + topkBlock - 1) / topkBlock
+            return 6 * blocks + 2 * n + (n * (bits ?? 8) + 7) / 8 + blocks
         }
     }
 }

@@ -15,6 +15,7 @@ final class TensorEncodingTests: XCTestCase {
     }
 
     func le32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+    func le16(_ v: UInt16) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
 
     func testHalfPrecisionRoundsToNearestEvenAndClampsF16() throws {
         // 1 + 2^-8 lies halfway between bfloat16's 1 and 1 + 2^-7: to the even one, 1.
@@ -36,15 +37,24 @@ final class TensorEncodingTests: XCTestCase {
         XCTAssertEqual(encode(Compression(.int8), [0, 0]), le32(0) + [0, 0], "all zero: scale 0")
     }
 
-    func testTopKKeepsTheLargestOfEachChunkOnAMidRiseGrid() throws {
+    func testTopKKeepsTheLargestOfEachBlockOnAMidRiseGrid() throws {
         let c = Compression(.topk, density: 0.5, bits: 2)
         let bytes = encode(c, [0.1, -3, 0.2, 1.5])
-        // k = 2: indices 1 and 3; peak 3 over (2^2 - 1)/2 = 1.5 gives scale 2;
+        // One block, k = 2: indices 1 and 3; peak 3 over (2^2 - 1)/2 = 1.5 gives scale 2;
         // codes round(v/2 + 1.5): -3 -> 0, 1.5 -> 2.25 -> 2; packed from the low bits: 0 | 2 << 2 = 8.
-        XCTAssertEqual(bytes, le32(2) + le32(Float(2).bitPattern) + le32(1) + le32(3) + [0x08])
+        XCTAssertEqual(bytes, le16(2) + le32(Float(2).bitPattern) + le16(1) + le16(3) + [0x08])
         XCTAssertEqual(try decode(bytes, .topk, bits: 2, count: 4), [0, -3, 0, 1])
         XCTAssertEqual(c.kept(of: 1000), 500)
-        XCTAssertEqual(Compression(.topk, density: 0.01).kept(of: 262_144), 2622)
+        XCTAssertEqual(Compression(.topk, density: 0.01).kept(of: 4096), 41)
+        // Blocks of 4096: each keeps its own largest, at its own scale (a block of small values
+        // is not starved by a block of large ones).
+        var v = [Float](repeating: 0.001, count: 4096 + 10)
+        v[7] = 100
+        v[4096 + 3] = -0.002
+        let two = try decode(encode(Compression(.topk, density: 0.0001, bits: 8), v), .topk, bits: 8, count: v.count)
+        XCTAssertEqual(two[7], 100 * 127.5 / 127.5, accuracy: 0.5)
+        XCTAssertEqual(two[4096 + 3], -0.002, accuracy: 1e-5, "the second block's largest, at the second block's scale")
+        XCTAssertEqual(two.filter { $0 != 0 }.count, 2)
         // Ties at the threshold: the earlier index.
         XCTAssertEqual(try decode(encode(Compression(.topk, density: 0.5, bits: 8), [1, -1, 1, -1]), .topk, bits: 8, count: 4).map { $0 != 0 },
                        [true, true, false, false])
@@ -75,10 +85,13 @@ final class TensorEncodingTests: XCTestCase {
         }
         XCTAssertTrue(refusal([1, 2, 3], .int8).contains("I8 chunk 0 has 3 bytes, expected 8"))
         XCTAssertTrue(refusal(le32(Float.nan.bitPattern) + [1, 2, 3, 4], .int8).contains("scale nan"))
-        XCTAssertTrue(refusal(le32(2) + le32(0x3F80_0000) + le32(3) + le32(1) + [0], .topk).contains("index 1 after 3"))
-        XCTAssertTrue(refusal(le32(1) + le32(0x3F80_0000) + le32(4) + [0], .topk).contains("index 4 after -1"))
-        XCTAssertTrue(refusal(le32(9) + le32(0x3F80_0000), .topk).contains("keeps 9 values of 4"))
-        XCTAssertTrue(refusal(le32(1) + le32(0x3F80_0000) + le32(0), .topk).contains("has 12 bytes, expected 13"))
+        let one = le32(0x3F80_0000)
+        XCTAssertTrue(refusal(le16(2) + one + le16(3) + le16(1) + [0], .topk).contains("block 0: index 1 after 3"))
+        XCTAssertTrue(refusal(le16(1) + one + le16(4) + [0], .topk).contains("index 4 after -1"))
+        XCTAssertTrue(refusal(le16(9) + one, .topk).contains("keeps 9 values of 4"))
+        XCTAssertTrue(refusal(le16(1) + one + le16(0), .topk).contains("needs 9 bytes, 8 are left"))
+        XCTAssertTrue(refusal(le16(1) + one + le16(0) + [0, 7], .topk).contains("has 10 bytes, its blocks 9"))
+        XCTAssertTrue(refusal(le16(1) + le32(Float.infinity.bitPattern) + le16(0) + [0], .topk).contains("scale inf"))
         XCTAssertTrue(refusal([], .topk, bits: 9).contains("bits between 2 and 8"))
         XCTAssertTrue(refusal([0, 0, 0], .bf16).contains("BF16 chunk 0 has 3 bytes, expected 8"))
     }
