@@ -13,6 +13,9 @@ public enum AggregatorDirective: Equatable {
     /// makes it: the service encodes each release once per version and streams it to every
     /// fetcher and to the subscribers.
     case sendRelease(to: String, cluster: String?)
+    /// Send one peer the release steps from the version it holds to the current one
+    /// (`releaseSteps(from:)`), each encoded once.
+    case sendReleaseSteps(to: String, from: Int)
 }
 
 /// The aggregator's protocol logic and durable state, without sockets.
@@ -43,6 +46,12 @@ public final class AggregatorCore {
     /// How releases travel (lossy encodings: trainers start from the decoded weights and their
     /// pseudo-gradients are taken from there, so nothing accumulates).
     public var releaseCompression = Compression.none
+    /// Releases as compressed steps from a version the trainer holds (`PublishedModel`; global
+    /// model only): nil for whole releases.
+    public var releaseStepCompression: Compression? {
+        didSet { published = nil }
+    }
+    private var published: PublishedModel?
     /// The pseudo-gradient being handled, reused from update to update (no strategy keeps it),
     /// so a 40 MB update does not fault in 40 MB of fresh pages each time.
     private lazy var deltaScratch = ParameterVector(layout: model.layout)
@@ -167,6 +176,9 @@ public final class AggregatorCore {
                 return [.reply(to: peer, .error(ErrorReply(code: .unknownCluster, detail: "no cluster named '\(c)'")))]
             }
             if let have = f.haveVersion, have == version { return [.reply(to: peer, .heartbeat)] }
+            if f.cluster == nil, let held = f.holds, publishedModel()?.steps(from: held) != nil {
+                return [.sendReleaseSteps(to: peer, from: held)]
+            }
             return [.sendRelease(to: peer, cluster: f.cluster)]
         case .update(let info, let payload):
             return [.reply(to: peer, try handleUpdate(info, payload, now: now))]
@@ -188,6 +200,9 @@ public final class AggregatorCore {
 
     /// The current model as a RELEASE: the global model, or a cluster's (global trunk, its head).
     public func release(cluster: String? = nil) -> Message {
+        if cluster == nil, let p = publishedModel() {
+            return .release(ReleaseInfo(version: p.version), p.weights.withUnsafeBufferPointer { TensorPayload(specs: specs, copying: $0) })
+        }
         guard let cluster, let heads, let head = heads.heads[cluster] else {
             return .release(ReleaseInfo(version: version), encodedRelease(UnsafeBufferPointer(model.parameters.storage.buffer)))
         }
@@ -197,6 +212,23 @@ public final class AggregatorCore {
         }
         return .release(ReleaseInfo(version: version, cluster: cluster, headVersion: head.version),
                         values.withUnsafeBufferPointer { encodedRelease($0) })
+    }
+
+    /// The published model, moved to the current version (with release steps on, and no
+    /// personalized heads).
+    private func publishedModel() -> PublishedModel? {
+        guard let compression = releaseStepCompression, heads == nil else { return nil }
+        let current = UnsafeBufferPointer(model.parameters.storage.buffer)
+        if published == nil { published = PublishedModel(weights: current, version: version, compression: compression) }
+        published!.advance(to: current, version: version)
+        return published
+    }
+
+    /// The release steps from version `held` to the current one, oldest first (empty when they
+    /// are no longer kept).
+    public func releaseSteps(from held: Int) -> [Message] {
+        guard let p = publishedModel(), let steps = p.steps(from: held) else { return [] }
+        return steps.map { .release(ReleaseInfo(version: $0.to, stepFrom: $0.from, through: p.version), TensorPayload(specs: specs, encoded: $0.encoded)) }
     }
 
     private func encodedRelease(_ values: UnsafeBufferPointer<Float>) -> TensorPayload {

@@ -46,6 +46,11 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         return frames
     }
 
+    /// The release steps from version `held` (their chunks are already encoded: this only adds heads).
+    func stepFrames(from held: Int) -> [SharedFrames] {
+        core.releaseSteps(from: held).map { SharedFrames($0, codec: codec) }
+    }
+
     /// The pub/sub topic of a release: "global/" or "cluster/<name>/" (the trailing slash keeps
     /// one cluster's subscription from matching another whose name it prefixes).
     public static func topic(cluster: String?) -> [UInt8] { Array((cluster.map { "cluster/\($0)/" } ?? "global/").utf8) }
@@ -115,6 +120,8 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
                 case .reply(let to, let reply): try dealer.send([Array(to.utf8)] + codec.encode(reply))
                 // Release frames are encoded once per version (shared with the publication below) and streamed.
                 case .sendRelease(let to, let cluster): try dealer.sendStreamed(releaseFrames(cluster: cluster), prefix: [Array(to.utf8)])
+                case .sendReleaseSteps(let to, let held):
+                    for frames in stepFrames(from: held) { try dealer.sendStreamed(frames, prefix: [Array(to.utf8)]) }
                 }
             }
             if traceTiming {

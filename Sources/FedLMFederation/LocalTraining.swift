@@ -37,6 +37,24 @@ final class LocalTraining {
 
     var dataClusters: [String] { options.dataClusters ?? data.clusters }
 
+    /// The release the trainer holds (the whole release, plus the release steps since).
+    private var held: [Float] = []
+
+    /// Keeps a release: a whole one replaces the held weights, a step is added to them.
+    func hold(_ info: ReleaseInfo, _ payload: TensorPayload) throws {
+        try payload.check(against: model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) })
+        if info.stepFrom == nil {
+            held = payload.values
+        } else {
+            guard held.count == model.parameters.count else { throw FederationError.peer("a release step arrived before any release") }
+            PublishedModel.add(payload, to: &held)
+        }
+    }
+
+    private func loadHeld() {
+        held.withUnsafeBufferPointer { model.parameters.pointer.update(from: $0.baseAddress!, count: model.parameters.count) }
+    }
+
     /// Checks a release against the model's tensors and loads it.
     func load(_ payload: TensorPayload) throws {
         try payload.check(against: model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) })
@@ -80,11 +98,11 @@ final class LocalTraining {
     func train(_ round: TrainerCore.Round, alive: () -> Void) throws -> Result {
         switch round.start {
         case .release:
-            try load(round.payload!)
+            loadHeld()
         case .local:
             break
         case .releaseMinusOwn:
-            try load(round.payload!)
+            loadHeld()
             if let own = lastDelta { Self.subtract(own, from: model.parameters.pointer) }
         }
         start.copy(from: model.parameters)

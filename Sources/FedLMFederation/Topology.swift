@@ -75,6 +75,9 @@ import TOMLKit
 ///     releases = "bf16"                     # f32 | f16 | bf16 | int8
 ///     density = 0.01                        # topk: share of each chunk's entries sent
 ///     bits = 2                              # topk: bits per entry sent (2-8)
+///     release_steps = "topk"                # optional: releases as compressed steps from the version a trainer holds
+///     step_density = 0.05                   #   (f16 | bf16 | int8 | topk; no [clusters]; whole releases then travel in F32)
+///     step_bits = 4
 ///     overlap = true                        # trainers start their next round while their update uploads
 ///
 ///     [clusters]                            # optional: personalized heads per data cluster
@@ -127,6 +130,8 @@ public struct Topology: Sendable {
     /// communication with training.
     public var updateCompression = Compression.none
     public var releaseCompression = Compression.none
+    /// Releases as compressed steps (`PublishedModel`), or nil.
+    public var releaseSteps: Compression?
     public var overlap = false
 
     public static func load(path: String) throws -> Topology {
@@ -158,6 +163,9 @@ public struct Topology: Sendable {
         if let sv = try root.table("supervision") { try parseSupervision(sv, into: &t) }
         if let w = try root.table("wire") { try parseWire(w, into: &t) }
         if let ct = try root.table("clusters") { try parseClusters(ct, into: &t) }
+        if t.releaseSteps != nil, t.aggregation.clusters != nil {
+            throw bad("'wire.release_steps' is for the global model; a federation with [clusters] sends whole releases")
+        }
         guard let list = try root.tables("trainer", "a list of [[trainer]] tables") else { throw bad("at least one [[trainer]] is required") }
         t.trainers = try list.map { try parseTrainer($0, clusterNames: t.aggregation.clusters?.names) }
         guard Set(t.trainers.map(\.name)).count == t.trainers.count else { throw bad("trainer names must be unique") }
@@ -169,7 +177,7 @@ public struct Topology: Sendable {
 
     /// `[wire]`: encodings of updates and releases, overlap.
     private static func parseWire(_ w: TOMLReader, into t: inout Topology) throws {
-        try w.allowOnly(["updates", "releases", "density", "bits", "overlap"])
+        try w.allowOnly(["updates", "releases", "density", "bits", "overlap", "release_steps", "step_density", "step_bits"])
         func encoding(_ key: String, allowed: [TensorEncoding]) throws -> TensorEncoding {
             guard let name = try w.string(key) else { return .f32 }
             guard let e = TensorEncoding(configName: name), allowed.contains(e) else {
@@ -182,6 +190,17 @@ public struct Topology: Sendable {
         if let problem = t.updateCompression.problem { throw w.fail("[wire]: \(problem)") }
         t.releaseCompression = Compression(try encoding("releases", allowed: [.f32, .f16, .bf16, .int8]))
         t.overlap = try w.bool("overlap") ?? false
+        if w.has("release_steps") {
+            let steps = Compression(try encoding("release_steps", allowed: [.f16, .bf16, .int8, .topk]),
+                                    density: try w.double("step_density") ?? 0.05, bits: try w.int("step_bits") ?? 4)
+            if let problem = steps.problem { throw w.fail("[wire] release steps: \(problem)") }
+            guard t.releaseCompression.encoding == .f32 else {
+                throw w.fail("'wire.release_steps' needs whole releases in F32 (trainers must hold the published model exactly); remove 'wire.releases'")
+            }
+            t.releaseSteps = steps
+        } else if w.has("step_density") || w.has("step_bits") {
+            throw w.fail("'wire.step_density' and 'wire.step_bits' need 'wire.release_steps'")
+        }
     }
 
     /// `[security]`: keys, allow-list, membership, suspension.

@@ -41,6 +41,9 @@ public struct TrainerCore: Sendable {
         case resend
         /// Send this update (its frames are the driver's; it keeps the one in flight on disk).
         case sendUpdate(String)
+        /// Keep this release as the weights the trainer holds: a whole release replaces them, a
+        /// release step (`stepFrom`) is added to them.
+        case hold(ReleaseInfo, TensorPayload)
         /// Load this cluster's release and report its loss on the choice sample (`evaluated`).
         case evaluate(cluster: String, ReleaseInfo, TensorPayload)
         /// Train `steps` local steps from this release and report the update (`trained`).
@@ -60,9 +63,8 @@ public struct TrainerCore: Sendable {
         public var number: Int
         /// The release the round's update is based on (its version goes in the UPDATE).
         public var release: ReleaseInfo
-        /// The weights it starts from (with `payload`, the release's tensors, when they are used).
+        /// The weights it starts from.
         public var start: Start
-        public var payload: TensorPayload?
         public var steps: Int
         /// The cluster the update is for (its HELLO's).
         public var cluster: String?
@@ -70,7 +72,7 @@ public struct TrainerCore: Sendable {
 
     /// Where a round's weights come from.
     public enum Start: Equatable, Sendable {
-        /// The release (`payload`).
+        /// The release the trainer holds.
         case release
         /// The weights the last round ended with.
         case local
@@ -113,12 +115,12 @@ public struct TrainerCore: Sendable {
         var fetch: Request?
         /// A trained update waiting for the one in flight to be settled.
         var held: String?
-        /// The newest release received and not yet trained from.
-        var fresh: (ReleaseInfo, TensorPayload)?
+        /// The newest release held and not yet trained from.
+        var fresh: ReleaseInfo?
         /// The release the trainer's weights derive from.
         var base: ReleaseInfo
         /// The newest version the trainer holds (a FETCH asks for a newer one).
-        var newest: Int { fresh?.0.version ?? base.version }
+        var newest: Int { fresh?.version ?? base.version }
     }
 
     /// An IFCA choice in progress: the clusters still to evaluate and the losses so far.
@@ -139,6 +141,8 @@ public struct TrainerCore: Sendable {
     private var mustChooseCluster: Bool
     private var lastBase: Int?
     private var lastRelease: ReleaseInfo?
+    /// The global release the trainer holds exactly (the whole release, plus the steps since).
+    public private(set) var holds: Int?
     private var lastBuffered = false
     private var lastRoundSeconds = 0.0
     private var stepSeconds = 0.0
@@ -270,12 +274,36 @@ public struct TrainerCore: Sendable {
         }
         let plan = fetchPlan(lastBuffered: lastBuffered, mode: mode, lastBase: lastBase, lastRoundSeconds: lastRoundSeconds, now: now)
         state = .fetching(Request(sentAt: now, retry: Self.requestRetry), plan, asking: plan.haveVersion)
-        return [.send(.fetch(Fetch(cluster: cluster, haveVersion: plan.haveVersion)))]
+        return [.send(fetch(cluster: cluster, newerThan: plan.haveVersion))]
     }
 
     private mutating func deliver(now: Double) -> [Action] {
         state = .delivering(Request(sentAt: now, retry: options.ackTimeout))
         return [.sendUpdate(updateInFlight!)]
+    }
+
+    // MARK: Release steps
+
+    /// Takes a release into what the trainer holds: nil if it is a step from a version the
+    /// trainer does not hold (it must fetch the whole release), false if more steps follow, true
+    /// if the trainer now holds the version the answer ends at.
+    private mutating func hold(_ info: ReleaseInfo) -> Bool? {
+        guard let from = info.stepFrom else {
+            holds = info.cluster == nil ? info.version : nil
+            return true
+        }
+        guard from == holds else {
+            holds = nil
+            return nil
+        }
+        holds = info.version
+        return info.version >= (info.through ?? info.version)
+    }
+
+    /// A FETCH for a version newer than `version` (nil: any), saying which global release the
+    /// trainer holds when release steps are on.
+    private func fetch(cluster: String?, newerThan version: Int?) -> Message {
+        .fetch(Fetch(cluster: cluster, haveVersion: version, holds: options.releaseSteps ? holds : nil))
     }
 
     // MARK: Overlap
@@ -285,10 +313,16 @@ public struct TrainerCore: Sendable {
         var actions: [Action] = []
         switch message {
         case .release(let info, let payload) where o.fetch != nil:
-            o.fetch = nil
+            guard let held = hold(info) else {
+                o.fetch = Request(sentAt: now, retry: Self.requestRetry)
+                state = .overlapping(o)
+                return [.send(fetch(cluster: cluster, newerThan: o.base.version))]
+            }
+            if held { o.fetch = nil } else { o.fetch?.streaming(now: now) }
             lastBase = info.version
             lastRelease = info
-            o.fresh = (info, payload)
+            o.fresh = info
+            actions = [.hold(info, payload)]
         case .heartbeat where o.fetch != nil:
             o.fetch = nil  // nothing newer than the release the trainer holds
         default:
@@ -328,7 +362,7 @@ public struct TrainerCore: Sendable {
             actions.append(.sendUpdate(held))
             if o.fetch == nil {
                 o.fetch = Request(sentAt: now, retry: Self.requestRetry)
-                actions.append(.send(.fetch(Fetch(cluster: cluster, haveVersion: o.newest))))
+                actions.append(.send(fetch(cluster: cluster, newerThan: o.newest)))
             }
         }
         let spent = tokensTrained >= (options.tokenBudget ?? .max)
@@ -344,18 +378,16 @@ public struct TrainerCore: Sendable {
         }
         guard o.held == nil else { return actions }
         let start: Start
-        var payload: TensorPayload?
-        if let (info, fresh) = o.fresh {
+        if let info = o.fresh {
             o.fresh = nil
             o.base = info
             start = .releaseMinusOwn
-            payload = fresh
         } else {
             start = .local
         }
         o.training = true
         let steps = localSteps(stepSeconds: stepSeconds, tokensTrained: tokensTrained)
-        return actions + [.train(Round(number: rounds + 1, release: o.base, start: start, payload: payload, steps: steps, cluster: cluster))]
+        return actions + [.train(Round(number: rounds + 1, release: o.base, start: start, steps: steps, cluster: cluster))]
     }
 
     private mutating func registering(_ message: Message, now: Double) -> [Action] {
@@ -380,18 +412,27 @@ public struct TrainerCore: Sendable {
     private mutating func fetching(_ message: Message, plan: FetchPlan, asking: Int?, now: Double) -> [Action] {
         switch message {
         case .release(let info, let payload):
+            guard let complete = hold(info) else {
+                // A step from a version this trainer does not hold: the whole release instead.
+                state = .fetching(Request(sentAt: now, retry: Self.requestRetry), plan, asking: nil)
+                return [.send(.fetch(Fetch(cluster: cluster)))]
+            }
+            guard complete else {
+                state = .fetching(Request(sentAt: now, retry: Self.requestRetry), plan, asking: asking)
+                return [.hold(info, payload)]  // more steps follow
+            }
             lastBase = info.version
             lastRelease = info
             state = .training
             let steps = localSteps(stepSeconds: stepSeconds, tokensTrained: tokensTrained)
-            return [.train(Round(number: rounds + 1, release: info, start: .release, payload: payload, steps: steps, cluster: cluster))]
+            return [.hold(info, payload), .train(Round(number: rounds + 1, release: info, start: .release, steps: steps, cluster: cluster))]
         case .heartbeat:
             // The aggregator has nothing newer than `asking` yet.
             guard let waitingFor = asking else { return [] }
             let next = askAgain(plan, now: now)
             state = .fetching(Request(sentAt: now, retry: Self.requestRetry), plan, asking: next)
-            let fetch = Message.fetch(Fetch(cluster: cluster, haveVersion: next))
-            return next == nil ? [.note(.noFreshVersion(after: waitingFor)), .send(fetch)] : [.sendAfter(seconds: 0.02, fetch)]
+            let again = fetch(cluster: cluster, newerThan: next)
+            return next == nil ? [.note(.noFreshVersion(after: waitingFor)), .send(again)] : [.sendAfter(seconds: 0.02, again)]
         default:
             return []
         }
@@ -440,7 +481,7 @@ public struct TrainerCore: Sendable {
                 o.update = r
             }
             if var r = o.fetch {
-                if change(&r) == [.resend] { actions.append(.send(.fetch(Fetch(cluster: cluster, haveVersion: o.newest)))) }
+                if change(&r) == [.resend] { actions.append(.send(fetch(cluster: cluster, newerThan: o.newest))) }
                 o.fetch = r
             }
             state = .overlapping(o)

@@ -48,6 +48,9 @@ public struct TrainerOptions: Sendable {
     /// How updates travel; a lossy encoding keeps what it left out and adds it to the next
     /// update (error feedback).
     public var compression = Compression.none
+    /// The aggregator sends releases as steps from the version the trainer holds: say which in
+    /// every FETCH.
+    public var releaseSteps = false
     /// Start the next round while the update uploads (see `TrainerCore`'s overlap rule).
     public var overlap = false
     /// Robustness experiments only: corrupt every update this way.

@@ -154,6 +154,8 @@ private final class TrainerSession {
                 persisted = id
             }
             try send(frames)
+        case .hold(let info, let payload):
+            try local.hold(info, payload)
         case .evaluate(let cluster, _, let payload):
             return core.evaluated(cluster: cluster, loss: try local.evaluate(payload), now: Self.now)
         case .train(let round):

@@ -51,9 +51,13 @@ public struct Welcome: Codable, Equatable, Sendable {
 public struct Fetch: Codable, Equatable, Sendable {
     public var cluster: String?
     public var haveVersion: Int?
-    public init(cluster: String? = nil, haveVersion: Int? = nil) {
+    /// The version of the global release the sender holds exactly (as received): with release
+    /// steps on, the aggregator may answer with the steps from it instead of the whole model.
+    public var holds: Int?
+    public init(cluster: String? = nil, haveVersion: Int? = nil, holds: Int? = nil) {
         self.cluster = cluster
         self.haveVersion = haveVersion
+        self.holds = holds
     }
 }
 
@@ -65,10 +69,17 @@ public struct ReleaseInfo: Codable, Equatable, Sendable {
     public var cluster: String?
     /// That cluster head's own version.
     public var headVersion: Int?
-    public init(version: Int, cluster: String? = nil, headVersion: Int? = nil) {
+    /// A release step: the tensors are a difference, to be added (binary32, element by
+    /// element) to the weights of version `stepFrom` to give this version's exactly.
+    public var stepFrom: Int?
+    /// A release step: the version the steps sent in answer to one FETCH end at.
+    public var through: Int?
+    public init(version: Int, cluster: String? = nil, headVersion: Int? = nil, stepFrom: Int? = nil, through: Int? = nil) {
         self.version = version
         self.cluster = cluster
         self.headVersion = headVersion
+        self.stepFrom = stepFrom
+        self.through = through
     }
 }
 

@@ -1,4 +1,5 @@
 import CFedLMRuntime
+import Foundation
 
 /// How a payload's values travel, chunk by chunk. Every chunk covers the same values as an F32
 /// chunk of the layout's `chunkBytes` would (`chunkBytes / 4` values, the last one fewer) and is
@@ -106,15 +107,32 @@ public struct Compression: Equatable, Sendable {
         let levels = Float((1 << bits) - 1)
         let half = levels / 2
         let scale = indices.reduce(Float(0)) { max($0, abs(v[$1])) } / half
+        let rice = Self.riceParameter(kept: indices.count, of: v.count)
         append16(UInt16(indices.count), to: &out)
+        out.append(UInt8(rice))
         append32(scale.bitPattern, to: &out)
-        for i in indices { append16(UInt16(i), to: &out) }
-        var packer = BitPacker(bits: bits)
+        var bitstream = BitWriter()
+        var previous = -1
+        for i in indices {
+            let gap = i - previous - 1
+            bitstream.append(ones: gap >> rice)
+            bitstream.append(0, bits: 1)
+            bitstream.append(UInt32(gap & ((1 << rice) - 1)), bits: rice)
+            previous = i
+        }
         for i in indices {
             let code = scale == 0 ? 0 : min(max((v[i] / scale + half).rounded(), 0), levels)
-            packer.append(UInt32(code), to: &out)
+            bitstream.append(UInt32(code), bits: bits)
         }
-        packer.flush(to: &out)
+        out.append(contentsOf: bitstream.bytes)
+    }
+
+    /// The Rice parameter for gaps between k positions among n: about log2 of the mean gap
+    /// (Golomb 1966; Rice 1979): a gap g costs ⌊g / 2^r⌋ + 1 + r bits.
+    static func riceParameter(kept k: Int, of n: Int) -> Int {
+        guard k > 0 else { return 0 }
+        let meanGap = Double(n - k) / Double(k)
+        return meanGap < 2 ? 0 : min(15, Int(log2(meanGap * 0.69)))
     }
 
     /// Indices of the `k` values of largest magnitude, ascending (ties: the earlier index).
@@ -204,23 +222,31 @@ public func decodeChunk(_ bytes: UnsafeRawBufferPointer, encoding: TensorEncodin
         for start in stride(from: 0, to: n, by: Compression.topkBlock) {
             let block = min(Compression.topkBlock, n - start)
             let what = "TOPK chunk \(chunk), block \(start / Compression.topkBlock)"
-            guard bytes.count >= offset + 6 else { throw ProtocolError(.malformed, "\(what): \(bytes.count - offset) bytes left, fewer than its 6-byte head") }
+            guard bytes.count >= offset + 7 else { throw ProtocolError(.malformed, "\(what): \(bytes.count - offset) bytes left, fewer than its 7-byte head") }
             let k = Int(u16(at: offset))
             guard k <= block else { throw ProtocolError(.malformed, "\(what) keeps \(k) values of \(block)") }
-            let end = offset + 6 + 2 * k + (k * bits + 7) / 8
-            guard bytes.count >= end else { throw ProtocolError(.malformed, "\(what) needs \(end - offset) bytes, \(bytes.count - offset) are left") }
-            let scale = Float(bitPattern: u32(offset + 2))
+            let rice = Int(bytes[offset + 2])
+            guard rice <= 15 else { throw ProtocolError(.malformed, "\(what) has Rice parameter \(rice) (at most 15)") }
+            let scale = Float(bitPattern: u32(offset + 3))
             try checkScale(scale, chunk)
+            var reader = BitReader(bytes, from: offset + 7)
+            var indices: [Int] = []
+            indices.reserveCapacity(k)
             var previous = -1
-            var unpacker = BitUnpacker(bits: bits, offset: offset + 6 + 2 * k)
-            for j in 0..<k {
-                let index = Int(u16(at: offset + 6 + 2 * j))
-                guard index > previous, index < block else {
-                    throw ProtocolError(.malformed, "\(what): index \(index) after \(previous) (ascending, below \(block))")
+            for _ in 0..<k {
+                guard let q = reader.unary(limit: block), let r = reader.read(rice) else {
+                    throw ProtocolError(.malformed, "\(what): the indices run past the chunk")
                 }
+                let index = previous + 1 + (q << rice) + Int(r)
+                guard index < block else { throw ProtocolError(.malformed, "\(what): index \(index) after \(previous) (below \(block))") }
+                indices.append(index)
                 previous = index
-                out[start + index] = (Float(unpacker.next(bytes)) - half) * scale
             }
+            for index in indices {
+                guard let code = reader.read(bits) else { throw ProtocolError(.malformed, "\(what): the values run past the chunk") }
+                out[start + index] = (Float(code) - half) * scale
+            }
+            let end = reader.byteEnd
             offset = end
         }
         guard offset == bytes.count else {
@@ -244,46 +270,58 @@ private func append32(_ v: UInt32, to out: inout [UInt8]) {
 
 private func maxMagnitude(_ v: UnsafeBufferPointer<Float>) -> Float { v.reduce(0) { max($0, abs($1)) } }
 
-/// Codes of `bits` bits, packed from the lowest bit of each byte up.
-struct BitPacker {
-    let bits: Int
-    private var pending: UInt32 = 0
+/// Bits written from the lowest bit of each byte up.
+struct BitWriter {
+    private(set) var bytes: [UInt8] = []
     private var filled = 0
-    init(bits: Int) { self.bits = bits }
 
-    mutating func append(_ code: UInt32, to out: inout [UInt8]) {
-        pending |= code << filled
-        filled += bits
-        while filled >= 8 {
-            out.append(UInt8(truncatingIfNeeded: pending))
-            pending >>= 8
-            filled -= 8
-        }
+    mutating func append(_ value: UInt32, bits: Int) {
+        for b in 0..<bits { appendBit(UInt8((value >> UInt32(b)) & 1)) }
     }
 
-    mutating func flush(to out: inout [UInt8]) {
-        if filled > 0 { out.append(UInt8(truncatingIfNeeded: pending)) }
-        pending = 0
-        filled = 0
+    mutating func append(ones count: Int) {
+        for _ in 0..<count { appendBit(1) }
+    }
+
+    private mutating func appendBit(_ bit: UInt8) {
+        if filled == 0 { bytes.append(0) }
+        bytes[bytes.count - 1] |= bit << UInt8(filled)
+        filled = (filled + 1) & 7
     }
 }
 
-struct BitUnpacker {
-    let bits: Int
-    private var bitOffset: Int
-    init(bits: Int, offset: Int) {
-        self.bits = bits
-        bitOffset = offset * 8
+/// Reads what `BitWriter` wrote; nil past the end.
+struct BitReader {
+    private let bytes: UnsafeRawBufferPointer
+    private var bit: Int
+
+    init(_ bytes: UnsafeRawBufferPointer, from offset: Int) {
+        self.bytes = bytes
+        bit = offset * 8
     }
 
-    mutating func next(_ bytes: UnsafeRawBufferPointer) -> UInt32 {
-        var code: UInt32 = 0
-        for b in 0..<bits {
-            let at = bitOffset + b
-            code |= UInt32((bytes[at >> 3] >> UInt8(at & 7)) & 1) << UInt32(b)
+    /// The byte after the last one read from.
+    var byteEnd: Int { (bit + 7) / 8 }
+
+    mutating func read(_ count: Int) -> UInt32? {
+        guard bit + count <= bytes.count * 8 else { return nil }
+        var value: UInt32 = 0
+        for b in 0..<count {
+            value |= UInt32((bytes[(bit + b) >> 3] >> UInt8((bit + b) & 7)) & 1) << UInt32(b)
         }
-        bitOffset += bits
-        return code
+        bit += count
+        return value
+    }
+
+    /// A run of ones ended by a zero: its length (nil past the end or above `limit`).
+    mutating func unary(limit: Int) -> Int? {
+        var n = 0
+        while true {
+            guard let b = read(1) else { return nil }
+            if b == 0 { return n }
+            n += 1
+            if n > limit { return nil }
+        }
     }
 }
 
@@ -339,8 +377,9 @@ extension Compression {
         case .f16, .bf16: return 2 * n
         case .int8: return 4 + n
         case .topk:
+            // A block's unary parts add up to at most its length, the rest to 16 + bits per value.
             let blocks = (n + topkBlock - 1) / topkBlock
-            return 6 * blocks + 2 * n + (n * (bits ?? 8) + 7) / 8 + blocks
+            return 8 * blocks + (n * (17 + (bits ?? 8)) + 7) / 8
         }
     }
 }

@@ -95,12 +95,12 @@ public struct TensorPayload: Equatable, Sendable {
         switch storage {
         case .array(let values): values
         case .destination(let d): Array(d.values)
-        case .encoded(let e): Self.decoded(e, count: specs.reduce(0) { $0 + $1.count })
+        case .encoded(let e): Self.decodedValues(e, count: specs.reduce(0) { $0 + $1.count })
         }
     }
 
     /// The values a receiver of `e` gets.
-    static func decoded(_ e: EncodedTensors, count: Int) -> [Float] {
+    public static func decodedValues(_ e: EncodedTensors, count: Int) -> [Float] {
         var out = [Float](repeating: 0, count: count)
         let perChunk = e.chunkBytes / 4
         out.withUnsafeMutableBufferPointer { o in

@@ -154,6 +154,49 @@ final class AggregatorCoreTests: XCTestCase {
         XCTAssertEqual(reopened.model.parameters.storage.array.map(\.bitPattern), expected.map(\.bitPattern))
     }
 
+    /// With release steps, a trainer that holds version u receives compressed steps to the
+    /// current version and, adding them in order, holds exactly the aggregator's published model;
+    /// the published model tracks the aggregator's own (error feedback on the server side).
+    func testReleaseStepsRebuildThePublishedModelBitForBit() throws {
+        var c1 = config
+        c1.bufferSize = 1
+        let c = try core(c1)
+        c.releaseStepCompression = Compression(.topk, density: 0.1, bits: 4)
+        let codec = WireCodec()
+        _ = try c.handle(.hello(Hello(trainerID: "t1")), from: "p")
+        guard case .release(let first, let whole) = c.release() else { return XCTFail() }
+        XCTAssertNil(first.stepFrom)
+        var held = whole.values
+        var holds = first.version
+        for round in 0..<6 {
+            _ = try c.handle(update("s\(round)", base: c.version, scale: 0.003 * Float(round + 1), specs: c.specs), from: "p")
+            _ = c.release()  // published after each version, as the service does: one step per version
+            if round % 2 == 0 { continue }  // the trainer skips a version now and then: two steps to catch up
+            XCTAssertEqual(try c.handle(.fetch(Fetch(holds: holds)), from: "p"), [.sendReleaseSteps(to: "p", from: holds)])
+            let steps = c.releaseSteps(from: holds)
+            XCTAssertEqual(steps.count, 2)
+            var assembler = StreamAssembler(codec: codec)
+            for message in steps {
+                var received: Message?
+                for m in MessageStream.split(codec.encode(message)) { received = try assembler.accept(m) }
+                guard case .release(let info, let payload)? = received else { return XCTFail("a step did not arrive") }
+                XCTAssertEqual(info.stepFrom, holds)
+                XCTAssertEqual(info.through, c.version)
+                PublishedModel.add(payload, to: &held)
+                holds = info.version
+            }
+            guard case .release(let now, let published) = c.release() else { return XCTFail() }
+            XCTAssertEqual(now.version, holds)
+            XCTAssertEqual(held.map(\.bitPattern), published.values.map(\.bitPattern), "round \(round): exactly the published model")
+            let model = c.model.parameters.storage.array
+            let gap = zip(model, held).map { Double($0 - $1) * Double($0 - $1) }.reduce(0, +).squareRoot()
+            let moved = zip(model, whole.values).map { Double($0 - $1) * Double($0 - $1) }.reduce(0, +).squareRoot()
+            XCTAssertLessThan(gap, moved, "round \(round): the published model follows the aggregator's")
+        }
+        XCTAssertEqual(try c.handle(.fetch(Fetch(holds: -5)), from: "p"), [.sendRelease(to: "p", cluster: nil)],
+                       "a version no longer kept: the whole release")
+    }
+
     /// With `norm_policy = "refuse"` an update above the bound is refused with its norm, recorded
     /// with it, and changes nothing; one below the bound is applied as usual.
     func testUpdatesAboveTheNormBoundAreRefusedWhenThePolicySaysSo() throws {

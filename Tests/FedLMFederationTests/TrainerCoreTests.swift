@@ -216,12 +216,11 @@ final class TrainerCoreTests: XCTestCase {
         XCTAssertEqual(c.trained(updateID: "u2", tokens: 128, steps: 2, seconds: 1, now: 2), [])
         let ack = Ack(updateID: "u1", outcome: .applied, version: 4)
         XCTAssertEqual(c.received(.ack(ack), now: 2), [.settled(updateID: "u1", .acknowledged(ack))], "no round starts before the queue is read")
-        XCTAssertEqual(c.received(release(4), now: 2), [])
+        XCTAssertEqual(c.received(release(4), now: 2), [.hold(ReleaseInfo(version: 4), payload)], "kept until a round starts")
         let second = c.drained(now: 2)
         XCTAssertEqual(Array(second.prefix(2)), [.sendUpdate("u2"), .send(.fetch(Fetch(haveVersion: 4)))])
         XCTAssertEqual(round(of: second)?.start, .releaseMinusOwn, "v4 minus u2, which v4 cannot hold yet")
         XCTAssertEqual(round(of: second)?.release.version, 4)
-        XCTAssertEqual(round(of: second)?.payload, payload)
         // The budget is spent after round 3: its update waits for u2's ACK, then the trainer finishes.
         XCTAssertEqual(c.trained(updateID: "u3", tokens: 128, steps: 2, seconds: 1, now: 3), [])
         XCTAssertEqual(c.received(.heartbeat, now: 3), [], "nothing newer than v4")
@@ -254,5 +253,40 @@ final class TrainerCoreTests: XCTestCase {
         XCTAssertEqual(c.received(.ack(Ack(updateID: "u1", outcome: .applied, version: 2)), now: 4).last, .sendUpdate("u2"),
                        "the held update follows")
         XCTAssertEqual(c.received(.ack(Ack(updateID: "u2", outcome: .applied, version: 3)), now: 5).last, .send(.fetch(Fetch(cluster: "en"))))
+    }
+
+    // MARK: Release steps
+
+    func step(_ from: Int, _ to: Int, through: Int) -> Message { .release(ReleaseInfo(version: to, stepFrom: from, through: through), payload) }
+
+    func testReleaseStepsFromTheHeldVersionAreAddedInOrderAndAStepFromElsewhereAsksForTheWholeRelease() {
+        var c = core { $0.releaseSteps = true; $0.freshBaseWait = 0 }
+        _ = c.start(now: 0)
+        XCTAssertEqual(c.received(welcome(), now: 0).last, .send(.fetch(Fetch())), "holds nothing yet")
+        XCTAssertEqual(c.received(release(3), now: 0).first, .hold(ReleaseInfo(version: 3), payload))
+        XCTAssertEqual(c.holds, 3)
+        _ = c.trained(updateID: "u1", tokens: 64, steps: 1, seconds: 1, now: 1)
+        let next = c.received(.ack(Ack(updateID: "u1", outcome: .applied, version: 4)), now: 1)
+        XCTAssertEqual(next.last, .send(.fetch(Fetch(holds: 3))), "says which version it holds")
+        XCTAssertEqual(c.received(step(3, 4, through: 5), now: 2), [.hold(ReleaseInfo(version: 4, stepFrom: 3, through: 5), payload)],
+                       "the first of two steps: add it and wait for the next")
+        XCTAssertNil(round(of: c.received(step(3, 4, through: 5), now: 2)), "a step from a version it no longer holds is not trained on")
+        XCTAssertNil(c.holds)
+        var d = core { $0.releaseSteps = true }
+        _ = d.start(now: 0)
+        _ = d.received(welcome(), now: 0)
+        _ = d.received(release(3), now: 0)
+        _ = d.trained(updateID: "u1", tokens: 64, steps: 1, seconds: 1, now: 1)
+        _ = d.received(.ack(Ack(updateID: "u1", outcome: .applied, version: 5)), now: 1)
+        _ = d.received(step(3, 4, through: 5), now: 2)
+        let last = d.received(step(4, 5, through: 5), now: 2)
+        XCTAssertEqual(last.first, .hold(ReleaseInfo(version: 5, stepFrom: 4, through: 5), payload))
+        XCTAssertEqual(round(of: last)?.start, .release, "through v5: a round starts from the held v5")
+        XCTAssertEqual(round(of: last)?.release.version, 5)
+        XCTAssertEqual(d.holds, 5)
+        _ = d.trained(updateID: "u2", tokens: 64, steps: 1, seconds: 1, now: 3)
+        _ = d.received(.ack(Ack(updateID: "u2", outcome: .applied, version: 6)), now: 3)
+        XCTAssertEqual(d.received(step(2, 6, through: 6), now: 4), [.send(.fetch(Fetch()))],
+                       "a step from v2 while holding v5: the whole release instead")
     }
 }

@@ -41,8 +41,10 @@ final class TensorEncodingTests: XCTestCase {
         let c = Compression(.topk, density: 0.5, bits: 2)
         let bytes = encode(c, [0.1, -3, 0.2, 1.5])
         // One block, k = 2: indices 1 and 3; peak 3 over (2^2 - 1)/2 = 1.5 gives scale 2;
-        // codes round(v/2 + 1.5): -3 -> 0, 1.5 -> 2.25 -> 2; packed from the low bits: 0 | 2 << 2 = 8.
-        XCTAssertEqual(bytes, le16(2) + le32(Float(2).bitPattern) + le16(1) + le16(3) + [0x08])
+        // codes round(v/2 + 1.5): -3 -> 0, 1.5 -> 2.25 -> 2. Mean gap 1: Rice parameter 0, so each
+        // gap of 1 is "10"; then the codes 0 ("00") and 2 ("01"), lowest bit first: bits
+        // 1,0,1,0,0,0,0,1 = 0x85.
+        XCTAssertEqual(bytes, le16(2) + [0] + le32(Float(2).bitPattern) + [0x85])
         XCTAssertEqual(try decode(bytes, .topk, bits: 2, count: 4), [0, -3, 0, 1])
         XCTAssertEqual(c.kept(of: 1000), 500)
         XCTAssertEqual(Compression(.topk, density: 0.01).kept(of: 4096), 41)
@@ -86,12 +88,13 @@ final class TensorEncodingTests: XCTestCase {
         XCTAssertTrue(refusal([1, 2, 3], .int8).contains("I8 chunk 0 has 3 bytes, expected 8"))
         XCTAssertTrue(refusal(le32(Float.nan.bitPattern) + [1, 2, 3, 4], .int8).contains("scale nan"))
         let one = le32(0x3F80_0000)
-        XCTAssertTrue(refusal(le16(2) + one + le16(3) + le16(1) + [0], .topk).contains("block 0: index 1 after 3"))
-        XCTAssertTrue(refusal(le16(1) + one + le16(4) + [0], .topk).contains("index 4 after -1"))
-        XCTAssertTrue(refusal(le16(9) + one, .topk).contains("keeps 9 values of 4"))
-        XCTAssertTrue(refusal(le16(1) + one + le16(0), .topk).contains("needs 9 bytes, 8 are left"))
-        XCTAssertTrue(refusal(le16(1) + one + le16(0) + [0, 7], .topk).contains("has 10 bytes, its blocks 9"))
-        XCTAssertTrue(refusal(le16(1) + le32(Float.infinity.bitPattern) + le16(0) + [0], .topk).contains("scale inf"))
+        XCTAssertTrue(refusal(le16(9) + [0] + one, .topk).contains("block 0 keeps 9 values of 4"))
+        XCTAssertTrue(refusal(le16(1) + [0] + one + [0x0F], .topk).contains("index 4 after -1"), "a gap of 4 in a block of 4")
+        XCTAssertTrue(refusal(le16(3) + [0] + one + [0x00], .topk).contains("the values run past the chunk"))
+        XCTAssertTrue(refusal(le16(1) + [16] + one, .topk).contains("Rice parameter 16"))
+        XCTAssertTrue(refusal(le16(1) + [0] + one + [0x00, 7], .topk).contains("has 9 bytes, its blocks 8"))
+        XCTAssertTrue(refusal(le16(1) + [0] + le32(Float.infinity.bitPattern) + [0], .topk).contains("scale inf"))
+        XCTAssertTrue(refusal(le16(1) + [0], .topk).contains("fewer than its 7-byte head"))
         XCTAssertTrue(refusal([], .topk, bits: 9).contains("bits between 2 and 8"))
         XCTAssertTrue(refusal([0, 0, 0], .bf16).contains("BF16 chunk 0 has 3 bytes, expected 8"))
     }

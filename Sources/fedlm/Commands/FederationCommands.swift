@@ -59,6 +59,7 @@ struct AggregatorCommand: AsyncParsableCommand {
         let core = try AggregatorCore(runDirectory: t.runDirectory, config: t.aggregation,
                                       initialModel: try GPT2Model(config: file.model, seed: file.training.seed)) { logger.info("\($0)") }
         core.releaseCompression = t.releaseCompression
+        core.releaseStepCompression = t.releaseSteps
         let service = AggregatorService(core: core, endpoints: t.endpoints, logger: logger)
         service.curve = try t.keysDirectory.map { try CurveClient.load(directory: $0, name: "aggregator") }
         let data = PreparedData(dataset: try TokenDataset(directory: t.dataDirectory))
@@ -123,6 +124,7 @@ struct TrainerCommand: AsyncParsableCommand {
             options.attack = entry.attack
             options.compression = t.updateCompression
             options.overlap = t.overlap
+            options.releaseSteps = t.releaseSteps != nil
         } else {
             guard let broker, let data else { throw ValidationError("give --topology and --name, or --broker and --data") }
             let file = try ConfigResolution.load(config)
