@@ -11,11 +11,12 @@ import Foundation
 /// | `F16` | IEEE binary16, round to nearest even, clamped to ±65504 | 2n |
 /// | `BF16` | the upper 16 bits of binary32, round to nearest even | 2n |
 /// | `I8` | scale s (binary32), then n signed bytes q; value = q·s, s = max|v|/127 | 4 + n |
-/// | `TOPK` | blocks of 4096 values (the last fewer), each: k (UInt16), scale s (binary32), k ascending UInt16 indices into the block, k codes of `bits` bits packed from the lowest bit up; value = (code − (2^bits − 1)/2)·s, every other value 0 | Σ 6 + 2k + ⌈k·bits/8⌉ |
+/// | `TOPK` | blocks of 4096 values (the last fewer), each: k (UInt16), Rice parameter r (UInt8), magnitudes lo and hi (binary32), then k Rice-coded index gaps and k codes of `bits` bits (a sign bit, then a magnitude step m); value = ±(lo + m·(hi − lo)/(2^(bits−1) − 1)), every other value 0 | Σ 11 + ⌈(gap bits + k·bits)/8⌉ |
 ///
 /// TOPK is the chunked sparse form of SparseLoCo (Sarfi et al. 2025): in every block of 4096
-/// values, the k = ⌈density·4096⌉ of largest magnitude, at 2 to 8 bits on a uniform mid-rise
-/// grid spanning ±max|v| of the block (s = max|v| / ((2^bits − 1)/2)). Blocks keep every part of
+/// values, the k = ⌈density·4096⌉ of largest magnitude, each sent as its sign and one of
+/// 2^(bits−1) magnitudes spread over where the kept magnitudes lie (a grid centred on zero would
+/// spend levels on values top-k never keeps). Blocks keep every part of
 /// every tensor in the update (a top-k over a whole megabyte would pick from the tensors with
 /// the largest values only) and make 16-bit indices enough. What it leaves out is kept by the
 /// sender and added to its next update (error feedback, `Compression.encode(_:residual:)`).
@@ -104,13 +105,12 @@ public struct Compression: Equatable, Sendable {
 
     private func encodeTopKBlock(_ v: UnsafeBufferPointer<Float>, into out: inout [UInt8]) {
         let indices = Self.largest(kept(of: v.count), of: v)
-        let levels = Float((1 << bits) - 1)
-        let half = levels / 2
-        let scale = indices.reduce(Float(0)) { max($0, abs(v[$1])) } / half
+        let (low, high) = Self.magnitudeRange(indices.map { abs(v[$0]) }, levels: 1 << (bits - 1))
         let rice = Self.riceParameter(kept: indices.count, of: v.count)
         append16(UInt16(indices.count), to: &out)
         out.append(UInt8(rice))
-        append32(scale.bitPattern, to: &out)
+        append32(low.bitPattern, to: &out)
+        append32(high.bitPattern, to: &out)
         var bitstream = BitWriter()
         var previous = -1
         for i in indices {
@@ -120,11 +120,24 @@ public struct Compression: Equatable, Sendable {
             bitstream.append(UInt32(gap & ((1 << rice) - 1)), bits: rice)
             previous = i
         }
+        let steps = Float((1 << (bits - 1)) - 1)
         for i in indices {
-            let code = scale == 0 ? 0 : min(max((v[i] / scale + half).rounded(), 0), levels)
-            bitstream.append(UInt32(code), bits: bits)
+            let magnitude = high > low ? min(max(((abs(v[i]) - low) / (high - low) * steps).rounded(), 0), steps) : 0
+            bitstream.append((UInt32(magnitude) << 1) | (v[i] < 0 ? 1 : 0), bits: bits)
         }
         out.append(contentsOf: bitstream.bytes)
+    }
+
+    /// The lowest and highest of `levels` evenly spaced magnitudes for the kept values: the
+    /// means of their lowest and highest `levels`-quantile groups (for two levels, the means of
+    /// the lower and upper half), so the grid sits where the kept values are, not at zero.
+    static func magnitudeRange(_ magnitudes: [Float], levels: Int) -> (Float, Float) {
+        guard !magnitudes.isEmpty else { return (0, 0) }
+        let sorted = magnitudes.sorted()
+        let group = max(1, sorted.count / levels)
+        let low = sorted.prefix(group).reduce(0, +) / Float(group)
+        let high = sorted.suffix(group).reduce(0, +) / Float(group)
+        return (low, max(low, high))
     }
 
     /// The Rice parameter for gaps between k positions among n: about log2 of the mean gap
@@ -217,19 +230,21 @@ public func decodeChunk(_ bytes: UnsafeRawBufferPointer, encoding: TensorEncodin
             throw ProtocolError(.malformed, "TOPK needs bits between 2 and 8, the layout says \(bits.map(String.init) ?? "none")")
         }
         out.update(repeating: 0)
-        let half = Float((1 << bits) - 1) / 2
         var offset = 0
         for start in stride(from: 0, to: n, by: Compression.topkBlock) {
             let block = min(Compression.topkBlock, n - start)
             let what = "TOPK chunk \(chunk), block \(start / Compression.topkBlock)"
-            guard bytes.count >= offset + 7 else { throw ProtocolError(.malformed, "\(what): \(bytes.count - offset) bytes left, fewer than its 7-byte head") }
+            guard bytes.count >= offset + 11 else { throw ProtocolError(.malformed, "\(what): \(bytes.count - offset) bytes left, fewer than its 11-byte head") }
             let k = Int(u16(at: offset))
             guard k <= block else { throw ProtocolError(.malformed, "\(what) keeps \(k) values of \(block)") }
             let rice = Int(bytes[offset + 2])
             guard rice <= 15 else { throw ProtocolError(.malformed, "\(what) has Rice parameter \(rice) (at most 15)") }
-            let scale = Float(bitPattern: u32(offset + 3))
-            try checkScale(scale, chunk)
-            var reader = BitReader(bytes, from: offset + 7)
+            let low = Float(bitPattern: u32(offset + 3)), high = Float(bitPattern: u32(offset + 7))
+            try checkScale(low, chunk)
+            try checkScale(high, chunk)
+            guard high >= low else { throw ProtocolError(.malformed, "\(what): highest magnitude \(high) below the lowest \(low)") }
+            let spacing = bits > 1 ? (high - low) / Float((1 << (bits - 1)) - 1) : 0
+            var reader = BitReader(bytes, from: offset + 11)
             var indices: [Int] = []
             indices.reserveCapacity(k)
             var previous = -1
@@ -244,7 +259,8 @@ public func decodeChunk(_ bytes: UnsafeRawBufferPointer, encoding: TensorEncodin
             }
             for index in indices {
                 guard let code = reader.read(bits) else { throw ProtocolError(.malformed, "\(what): the values run past the chunk") }
-                out[start + index] = (Float(code) - half) * scale
+                let magnitude = low + Float(code >> 1) * spacing
+                out[start + index] = code & 1 == 1 ? -magnitude : magnitude
             }
             let end = reader.byteEnd
             offset = end
@@ -379,7 +395,7 @@ extension Compression {
         case .topk:
             // A block's unary parts add up to at most its length, the rest to 16 + bits per value.
             let blocks = (n + topkBlock - 1) / topkBlock
-            return 8 * blocks + (n * (17 + (bits ?? 8)) + 7) / 8
+            return 12 * blocks + (n * (17 + (bits ?? 8)) + 7) / 8
         }
     }
 }

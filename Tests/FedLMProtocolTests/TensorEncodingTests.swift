@@ -40,12 +40,12 @@ final class TensorEncodingTests: XCTestCase {
     func testTopKKeepsTheLargestOfEachBlockOnAMidRiseGrid() throws {
         let c = Compression(.topk, density: 0.5, bits: 2)
         let bytes = encode(c, [0.1, -3, 0.2, 1.5])
-        // One block, k = 2: indices 1 and 3; peak 3 over (2^2 - 1)/2 = 1.5 gives scale 2;
-        // codes round(v/2 + 1.5): -3 -> 0, 1.5 -> 2.25 -> 2. Mean gap 1: Rice parameter 0, so each
-        // gap of 1 is "10"; then the codes 0 ("00") and 2 ("01"), lowest bit first: bits
-        // 1,0,1,0,0,0,0,1 = 0x85.
-        XCTAssertEqual(bytes, le16(2) + [0] + le32(Float(2).bitPattern) + [0x85])
-        XCTAssertEqual(try decode(bytes, .topk, bits: 2, count: 4), [0, -3, 0, 1])
+        // One block, k = 2: indices 1 and 3, magnitudes 3 and 1.5; two magnitude levels, the means
+        // of the lower and upper half: lo 1.5, hi 3. Mean gap 1: Rice parameter 0, so each gap of 1
+        // is "10"; then the codes, sign bit first: -3 is sign 1, level 1 ("11"); 1.5 is sign 0,
+        // level 0 ("00"): bits 1,0,1,0,1,1,0,0 = 0x35.
+        XCTAssertEqual(bytes, le16(2) + [0] + le32(Float(1.5).bitPattern) + le32(Float(3).bitPattern) + [0x35])
+        XCTAssertEqual(try decode(bytes, .topk, bits: 2, count: 4), [0, -3, 0, 1.5])
         XCTAssertEqual(c.kept(of: 1000), 500)
         XCTAssertEqual(Compression(.topk, density: 0.01).kept(of: 4096), 41)
         // Blocks of 4096: each keeps its own largest, at its own scale (a block of small values
@@ -54,7 +54,7 @@ final class TensorEncodingTests: XCTestCase {
         v[7] = 100
         v[4096 + 3] = -0.002
         let two = try decode(encode(Compression(.topk, density: 0.0001, bits: 8), v), .topk, bits: 8, count: v.count)
-        XCTAssertEqual(two[7], 100 * 127.5 / 127.5, accuracy: 0.5)
+        XCTAssertEqual(two[7], 100)
         XCTAssertEqual(two[4096 + 3], -0.002, accuracy: 1e-5, "the second block's largest, at the second block's scale")
         XCTAssertEqual(two.filter { $0 != 0 }.count, 2)
         // Ties at the threshold: the earlier index.
@@ -87,14 +87,15 @@ final class TensorEncodingTests: XCTestCase {
         }
         XCTAssertTrue(refusal([1, 2, 3], .int8).contains("I8 chunk 0 has 3 bytes, expected 8"))
         XCTAssertTrue(refusal(le32(Float.nan.bitPattern) + [1, 2, 3, 4], .int8).contains("scale nan"))
-        let one = le32(0x3F80_0000)
-        XCTAssertTrue(refusal(le16(9) + [0] + one, .topk).contains("block 0 keeps 9 values of 4"))
-        XCTAssertTrue(refusal(le16(1) + [0] + one + [0x0F], .topk).contains("index 4 after -1"), "a gap of 4 in a block of 4")
-        XCTAssertTrue(refusal(le16(3) + [0] + one + [0x00], .topk).contains("the values run past the chunk"))
-        XCTAssertTrue(refusal(le16(1) + [16] + one, .topk).contains("Rice parameter 16"))
-        XCTAssertTrue(refusal(le16(1) + [0] + one + [0x00, 7], .topk).contains("has 9 bytes, its blocks 8"))
-        XCTAssertTrue(refusal(le16(1) + [0] + le32(Float.infinity.bitPattern) + [0], .topk).contains("scale inf"))
-        XCTAssertTrue(refusal(le16(1) + [0], .topk).contains("fewer than its 7-byte head"))
+        let one = le32(0x3F80_0000), two = le32(0x4000_0000)
+        XCTAssertTrue(refusal(le16(9) + [0] + one + one, .topk).contains("block 0 keeps 9 values of 4"))
+        XCTAssertTrue(refusal(le16(1) + [0] + one + one + [0x0F], .topk).contains("index 4 after -1"), "a gap of 4 in a block of 4")
+        XCTAssertTrue(refusal(le16(3) + [0] + one + one + [0x00], .topk).contains("the values run past the chunk"))
+        XCTAssertTrue(refusal(le16(1) + [16] + one + one, .topk).contains("Rice parameter 16"))
+        XCTAssertTrue(refusal(le16(1) + [0] + one + one + [0x00, 7], .topk).contains("has 13 bytes, its blocks 12"))
+        XCTAssertTrue(refusal(le16(1) + [0] + le32(Float.infinity.bitPattern) + one + [0], .topk).contains("scale inf"))
+        XCTAssertTrue(refusal(le16(1) + [0] + two + one + [0], .topk).contains("highest magnitude 1.0 below the lowest 2.0"))
+        XCTAssertTrue(refusal(le16(1) + [0], .topk).contains("fewer than its 11-byte head"))
         XCTAssertTrue(refusal([], .topk, bits: 9).contains("bits between 2 and 8"))
         XCTAssertTrue(refusal([0, 0, 0], .bf16).contains("BF16 chunk 0 has 3 bytes, expected 8"))
     }
