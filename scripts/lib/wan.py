@@ -30,10 +30,11 @@ PREFIX = "fedlm-wan-"
 HUB_IP, REGION_IP = "10.213.0.1", "10.213.0.2"
 
 CASES = {
-    # name: (updates, releases, topk density, topk bits)
-    "f32": ("f32", "f32"),
-    "int8": ("int8", "bf16"),
-    "topk": ("topk", "bf16"),
+    # name: (updates, whole releases, release steps)
+    "f32": ("f32", "f32", None),
+    "int8": ("int8", "bf16", None),
+    "topk": ("topk", "bf16", None),
+    "topk-steps": ("topk", "f32", "topk"),
 }
 
 
@@ -107,7 +108,9 @@ def remove_leftovers():
             sh("ip", "netns", "del", name, check=False)
 
 
-def topology(path, *, run_dir, config, data, trainers_endpoint, updates, releases, density, bits, overlap, steps, tokens):
+def topology(path, *, run_dir, config, data, trainers_endpoint, updates, releases, release_steps, density, bits,
+             step_density, step_bits, overlap, steps, tokens):
+    step_keys = f'release_steps = "{release_steps}"\nstep_density = {step_density}\nstep_bits = {step_bits}\n' if release_steps else ""
     with open(path, "w") as f:
         f.write(f'''name = "wan"
 run_directory = "{run_dir}"
@@ -136,7 +139,7 @@ updates = "{updates}"
 releases = "{releases}"
 density = {density}
 bits = {bits}
-overlap = {"true" if overlap else "false"}
+{step_keys}overlap = {"true" if overlap else "false"}
 
 [[trainer]]
 name = "t1"
@@ -174,15 +177,16 @@ class Processes:
 
 
 def run_case(a, out, tag, mbit, rtt, case, overlap):
-    updates, releases = CASES[case]
-    name = f"{mbit}mbit-{rtt}ms-{case}{'-overlap' if overlap else ''}"
+    updates, releases, release_steps = CASES[case]
+    name = f"{mbit}mbit-{rtt:g}ms-{case}{'-overlap' if overlap else ''}"
     directory = os.path.join(out, name)
     sh("rm", "-rf", directory)
     os.makedirs(directory)
     run_dir = os.path.join(directory, "run")
     tokens = a.rounds * a.local_steps * tokens_per_step(a.config)
-    common = dict(run_dir=run_dir, config=a.config, data=a.data, updates=updates, releases=releases, density=a.density,
-                  bits=a.bits, overlap=overlap, steps=a.local_steps, tokens=tokens)
+    common = dict(run_dir=run_dir, config=a.config, data=a.data, updates=updates, releases=releases, release_steps=release_steps,
+                  density=a.density, bits=a.bits, step_density=a.step_density, step_bits=a.step_bits, overlap=overlap,
+                  steps=a.local_steps, tokens=tokens)
     hub_toml, region_toml = os.path.join(directory, "hub.toml"), os.path.join(directory, "region.toml")
     topology(hub_toml, trainers_endpoint=f"tcp://{HUB_IP}:5555", **common)
     topology(region_toml, trainers_endpoint="tcp://127.0.0.1:15555", **common)
@@ -232,12 +236,14 @@ def main():
     parser.add_argument("--data", default="runs/demo-data/shards")
     parser.add_argument("--links", default="100", help="Mbit/s, comma-separated (e.g. 10,100,1000)")
     parser.add_argument("--rtts", default="100", help="round trips in ms, comma-separated (e.g. 20,100,250)")
-    parser.add_argument("--cases", default="f32,int8,topk", help=f"of {', '.join(CASES)}")
+    parser.add_argument("--cases", default="f32,int8,topk,topk-steps", help=f"of {', '.join(CASES)}")
     parser.add_argument("--overlap", default="off,on", help="off, on, or both")
     parser.add_argument("--rounds", type=int, default=3, help="token budget: this many rounds of H steps")
     parser.add_argument("--local-steps", type=int, default=20, help="H")
-    parser.add_argument("--density", type=float, default=0.01)
-    parser.add_argument("--bits", type=int, default=2)
+    parser.add_argument("--density", type=float, default=0.08, help="topk updates: share of each block sent")
+    parser.add_argument("--bits", type=int, default=2, help="topk updates: bits per value")
+    parser.add_argument("--step-density", type=float, default=0.05, help="release steps: share of each block sent")
+    parser.add_argument("--step-bits", type=int, default=4, help="release steps: bits per value")
     parser.add_argument("--jitter-ms", type=float, default=0)
     parser.add_argument("--loss", type=float, default=0, help="per-segment loss probability (emulated as its TCP cost)")
     parser.add_argument("--threads", type=int, default=2, help="the trainer's compute threads")
@@ -287,7 +293,9 @@ def print_row(r, dp, header):
     if header:
         print("| link | round trip | updates / releases | overlap | bytes per token | vs data-parallel | compute | wall time | held-out loss |")
         print("|---|---|---|---|---|---|---|---|---|")
-    updates, releases = CASES[r["case"]]
+    updates, releases, release_steps = CASES[r["case"]]
+    if release_steps:
+        releases = f"{release_steps} steps"
     util = r["trainingSeconds"] / r["wallSeconds"] if r["wallSeconds"] else 0
     print(f"| {r['mbit']} Mbit/s | {r['rtt']:.0f} ms | {updates} / {releases} | {'yes' if r['overlap'] else 'no'} | "
           f"{per_token:,.1f} | {dp / per_token:,.0f}x less | {100 * util:.0f}% | {r['wallSeconds']:.1f} s | {r['loss']:.4f} |", flush=True)
