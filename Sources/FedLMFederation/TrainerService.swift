@@ -68,6 +68,7 @@ private final class TrainerSession {
     var persisted: String?
     /// Bytes sent and received (every frame, resends included), for the bytes per token.
     var bytesSent = 0, bytesReceived = 0
+    var joiningBytes: Int?
 
     init(service: TrainerService) throws {
         self.service = service
@@ -125,7 +126,7 @@ private final class TrainerSession {
         }
         let stats = TrainerStats(tokens: service.tokensTrained, updatesAcknowledged: service.updatesAcknowledged,
                                  trainingSeconds: local.trainingSeconds, wallSeconds: Self.now - started,
-                                 bytesSent: bytesSent, bytesReceived: bytesReceived)
+                                 bytesSent: bytesSent, bytesReceived: bytesReceived, joiningBytes: joiningBytes ?? bytesSent + bytesReceived)
         try? stats.write(to: options.stateDirectory + "/" + TrainerStats.file)
         logger.info("\(o.id): stopped after \(service.tokensTrained) tokens, \(service.updatesAcknowledged) updates acknowledged; \(stats.summary)")
     }
@@ -185,6 +186,7 @@ private final class TrainerSession {
 
     /// Trains the round, keeps the update on disk, and reports it to the core.
     private func train(_ round: TrainerCore.Round) throws -> [TrainerCore.Action] {
+        if joiningBytes == nil { joiningBytes = bytesSent + bytesReceived }
         let result = try local.train(round) {
             // Alive during long local training (the answers are ignored).
             _ = try? socket.send(codec.encode(.heartbeat), wait: false)

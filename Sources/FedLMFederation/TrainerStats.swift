@@ -11,13 +11,21 @@ public struct TrainerStats: Codable, Equatable, Sendable {
     /// Every frame sent and received, resends included.
     public var bytesSent: Int
     public var bytesReceived: Int
+    /// Bytes sent and received before the first round started (registering and the first
+    /// whole release): a one-time cost of joining, which a long run spreads thin.
+    public var joiningBytes: Int
+
+    /// Bytes per token once joined: what every further round costs.
+    public var bytesPerTokenAfterJoining: Double {
+        tokens > 0 ? Double(bytesSent + bytesReceived - joiningBytes) / Double(tokens) : 0
+    }
 
     public var utilisation: Double { wallSeconds > 0 ? trainingSeconds / wallSeconds : 0 }
     public var bytesPerToken: Double { tokens > 0 ? Double(bytesSent + bytesReceived) / Double(tokens) : 0 }
 
     public var summary: String {
-        String(format: "trained %.1f s of %.1f s (%.0f%% compute); sent %d bytes, received %d (%.1f bytes per token)",
-               trainingSeconds, wallSeconds, 100 * utilisation, bytesSent, bytesReceived, bytesPerToken)
+        String(format: "trained %.1f s of %.1f s (%.0f%% compute); sent %d bytes, received %d (%.1f bytes per token, %.1f after joining)",
+               trainingSeconds, wallSeconds, 100 * utilisation, bytesSent, bytesReceived, bytesPerToken, bytesPerTokenAfterJoining)
     }
 
     public func write(to path: String) throws {

@@ -240,8 +240,8 @@ def main():
     parser.add_argument("--overlap", default="off,on", help="off, on, or both")
     parser.add_argument("--rounds", type=int, default=3, help="token budget: this many rounds of H steps")
     parser.add_argument("--local-steps", type=int, default=20, help="H")
-    parser.add_argument("--density", type=float, default=0.08, help="topk updates: share of each block sent")
-    parser.add_argument("--bits", type=int, default=2, help="topk updates: bits per value")
+    parser.add_argument("--density", type=float, default=0.07, help="topk updates: share of each block sent")
+    parser.add_argument("--bits", type=int, default=3, help="topk updates: bits per value")
     parser.add_argument("--step-density", type=float, default=0.05, help="release steps: share of each block sent")
     parser.add_argument("--step-bits", type=int, default=4, help="release steps: bits per value")
     parser.add_argument("--jitter-ms", type=float, default=0)
@@ -291,14 +291,17 @@ def print_row(r, dp, header):
     r["bytes_per_token"] = per_token
     r["less_than_data_parallel"] = dp / per_token
     if header:
-        print("| link | round trip | updates / releases | overlap | bytes per token | vs data-parallel | compute | wall time | held-out loss |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| link | round trip | updates / releases | overlap | bytes per token | after joining | vs data-parallel (after joining) | compute | wall time | held-out loss |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
     updates, releases, release_steps = CASES[r["case"]]
     if release_steps:
         releases = f"{release_steps} steps"
     util = r["trainingSeconds"] / r["wallSeconds"] if r["wallSeconds"] else 0
+    after = (r["bytesSent"] + r["bytesReceived"] - r["joiningBytes"]) / max(1, r["tokens"])
+    r["bytes_per_token_after_joining"] = after
     print(f"| {r['mbit']} Mbit/s | {r['rtt']:.0f} ms | {updates} / {releases} | {'yes' if r['overlap'] else 'no'} | "
-          f"{per_token:,.1f} | {dp / per_token:,.0f}x less | {100 * util:.0f}% | {r['wallSeconds']:.1f} s | {r['loss']:.4f} |", flush=True)
+          f"{per_token:,.1f} | {after:,.1f} | {dp / per_token:,.0f}x ({dp / after:,.0f}x) | {100 * util:.0f}% | {r['wallSeconds']:.1f} s | "
+          f"{r['loss']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":
