@@ -168,8 +168,19 @@ public struct TrainerCore: Sendable {
         return register(now: now)
     }
 
+    /// The driver sent a HEARTBEAT to say it is alive while it trains. The aggregator answers
+    /// each with a HEARTBEAT, which is also its answer to a FETCH when it has nothing newer: so
+    /// that many HEARTBEATs are not taken for that answer (whichever arrive first: only how many
+    /// matters).
+    public mutating func sentAlive() { aliveUnanswered += 1 }
+    private var aliveUnanswered = 0
+
     /// A whole message arrived from the broker.
     public mutating func received(_ message: Message, now: Double) -> [Action] {
+        if case .heartbeat = message, aliveUnanswered > 0 {
+            aliveUnanswered -= 1
+            return []
+        }
         if case .error(let e) = message, e.code == .unavailable {
             // No aggregator yet; the broker answers every message of a stream: again, at most twice a second.
             return withRequest { $0.unavailable(now: now) ? [.resend] : [] }
@@ -200,7 +211,9 @@ public struct TrainerCore: Sendable {
 
     /// Nothing arrived for a moment.
     public mutating func quiet(now: Double) -> [Action] {
-        withRequest { $0.silence(now: now) ? [.resend] : [] }
+        let actions = withRequest { $0.silence(now: now) ? [.resend] : [] }
+        if !actions.isEmpty { aliveUnanswered = 0 }  // answers lost on the way are not waited for
+        return actions
     }
 
     /// The driver evaluated `cluster`'s release: its mean loss on the choice sample.

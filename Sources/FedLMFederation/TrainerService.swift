@@ -188,8 +188,8 @@ private final class TrainerSession {
     private func train(_ round: TrainerCore.Round) throws -> [TrainerCore.Action] {
         if joiningBytes == nil { joiningBytes = bytesSent + bytesReceived }
         let result = try local.train(round) {
-            // Alive during long local training (the answers are ignored).
-            _ = try? socket.send(codec.encode(.heartbeat), wait: false)
+            // Alive during long local training (the core discounts as many HEARTBEAT answers).
+            if (try? socket.send(codec.encode(.heartbeat), wait: false)) == true { core.sentAlive() }
         }
         let info = round.release
         let id = "\(options.id)-\(info.version)-\(round.number)-\(UInt32.random(in: 0...UInt32.max))"

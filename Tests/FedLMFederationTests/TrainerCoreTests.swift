@@ -289,4 +289,21 @@ final class TrainerCoreTests: XCTestCase {
         XCTAssertEqual(d.received(step(2, 6, through: 6), now: 4), [.send(.fetch(Fetch()))],
                        "a step from v2 while holding v5: the whole release instead")
     }
+
+    func testHeartbeatsAnsweringTheTrainersOwnAreNotTakenForTheFetchAnswer() {
+        var c = core { $0.overlap = true }
+        _ = c.start(now: 0)
+        _ = c.received(welcome(), now: 0)
+        _ = c.received(release(1), now: 0)
+        _ = c.trained(updateID: "u1", tokens: 64, steps: 1, seconds: 1, now: 1)
+        _ = c.drained(now: 1)  // u1 and a FETCH go out, round 2 starts
+        c.sentAlive()
+        c.sentAlive()  // two heartbeats while round 2 trains
+        _ = c.trained(updateID: "u2", tokens: 64, steps: 1, seconds: 1, now: 2)
+        _ = c.received(.ack(Ack(updateID: "u1", outcome: .applied, version: 2)), now: 2)
+        XCTAssertEqual(c.received(.heartbeat, now: 2), [])
+        XCTAssertEqual(c.received(.heartbeat, now: 2), [], "the answers to its own two heartbeats")
+        XCTAssertEqual(c.received(release(2), now: 2), [.hold(ReleaseInfo(version: 2), payload)], "the FETCH's answer is still awaited")
+        XCTAssertEqual(round(of: c.drained(now: 2))?.start, .releaseMinusOwn)
+    }
 }
