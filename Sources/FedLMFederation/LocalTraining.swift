@@ -103,7 +103,7 @@ final class LocalTraining {
             break
         case .releaseMinusOwn:
             loadHeld()
-            if let own = lastDelta { Self.subtract(own, from: model.parameters.pointer) }
+            if let own = lastDelta { Self.subtract(own, times: Float(options.overlapOwnWeight), from: model.parameters.pointer) }
         }
         start.copy(from: model.parameters)
         let steps = round.steps
@@ -127,9 +127,10 @@ final class LocalTraining {
         return Result(delta: delta, tokens: tokens, seconds: Date().timeIntervalSince1970 - t0, lastLoss: lastLoss)
     }
 
-    /// Overlap's merge rule on the weights: θ −= Δ_own.
-    static func subtract(_ own: [Float], from weights: UnsafeMutablePointer<Float>) {
-        for i in own.indices { weights[i] -= own[i] }
+    /// Overlap's merge rule on the weights: θ −= λ·Δ_own.
+    static func subtract(_ own: [Float], times lambda: Float, from weights: UnsafeMutablePointer<Float>) {
+        guard lambda != 0 else { return }
+        for i in own.indices { weights[i] -= lambda * own[i] }
     }
 
     /// The update's tensors as they travel: F32, or encoded with error feedback.

@@ -79,6 +79,7 @@ import TOMLKit
 ///     step_density = 0.05                   #   (f16 | bf16 | int8 | topk; no [clusters]; whole releases then travel in F32)
 ///     step_bits = 4
 ///     overlap = true                        # trainers start their next round while their update uploads
+///     overlap_own = 1.0                     #   merge rule: a fresh release minus this share of the trainer's own latest update
 ///
 ///     [clusters]                            # optional: personalized heads per data cluster
 ///     names = ["en", "de", "code"]          # clusters from the start
@@ -133,6 +134,8 @@ public struct Topology: Sendable {
     /// Releases as compressed steps (`PublishedModel`), or nil.
     public var releaseSteps: Compression?
     public var overlap = false
+    /// λ of overlap's merge rule (`TrainerOptions.overlapOwnWeight`).
+    public var overlapOwnWeight = 1.0
 
     public static func load(path: String) throws -> Topology {
         func bad(_ why: String) -> FederationError { .badTopology("\(path): \(why)") }
@@ -177,7 +180,7 @@ public struct Topology: Sendable {
 
     /// `[wire]`: encodings of updates and releases, overlap.
     private static func parseWire(_ w: TOMLReader, into t: inout Topology) throws {
-        try w.allowOnly(["updates", "releases", "density", "bits", "overlap", "release_steps", "step_density", "step_bits"])
+        try w.allowOnly(["updates", "releases", "density", "bits", "overlap", "release_steps", "step_density", "step_bits", "overlap_own"])
         func encoding(_ key: String, allowed: [TensorEncoding]) throws -> TensorEncoding {
             guard let name = try w.string(key) else { return .f32 }
             guard let e = TensorEncoding(configName: name), allowed.contains(e) else {
@@ -190,6 +193,10 @@ public struct Topology: Sendable {
         if let problem = t.updateCompression.problem { throw w.fail("[wire]: \(problem)") }
         t.releaseCompression = Compression(try encoding("releases", allowed: [.f32, .f16, .bf16, .int8]))
         t.overlap = try w.bool("overlap") ?? false
+        if let own = try w.double("overlap_own") {
+            guard (0...1).contains(own) else { throw w.fail("'wire.overlap_own' is \(own), not between 0 and 1") }
+            t.overlapOwnWeight = own
+        }
         if w.has("release_steps") {
             let steps = Compression(try encoding("release_steps", allowed: [.f16, .bf16, .int8, .topk]),
                                     density: try w.double("step_density") ?? 0.05, bits: try w.int("step_bits") ?? 4)

@@ -19,10 +19,11 @@ import FedLMProtocol
 /// at once. At most one update is in flight and one more trained and held; a round starts only
 /// when the previous update has gone out. The weights a round starts from (the merge rule):
 ///
-/// - a release R newer than the one the trainer holds has arrived: S = R − Δ_last, where Δ_last
-///   is the trainer's latest pseudo-gradient, which R cannot contain yet (it was trained while R
-///   was on its way); the trainer's own update stands in for the aggregate until R includes it.
-///   The round's base version is R's.
+/// - a release R newer than the one the trainer holds has arrived: S = R − λ·Δ_last, where
+///   Δ_last is the trainer's latest pseudo-gradient, which R cannot contain yet (it was trained
+///   while R was on its way), and λ (`overlap_own`) about the weight the aggregator will give it;
+///   the trainer's own update stands in for its share of the aggregate until R includes it. The
+///   round's base version is R's.
 /// - no newer release: S = the weights the last round ended with (training continues locally);
 ///   the base version stays that of the last release, so the aggregator's staleness weighting
 ///   sees how far the trainer has moved from it.
@@ -76,7 +77,7 @@ public struct TrainerCore: Sendable {
         case release
         /// The weights the last round ended with.
         case local
-        /// The release minus the trainer's latest pseudo-gradient (overlap's merge rule).
+        /// The release minus λ times the trainer's latest pseudo-gradient (overlap's merge rule).
         case releaseMinusOwn
     }
 

@@ -53,6 +53,10 @@ public struct TrainerOptions: Sendable {
     public var releaseSteps = false
     /// Start the next round while the update uploads (see `TrainerCore`'s overlap rule).
     public var overlap = false
+    /// λ in overlap's merge rule S = R − λ·Δ_own: how much of its own latest update a trainer
+    /// adds to a fresh release that cannot hold it yet (about the weight the aggregator gives
+    /// one update: server rate × staleness weight / buffer size).
+    public var overlapOwnWeight = 1.0
     /// Robustness experiments only: corrupt every update this way.
     public var attack: TrainerAttack?
     /// Where the unacknowledged update is kept across restarts.

@@ -124,6 +124,7 @@ struct TrainerCommand: AsyncParsableCommand {
             options.attack = entry.attack
             options.compression = t.updateCompression
             options.overlap = t.overlap
+            options.overlapOwnWeight = t.overlapOwnWeight
             options.releaseSteps = t.releaseSteps != nil
         } else {
             guard let broker, let data else { throw ValidationError("give --topology and --name, or --broker and --data") }
