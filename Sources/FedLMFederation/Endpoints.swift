@@ -30,17 +30,21 @@ public struct TransportLimits: Equatable, Sendable, Codable {
     public var maxMessageBytes: Int64 = 1 << 30
     /// Messages queued per peer.
     public var highWaterMark: Int32 = 1000
-    /// ZMTP heartbeat interval and timeout (ms): any traffic counts, so a large frame in flight
-    /// never causes a false timeout.
+    /// ZMTP heartbeat interval and timeout (ms), and the broker's timeout for a silent aggregator.
     public var heartbeatInterval: Int32 = 1000
     public var heartbeatTimeout: Int32 = 10_000
+    /// The ZMTP heartbeat timeout of members' sockets (ms): what a member receives counts, and
+    /// while it uploads over a slow link its PING waits behind the update (23 MB at 10 Mbit/s is
+    /// 19 s), so this must exceed the longest upload it makes, or the connection is dropped and
+    /// the upload starts over.
+    public var memberHeartbeatTimeout: Int32 = 120_000
     public init() {}
 
     /// Sets the message size limit, high-water marks and heartbeats on a (connecting) socket.
     public func apply(to socket: ZMQSocket) throws {
         try socket.setMaximumMessageSize(maxMessageBytes)
         try socket.setHighWaterMarks(send: highWaterMark, receive: highWaterMark)
-        try socket.setHeartbeat(interval: heartbeatInterval, timeout: heartbeatTimeout)
+        try socket.setHeartbeat(interval: heartbeatInterval, timeout: memberHeartbeatTimeout)
     }
 
     /// Sets the message size limit and high-water marks on one of the broker's binding sockets,

@@ -1,4 +1,4 @@
-import FedLMFederation
+@testable import FedLMFederation
 import FedLMModel
 import FedLMProtocol
 import XCTest
@@ -305,5 +305,17 @@ final class TrainerCoreTests: XCTestCase {
         XCTAssertEqual(c.received(.heartbeat, now: 2), [], "the answers to its own two heartbeats")
         XCTAssertEqual(c.received(release(2), now: 2), [.hold(ReleaseInfo(version: 2), payload)], "the FETCH's answer is still awaited")
         XCTAssertEqual(round(of: c.drained(now: 2))?.start, .releaseMinusOwn)
+    }
+
+    func testTheMergeRuleSubtractsTheShareOfTheTrainersOwnUpdate() {
+        // S = R − λ·Δ_own on exact binary numbers.
+        var weights: [Float] = [1.0, -2.0, 0.5, 4.0]
+        let own: [Float] = [0.5, 0.25, -1.0, 0.0]
+        weights.withUnsafeMutableBufferPointer { LocalTraining.subtract(own, times: 0.5, from: $0.baseAddress!) }
+        XCTAssertEqual(weights, [0.75, -2.125, 1.0, 4.0])
+        weights.withUnsafeMutableBufferPointer { LocalTraining.subtract(own, times: 0, from: $0.baseAddress!) }
+        XCTAssertEqual(weights, [0.75, -2.125, 1.0, 4.0], "λ = 0: the release as it is")
+        weights.withUnsafeMutableBufferPointer { LocalTraining.subtract(own, times: 1, from: $0.baseAddress!) }
+        XCTAssertEqual(weights, [0.25, -2.375, 2.0, 4.0])
     }
 }

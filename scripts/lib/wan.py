@@ -199,7 +199,7 @@ def run_case(a, out, tag, mbit, rtt, case, overlap):
         aggregator = procs.start("aggregator", hub + [a.fedlm, "aggregator", "--topology", hub_toml, "--threads", "1"],
                                  os.path.join(directory, "aggregator.log"))
         relay = procs.start("relay", region + [sys.executable, os.path.join(os.path.dirname(__file__), "wan_relay.py"),
-                                               "127.0.0.1:15555", f"{HUB_IP}:5555", "--rtt-ms", str(rtt),
+                                               "127.0.0.1:15555", f"{HUB_IP}:5555", "--rtt-ms", str(rtt), "--rate-mbit", str(mbit),
                                                "--jitter-ms", str(a.jitter_ms), "--loss", str(a.loss)],
                             os.path.join(directory, "relay.log"))
         time.sleep(1)

@@ -11,7 +11,11 @@ its 1448-byte segments is lost, for a retransmission timeout (Linux's minimum 20
 trip when longer), and everything behind it waits too. Real packet loss would also shrink the
 congestion window; this relay does not model that.
 
-    wan_relay.py LISTEN_HOST:PORT TARGET_HOST:PORT --rtt-ms 100 [--jitter-ms 5] [--loss 0.001] [--seed 1]
+    wan_relay.py LISTEN_HOST:PORT TARGET_HOST:PORT --rtt-ms 100 [--rate-mbit 100] [--jitter-ms 5] [--loss 0.001] [--seed 1]
+
+It holds at most what the link itself would hold in flight (rate x one-way delay, at least
+256 KiB) per direction, so TCP's backpressure reaches the sender as over a real path; a relay that
+read everything at once would queue megabytes in front of every small message (bufferbloat).
 """
 import argparse
 import asyncio
@@ -44,23 +48,31 @@ class Link:
         return max(due, previous)
 
 
-async def pump(reader, writer, link):
-    """Reads pieces as they come and writes each at its due time, in order."""
-    queue = asyncio.Queue(maxsize=1024)  # at most 64 MiB in flight per direction
+async def pump(reader, writer, link, capacity):
+    """Reads pieces as they come and writes each at its due time, in order, with at most
+    `capacity` bytes held."""
+    queue = asyncio.Queue()
+    held = 0
+    room = asyncio.Condition()
 
     async def read():
+        nonlocal held
         previous = 0.0
         try:
             while True:
+                async with room:
+                    await room.wait_for(lambda: held < capacity)
                 data = await reader.read(PIECE)
                 if not data:
                     break
                 previous = link.due(time.monotonic(), previous, len(data))
+                held += len(data)
                 await queue.put((previous, data))
         finally:
             await queue.put((None, None))
 
     async def write():
+        nonlocal held
         try:
             while True:
                 due, data = await queue.get()
@@ -71,6 +83,9 @@ async def pump(reader, writer, link):
                     await asyncio.sleep(wait)
                 writer.write(data)
                 await writer.drain()
+                async with room:
+                    held -= len(data)
+                    room.notify_all()
         finally:
             try:
                 writer.close()
@@ -87,6 +102,7 @@ async def main():
     parser.add_argument("--rtt-ms", type=float, default=0)
     parser.add_argument("--jitter-ms", type=float, default=0)
     parser.add_argument("--loss", type=float, default=0)
+    parser.add_argument("--rate-mbit", type=float, default=1000, help="the link's rate: bounds what the relay holds")
     parser.add_argument("--seed", type=int, default=1)
     a = parser.parse_args()
     if not (0 <= a.loss < 1) or a.rtt_ms < 0 or a.jitter_ms < 0 or a.jitter_ms > a.rtt_ms / 2:
@@ -104,7 +120,8 @@ async def main():
             return
         up = Link(a.rtt_ms, a.jitter_ms, a.loss, a.seed * 1000 + 2 * connections)
         down = Link(a.rtt_ms, a.jitter_ms, a.loss, a.seed * 1000 + 2 * connections + 1)
-        await asyncio.gather(pump(client_reader, server_writer, up), pump(server_reader, client_writer, down))
+        capacity = max(256 * 1024, int(a.rate_mbit * 1e6 / 8 * a.rtt_ms / 2000))
+        await asyncio.gather(pump(client_reader, server_writer, up, capacity), pump(server_reader, client_writer, down, capacity))
 
     host, port = parse(a.listen)
     server = await asyncio.start_server(serve, host, port)
