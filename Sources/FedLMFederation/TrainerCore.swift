@@ -345,10 +345,12 @@ public struct TrainerCore: Sendable {
             case .acknowledged(let ack):
                 updateInFlight = nil
                 o.update = nil
+                if o.fetch != nil { o.fetch = Request(sentAt: now, retry: Self.requestRetry) }  // its answer comes next
                 actions = [.settled(updateID: id, .acknowledged(ack))]
             case .refused(let e):
                 updateInFlight = nil
                 o.update = nil
+                if o.fetch != nil { o.fetch = Request(sentAt: now, retry: Self.requestRetry) }
                 actions = [.settled(updateID: id, .refused(e))]
             case .registerAgain:
                 // The aggregator forgot this trainer: register, then deliver as without overlap.
@@ -494,7 +496,9 @@ public struct TrainerCore: Sendable {
                 if change(&r) == [.resend] { actions.append(.sendUpdate(id)) }
                 o.update = r
             }
-            if var r = o.fetch {
+            // The FETCH went out behind the update and is answered after it: while the update is
+            // in flight (a slow upload), silence says nothing about the FETCH.
+            if var r = o.fetch, o.update == nil {
                 if change(&r) == [.resend] { actions.append(.send(fetch(cluster: cluster, newerThan: o.newest))) }
                 o.fetch = r
             }

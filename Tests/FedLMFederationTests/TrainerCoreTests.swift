@@ -212,6 +212,7 @@ final class TrainerCoreTests: XCTestCase {
         XCTAssertEqual(Array(first.prefix(2)), [.sendUpdate("u1"), .send(.fetch(Fetch(haveVersion: 3)))])
         XCTAssertEqual(round(of: first)?.start, .local, "round 2 starts at once, from where round 1 ended")
         XCTAssertEqual(round(of: first)?.release.version, 3, "still based on v3")
+        XCTAssertEqual(c.quiet(now: 7), [], "no FETCH again while the update it follows is still uploading")
         // Round 2 trains; meanwhile the ACK and a newer release arrive.
         XCTAssertEqual(c.trained(updateID: "u2", tokens: 128, steps: 2, seconds: 1, now: 2), [])
         let ack = Ack(updateID: "u1", outcome: .applied, version: 4)
