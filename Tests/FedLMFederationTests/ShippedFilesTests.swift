@@ -86,6 +86,18 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base + "[aggregation]\nmode = \"fedasync\"\nmax_update_norm = 2.0\n[[trainer]]\nname = \"a\"").contains("norm_policy = \"refuse\""))
         XCTAssertTrue(error(base + "[[trainer]]\nname = \"a\"\nfresh_base_wait = -1").contains("trainer[1].fresh_base_wait"))
         XCTAssertTrue(error(base + "[aggregation]\nkeep_checkpoints = 1\n[[trainer]]\nname = \"a\"").contains("keep_checkpoints' must be >= 2"))
+        // [wire]: encodings, their settings and combinations, by name.
+        let trainer = "\n[[trainer]]\nname = \"a\""
+        XCTAssertTrue(error(base + "[wire]\nupdates = \"int4\"" + trainer).contains("'wire.updates' is 'int4', not one of f32, f16, bf16, int8, topk"))
+        XCTAssertTrue(error(base + "[wire]\nreleases = \"topk\"" + trainer).contains("'wire.releases' is 'topk', not one of f32, f16, bf16, int8"))
+        XCTAssertTrue(error(base + "[wire]\nupdates = \"topk\"\ndensity = 0.9" + trainer).contains("density 0.9 is not in (0, 0.5]"))
+        XCTAssertTrue(error(base + "[wire]\nupdates = \"topk\"\nbits = 1" + trainer).contains("bits 1 is not between 2 and 8"))
+        XCTAssertTrue(error(base + "[wire]\noverlap_own = 2" + trainer).contains("'wire.overlap_own' is 2.0, not between 0 and 1"))
+        XCTAssertTrue(error(base + "[wire]\nstep_density = 0.1" + trainer).contains("need 'wire.release_steps'"))
+        XCTAssertTrue(error(base + "[wire]\nrelease_steps = \"topk\"\nreleases = \"bf16\"" + trainer).contains("whole releases in F32"))
+        XCTAssertTrue(error(base + "[wire]\nrelease_steps = \"topk\"\n[clusters]\nnames = [\"en\"]\n[[trainer]]\nname = \"a\"\ncluster = \"en\"")
+                        .contains("a federation with [clusters] sends whole releases"))
+        XCTAssertTrue(error(base + "[wire]\ncompression = \"zstd\"" + trainer).contains("unknown key 'wire.compression'"))
         // Clusters: names checked, every trainer's cluster declared and known (or "auto").
         let clusters = base + "[clusters]\nnames = [\"en\", \"de\"]\n"
         XCTAssertTrue(error(clusters + "[[trainer]]\nname = \"a\"\ncluster = \"fr\"").contains("'trainer[1].cluster' is 'fr', not one of en, de"))
