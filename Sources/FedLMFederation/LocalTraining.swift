@@ -14,6 +14,8 @@ final class LocalTraining {
     let model: GPT2Model
     let step: TrainingStep
     let sequence: Int
+    /// The model's tensors as they travel (names and shapes).
+    let specs: [TensorSpec]
     /// The weights the round started from.
     private let start: ParameterVector
     /// Seeded from the training seed and the trainer's id (a stable hash), so a trainer's batches
@@ -32,6 +34,7 @@ final class LocalTraining {
         sequence = o.training.sequenceLength ?? o.modelConfig.context
         step = TrainingStep(model: model, training: o.scheduledTraining)
         start = ParameterVector(layout: model.layout)
+        specs = model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) }
         rng = SeededGenerator(seed: o.training.seed, name: o.id)
     }
 
@@ -42,7 +45,7 @@ final class LocalTraining {
 
     /// Keeps a release: a whole one replaces the held weights, a step is added to them.
     func hold(_ info: ReleaseInfo, _ payload: TensorPayload) throws {
-        try payload.check(against: model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) })
+        try payload.check(against: specs)
         if info.stepFrom == nil {
             held = payload.values
         } else {
@@ -57,7 +60,7 @@ final class LocalTraining {
 
     /// Checks a release against the model's tensors and loads it.
     func load(_ payload: TensorPayload) throws {
-        try payload.check(against: model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) })
+        try payload.check(against: specs)
         payload.values.withUnsafeBufferPointer { model.parameters.pointer.update(from: $0.baseAddress!, count: model.parameters.count) }
     }
 
@@ -135,7 +138,6 @@ final class LocalTraining {
 
     /// The update's tensors as they travel: F32, or encoded with error feedback.
     func payload(of delta: [Float]) -> TensorPayload {
-        let specs = model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) }
         guard options.compression.encoding != .f32 else { return TensorPayload(specs: specs, values: delta) }
         if residual.isEmpty { residual = [Float](repeating: 0, count: delta.count) }
         let encoded = delta.withUnsafeBufferPointer { d in
