@@ -13,9 +13,15 @@ public enum AggregationDecision: Equatable, Sendable {
 
 /// One trainer's contribution, already validated (shapes, finite values) by the caller.
 /// Vectors are held by reference, so their storage lives as long as the contribution.
+///
+/// A partial update (from a trainer that trained only some tensors) names the tensors it
+/// `carried`; its delta is zero elsewhere. Every strategy merges tensor by tensor: a tensor is
+/// averaged among the updates that carry it and left alone by the others.
 public struct Contribution {
     /// The pseudo-gradient w_start - w_end, laid out like the model.
     public let delta: ParameterVector
+    /// The tensors the update carries (nil: all of them).
+    public let carried: TensorSubset?
     /// The weights the trainer started from (version tau), when the aggregator still has them;
     /// FedAsync needs them to form the trainer's model w_start - delta.
     public let base: ParameterVector?
@@ -26,8 +32,10 @@ public struct Contribution {
     /// Who sent it (a synchronous round takes one update per trainer).
     public let trainer: String
 
-    public init(delta: ParameterVector, base: ParameterVector? = nil, staleness: Int, dataWeight: Double = 1, trainer: String = "") {
+    public init(delta: ParameterVector, carried: TensorSubset? = nil, base: ParameterVector? = nil, staleness: Int,
+                dataWeight: Double = 1, trainer: String = "") {
         self.delta = delta
+        self.carried = carried.flatMap { $0.isWhole ? nil : $0 }
         self.base = base
         self.staleness = staleness
         self.dataWeight = dataWeight
@@ -49,10 +57,26 @@ public protocol AggregationStrategy: AnyObject {
     func restore(scalars: [String: Double])
 }
 
+extension Contribution {
+    /// Where the carried tensors live in the model's vector.
+    var ranges: [Range<Int>] { carried?.modelRanges ?? [0..<delta.count] }
+
+    /// Whether the update carries entry `i` of the model's layout.
+    func carries(entry i: Int) -> Bool { carried.map { $0.modelIndices.contains(i) } ?? true }
+}
+
+/// Runs `body` over `ranges` of a vector, split across the compute threads.
+func parallelFor(ranges: [Range<Int>], _ body: (Range<Int>) -> Void) {
+    for range in ranges {
+        parallelFor(range.count, granularity: 4096) { r in body((range.lowerBound + r.lowerBound)..<(range.lowerBound + r.upperBound)) }
+    }
+}
+
 extension AggregationStrategy {
     /// The refusal every strategy gives an update of the wrong shape or too stale.
     func refusal(_ c: Contribution, model: ParameterVector) -> AggregationDecision? {
-        if c.delta.layout != model.layout || (c.base.map { $0.layout != model.layout } ?? false) {
+        if c.delta.layout != model.layout || (c.base.map { $0.layout != model.layout } ?? false)
+            || (c.carried.map { $0.model != model.layout } ?? false) {
             return .refused("the update's tensors do not match the model's names and shapes")
         }
         if c.staleness < 0 { return .refused("base version is newer than the current model (staleness \(c.staleness))") }
@@ -64,7 +88,8 @@ extension AggregationStrategy {
 }
 
 /// FedAsync (Xie et al.): every update is mixed in on arrival,
-/// w <- (1 - a_t) w + a_t w_client,  a_t = a * s(t - tau),  w_client = w_tau - delta.
+/// w <- (1 - a_t) w + a_t w_client,  a_t = a * s(t - tau),  w_client = w_tau - delta
+/// (a partial update mixes in the tensors it carries).
 public final class FedAsync: AggregationStrategy {
     public let mixing: Double
     public let weight: StalenessWeight
@@ -88,7 +113,7 @@ public final class FedAsync: AggregationStrategy {
         }
         let a = Float(mixing * weight.weight(staleness: c.staleness))
         let w = model.pointer, b = base.pointer, d = c.delta.pointer
-        parallelFor(model.count, granularity: 4096) { r in for i in r { w[i] = (1 - a) * w[i] + a * (b[i] - d[i]) } }
+        parallelFor(ranges: c.ranges) { r in for i in r { w[i] = (1 - a) * w[i] + a * (b[i] - d[i]) } }
         return .applied
     }
 }
@@ -97,6 +122,9 @@ public final class FedAsync: AggregationStrategy {
 /// through the server optimizer:  g = (1/K) sum_i s(tau_i) delta_i;  w <- opt(w, g).
 /// With a robust combination the K scaled updates are kept apart and combined per coordinate by
 /// median or trimmed mean instead; with `maxNorm`, each update is first clipped to that norm.
+/// Partial updates are merged tensor by tensor: a tensor's mean is over the k_t <= K buffered
+/// updates that carry it, g_t = (1/k_t) sum_(i carries t) s(tau_i) delta_i,t, and a tensor no
+/// buffered update carries is not stepped at all.
 public final class FedBuff: AggregationStrategy {
     public let bufferSize: Int
     public let weight: StalenessWeight
@@ -114,6 +142,10 @@ public final class FedBuff: AggregationStrategy {
     private let buffer: ParameterVector
     /// The buffered updates one by one (robust combinations only).
     private let slots: [ParameterVector]
+    /// For each tensor of the layout, how many buffered updates carry it.
+    private var carriedCounts: [Int]
+    /// For each slot, the tensors its update carries (nil: all).
+    private var slotCarried: [TensorSubset?]
     public private(set) var buffered = 0
     public var name: String { "fedbuff" }
 
@@ -122,14 +154,28 @@ public final class FedBuff: AggregationStrategy {
             + optimizer.stateVectors.map { ("optimizer.\($0.name)", $0.vector) }
     }
     public var stateScalars: [String: Double] {
-        ["buffered": Double(buffered), "optimizer.steps": Double(optimizer.steps), "aggregates": Double(aggregates),
-         "noise.seed.high": Double(noiseSeed >> 32), "noise.seed.low": Double(noiseSeed & 0xFFFF_FFFF)]
+        var scalars = ["buffered": Double(buffered), "optimizer.steps": Double(optimizer.steps), "aggregates": Double(aggregates),
+                       "noise.seed.high": Double(noiseSeed >> 32), "noise.seed.low": Double(noiseSeed & 0xFFFF_FFFF)]
+        // Partial updates in the buffer: the counts that differ from `buffered`, and which
+        // tensors each slot's update left out.
+        for (i, k) in carriedCounts.enumerated() where k != buffered { scalars["carried.\(i)"] = Double(k) }
+        for (j, subset) in slotCarried.enumerated() where j < buffered {
+            guard let subset else { continue }
+            for i in buffer.layout.entries.indices where !subset.modelIndices.contains(i) { scalars["slot\(j).lacks.\(i)"] = 1 }
+        }
+        return scalars
     }
     public func restore(scalars: [String: Double]) {
         buffered = Int(scalars["buffered"] ?? 0)
         optimizer.restore(steps: Int(scalars["optimizer.steps"] ?? 0))
         aggregates = Int(scalars["aggregates"] ?? 0)
         if let high = scalars["noise.seed.high"], let low = scalars["noise.seed.low"] { noiseSeed = UInt64(high) << 32 | UInt64(low) }
+        carriedCounts = carriedCounts.indices.map { Int(scalars["carried.\($0)"] ?? Double(buffered)) }
+        let entries = buffer.layout.entries.indices
+        slotCarried = slotCarried.indices.map { j in
+            let lacking = entries.filter { scalars["slot\(j).lacks.\($0)"] != nil }
+            return lacking.isEmpty ? nil : TensorSubset(model: buffer.layout, indices: entries.filter { !lacking.contains($0) })
+        }
     }
 
     public init(bufferSize: Int, weight: StalenessWeight = .inverseSquareRoot, maxStaleness: Int = 16,
@@ -146,6 +192,8 @@ public final class FedBuff: AggregationStrategy {
         self.maxNorm = maxNorm
         self.buffer = ParameterVector(layout: layout)
         self.slots = combination == .mean ? [] : (0..<bufferSize).map { _ in ParameterVector(layout: layout) }
+        self.carriedCounts = [Int](repeating: 0, count: layout.entries.count)
+        self.slotCarried = [TensorSubset?](repeating: nil, count: combination == .mean ? 0 : bufferSize)
     }
 
     public func receive(_ c: Contribution, model: ParameterVector) -> AggregationDecision {
@@ -155,25 +203,27 @@ public final class FedBuff: AggregationStrategy {
             let norm = Double(GradientClipping.norm(c.delta))
             if norm > bound { s *= Float(bound / norm) }
         }
-        let inv = 1 / Float(bufferSize)
         if combination != .mean {
             let slot = slots[buffered].pointer, d = c.delta.pointer
             parallelFor(buffer.count, granularity: 4096) { r in for i in r { slot[i] = s * d[i] } }
+            slotCarried[buffered] = c.carried
             buffered += 1
             guard buffered == bufferSize else { return .buffered(count: buffered, needed: bufferSize) }
-            combination.combine(slots, into: buffer)
-            optimizer.apply(buffer, scale: 1, to: model)
+            let stepped = steppedRanges(slotCarried)
+            combineSlots()
+            optimizer.apply(buffer, scale: 1, to: model, over: stepped)
             buffer.zero()
             buffered = 0
             return .applied
         }
         if bufferSize == 1, privacy == nil {
             // Nothing to buffer: step with s * delta directly (one pass instead of three).
-            optimizer.apply(c.delta, scale: s, to: model)
+            optimizer.apply(c.delta, scale: s, to: model, over: c.carried.map { _ in c.ranges })
             return .applied
         }
         let b = buffer.pointer, d = c.delta.pointer
-        parallelFor(buffer.count, granularity: 4096) { r in for i in r { b[i] += s * d[i] } }
+        parallelFor(ranges: c.ranges) { r in for i in r { b[i] += s * d[i] } }
+        for i in carriedCounts.indices where c.carries(entry: i) { carriedCounts[i] += 1 }
         buffered += 1
         guard buffered == bufferSize else { return .buffered(count: buffered, needed: bufferSize) }
         if let privacy {
@@ -183,22 +233,59 @@ public final class FedBuff: AggregationStrategy {
             for i in 0..<buffer.count { b[i] += sigma * Float(rng.nextNormal()) }
         }
         aggregates += 1
-        optimizer.apply(buffer, scale: inv, to: model)
+        let partial = carriedCounts.contains { $0 != bufferSize }
+        if partial { scaleToCarriedMeans() }
+        optimizer.apply(buffer, scale: 1 / Float(bufferSize), to: model,
+                        over: partial ? carriedRanges() : nil)
         buffer.zero()
         buffered = 0
+        carriedCounts = carriedCounts.map { _ in 0 }
         return .applied
+    }
+
+    /// Makes the buffer K times each tensor's mean over the updates that carry it (so that the
+    /// optimizer's 1/K gives the mean): tensor t is scaled by K / k_t.
+    private func scaleToCarriedMeans() {
+        for (e, k) in zip(buffer.layout.entries, carriedCounts) where k > 0 && k != bufferSize {
+            let factor = Float(bufferSize) / Float(k), b = buffer.pointer
+            parallelFor(ranges: [e.range]) { r in for i in r { b[i] *= factor } }
+        }
+    }
+
+    /// The tensors at least one buffered update carried.
+    private func carriedRanges() -> [Range<Int>] {
+        zip(buffer.layout.entries, carriedCounts).filter { $0.1 > 0 }.map { $0.0.range }
+    }
+
+    /// The tensors at least one of the slots' updates carried (nil: every tensor).
+    private func steppedRanges(_ carried: [TensorSubset?]) -> [Range<Int>]? {
+        guard carried.contains(where: { $0 != nil }) else { return nil }
+        return buffer.layout.entries.enumerated().filter { i, _ in carried.contains { $0?.modelIndices.contains(i) ?? true } }.map { $0.1.range }
+    }
+
+    /// The robust combination into `buffer`, each tensor over the slots that carry it.
+    private func combineSlots() {
+        guard slotCarried.contains(where: { $0 != nil }) else { return combination.combine(slots, into: buffer) }
+        for (i, e) in buffer.layout.entries.enumerated() {
+            let carrying = slots.indices.filter { slotCarried[$0]?.modelIndices.contains(i) ?? true }.map { slots[$0] }
+            if !carrying.isEmpty { combination.combine(carrying, range: e.range, into: buffer) }
+        }
+        slotCarried = slotCarried.map { _ in nil }
     }
 }
 
 /// Synchronous FedAvg rounds, the baseline: each round waits for every selected trainer's
 /// update on the round's version, then applies the data-weighted mean through the server
-/// optimizer. Updates on another version are refused.
+/// optimizer (each tensor's mean over the updates that carry it). Updates on another version
+/// are refused.
 public final class SynchronousFedAvg: AggregationStrategy {
     public let optimizer: ServerOptimizer
     public private(set) var expected: Int
     private let sum: ParameterVector
     private var received = 0
     private var totalWeight = 0.0
+    /// For each tensor, the data weight of the round's updates that carry it (partial updates).
+    private var tensorWeights: [Double]
     /// Trainers in the current round (kept in the checkpoint as `contributor.<id>` scalars, and
     /// rebuilt by replay after a restart), so nobody contributes twice to one round.
     private var contributors = Set<String>()
@@ -212,12 +299,14 @@ public final class SynchronousFedAvg: AggregationStrategy {
         var scalars = ["received": Double(received), "totalWeight": totalWeight, "expected": Double(expected),
                        "optimizer.steps": Double(optimizer.steps)]
         for trainer in contributors { scalars["contributor." + trainer] = 1 }
+        for (i, w) in tensorWeights.enumerated() where w != totalWeight { scalars["tensorWeight.\(i)"] = w }
         return scalars
     }
     public func restore(scalars: [String: Double]) {
         contributors = Set(scalars.keys.filter { $0.hasPrefix("contributor.") }.map { String($0.dropFirst("contributor.".count)) })
         received = Int(scalars["received"] ?? 0)
         totalWeight = scalars["totalWeight"] ?? 0
+        tensorWeights = tensorWeights.indices.map { scalars["tensorWeight.\($0)"] ?? totalWeight }
         expected = Int(scalars["expected"] ?? Double(expected))
         optimizer.restore(steps: Int(scalars["optimizer.steps"] ?? 0))
     }
@@ -227,6 +316,7 @@ public final class SynchronousFedAvg: AggregationStrategy {
         expected = participants
         self.optimizer = ServerOptimizer(optimizer, layout: layout)
         sum = ParameterVector(layout: layout)
+        tensorWeights = [Double](repeating: 0, count: layout.entries.count)
     }
 
     /// Changes how many updates rounds wait for (trainers joined, left or died). Growing takes
@@ -242,11 +332,21 @@ public final class SynchronousFedAvg: AggregationStrategy {
         return .applied
     }
 
+    /// The data-weighted mean, each tensor among the round's updates that carry it.
     private func completeRound(_ model: ParameterVector) {
-        optimizer.apply(sum, scale: Float(1 / totalWeight), to: model)
+        let partial = tensorWeights.contains { $0 != totalWeight }
+        if partial {
+            for (e, w) in zip(sum.layout.entries, tensorWeights) where w > 0 && w != totalWeight {
+                let factor = Float(totalWeight / w), p = sum.pointer
+                parallelFor(ranges: [e.range]) { r in for i in r { p[i] *= factor } }
+            }
+        }
+        optimizer.apply(sum, scale: Float(1 / totalWeight), to: model,
+                        over: partial ? zip(sum.layout.entries, tensorWeights).filter { $0.1 > 0 }.map { $0.0.range } : nil)
         sum.zero()
         received = 0
         totalWeight = 0
+        tensorWeights = tensorWeights.map { _ in 0 }
         contributors = []
     }
 
@@ -259,9 +359,11 @@ public final class SynchronousFedAvg: AggregationStrategy {
         guard !contributors.contains(c.trainer) else {
             return .refused("\(c.trainer) already contributed to this round; wait for the next version")
         }
+        if let carried = c.carried, carried.model != model.layout { return .refused("the update's tensors do not match the model's names and shapes") }
         contributors.insert(c.trainer)
         let w = Float(c.dataWeight), s = sum.pointer, d = c.delta.pointer
-        parallelFor(sum.count, granularity: 4096) { r in for i in r { s[i] += w * d[i] } }
+        parallelFor(ranges: c.ranges) { r in for i in r { s[i] += w * d[i] } }
+        for i in tensorWeights.indices where c.carries(entry: i) { tensorWeights[i] += c.dataWeight }
         received += 1
         totalWeight += c.dataWeight
         guard received >= expected else { return .buffered(count: received, needed: expected) }

@@ -62,23 +62,7 @@ public struct ParameterPartition: Equatable, Sendable {
         }
     }
 
-    static func glob(_ pattern: String, matches name: String) -> Bool {
-        let p = Array(pattern.utf8), n = Array(name.utf8)
-        var pi = 0, ni = 0, star = -1, mark = 0
-        while ni < n.count {
-            if pi < p.count, p[pi] != UInt8(ascii: "*"), p[pi] == n[ni] {
-                pi += 1; ni += 1
-            } else if pi < p.count, p[pi] == UInt8(ascii: "*") {
-                star = pi; mark = ni; pi += 1
-            } else if star >= 0 {
-                pi = star + 1; mark += 1; ni = mark
-            } else {
-                return false
-            }
-        }
-        while pi < p.count, p[pi] == UInt8(ascii: "*") { pi += 1 }
-        return pi == p.count
-    }
+    static func glob(_ pattern: String, matches name: String) -> Bool { TensorSubset.glob(pattern, matches: name) }
 }
 
 /// A head specification that does not fit the model.

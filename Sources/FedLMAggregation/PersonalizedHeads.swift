@@ -64,12 +64,18 @@ public final class PersonalizedHeads {
         heads[name] = Head(weights: weights, strategy: makeStrategy())
     }
 
-    /// Applies the head part of a whole-model pseudo-gradient to `cluster`'s head.
-    public func receive(delta: ParameterVector, cluster: String, staleness: Int, dataWeight: Double, trainer: String) -> AggregationDecision {
+    /// Applies the head part of a whole-model pseudo-gradient to `cluster`'s head. A partial
+    /// update (`carried`) moves only the head tensors it carries; one that carries none leaves
+    /// every head as it is (`.refused`, which the caller may ignore).
+    public func receive(delta: ParameterVector, carried: TensorSubset? = nil, cluster: String, staleness: Int, dataWeight: Double,
+                        trainer: String) -> AggregationDecision {
         guard let head = heads[cluster] else { return .refused("no cluster named \(cluster)") }
+        let headCarried = carried.map { c in TensorSubset(model: partition.head, indices: partition.head.entries.indices.filter { c.contains(partition.head.entries[$0].name) }) }
+        if let headCarried, headCarried.modelIndices.isEmpty { return .refused("the update carries no head tensor") }
         partition.gatherHead(from: delta.pointer, into: scratch)
         if share > 0 { scale(scratch, by: ownWeight) }
-        let decision = head.strategy.receive(Contribution(delta: scratch, staleness: staleness, dataWeight: dataWeight, trainer: trainer),
+        let decision = head.strategy.receive(Contribution(delta: scratch, carried: headCarried, staleness: staleness, dataWeight: dataWeight,
+                                                          trainer: trainer),
                                              model: head.weights)
         if decision == .applied { head.version += 1 }
         if case .refused = decision { return decision }

@@ -20,6 +20,11 @@ public enum RobustCombination: Equatable, Sendable, Codable {
 
     /// Combines `deltas` coordinate by coordinate into `out` (parallel over the coordinates).
     func combine(_ deltas: [ParameterVector], into out: ParameterVector) {
+        combine(deltas, range: 0..<out.count, into: out)
+    }
+
+    /// The same over the coordinates in `range` only (a tensor that only some updates carry).
+    func combine(_ deltas: [ParameterVector], range whole: Range<Int>, into out: ParameterVector) {
         let k = deltas.count
         let sources = deltas.map { UnsafePointer($0.pointer) }
         let o = out.pointer
@@ -29,9 +34,9 @@ public enum RobustCombination: Equatable, Sendable, Codable {
         case .median: drop = -1
         case .trimmedMean(let f): drop = Self.trimmed(f, of: k)
         }
-        parallelFor(out.count, granularity: 8192) { range in
+        parallelFor(whole.count, granularity: 8192) { part in
             var values = [Float](repeating: 0, count: k)
-            for i in range {
+            for i in (whole.lowerBound + part.lowerBound)..<(whole.lowerBound + part.upperBound) {
                 for j in 0..<k { values[j] = sources[j][i] }
                 // Insertion sort: K is a handful.
                 for a in 1..<max(k, 1) {

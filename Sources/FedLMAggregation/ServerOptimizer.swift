@@ -43,19 +43,22 @@ public final class ServerOptimizer {
 
     public func restore(steps: Int) { self.steps = steps }
 
-    /// w <- step(w, scale * g), in one pass over memory split across the compute threads.
-    public func apply(_ gradient: ParameterVector, scale: Float = 1, to model: ParameterVector) {
+    /// w <- step(w, scale * g), in one pass over memory split across the compute threads; with
+    /// `ranges`, only those coordinates step (the tensors partial updates carried: the others'
+    /// weights and optimizer state stay as they are).
+    public func apply(_ gradient: ParameterVector, scale: Float = 1, to model: ParameterVector, over ranges: [Range<Int>]? = nil) {
         precondition(gradient.layout == model.layout, "server optimizer: gradient and model layouts differ")
-        let g = gradient.pointer, w = model.pointer, count = model.count
+        let g = gradient.pointer, w = model.pointer
         steps += 1
         let step = steps
+        let span = ranges ?? [0..<model.count]
         switch kind {
         case .sgd(let lr):
             let k = lr * scale
-            parallelFor(count, granularity: 4096) { r in for i in r { w[i] -= k * g[i] } }
+            parallelFor(ranges: span) { r in for i in r { w[i] -= k * g[i] } }
         case .nesterov(let lr, let mu):
             let m = momentum!.pointer
-            parallelFor(count, granularity: 4096) { r in
+            parallelFor(ranges: span) { r in
                 for i in r {
                     let gi = scale * g[i]
                     m[i] = mu * m[i] + gi
@@ -65,7 +68,7 @@ public final class ServerOptimizer {
         case .adam(let lr, let b1, let b2, let eps):
             let m = momentum!.pointer, v = second!.pointer
             let c1 = 1 - Float(pow(Double(b1), Double(step))), c2 = 1 - Float(pow(Double(b2), Double(step)))
-            parallelFor(count, granularity: 4096) { r in
+            parallelFor(ranges: span) { r in
                 for i in r {
                     let gi = scale * g[i]
                     m[i] = b1 * m[i] + (1 - b1) * gi
@@ -78,7 +81,7 @@ public final class ServerOptimizer {
             let m = momentum!.pointer, p = pending!.pointer
             let flush = step % period == 0
             let inv = 1 / Float(period)
-            parallelFor(count, granularity: 4096) { r in
+            parallelFor(ranges: span) { r in
                 for i in r {
                     let gi = scale * g[i]
                     p[i] += gi

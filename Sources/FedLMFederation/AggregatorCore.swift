@@ -279,7 +279,11 @@ public final class AggregatorCore {
         guard knownTrainers[info.trainerID] != nil else {
             return .error(ErrorReply(code: .unknownTrainer, detail: "say HELLO first", refersTo: info.updateID))
         }
-        do { try payload.check(against: specs) } catch let e as ProtocolError { return try refuse(e) }
+        // A partial update carries some of the model's tensors (a trainer that trains part of it).
+        let carried: TensorSubset?
+        do {
+            carried = try payload.carried(of: specs).map { TensorSubset(model: model.layout, indices: $0) }
+        } catch let e as ProtocolError { return try refuse(e) }
         let staleness = version - info.baseVersion
         if staleness < 0 { return try refuse(ProtocolError(.malformed, "base version \(info.baseVersion) is newer than \(version)")) }
         if staleness > config.maxStaleness {
@@ -316,6 +320,10 @@ public final class AggregatorCore {
         let delta: ParameterVector
         if let incoming {
             delta = ParameterVector(layout: model.layout, storage: incoming.storage)
+        } else if let carried {
+            delta = deltaScratch
+            delta.zero()
+            payload.withValues { carried.scatter($0.baseAddress!, into: delta.pointer) }
         } else {
             delta = deltaScratch
             payload.withValues { delta.pointer.update(from: $0.baseAddress!, count: delta.count) }
@@ -330,11 +338,11 @@ public final class AggregatorCore {
                               staleness: staleness, norm: norm)
         }
         let sync = config.durability == .machine
-        let deltaPath = if let incoming { try deltas.commit(incoming, updateID: info.updateID, sync: sync) } else {
-            try deltas.write(UnsafeBufferPointer(start: delta.pointer, count: delta.count), updateID: info.updateID, sync: sync)
-        }
+        let deltaPath = if let incoming { try deltas.commit(incoming, updateID: info.updateID, sync: sync) }
+            else if let carried { try deltas.write(delta, carried: carried, updateID: info.updateID, sync: sync) }
+            else { try deltas.write(UnsafeBufferPointer(start: delta.pointer, count: delta.count), updateID: info.updateID, sync: sync) }
         mark("write delta")
-        let decision = strategy.receive(Contribution(delta: delta, base: recentVersions[info.baseVersion], staleness: staleness,
+        let decision = strategy.receive(Contribution(delta: delta, carried: carried, base: recentVersions[info.baseVersion], staleness: staleness,
                                                      dataWeight: Double(max(info.tokens, 1)), trainer: info.trainerID),
                                         model: model.parameters)
         if case .refused(let why) = decision {
@@ -344,7 +352,8 @@ public final class AggregatorCore {
         if decision == .applied { version += 1 }
         var headVersionAfter: Int?
         if let heads, let c = info.cluster, let hs = headStaleness {
-            _ = heads.receive(delta: delta, cluster: c, staleness: hs, dataWeight: Double(max(info.tokens, 1)), trainer: info.trainerID)
+            _ = heads.receive(delta: delta, carried: carried, cluster: c, staleness: hs, dataWeight: Double(max(info.tokens, 1)),
+                              trainer: info.trainerID)
             headVersionAfter = heads.heads[c]!.version
         }
         mark("strategy")
@@ -475,8 +484,8 @@ public final class AggregatorCore {
                 throw FederationError.replayDiverged("the pseudo-gradient of update \(u.id) is no longer kept")
             }
             let delta = ParameterVector(layout: model.layout)
-            try SafeTensorsFile(path: path).copyFloats("delta", shape: [delta.count], into: delta.pointer)
-            let decision = strategy.receive(Contribution(delta: delta, staleness: u.staleness, dataWeight: Double(max(u.tokens, 1)),
+            let carried = try DeltaFiles.read(path, into: delta)
+            let decision = strategy.receive(Contribution(delta: delta, carried: carried, staleness: u.staleness, dataWeight: Double(max(u.tokens, 1)),
                                                          trainer: u.trainer), model: model.parameters)
             if decision == .applied { version += 1 }
             guard version == u.versionAfter else {
@@ -484,7 +493,7 @@ public final class AggregatorCore {
             }
             if let heads, let c = u.cluster, let hs = u.headStaleness {
                 guard heads.heads[c] != nil else { throw FederationError.replayDiverged("update \(u.id) is for cluster \(c), which the checkpoint lacks") }
-                _ = heads.receive(delta: delta, cluster: c, staleness: hs, dataWeight: Double(max(u.tokens, 1)), trainer: u.trainer)
+                _ = heads.receive(delta: delta, carried: carried, cluster: c, staleness: hs, dataWeight: Double(max(u.tokens, 1)), trainer: u.trainer)
                 guard heads.heads[c]!.version == u.headVersionAfter else {
                     throw FederationError.replayDiverged("update \(u.id) gave head version \(heads.heads[c]!.version) of \(c), the ledger says \(u.headVersionAfter ?? -1)")
                 }

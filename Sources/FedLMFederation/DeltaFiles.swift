@@ -1,4 +1,5 @@
 import FedLMCheckpoint
+import FedLMModel
 import FedLMProtocol
 import FedLMTensor
 import Foundation
@@ -43,6 +44,40 @@ struct DeltaFiles {
         try SafeTensors.write([.init(name: "delta", dtype: .f32, shape: [delta.count], bytes: UnsafeRawBufferPointer(delta))],
                               to: path, sync: sync, reusing: pool.take())
         return path
+    }
+
+    /// Writes the tensors a partial update carried, each under its own name (their values taken
+    /// from the whole-model `delta`), as the update's file. Returns the path.
+    func write(_ delta: ParameterVector, carried: TensorSubset, updateID: String, sync: Bool) throws -> String {
+        let path = path(for: updateID)
+        let sources = carried.packed.entries.map { e in
+            let range = delta.layout[e.name].range
+            return SafeTensors.Source(name: e.name, dtype: .f32, shape: e.shape,
+                                      bytes: UnsafeRawBufferPointer(start: delta.pointer + range.lowerBound, count: range.count * 4))
+        }
+        try SafeTensors.write(sources, to: path, sync: sync, reusing: pool.take())
+        return path
+    }
+
+    /// Reads an update's file into `delta`: a whole update (one tensor `delta`), or a partial one
+    /// (the tensors it carried, by name; zero elsewhere), whose tensors are returned.
+    static func read(_ path: String, into delta: ParameterVector) throws -> TensorSubset? {
+        let file = try SafeTensorsFile(path: path)
+        if file.tensor("delta") != nil {
+            try file.copyFloats("delta", shape: [delta.count], into: delta.pointer)
+            return nil
+        }
+        delta.zero()
+        var indices: [Int] = []
+        for name in file.names {
+            guard let i = delta.layout.entries.firstIndex(where: { $0.name == name }) else {
+                throw FederationError.replayDiverged("\(path) holds a tensor \(name) the model lacks")
+            }
+            let e = delta.layout.entries[i]
+            try file.copyFloats(name, shape: e.shape, into: delta.pointer + e.offset)
+            indices.append(i)
+        }
+        return TensorSubset(model: delta.layout, indices: indices)
     }
 
     /// Room for an update of `count` values streaming in, whose chunks are written to a file

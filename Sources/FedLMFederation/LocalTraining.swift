@@ -8,15 +8,22 @@ import Foundation
 /// and trains a round of local AdamW steps into a pseudo-gradient (Photon, Sani et al. 2024:
 /// Δ = θ_start − θ_end after H local steps, which the aggregator's outer optimizer treats as a
 /// gradient).
+///
+/// A partial trainer (`TrainerOptions.trained`) trains some tensors only: its optimizer state,
+/// start weights and pseudo-gradients cover those, and its updates carry only them.
 final class LocalTraining {
     let options: TrainerOptions
     let data: TokenDataset
     let model: GPT2Model
     let step: TrainingStep
     let sequence: Int
-    /// The model's tensors as they travel (names and shapes).
+    /// The model's tensors as they travel in releases (names and shapes).
     let specs: [TensorSpec]
-    /// The weights the round started from.
+    /// The tensors this trainer trains and its updates carry.
+    let trained: TensorSubset
+    /// The trained tensors as they travel in updates.
+    let updateSpecs: [TensorSpec]
+    /// The trained tensors' weights when the round started.
     private let start: ParameterVector
     /// Seeded from the training seed and the trainer's id (a stable hash), so a trainer's batches
     /// are the same on every run.
@@ -30,11 +37,14 @@ final class LocalTraining {
         options = o
         data = try TokenDataset(directory: o.dataDirectory)
         for c in o.dataClusters ?? [] { try data.checkCluster(c) }
-        model = try GPT2Model(config: o.modelConfig)
+        trained = o.trained ?? .whole(ParameterLayout(config: o.modelConfig))
+        model = try GPT2Model(config: o.modelConfig, trained: trained)
         sequence = o.training.sequenceLength ?? o.modelConfig.context
         step = TrainingStep(model: model, training: o.scheduledTraining)
-        start = ParameterVector(layout: model.layout)
+        step.microBatch = o.microBatch
+        start = ParameterVector(layout: trained.packed)
         specs = model.layout.entries.map { TensorSpec(name: $0.name, shape: $0.shape) }
+        updateSpecs = trained.packed.entries.map { TensorSpec(name: $0.name, shape: $0.shape) }
         rng = SeededGenerator(seed: o.training.seed, name: o.id)
     }
 
@@ -106,9 +116,11 @@ final class LocalTraining {
             break
         case .releaseMinusOwn:
             loadHeld()
-            if let own = lastDelta { Self.subtract(own, times: Float(options.overlapOwnWeight), from: model.parameters.pointer) }
+            if let own = lastDelta {
+                Self.subtract(own, times: Float(options.overlapOwnWeight), from: model.parameters.pointer, trained: trained.isWhole ? nil : trained)
+            }
         }
-        start.copy(from: model.parameters)
+        trained.gather(from: model.parameters.pointer, into: start.pointer)
         let steps = round.steps
         let t0 = Date().timeIntervalSince1970
         var lastLoss: Float = 0, tokens = 0, lastAlive = t0
@@ -130,28 +142,37 @@ final class LocalTraining {
         return Result(delta: delta, tokens: tokens, seconds: Date().timeIntervalSince1970 - t0, lastLoss: lastLoss)
     }
 
-    /// Overlap's merge rule on the weights: θ −= λ·Δ_own.
-    static func subtract(_ own: [Float], times lambda: Float, from weights: UnsafeMutablePointer<Float>) {
+    /// Overlap's merge rule on the weights: θ −= λ·Δ_own, where Δ_own holds the `trained`
+    /// tensors packed (nil: every tensor, in the weights' order).
+    static func subtract(_ own: [Float], times lambda: Float, from weights: UnsafeMutablePointer<Float>, trained: TensorSubset? = nil) {
         guard lambda != 0 else { return }
-        for i in own.indices { weights[i] -= lambda * own[i] }
+        guard let trained else {
+            for i in own.indices { weights[i] -= lambda * own[i] }
+            return
+        }
+        for (entry, range) in zip(trained.packed.entries, trained.modelRanges) {
+            for k in 0..<range.count { weights[range.lowerBound + k] -= lambda * own[entry.offset + k] }
+        }
     }
 
     /// The update's tensors as they travel: F32, or encoded with error feedback.
     func payload(of delta: [Float]) -> TensorPayload {
-        guard options.compression.encoding != .f32 else { return TensorPayload(specs: specs, values: delta) }
+        guard options.compression.encoding != .f32 else { return TensorPayload(specs: updateSpecs, values: delta) }
         if residual.isEmpty { residual = [Float](repeating: 0, count: delta.count) }
         let encoded = delta.withUnsafeBufferPointer { d in
             residual.withUnsafeMutableBufferPointer { options.compression.encode(d, residual: $0) }
         }
-        return TensorPayload(specs: specs, encoded: encoded)
+        return TensorPayload(specs: updateSpecs, encoded: encoded)
     }
 
-    /// Δ = start weights − end weights.
+    /// Δ = start weights − end weights, of the trained tensors.
     private func pseudoGradient() -> [Float] {
         let before = start.pointer, after = model.parameters.pointer
-        return [Float](unsafeUninitializedCapacity: model.parameters.count) { out, initialized in
-            for i in 0..<out.count { out[i] = before[i] - after[i] }
-            initialized = out.count
+        return [Float](unsafeUninitializedCapacity: trained.count) { out, initialized in
+            for (entry, range) in zip(trained.packed.entries, trained.modelRanges) {
+                for k in 0..<range.count { out[entry.offset + k] = before[entry.offset + k] - after[range.lowerBound + k] }
+            }
+            initialized = trained.count
         }
     }
 }

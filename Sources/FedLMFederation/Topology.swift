@@ -57,6 +57,9 @@ import TOMLKit
 ///     cluster = "en"                        # with [clusters]: the cluster it trains in, or "auto" (IFCA)
 ///     attack = "sign_flip"                  # robustness experiments only: sign_flip | noise | nan
 ///     attack_scale = 10.0                   #   (times the honest update, or noise of that many times its RMS)
+///     memory_budget = "300MiB"              # optional: a partial trainer training the most of the model that fits
+///     train = ["transformer.h.{last}.*", "transformer.ln_f.*"]   # or: exactly these tensors (globs)
+///     micro_batch = 4                       # optional: sequences per pass (gradients accumulated over the batch)
 ///
 ///     [security]                            # optional: CURVE on every socket (default: plaintext)
 ///     keys = "keys"                         # key pairs: broker, aggregator, <trainer name>, ... (`fedlm keys generate`)
@@ -105,6 +108,11 @@ public struct Topology: Sendable {
         public var cluster: String?
         /// For robustness experiments: what this trainer does to its updates.
         public var attack: TrainerAttack?
+        /// A partial trainer: tensor patterns it trains, or a memory budget (bytes) the part it
+        /// trains must fit; and its micro-batch.
+        public var train: [String]? = nil
+        public var memoryBudget: Int? = nil
+        public var microBatch: Int? = nil
     }
 
     public var path: String
@@ -276,7 +284,7 @@ public struct Topology: Sendable {
     private static func parseTrainer(_ tt: TOMLReader, clusterNames: [String]?) throws -> Trainer {
         let p = tt.prefix
         try tt.allowOnly(["name", "clusters", "local_steps", "time_budget", "tokens", "slowdown", "ack_timeout", "cluster", "attack",
-                       "attack_scale", "fresh_base_wait"])
+                       "attack_scale", "fresh_base_wait", "train", "memory_budget", "micro_batch"])
         var attack: TrainerAttack?
         if let kind = try tt.string("attack") {
             let scale = try tt.double("attack_scale") ?? 10
@@ -307,9 +315,16 @@ public struct Topology: Sendable {
         } else if cluster != nil {
             throw tt.fail("'\(p)cluster' needs a [clusters] table")
         }
+        let train = try tt.strings("train", "a list of tensor patterns")
+        let budget = try tt.string("memory_budget").map { text in
+            do { return try TrainingMemory.parseBytes(text) } catch { throw tt.fail("'\(p)memory_budget': \(error)") }
+        }
+        guard train == nil || budget == nil else { throw tt.fail("'\(p)train' and '\(p)memory_budget' exclude each other") }
+        let micro = try tt.int("micro_batch")
+        if let micro, micro < 1 { throw tt.fail("'\(p)micro_batch' must be >= 1") }
         return Trainer(name: name, clusters: clusters, localSteps: steps, timeBudget: try tt.double("time_budget"),
                                   tokens: try tt.int("tokens"), slowdown: slowdown, freshBaseWait: freshBaseWait,
                                   ackTimeout: try tt.double("ack_timeout") ?? 30, cluster: cluster == "auto" ? nil : cluster,
-                                  attack: attack)
+                                  attack: attack, train: train, memoryBudget: budget, microBatch: micro)
     }
 }

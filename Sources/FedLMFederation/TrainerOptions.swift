@@ -57,6 +57,12 @@ public struct TrainerOptions: Sendable {
     /// adds to a fresh release that cannot hold it yet (about the weight the aggregator gives
     /// one update: server rate × staleness weight / buffer size).
     public var overlapOwnWeight = 1.0
+    /// A partial trainer: the tensors it trains and its updates carry (nil: all of them). Chosen
+    /// by `--train` patterns or by `TrainingMemory.plan` for a memory budget.
+    public var trained: TensorSubset?
+    /// Sequences per forward/backward pass (gradients accumulated over the batch; nil: the
+    /// whole batch at once).
+    public var microBatch: Int?
     /// Robustness experiments only: corrupt every update this way.
     public var attack: TrainerAttack?
     /// Where the unacknowledged update is kept across restarts.
@@ -79,5 +85,31 @@ public struct TrainerOptions: Sendable {
         self.training = training
         self.modelConfig = modelConfig
         self.stateDirectory = stateDirectory
+    }
+}
+
+extension TrainerOptions {
+    /// Sets the part of the model to train: the tensors matching `patterns`, or the most that
+    /// fits `memoryBudget` (bytes); `microBatch` as given, or as the plan chooses. Returns the
+    /// memory plan, for the log.
+    @discardableResult
+    public mutating func choosePart(patterns: [String]?, memoryBudget: Int?, microBatch: Int?) throws -> TrainingMemory.Plan? {
+        let batch = training.batchSize, sequence = training.sequenceLength ?? modelConfig.context
+        if let microBatch {
+            guard microBatch >= 1, batch % microBatch == 0 else {
+                throw SubsetError("micro-batch \(microBatch) must divide the batch size \(batch)")
+            }
+        }
+        self.microBatch = microBatch
+        if let patterns {
+            guard memoryBudget == nil else { throw SubsetError("give either tensor patterns to train or a memory budget, not both") }
+            trained = try TensorSubset(model: ParameterLayout(config: modelConfig), patterns: patterns, layers: modelConfig.layers)
+            return nil
+        }
+        guard let memoryBudget else { return nil }
+        let plan = try TrainingMemory.plan(config: modelConfig, batch: batch, sequence: sequence, budget: memoryBudget, microBatch: microBatch)
+        trained = plan.trained.isWhole ? nil : plan.trained
+        self.microBatch = plan.microBatch < batch ? plan.microBatch : nil
+        return plan
     }
 }

@@ -1,5 +1,6 @@
 import FedLMCheckpoint
 import FedLMProtocol
+import FedLMTensor
 import FedLMZeroMQ
 import Foundation
 import Logging
@@ -126,7 +127,8 @@ private final class TrainerSession {
         }
         let stats = TrainerStats(tokens: service.tokensTrained, updatesAcknowledged: service.updatesAcknowledged,
                                  trainingSeconds: local.trainingSeconds, wallSeconds: Self.now - started,
-                                 bytesSent: bytesSent, bytesReceived: bytesReceived, joiningBytes: joiningBytes ?? bytesSent + bytesReceived)
+                                 bytesSent: bytesSent, bytesReceived: bytesReceived, joiningBytes: joiningBytes ?? bytesSent + bytesReceived,
+                                 peakResidentBytes: ProcessMemory.peakResidentBytes)
         try? stats.write(to: options.stateDirectory + "/" + TrainerStats.file)
         logger.info("\(o.id): stopped after \(service.tokensTrained) tokens, \(service.updatesAcknowledged) updates acknowledged; \(stats.summary)")
     }

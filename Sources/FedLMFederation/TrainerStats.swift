@@ -14,6 +14,8 @@ public struct TrainerStats: Codable, Equatable, Sendable {
     /// Bytes sent and received before the first round started (registering and the first
     /// whole release): a one-time cost of joining, which a long run spreads thin.
     public var joiningBytes: Int
+    /// The process's peak resident memory (VmHWM), where /proc tells it.
+    public var peakResidentBytes: Int?
 
     /// Bytes per token once joined: what every further round costs.
     public var bytesPerTokenAfterJoining: Double {
@@ -24,8 +26,9 @@ public struct TrainerStats: Codable, Equatable, Sendable {
     public var bytesPerToken: Double { tokens > 0 ? Double(bytesSent + bytesReceived) / Double(tokens) : 0 }
 
     public var summary: String {
-        String(format: "trained %.1f s of %.1f s (%.0f%% compute); sent %d bytes, received %d (%.1f bytes per token, %.1f after joining)",
-               trainingSeconds, wallSeconds, 100 * utilisation, bytesSent, bytesReceived, bytesPerToken, bytesPerTokenAfterJoining)
+        String(format: "trained %.1f s of %.1f s (%.0f%% compute); sent %d bytes, received %d (%.1f bytes per token, %.1f after joining); peak memory %d MiB",
+               trainingSeconds, wallSeconds, 100 * utilisation, bytesSent, bytesReceived, bytesPerToken, bytesPerTokenAfterJoining,
+               (peakResidentBytes ?? 0) >> 20)
     }
 
     public func write(to path: String) throws {

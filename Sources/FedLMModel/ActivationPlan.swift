@@ -3,6 +3,10 @@ import FedLMTensor
 /// Every buffer one forward+backward pass needs for a given (batch, sequence) shape, allocated
 /// once so that a training step allocates nothing. The model keeps the plan of the last shape
 /// it ran and makes a new one only when the shape changes.
+///
+/// A model that trains only its upper blocks (`TensorSubset`) never runs backward below block
+/// `storedFrom`, so the blocks below keep nothing: they share one block's buffers, and their
+/// residual stream alternates between two buffers.
 final class ActivationPlan {
     struct Layer {
         let ln1Mean, ln1Rstd, ln1Out: FloatBuffer
@@ -17,6 +21,8 @@ final class ActivationPlan {
 
     let batch: Int
     let sequence: Int
+    /// The lowest block whose activations are kept for backward.
+    let storedFrom: Int
     var rows: Int { batch * sequence }
 
     /// residual[l] is the input of block l; residual[layers] the output of the last block.
@@ -36,12 +42,13 @@ final class ActivationPlan {
     let layerNormScratch: FloatBuffer
     let attentionScratch: FloatBuffer
 
-    init(config c: GPT2Config, batch: Int, sequence: Int) {
+    init(config c: GPT2Config, batch: Int, sequence: Int, storedFrom: Int = 0) {
+        precondition((0...c.layers).contains(storedFrom), "storedFrom \(storedFrom) of \(c.layers) layers")
         self.batch = batch
         self.sequence = sequence
+        self.storedFrom = storedFrom
         let n = batch * sequence, d = c.embedding
-        residual = (0...c.layers).map { _ in FloatBuffer(count: n * d) }
-        layers = (0..<c.layers).map { _ in
+        func layer() -> Layer {
             Layer(ln1Mean: FloatBuffer(count: n), ln1Rstd: FloatBuffer(count: n), ln1Out: FloatBuffer(count: n * d),
                   qkv: FloatBuffer(count: n * 3 * d),
                   probabilities: FloatBuffer(count: batch * c.heads * sequence * sequence),
@@ -49,6 +56,12 @@ final class ActivationPlan {
                   ln2Mean: FloatBuffer(count: n), ln2Rstd: FloatBuffer(count: n), ln2Out: FloatBuffer(count: n * d),
                   fc: FloatBuffer(count: n * 4 * d), gelu: FloatBuffer(count: n * 4 * d))
         }
+        // Below storedFrom: residual[l] alternates between two buffers (block l reads one and
+        // writes the other), and every block uses the same scratch block.
+        let rolling = storedFrom > 0 ? [FloatBuffer(count: n * d), FloatBuffer(count: n * d)] : []
+        residual = (0...c.layers).map { l in l <= storedFrom && storedFrom > 0 ? rolling[l % 2] : FloatBuffer(count: n * d) }
+        let shared = storedFrom > 0 ? layer() : nil
+        layers = (0..<c.layers).map { l in l < storedFrom ? shared! : layer() }
         lnfMean = FloatBuffer(count: n)
         lnfRstd = FloatBuffer(count: n)
         lnfOut = FloatBuffer(count: n * d)
@@ -70,15 +83,28 @@ final class ActivationPlan {
         targets.deallocate()
     }
 
-    /// Bytes held by the plan (activations and gradient scratch).
+    /// Bytes held by the plan (activations and gradient scratch; a buffer shared counted once).
     var bytes: Int {
-        var total = residual.reduce(0) { $0 + $1.count }
+        var buffers = residual
         for l in layers {
-            total += [l.ln1Mean, l.ln1Rstd, l.ln1Out, l.qkv, l.probabilities, l.attention, l.residualMid,
-                      l.ln2Mean, l.ln2Rstd, l.ln2Out, l.fc, l.gelu].reduce(0) { $0 + $1.count }
+            buffers += [l.ln1Mean, l.ln1Rstd, l.ln1Out, l.qkv, l.probabilities, l.attention, l.residualMid,
+                        l.ln2Mean, l.ln2Rstd, l.ln2Out, l.fc, l.gelu]
         }
-        total += [lnfMean, lnfRstd, lnfOut, logits, dResidual, dWide, dQKV, dNarrow, dNarrow2, layerNormScratch,
-                  attentionScratch].reduce(0) { $0 + $1.count }
+        buffers += [lnfMean, lnfRstd, lnfOut, logits, dResidual, dWide, dQKV, dNarrow, dNarrow2, layerNormScratch,
+                    attentionScratch]
+        var seen = Set<ObjectIdentifier>()
+        let total = buffers.filter { seen.insert(ObjectIdentifier($0)).inserted }.reduce(0) { $0 + $1.count }
         return total * 4 + 2 * rows * 4
+    }
+
+    /// The bytes a plan of this shape would hold, without allocating it.
+    static func bytes(config c: GPT2Config, batch: Int, sequence: Int, storedFrom: Int, threads: Int = ComputeThreads.count) -> Int {
+        let n = batch * sequence, d = c.embedding
+        let block = 4 * n + 15 * n * d + batch * c.heads * sequence * sequence
+        let keptBlocks = c.layers - storedFrom + (storedFrom > 0 ? 1 : 0)
+        let residuals = (c.layers - storedFrom + 1) + (storedFrom > 0 ? 1 : 0)
+        let top = 2 * n + n * d + n * c.vocabulary
+        let scratch = n * d + 4 * n * d + 3 * n * d + 2 * n * d + threads * 2 * d + threads * CausalSelfAttention.blockSize * sequence
+        return (keptBlocks * block + residuals * n * d + top + scratch) * 4 + 2 * n * 4
     }
 }

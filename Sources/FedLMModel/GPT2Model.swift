@@ -7,20 +7,42 @@ import Foundation
 /// Parameters and gradients are flat `ParameterVector`s addressed by Hugging Face names.
 /// `lossAndGradients` runs the forward and backward pass over a batch and overwrites
 /// `gradients` with d(mean loss)/d(parameters).
+///
+/// A model can train only part of its tensors (`trained`): `gradients` then holds only those
+/// (packed), the backward pass stops at the lowest block that holds one, and no activations are
+/// kept below it. Frozen tensors cost the forward pass only.
 public final class GPT2Model: @unchecked Sendable {
     public let config: GPT2Config
     public let layout: ParameterLayout
     public let parameters: ParameterVector
+    /// The tensors that get gradients (every tensor unless the model was made with a subset).
+    public let trained: TensorSubset
+    /// Gradients of the `trained` tensors, laid out by `trained.packed` (the model's own layout
+    /// when every tensor trains).
     public let gradients: ParameterVector
+    /// The lowest block the backward pass reaches (0 when the embeddings train).
+    public let lowestTrainedBlock: Int
     private var plan: ActivationPlan?
 
-    public init(config: GPT2Config) throws {
+    public init(config: GPT2Config, trained: TensorSubset? = nil) throws {
         try config.validate()
         self.config = config
         self.layout = ParameterLayout(config: config)
         self.parameters = ParameterVector(layout: layout)
-        self.gradients = ParameterVector(layout: layout)
+        let subset = trained ?? .whole(layout)
+        precondition(subset.model == layout, "the trained subset is of another model's layout")
+        self.trained = subset
+        let gradients = ParameterVector(layout: subset.isWhole ? layout : subset.packed)
+        self.gradients = gradients
+        self.lowestTrainedBlock = subset.lowestBlock(layers: config.layers)
+        gradientPointers = Dictionary(uniqueKeysWithValues: gradients.layout.entries.map { ($0.name, gradients.pointer + $0.offset) })
     }
+
+    /// Where each trained tensor's gradient lives.
+    private let gradientPointers: [String: UnsafeMutablePointer<Float>]
+
+    /// The gradient of a tensor, nil when it is frozen.
+    private func gradient(_ name: String) -> UnsafeMutablePointer<Float>? { gradientPointers[name] }
 
     /// A model initialised as GPT-2 is: normal(0, 0.02) weights, residual projections scaled by
     /// 1/sqrt(2 * layers), zero biases, unit LayerNorm gains.
@@ -51,7 +73,7 @@ public final class GPT2Model: @unchecked Sendable {
     private func plan(for batch: TokenBatch) -> ActivationPlan {
         if let p = plan, p.batch == batch.batch, p.sequence == batch.sequence { return p }
         plan = nil  // free the old plan before allocating the new one
-        let p = ActivationPlan(config: config, batch: batch.batch, sequence: batch.sequence)
+        let p = ActivationPlan(config: config, batch: batch.batch, sequence: batch.sequence, storedFrom: lowestTrainedBlock)
         plan = p
         return p
     }
@@ -66,17 +88,29 @@ public final class GPT2Model: @unchecked Sendable {
                                     vocabulary: config.vocabulary, writeGradient: false).mean
     }
 
-    /// Mean cross-entropy of the batch; overwrites `gradients` with its gradient.
+    /// Mean cross-entropy of the batch; overwrites `gradients` with its gradient, or adds it to
+    /// them when `accumulating` (micro-batches of one step).
     @discardableResult
-    public func lossAndGradients(_ batch: TokenBatch) throws -> Float {
+    public func lossAndGradients(_ batch: TokenBatch, accumulating: Bool = false) throws -> Float {
         try batch.validate(for: config)
         let p = plan(for: batch)
         load(batch, into: p)
         forward(p)
         let loss = CrossEntropy.forward(logits: p.logits.pointer, targets: p.targets, rows: p.rows,
                                         vocabulary: config.vocabulary, writeGradient: true).mean
+        if !accumulating { gradients.zero() }
         backward(p)
         return loss
+    }
+
+    /// Bytes of activation memory a pass over (batch, sequence) plans, without running one.
+    public func plannedActivationBytes(batch: Int, sequence: Int) -> Int {
+        ActivationPlan.bytes(config: config, batch: batch, sequence: sequence, storedFrom: lowestTrainedBlock)
+    }
+
+    /// The same for a model of `config` training `trained`.
+    public static func plannedActivationBytes(config: GPT2Config, trained: TensorSubset, batch: Int, sequence: Int) -> Int {
+        ActivationPlan.bytes(config: config, batch: batch, sequence: sequence, storedFrom: trained.lowestBlock(layers: config.layers))
     }
 
     /// Logits of the last position of each sequence, [batch, vocabulary] (for sampling).
@@ -146,55 +180,59 @@ public final class GPT2Model: @unchecked Sendable {
 
     // MARK: - Backward
 
-    /// Expects `p.logits` to hold d(loss)/d(logits).
+    /// Expects `p.logits` to hold d(loss)/d(logits); adds the trained tensors' gradients to
+    /// `gradients` and stops below the lowest block that has one.
     private func backward(_ p: ActivationPlan) {
-        let w = parameters, g = gradients, c = config
+        let w = parameters, c = config
         let n = p.rows, d = c.embedding, v = c.vocabulary
         let shape = CausalSelfAttention.Shape(batch: p.batch, sequence: p.sequence, heads: c.heads,
                                               headDimension: c.headDimension)
-        g.zero()
         let dres = p.dResidual.pointer
         // Head: d(ln_f out) = dlogits . head; d(head) += dlogits^T . ln_f out.
         Gemm.multiply(m: n, n: d, k: v, a: p.logits.pointer, lda: v, b: w.pointer(headWeight), ldb: d,
                       c: p.dNarrow.pointer, ldc: d)
-        Gemm.multiply(transposeA: true, m: v, n: d, k: n, a: p.logits.pointer, lda: v, b: p.lnfOut.pointer,
-                      ldb: d, beta: 1, c: g.pointer(headWeight), ldc: d)
+        if let dHead = gradient(headWeight) {
+            Gemm.multiply(transposeA: true, m: v, n: d, k: n, a: p.logits.pointer, lda: v, b: p.lnfOut.pointer,
+                          ldb: d, beta: 1, c: dHead, ldc: d)
+        }
         p.dResidual.zero()
         LayerNorm.backward(dout: p.dNarrow.pointer, x: p.residual[c.layers].pointer, mean: p.lnfMean.pointer,
                            rstd: p.lnfRstd.pointer, gamma: w.pointer("transformer.ln_f.weight"), dx: dres,
-                           dgamma: g.pointer("transformer.ln_f.weight"), dbeta: g.pointer("transformer.ln_f.bias"),
+                           dgamma: gradient("transformer.ln_f.weight"), dbeta: gradient("transformer.ln_f.bias"),
                            rows: n, dim: d, scratch: p.layerNormScratch.pointer)
-        for l in stride(from: c.layers - 1, through: 0, by: -1) {
+        for l in stride(from: c.layers - 1, through: lowestTrainedBlock, by: -1) {
             let a = p.layers[l], pre = "transformer.h.\(l)."
             // MLP: residual[l+1] = mid + c_proj(gelu(c_fc(ln_2(mid)))).
             Conv1D.backward(dout: dres, x: a.gelu.pointer, weight: w.pointer(pre + "mlp.c_proj.weight"),
-                            dx: p.dWide.pointer, dweight: g.pointer(pre + "mlp.c_proj.weight"),
-                            dbias: g.pointer(pre + "mlp.c_proj.bias"), rows: n, inputs: 4 * d, outputs: d)
+                            dx: p.dWide.pointer, dweight: gradient(pre + "mlp.c_proj.weight"),
+                            dbias: gradient(pre + "mlp.c_proj.bias"), rows: n, inputs: 4 * d, outputs: d)
             GELU.backward(a.fc.pointer, grad: p.dWide.pointer, count: n * 4 * d)
             Conv1D.backward(dout: p.dWide.pointer, x: a.ln2Out.pointer, weight: w.pointer(pre + "mlp.c_fc.weight"),
-                            dx: p.dNarrow.pointer, dweight: g.pointer(pre + "mlp.c_fc.weight"),
-                            dbias: g.pointer(pre + "mlp.c_fc.bias"), rows: n, inputs: d, outputs: 4 * d)
+                            dx: p.dNarrow.pointer, dweight: gradient(pre + "mlp.c_fc.weight"),
+                            dbias: gradient(pre + "mlp.c_fc.bias"), rows: n, inputs: d, outputs: 4 * d)
             LayerNorm.backward(dout: p.dNarrow.pointer, x: a.residualMid.pointer, mean: a.ln2Mean.pointer,
                                rstd: a.ln2Rstd.pointer, gamma: w.pointer(pre + "ln_2.weight"), dx: dres,
-                               dgamma: g.pointer(pre + "ln_2.weight"), dbeta: g.pointer(pre + "ln_2.bias"),
+                               dgamma: gradient(pre + "ln_2.weight"), dbeta: gradient(pre + "ln_2.bias"),
                                rows: n, dim: d, scratch: p.layerNormScratch.pointer)
             // Attention: mid = residual[l] + c_proj(attn(c_attn(ln_1(residual[l])))).
             Conv1D.backward(dout: dres, x: a.attention.pointer, weight: w.pointer(pre + "attn.c_proj.weight"),
-                            dx: p.dNarrow2.pointer, dweight: g.pointer(pre + "attn.c_proj.weight"),
-                            dbias: g.pointer(pre + "attn.c_proj.bias"), rows: n, inputs: d, outputs: d)
+                            dx: p.dNarrow2.pointer, dweight: gradient(pre + "attn.c_proj.weight"),
+                            dbias: gradient(pre + "attn.c_proj.bias"), rows: n, inputs: d, outputs: d)
             CausalSelfAttention.backward(dout: p.dNarrow2.pointer, qkv: a.qkv.pointer,
                                          probabilities: a.probabilities.pointer, dqkv: p.dQKV.pointer,
                                          scratch: p.attentionScratch.pointer, shape: shape)
             Conv1D.backward(dout: p.dQKV.pointer, x: a.ln1Out.pointer, weight: w.pointer(pre + "attn.c_attn.weight"),
-                            dx: p.dNarrow.pointer, dweight: g.pointer(pre + "attn.c_attn.weight"),
-                            dbias: g.pointer(pre + "attn.c_attn.bias"), rows: n, inputs: d, outputs: 3 * d)
+                            dx: p.dNarrow.pointer, dweight: gradient(pre + "attn.c_attn.weight"),
+                            dbias: gradient(pre + "attn.c_attn.bias"), rows: n, inputs: d, outputs: 3 * d)
             LayerNorm.backward(dout: p.dNarrow.pointer, x: p.residual[l].pointer, mean: a.ln1Mean.pointer,
                                rstd: a.ln1Rstd.pointer, gamma: w.pointer(pre + "ln_1.weight"), dx: dres,
-                               dgamma: g.pointer(pre + "ln_1.weight"), dbeta: g.pointer(pre + "ln_1.bias"),
+                               dgamma: gradient(pre + "ln_1.weight"), dbeta: gradient(pre + "ln_1.bias"),
                                rows: n, dim: d, scratch: p.layerNormScratch.pointer)
         }
-        Embedding.backward(tokens: p.tokens, dout: dres, dTokenTable: g.pointer("transformer.wte.weight"),
-                           dPositionTable: g.pointer("transformer.wpe.weight"),
+        guard lowestTrainedBlock == 0 else { return }
+        let dTokens = gradient("transformer.wte.weight"), dPositions = gradient("transformer.wpe.weight")
+        guard dTokens != nil || dPositions != nil else { return }
+        Embedding.backward(tokens: p.tokens, dout: dres, dTokenTable: dTokens, dPositionTable: dPositions,
                            batch: p.batch, sequence: p.sequence, dim: d)
     }
 }

@@ -13,6 +13,12 @@ public struct TokenBatch: Sendable, Equatable {
         self.targets = targets
     }
 
+    /// The sequences in `range`, as a batch of their own.
+    public func sequences(_ range: Range<Int>) -> TokenBatch {
+        let span = (range.lowerBound * sequence)..<(range.upperBound * sequence)
+        return TokenBatch(batch: range.count, sequence: sequence, inputs: Array(inputs[span]), targets: Array(targets[span]))
+    }
+
     /// Checks the batch against a model: shapes agree and every token is in the vocabulary.
     public func validate(for config: GPT2Config) throws {
         guard batch > 0, sequence > 0 else { throw ModelError.badBatch("batch and sequence must be positive") }

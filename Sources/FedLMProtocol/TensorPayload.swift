@@ -375,6 +375,31 @@ public struct TensorPayload: Equatable, Sendable {
         return values.firstIndex { !$0.isFinite }
     }
 
+    /// The positions in `expected` of the tensors a partial UPDATE carries (a subset of the
+    /// model's tensors, each once, in the model's order), or nil when it carries all of them.
+    /// Refuses anything else with `shapeMismatch`, naming the tensor.
+    public func carried(of expected: [TensorSpec]) throws -> [Int]? {
+        if specs.count == expected.count {
+            try check(against: expected)
+            return nil
+        }
+        var indices: [Int] = []
+        var next = 0
+        for got in specs {
+            guard let i = expected[next...].firstIndex(where: { $0.name == got.name }) else {
+                let known = expected.contains { $0.name == got.name }
+                throw ProtocolError(.shapeMismatch, known ? "tensor \(got.name) is listed twice or out of the model's order"
+                                                          : "the model has no tensor named \(got.name)")
+            }
+            guard expected[i].shape == got.shape else {
+                throw ProtocolError(.shapeMismatch, "tensor \(got.name) \(got.shape), expected \(expected[i].shape)")
+            }
+            indices.append(i)
+            next = i + 1
+        }
+        return indices
+    }
+
     /// Refuses a payload whose tensor names or shapes are not exactly `expected`.
     public func check(against expected: [TensorSpec]) throws {
         guard specs.count == expected.count else {

@@ -54,7 +54,7 @@ final class AggregatorCoreTests: XCTestCase {
                        .ack(Ack(updateID: "u2", outcome: .duplicate, version: 1)))
         XCTAssertEqual(c.model.parameters.storage.array, before)
         // Wrong shapes and too stale: refused, recorded, model untouched.
-        let wrong = [TensorSpec(name: "transformer.wte.weight", shape: [11, 8])]
+        let wrong = [TensorSpec(name: "transformer.wte.weight", shape: [8, 11])]
         guard case .error(let shape)? = reply(try c.handle(.update(UpdateInfo(updateID: "u3", trainerID: "t1", baseVersion: 1, tokens: 1, localSteps: 1),
                                                                     TensorPayload(specs: wrong, values: [Float](repeating: 0, count: 88))), from: "peer"))
         else { return XCTFail() }
@@ -66,6 +66,52 @@ final class AggregatorCoreTests: XCTestCase {
         XCTAssertEqual(stale.code, .tooStale)
         XCTAssertEqual(try c.ledger.updateCount(outcome: .refused), 2)
         XCTAssertEqual(c.model.parameters.storage.array.allSatisfy(\.isFinite), true)
+    }
+
+    func testPartialUpdatesAreMergedRecordedAndReplayedBitForBit() throws {
+        var expected: [Float] = []
+        var specs: [TensorSpec] = []
+        let top = ["transformer.ln_f.weight", "transformer.ln_f.bias"]
+        do {
+            let c = try core()
+            specs = c.specs
+            let partial = specs.filter { top.contains($0.name) || $0.name.hasPrefix("transformer.h.0.mlp.") }
+            _ = try c.handle(.hello(Hello(trainerID: "t1")), from: "p")
+            let before = c.model.parameters.storage.array
+            XCTAssertEqual(reply(try c.handle(update("p1", base: 0, scale: 0.01, specs: partial), from: "p")),
+                           .ack(Ack(updateID: "p1", outcome: .buffered, version: 0)))
+            XCTAssertEqual(reply(try c.handle(update("p2", base: 0, scale: 0.02, specs: partial), from: "p")),
+                           .ack(Ack(updateID: "p2", outcome: .applied, version: 1)))
+            // Only the carried tensors moved.
+            let after = c.model.parameters.storage.array
+            for e in c.model.layout.entries {
+                let moved = e.range.contains { before[$0] != after[$0] }
+                XCTAssertEqual(moved, partial.contains { $0.name == e.name }, e.name)
+            }
+            // A whole update and a partial one in the same buffer, then one left buffered.
+            _ = try c.handle(update("w1", base: 1, scale: 0.01, specs: specs), from: "p")
+            _ = try c.handle(update("p3", base: 1, scale: 0.03, specs: partial), from: "p")
+            _ = try c.handle(update("p4", base: 2, scale: 0.03, specs: partial), from: "p")
+            XCTAssertEqual(c.version, 2)
+            XCTAssertEqual(try c.ledger.updateCount(outcome: .applied) + c.ledger.updateCount(outcome: .buffered), 5)
+            expected = c.model.parameters.storage.array
+        }
+        // A restart replays the partial updates after the checkpoint, the buffered one included.
+        let reopened = try core()
+        XCTAssertEqual(reopened.version, 2)
+        XCTAssertEqual(reopened.model.parameters.storage.array.map(\.bitPattern), expected.map(\.bitPattern))
+
+        // Tensors the model lacks, twice or out of order, or of another shape: refused, naming the tensor.
+        _ = try reopened.handle(.hello(Hello(trainerID: "t1")), from: "p")
+        let lnf = specs.filter { top.contains($0.name) }
+        for (id, bad, says) in [("b1", [TensorSpec(name: "transformer.h.9.ln_1.weight", shape: [8])], "no tensor named transformer.h.9.ln_1.weight"),
+                                ("b2", Array(lnf.reversed()), "out of the model's order"),
+                                ("b3", [TensorSpec(name: "transformer.ln_f.weight", shape: [4, 2])], "tensor transformer.ln_f.weight [4, 2], expected [8]")] {
+            guard case .error(let e)? = reply(try reopened.handle(update(id, base: 2, scale: 0.01, specs: bad), from: "p")) else { return XCTFail(id) }
+            XCTAssertEqual(e.code, .shapeMismatch, id)
+            XCTAssertTrue(e.detail.contains(says), "\(id): \(e.detail)")
+        }
+        XCTAssertEqual(reopened.model.parameters.storage.array.map(\.bitPattern), expected.map(\.bitPattern))
     }
 
     func testRestartRestoresTheExactModelByReplayingAfterTheNewestGoodCheckpoint() throws {

@@ -24,16 +24,19 @@ public enum Conv1D {
                       beta: 1, c: out, ldc: outputs)
     }
 
-    /// dx = dy W^T (overwritten); dW += x^T dy; db += column sums of dy.
+    /// dx = dy W^T (overwritten); dW += x^T dy; db += column sums of dy. A frozen weight or
+    /// bias (nil) gets no gradient, and costs nothing.
     public static func backward(
         dout: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
-        dx: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>, dbias: UnsafeMutablePointer<Float>,
+        dx: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>?, dbias: UnsafeMutablePointer<Float>?,
         rows: Int, inputs: Int, outputs: Int
     ) {
         Gemm.multiply(transposeB: true, m: rows, n: inputs, k: outputs, a: dout, lda: outputs,
                       b: weight, ldb: outputs, beta: 0, c: dx, ldc: inputs)
-        Gemm.multiply(transposeA: true, m: inputs, n: outputs, k: rows, a: x, lda: inputs,
-                      b: dout, ldb: outputs, beta: 1, c: dweight, ldc: outputs)
-        VectorOps.addColumnSums(dout, rows: rows, columns: outputs, into: dbias)
+        if let dweight {
+            Gemm.multiply(transposeA: true, m: inputs, n: outputs, k: rows, a: x, lda: inputs,
+                          b: dout, ldb: outputs, beta: 1, c: dweight, ldc: outputs)
+        }
+        if let dbias { VectorOps.addColumnSums(dout, rows: rows, columns: outputs, into: dbias) }
     }
 }

@@ -18,16 +18,18 @@ public enum Embedding {
     /// dwte[token] += dx; dwpe[t] += dx. Split over columns so threads never touch the same
     /// row of the tables, even when a token repeats.
     public static func backward(tokens: UnsafePointer<Int32>, dout: UnsafePointer<Float>,
-                                dTokenTable: UnsafeMutablePointer<Float>, dPositionTable: UnsafeMutablePointer<Float>,
+                                dTokenTable: UnsafeMutablePointer<Float>?, dPositionTable: UnsafeMutablePointer<Float>?,
                                 batch: Int, sequence: Int, dim: Int) {
         parallelFor(dim, granularity: 16) { cols in
             for n in 0..<(batch * sequence) {
                 let g = dout + n * dim
-                let tok = dTokenTable + Int(tokens[n]) * dim
-                let pos = dPositionTable + (n % sequence) * dim
-                for i in cols {
-                    tok[i] += g[i]
-                    pos[i] += g[i]
+                if let dTokenTable {
+                    let tok = dTokenTable + Int(tokens[n]) * dim
+                    for i in cols { tok[i] += g[i] }
+                }
+                if let dPositionTable {
+                    let pos = dPositionTable + (n % sequence) * dim
+                    for i in cols { pos[i] += g[i] }
                 }
             }
         }

@@ -33,7 +33,7 @@ public enum LayerNorm {
     public static func backward(
         dout: UnsafePointer<Float>, x: UnsafePointer<Float>,
         mean: UnsafePointer<Float>, rstd: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
-        dx: UnsafeMutablePointer<Float>, dgamma: UnsafeMutablePointer<Float>, dbeta: UnsafeMutablePointer<Float>,
+        dx: UnsafeMutablePointer<Float>, dgamma: UnsafeMutablePointer<Float>?, dbeta: UnsafeMutablePointer<Float>?,
         rows: Int, dim: Int, scratch: UnsafeMutablePointer<Float>
     ) {
         let parts = min(ComputeThreads.count, rows)
@@ -62,6 +62,7 @@ public enum LayerNorm {
             }
         }
         // Fixed-order reduction of the per-thread partials keeps results reproducible.
+        guard let dgamma, let dbeta else { return }  // a frozen LayerNorm
         for part in 0..<parts {
             let dg = scratch + part * 2 * dim
             for i in 0..<dim {

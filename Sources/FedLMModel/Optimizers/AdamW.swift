@@ -4,6 +4,7 @@ import Foundation
 /// AdamW (Loshchilov & Hutter) exactly as `torch.optim.AdamW`: decoupled weight decay
 /// p -= lr * wd * p, bias-corrected moments, p -= lr * m_hat / (sqrt(v_hat) + eps).
 /// Weight decay applies only to the tensors the layout marks as decaying (linear-layer matrices).
+/// The moments are laid out like the gradients: the trained tensors only, for a partial model.
 public final class AdamW: Optimizer {
     public let beta1: Float, beta2: Float, epsilon: Float, weightDecay: Float
     public private(set) var step = 0
@@ -31,8 +32,9 @@ public final class AdamW: Optimizer {
         let invSqrtCorrection2 = 1 / correction2.squareRoot()
         let p = parameters.pointer, g = gradients.pointer, m = firstMoment.pointer, v = secondMoment.pointer
         let decay = 1 - lr * weightDecay
-        forEachParameterRange(layout) { range, decays in
+        forEachParameterRange(layout, parameters: parameters.layout) { range, shift, decays in
             let shrink: Float = decays ? decay : 1
+            let p = p + shift
             for i in range {
                 let gi = g[i]
                 let mi = b1 * m[i] + (1 - b1) * gi

@@ -25,15 +25,23 @@ public func makeOptimizer(_ t: TrainingConfig, layout: ParameterLayout) -> any O
     }
 }
 
-/// Runs `body(range, decays)` over the parameter vector in chunks split across threads, where
-/// `decays` says whether weight decay applies to that range.
-func forEachParameterRange(_ layout: ParameterLayout, _ body: (Range<Int>, Bool) -> Void) {
+/// Runs `body(range, shift, decays)` over the gradient vector laid out by `layout` in chunks
+/// split across threads: `range` indexes the gradients (and the optimizer's state, laid out
+/// alike), `range + shift` the same tensor's values in the parameters (laid out by `parameters`:
+/// a model training only some tensors has gradients for those only), and `decays` says whether
+/// weight decay applies.
+func forEachParameterRange(_ layout: ParameterLayout, parameters: ParameterLayout, _ body: (Range<Int>, Int, Bool) -> Void) {
     let entries = layout.entries
+    let shifts = layout == parameters ? [Int](repeating: 0, count: entries.count)
+        : entries.map { e in
+            guard let p = parameters.entry(e.name) else { preconditionFailure("the parameters have no tensor \(e.name)") }
+            return p.offset - e.offset
+        }
     parallel { part in
         let parts = ComputeThreads.count
-        for e in entries {
+        for (e, shift) in zip(entries, shifts) {
             let r = chunk(part, of: parts, count: e.count, granularity: 64)
-            if !r.isEmpty { body((e.offset + r.lowerBound)..<(e.offset + r.upperBound), e.decays) }
+            if !r.isEmpty { body((e.offset + r.lowerBound)..<(e.offset + r.upperBound), shift, e.decays) }
         }
     }
 }

@@ -20,8 +20,9 @@ public final class SGD: Optimizer {
         step += 1
         let p = parameters.pointer, g = gradients.pointer, b = velocity.pointer
         let mu = momentum, wd = weightDecay
-        forEachParameterRange(layout) { range, decays in
+        forEachParameterRange(layout, parameters: parameters.layout) { range, shift, decays in
             let l2: Float = decays ? wd : 0
+            let p = p + shift
             for i in range {
                 let gi = g[i] + l2 * p[i]
                 if mu == 0 {

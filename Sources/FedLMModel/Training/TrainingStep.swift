@@ -7,6 +7,9 @@ public final class TrainingStep {
     public let optimizer: any Optimizer
     public let schedule: LearningRateSchedule
     public let gradientClip: Float
+    /// Sequences per forward/backward pass: a step over a larger batch accumulates the gradients
+    /// of its micro-batches (the same step, less activation memory). nil: the whole batch at once.
+    public var microBatch: Int?
 
     public struct Report: Sendable {
         public var loss: Float
@@ -16,7 +19,7 @@ public final class TrainingStep {
 
     public init(model: GPT2Model, training: TrainingConfig) {
         self.model = model
-        self.optimizer = makeOptimizer(training, layout: model.layout)
+        self.optimizer = makeOptimizer(training, layout: model.gradients.layout)
         self.schedule = LearningRateSchedule(training)
         self.gradientClip = training.gradientClip
     }
@@ -34,7 +37,7 @@ public final class TrainingStep {
     /// Runs one step. A non-finite loss or gradient leaves the parameters untouched and throws.
     @discardableResult
     public func run(_ batch: TokenBatch) throws -> Report {
-        let loss = try model.lossAndGradients(batch)
+        let loss = try lossAndGradients(batch)
         guard loss.isFinite else { throw ModelError.nonFiniteLoss(loss) }
         let norm = gradientClip > 0 ? GradientClipping.clip(model.gradients, maxNorm: gradientClip)
                                     : GradientClipping.norm(model.gradients)
@@ -42,5 +45,22 @@ public final class TrainingStep {
         let lr = schedule.rate(at: optimizer.step)
         optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: lr)
         return Report(loss: loss, gradientNorm: norm, learningRate: lr)
+    }
+
+    /// The batch's mean loss and gradients, in micro-batches of equal size when `microBatch` asks
+    /// for them: the mean of the micro-batches' mean gradients is the batch's.
+    private func lossAndGradients(_ batch: TokenBatch) throws -> Float {
+        guard let micro = microBatch, micro < batch.batch else { return try model.lossAndGradients(batch) }
+        guard micro > 0, batch.batch % micro == 0 else {
+            throw ModelError.badBatch("micro-batch \(micro) does not divide the batch of \(batch.batch) sequences")
+        }
+        let parts = batch.batch / micro
+        var loss: Float = 0
+        for k in 0..<parts {
+            loss += try model.lossAndGradients(batch.sequences(k * micro..<(k + 1) * micro), accumulating: k > 0)
+        }
+        let scale = 1 / Float(parts), g = model.gradients.pointer
+        parallelFor(model.gradients.count, granularity: 4096) { r in for i in r { g[i] *= scale } }
+        return loss * scale
     }
 }

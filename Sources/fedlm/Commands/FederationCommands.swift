@@ -91,6 +91,9 @@ struct TrainerCommand: AsyncParsableCommand {
     @Option(help: "Compute threads (default: all cores; `fedlm up` gives each process one).") var threads: Int?
     @Option(help: "CURVE key pair prefix (<prefix>.public, <prefix>.secret), without --topology.") var key: String?
     @Option(help: "The broker's public key file, with --key.") var brokerKey: String?
+    @Option(help: "Train only the most of the model that fits this much memory (e.g. 300MiB, 1.5GiB): a partial trainer.") var memoryBudget: String?
+    @Option(help: "Train only the tensors matching these comma-separated globs (e.g. 'transformer.h.5.*,transformer.ln_f.*').") var train: String?
+    @Option(help: "Sequences per forward/backward pass; gradients are accumulated over the batch.") var microBatch: Int?
 
     func run() async throws {
         if let threads { ComputeThreads.set(max(1, threads)) }
@@ -144,6 +147,7 @@ struct TrainerCommand: AsyncParsableCommand {
             guard freshBaseWait >= 0, freshBaseWait <= 10 else { throw ValidationError("--fresh-base-wait must be between 0 and 10") }
             options.freshBaseWait = freshBaseWait
         }
+        try choosePart(&options, entry: topology == nil ? nil : try Topology.load(path: topology!).trainers.first { $0.name == options.id })
         guard options.maxLocalSteps >= 1 else { throw ValidationError("--max-local-steps must be >= 1") }
         let service = TrainerService(options: options, endpoints: endpoints)
         if let keysDirectory {
@@ -153,6 +157,20 @@ struct TrainerCommand: AsyncParsableCommand {
             service.curve = try CurveClient.load(prefix: key, brokerKeyFile: brokerKey)
         }
         try await runService(service, label: "fedlm.trainer")
+    }
+
+    /// The part of the model this trainer trains: the command line's choice, else its topology
+    /// entry's.
+    private func choosePart(_ options: inout TrainerOptions, entry: Topology.Trainer?) throws {
+        let patterns = train.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } } ?? entry?.train
+        let budget = try memoryBudget.map { text in
+            do { return try TrainingMemory.parseBytes(text) } catch { throw ValidationError("--memory-budget: \(error)") }
+        } ?? (train == nil ? entry?.memoryBudget : nil)
+        do {
+            if let plan = try options.choosePart(patterns: patterns, memoryBudget: budget, microBatch: microBatch ?? entry?.microBatch) {
+                FileHandle.standardError.write("[\(options.id)] memory budget \(TrainingMemory.mebibytes(budget!)): training \(plan)\n".data(using: .utf8)!)
+            }
+        } catch let e as SubsetError { throw ValidationError(e.description) }
     }
 }
 

@@ -1,19 +1,10 @@
+import FedLMTensor
 import Foundation
 
 /// Process memory figures from /proc (Linux).
 enum ResourceUsage {
-    /// Peak resident set size in bytes (VmHWM), or nil where /proc is unavailable.
-    static var peakResidentBytes: Int? { statusField("VmHWM") }
-    static var residentBytes: Int? { statusField("VmRSS") }
-
-    private static func statusField(_ key: String) -> Int? {
-        guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix(key + ":") {
-            let parts = line.split(separator: " ", omittingEmptySubsequences: true)
-            if parts.count >= 2, let kb = Int(parts[1]) { return kb * 1024 }
-        }
-        return nil
-    }
+    static var peakResidentBytes: Int? { ProcessMemory.peakResidentBytes }
+    static var residentBytes: Int? { ProcessMemory.residentBytes }
 }
 
 func formatBytes(_ bytes: Int) -> String {
