@@ -105,6 +105,6 @@ let package = Package(
         .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),
         .testTarget(name: "FedLMExperimentTests", dependencies: ["FedLMExperiment", "FedLMLedger"]),
         // Runs the built `fedlm` binary as a separate process (crash, signal and re-exec tests).
-        .testTarget(name: "FedLMCLITests", dependencies: ["FedLMCheckpoint", "FedLMModel", "FedLMLedger"]),
+        .testTarget(name: "FedLMCLITests", dependencies: ["FedLMCheckpoint", "FedLMModel", "FedLMLedger", "FedLMTestSupport"]),
     ]
 )

@@ -552,7 +552,9 @@ struct SmallFederation {
     }
 
     /// A `[[trainer]]` entry of a topology: its name and further keys, one TOML line each.
-    static func trainer(_ name: String, _ keys: String...) -> String {
+    static func trainer(_ name: String, _ keys: String...) -> String { trainer(name, keys) }
+
+    static func trainer(_ name: String, _ keys: [String]) -> String {
         "\n[[trainer]]\nname = \"\(name)\"\n" + keys.map { $0 + "\n" }.joined()
     }
 

@@ -50,3 +50,20 @@ public enum ReferencePython {
         return dir
     }
 }
+
+/// The Python with the PyTorch trainer's packages (torch, transformers, pyzmq, crc32c,
+/// safetensors): `.venv-client`, which the test command installs, or `FEDLM_CLIENT_PYTHON`.
+public enum ClientPython {
+    public static func interpreter() throws -> String {
+        let env = ProcessInfo.processInfo.environment
+        let candidates: [String?] = [env["FEDLM_CLIENT_PYTHON"], ReferencePython.packageRoot.appendingPathComponent(".venv-client/bin/python").path]
+        for case let path? in candidates where FileManager.default.isExecutableFile(atPath: path) { return path }
+        if env["FEDLM_REQUIRE_REFERENCE"] == "1" {
+            XCTFail("FEDLM_REQUIRE_REFERENCE=1 but no Python with the PyTorch trainer's packages (set FEDLM_CLIENT_PYTHON)")
+        }
+        throw XCTSkip("no Python with the PyTorch trainer's packages; run the README's test command, which installs them")
+    }
+
+    /// `clients/python`, for PYTHONPATH.
+    public static var clientDirectory: String { ReferencePython.packageRoot.appendingPathComponent("clients/python").path }
+}

@@ -29,6 +29,22 @@ ensure_python_venv() {
   echo "$*" > "$stamp"
 }
 
+# ensure_client_venv DIR: a virtualenv at DIR with the PyTorch trainer (clients/python) installed
+# editable with its dependencies; PyTorch's CPU build when the index offers it (FEDLM_TORCH picks
+# another requirement, e.g. "torch" for the CUDA build).
+ensure_client_venv() {
+  local dir=$1 torch=${FEDLM_TORCH:-torch==2.13.0+cpu}
+  local stamp="$dir/.fedlm-requirements" want="$torch clients/python $(cat clients/python/pyproject.toml | cksum)"
+  if [ -x "$dir/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
+  if ! python3 -c "import ensurepip" >/dev/null 2>&1; then ensure_apt_packages python3-venv; fi
+  echo "==> preparing the PyTorch trainer's environment $dir ($torch)"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install --quiet --disable-pip-version-check "$torch" 2>/dev/null \
+    || "$dir/bin/pip" install --quiet --disable-pip-version-check torch
+  "$dir/bin/pip" install --quiet --disable-pip-version-check -e clients/python
+  echo "$want" > "$stamp"
+}
+
 # The demo corpus: five clusters of real text from Debian packages (fortune cookies in English,
 # German, Spanish and Italian; Python's standard library as code). Prints CLUSTER=FILE,FILE...
 # arguments for `fedlm data prepare`.
