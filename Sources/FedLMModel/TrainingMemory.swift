@@ -7,7 +7,7 @@ import Foundation
 /// shape the activations are most of it. A partial trainer therefore trains the top blocks of the
 /// model (plus the final LayerNorm and an untied head): frozen blocks below the lowest trained
 /// one need neither gradients, optimizer state nor stored activations. Micro-batches (gradient
-/// accumulation) shrink the activations further, at some speed.
+/// accumulation) shrink the activations further, at little speed.
 public enum TrainingMemory {
     /// A part of the model to train and how, with its estimated peak.
     public struct Plan: Equatable, Sendable, CustomStringConvertible {
@@ -24,12 +24,14 @@ public enum TrainingMemory {
         }
     }
 
-    /// The process itself: runtime, libraries, OpenBLAS's buffers, ZeroMQ, the data index
-    /// (measured: a trainer of the `tiny` shape peaks about here above its tensors).
-    public static let runtimeBytes = 60 << 20
+    /// The process itself: runtime, libraries, OpenBLAS's buffers, ZeroMQ, the data index, and
+    /// the allocator's slack (measured: trainers of the `tiny` shape peak about 60 MiB above
+    /// their tensors; 20 MiB more for margin).
+    public static let runtimeBytes = 80 << 20
     /// Copies of the whole model a trainer holds at its peak: the weights, the release it holds,
-    /// and a release being received.
-    public static let modelCopies = 3
+    /// a release being received, and one for freed copies the allocator has not returned yet
+    /// (measured: a `small` partial trainer peaked 30 MB higher in a busy federation than alone).
+    public static let modelCopies = 4
     /// Copies of the trained tensors: gradients, two AdamW moments, the round's start weights, the
     /// pseudo-gradient, its encoded frames and the pending-update file's buffer.
     public static let trainedCopies = 7
@@ -54,25 +56,21 @@ public enum TrainingMemory {
         })
     }
 
-    /// The most of the model that fits `budget` bytes: the whole model, else the most top blocks,
-    /// with micro-batches down to a quarter of the batch (at most four passes per step, which
-    /// costs little speed) before fewer blocks; smaller micro-batches only when nothing else fits.
-    /// A given `microBatch` is used as it is.
+    /// The most of the model that fits `budget` bytes: the whole model, else the most top blocks
+    /// (at least one), each with the largest micro-batch that fits (micro-batches cost little
+    /// speed; frozen blocks cost what they would have learned). A given `microBatch` is used as
+    /// it is.
     public static func plan(config: GPT2Config, batch: Int, sequence: Int, budget: Int, microBatch: Int? = nil) throws -> Plan {
-        let divisors = (1...batch).filter { batch % $0 == 0 }.sorted(by: >)
-        let preferred = microBatch.map { [$0] } ?? divisors.filter { $0 * 4 >= batch }
-        let fallback = microBatch == nil ? divisors.filter { $0 * 4 < batch } : []
-        for micros in [preferred, fallback] {
-            for blocks in stride(from: config.layers + 1, through: 0, by: -1) {
-                let trained = topBlocks(blocks, config: config)
-                for micro in micros {
-                    let bytes = estimate(config: config, trained: trained, microBatch: micro, sequence: sequence)
-                    if bytes <= budget { return Plan(trained: trained, microBatch: micro, estimatedBytes: bytes, blocks: min(blocks, config.layers)) }
-                }
+        let micros = microBatch.map { [$0] } ?? (1...batch).filter { batch % $0 == 0 }.sorted(by: >)
+        for blocks in stride(from: config.layers + 1, through: 1, by: -1) {
+            let trained = topBlocks(blocks, config: config)
+            for micro in micros {
+                let bytes = estimate(config: config, trained: trained, microBatch: micro, sequence: sequence)
+                if bytes <= budget { return Plan(trained: trained, microBatch: micro, estimatedBytes: bytes, blocks: min(blocks, config.layers)) }
             }
         }
-        let smallest = estimate(config: config, trained: topBlocks(0, config: config), microBatch: microBatch ?? 1, sequence: sequence)
-        throw SubsetError("a memory budget of \(mebibytes(budget)) is too small to train any part of this model: the least (ln_f alone, micro-batch \(microBatch ?? 1)) needs about \(mebibytes(smallest))")
+        let smallest = estimate(config: config, trained: topBlocks(1, config: config), microBatch: micros.last!, sequence: sequence)
+        throw SubsetError("a memory budget of \(mebibytes(budget)) is too small to train any part of this model: the least (its top block, micro-batch \(micros.last!)) needs about \(mebibytes(smallest))")
     }
 
     /// Parses a size such as `300MiB`, `1.5GiB`, `800MB` or a plain number of bytes.

@@ -47,6 +47,26 @@ final class MixedFederationTests: XCTestCase {
         try federateWithPyTorch(device: "cpu")
     }
 
+    /// `fedlm conformance` with both trainers FedLM has: each keeps every rule of the protocol.
+    func testTheSwiftAndThePyTorchTrainerKeepEveryConformanceRule() throws {
+        let python = try ClientPython.interpreter()
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let data = try scratch.prepareData(vocab: 300, clusters: ["en": scratch.corpus])
+        let model = try scratch.writeModelConfig(vocab: 300)
+        let common = ["--broker", "{broker}", "--name", "{name}", "--state", "{state}", "--data", "{data}", "--config", "{config}",
+                      "--tokens", "1536", "--ack-timeout", "3"]
+        let clients = [("swift", [FedLMProcess.binary, "trainer", "--max-local-steps", "2", "--threads", "1"] + common),
+                       ("pytorch", [python, "-m", "fedlm_client", "--local-steps", "2", "--threads", "1"] + common)]
+        for (name, command) in clients {
+            let (status, output) = try FedLMProcess.run(["conformance", "--data", data, "--config", model, "--out", scratch.dir + "/" + name,
+                                                         "--time-limit", "240", "--"] + command,
+                                                        environment: ["PYTHONPATH": ClientPython.clientDirectory])
+            XCTAssertEqual(status, 0, "\(name):\n\(output)")
+            XCTAssertTrue(output.contains("the client keeps every rule"), "\(name):\n\(output)")
+        }
+    }
+
     /// The PyTorch trainer's CUDA path, where PyTorch sees a GPU (skipped elsewhere, saying so).
     func testThePyTorchTrainerTrainsOnAGPUWhereThereIsOne() throws {
         let python = try ClientPython.interpreter()
@@ -74,7 +94,9 @@ final class MixedFederationTests: XCTestCase {
         let swift = try f.start("trainer", ["--name", "swift", "--threads", "1"])
         let torch = Process()
         torch.executableURL = URL(fileURLWithPath: python)
-        torch.arguments = ["-m", "fedlm_client", "--broker", f.trainersAddress, "--data", value("data"), "--config", value("model"),
+        // Its own text and the federation's tokenizer (no FedLM installation needed on its machine).
+        torch.arguments = ["-m", "fedlm_client", "--broker", f.trainersAddress, "--text", f.scratch.corpus,
+                           "--tokenizer", f.scratch.dir + "/tok.json", "--config", value("model"),
                            "--name", "torch", "--local-steps", "3", "--tokens", "6000", "--threads", "1", "--state", f.scratch.dir + "/torch",
                            "--device", device]
         torch.environment = ProcessInfo.processInfo.environment.merging(["PYTHONPATH": ClientPython.clientDirectory]) { _, new in new }

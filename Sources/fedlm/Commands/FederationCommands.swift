@@ -94,6 +94,7 @@ struct TrainerCommand: AsyncParsableCommand {
     @Option(help: "Train only the most of the model that fits this much memory (e.g. 300MiB, 1.5GiB): a partial trainer.") var memoryBudget: String?
     @Option(help: "Train only the tensors matching these comma-separated globs (e.g. 'transformer.h.5.*,transformer.ln_f.*').") var train: String?
     @Option(help: "Sequences per forward/backward pass; gradients are accumulated over the batch.") var microBatch: Int?
+    @Option(help: "Seconds before an unacknowledged update is sent again (default: the topology's, else 30).") var ackTimeout: Double?
 
     func run() async throws {
         if let threads { ComputeThreads.set(max(1, threads)) }
@@ -146,6 +147,10 @@ struct TrainerCommand: AsyncParsableCommand {
         if let freshBaseWait {
             guard freshBaseWait >= 0, freshBaseWait <= 10 else { throw ValidationError("--fresh-base-wait must be between 0 and 10") }
             options.freshBaseWait = freshBaseWait
+        }
+        if let ackTimeout {
+            guard ackTimeout > 0 else { throw ValidationError("--ack-timeout must be positive") }
+            options.ackTimeout = ackTimeout
         }
         try choosePart(&options, entry: topology == nil ? nil : try Topology.load(path: topology!).trainers.first { $0.name == options.id })
         guard options.maxLocalSteps >= 1 else { throw ValidationError("--max-local-steps must be >= 1") }

@@ -15,7 +15,9 @@ def parser() -> argparse.ArgumentParser:
                                 description="Train a transformers GPT2LMHeadModel on FedLM token shards and send "
                                             "pseudo-gradients to a FedLM aggregator (protocol v2).")
     p.add_argument("--broker", required=True, help="the broker's address for trainers, e.g. tcp://10.0.0.5:5555")
-    p.add_argument("--data", required=True, help="prepared data directory (fedlm data prepare): manifest.json and shards")
+    p.add_argument("--data", help="prepared data directory (fedlm data prepare): manifest.json and shards")
+    p.add_argument("--text", nargs="+", metavar="PATH", help="instead of --data: text files or folders, tokenized with --tokenizer")
+    p.add_argument("--tokenizer", help="the federation's tokenizer.json, with --text")
     p.add_argument("--config", required=True, help="the federation's model config file (FedLM TOML, e.g. Config/small.toml)")
     p.add_argument("--name", help="trainer id (default: torch-<host>-<pid>); with CURVE one of the key's names")
     p.add_argument("--clusters", help="clusters of the data to train on, comma-separated (default: all)")
@@ -40,6 +42,10 @@ def main(argv=None) -> int:
     from .shards import DataError
     from .trainer import Curve, Options, Trainer
 
+    if bool(args.data) == bool(args.text):
+        parser().error("give --data (prepared shards) or --text with --tokenizer")
+    if args.text and not args.tokenizer:
+        parser().error("--text needs --tokenizer (the federation's tokenizer.json)")
     if args.local_steps < 1:
         parser().error("--local-steps must be >= 1")
     if args.key and not args.broker_key:
@@ -54,7 +60,8 @@ def main(argv=None) -> int:
         if args.seed is not None:
             training.seed = args.seed
         torch.manual_seed(training.seed)
-        options = Options(trainer_id=name, broker=args.broker, data=args.data, config=config, training=training,
+        options = Options(trainer_id=name, broker=args.broker, data=args.data, text=args.text, tokenizer=args.tokenizer,
+                          config=config, training=training,
                           device=args.device, clusters=args.clusters.split(",") if args.clusters else None,
                           cluster=args.cluster, local_steps=args.local_steps, tokens=args.tokens,
                           state=args.state or os.path.join("runs", "trainers", name), ack_timeout=args.ack_timeout,

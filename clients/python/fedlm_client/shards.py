@@ -78,3 +78,39 @@ class TokenData:
             rows.append(np.asarray(usable[k][start:start + sequence + 1], dtype=np.int64))
         windows = np.stack(rows)
         return windows[:, :-1], windows[:, 1:]
+
+
+class TextData:
+    """Plain text files tokenized with the federation's tokenizer (`tokenizer.json`, which the
+    `tokenizers` library reads exactly as FedLM's tokenizer does): for a member that has text but
+    no FedLM installation. Files are read whole (folders recursively), one document each."""
+
+    def __init__(self, tokenizer_path: str, paths: list):
+        from tokenizers import Tokenizer
+        try:
+            tokenizer = Tokenizer.from_file(tokenizer_path)
+        except Exception as e:  # tokenizers raises plain Exceptions
+            raise DataError(f"{tokenizer_path}: not a tokenizer.json ({e})")
+        self.vocabulary = tokenizer.get_vocab_size()
+        files = []
+        for p in paths:
+            if os.path.isdir(p):
+                files += sorted(os.path.join(d, f) for d, _, names in os.walk(p) for f in names)
+            elif os.path.isfile(p):
+                files.append(p)
+            else:
+                raise DataError(f"{p}: no such file or folder")
+        self.shards = []
+        for f in files:
+            try:
+                with open(f, encoding="utf-8") as handle:
+                    text = handle.read()
+            except UnicodeDecodeError:
+                continue  # not text
+            ids = tokenizer.encode(text).ids
+            if ids:
+                self.shards.append(np.asarray(ids, dtype=np.uint32))
+        if not self.shards:
+            raise DataError(f"no text in {', '.join(paths)}")
+
+    batch = TokenData.batch

@@ -27,7 +27,7 @@ import zmq
 
 from . import wire
 from .model import LocalModel, Training
-from .shards import TokenData
+from .shards import DataError, TextData, TokenData
 
 log = logging.getLogger("fedlm.torch")
 
@@ -57,7 +57,7 @@ class Curve:
 class Options:
     trainer_id: str
     broker: str
-    data: str
+    data: Optional[str]
     config: object  # transformers.GPT2Config
     training: Training
     device: str = "cpu"
@@ -68,6 +68,8 @@ class Options:
     state: str = "runs/trainers/torch"
     ack_timeout: float = 30.0
     curve: Optional[Curve] = None
+    text: Optional[list] = None
+    tokenizer: Optional[str] = None
 
 
 @dataclass
@@ -183,9 +185,10 @@ class Trainer:
     def __init__(self, options: Options):
         self.o = options
         self.stats = Stats()
-        self.data = TokenData(options.data, options.clusters)
+        self.data = TextData(options.tokenizer, options.text) if options.text else TokenData(options.data, options.clusters)
         if self.data.vocabulary != options.config.vocab_size:
-            raise SystemExit(f"{options.data}: vocabulary {self.data.vocabulary}, the model's is {options.config.vocab_size}")
+            raise DataError(f"{options.tokenizer or options.data}: vocabulary {self.data.vocabulary}, "
+                            f"the model's is {options.config.vocab_size}")
         self.local = LocalModel(options.config, options.training, options.device)
         self.sequence = options.training.sequence_length or options.config.n_positions
         self.rng = np.random.default_rng([options.training.seed, abs(hash(options.trainer_id)) % (1 << 32)])
