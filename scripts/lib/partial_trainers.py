@@ -25,12 +25,16 @@ MODEL = "Config/experiments/small-federated.toml"
 DATA = "runs/demo-data/shards"
 
 
+SERVER = {"sgd": ['server_optimizer = "sgd"', "server_learning_rate = 1.0"],
+          "nesterov": ['server_optimizer = "nesterov"', "server_learning_rate = 0.7", "server_momentum = 0.9"]}
+server = "sgd"
+
+
 def topology(path, run, port, trainers, buffer_size=2):
     lines = [f'name = "partial"', f'run_directory = "{run}"', f'model = "{MODEL}"', f'data = "{DATA}"', "[broker]"]
     for i, key in enumerate(["trainers", "aggregator", "publish", "releases"]):
         lines.append(f'{key} = "tcp://127.0.0.1:{port + i}"')
-    lines += ["[aggregation]", 'mode = "fedbuff"', f"buffer_size = {buffer_size}", 'server_optimizer = "sgd"',
-              "server_learning_rate = 1.0", "checkpoint_every = 1", "keep_checkpoints = 2", "evaluate_every = 1000"]
+    lines += ["[aggregation]", 'mode = "fedbuff"', f"buffer_size = {buffer_size}"] + SERVER[server] + ["checkpoint_every = 1", "keep_checkpoints = 2", "evaluate_every = 1000"]
     for t in trainers:
         lines.append("[[trainer]]")
         for k, v in t.items():
@@ -123,7 +127,10 @@ def main():
     p.add_argument("--local-steps", type=int, default=8)
     p.add_argument("--only", choices=["memory", "value"])
     p.add_argument("--buffer-size", type=int, help="FedBuff's K in the value runs (default: the number of trainers)")
+    p.add_argument("--server", choices=sorted(SERVER), default="sgd", help="the aggregator's outer optimizer (default sgd at 1.0)")
     a = p.parse_args()
+    global server
+    server = a.server
     os.makedirs(a.out, exist_ok=True)
     report = {}
     if a.only != "value":
@@ -140,7 +147,7 @@ def main():
     if a.only != "memory":
         budget, results = value(a.out, a.port + 10, full, a.tokens, a.partial_tokens, a.local_steps, a.buffer_size)
         report["value"] = {"budget": budget, "results": results}
-        k = f"K = {a.buffer_size}" if a.buffer_size else "K = the number of trainers"
+        k = (f"K = {a.buffer_size}" if a.buffer_size else "K = the number of trainers") + f", server {a.server}"
         print(f"\nTwo full trainers ({a.tokens:,} tokens each), alone and joined by three partial trainers "
               f"({a.partial_tokens:,} tokens each; {budget}; FedBuff {k}):\n")
         print("| run | held-out loss (mean of clusters) | per cluster | wall time (s) | tokens |")
