@@ -59,6 +59,10 @@ def main(argv=None) -> int:
         config, training = load_config(args.config)
         if args.seed is not None:
             training.seed = args.seed
+        if args.tokens:
+            # As FedLM's trainers: the schedule (warmup, cosine decay) spans the token budget.
+            sequence = training.sequence_length or config.n_positions
+            training.max_steps = max(1, args.tokens // (training.batch_size * sequence))
         torch.manual_seed(training.seed)
         options = Options(trainer_id=name, broker=args.broker, data=args.data, text=args.text, tokenizer=args.tokenizer,
                           config=config, training=training,
