@@ -158,7 +158,7 @@ public final class FedBuff: AggregationStrategy {
                        "noise.seed.high": Double(noiseSeed >> 32), "noise.seed.low": Double(noiseSeed & 0xFFFF_FFFF)]
         // Partial updates in the buffer: the counts that differ from `buffered`, and which
         // tensors each slot's update left out.
-        for (i, k) in carriedCounts.enumerated() where k != buffered { scalars["carried.\(i)"] = Double(k) }
+        for (i, k) in carriedCounts.enumerated() where combination == .mean && k != buffered { scalars["carried.\(i)"] = Double(k) }
         for (j, subset) in slotCarried.enumerated() where j < buffered {
             guard let subset else { continue }
             for i in buffer.layout.entries.indices where !subset.modelIndices.contains(i) { scalars["slot\(j).lacks.\(i)"] = 1 }
