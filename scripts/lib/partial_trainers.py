@@ -96,7 +96,7 @@ def memory(out, port, steps):
     return full, rows
 
 
-def value(out, port, full_peak, tokens, partial_tokens, steps, buffer=None):
+def value(out, port, full_peak, tokens, partial_tokens, steps, buffer=None, variants=None):
     half, quarter = f"{full_peak // 2 // 2**20}MiB", f"{full_peak // 4 // 2**20}MiB"
     fulls = [{"name": f"full-{i}", "local_steps": steps, "tokens": tokens} for i in (1, 2)]
 
@@ -105,7 +105,7 @@ def value(out, port, full_peak, tokens, partial_tokens, steps, buffer=None):
     results = []
     runs = [("two-full", fulls), ("+3 at budget F/2", fulls + partials({"memory_budget": half})),
             ("+3 at budget F/4", fulls + partials({"memory_budget": quarter}))]
-    for name, trainers in runs:
+    for name, trainers in [r for r in runs if variants is None or r[0] in variants]:
         # FedBuff's buffer as large as the federation (K = trainers): each aggregate averages about
         # one update from everyone, as FedBuff advises for K against concurrency.
         run, seconds, stats, plans = up(re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"), trainers, port, out,
@@ -128,6 +128,7 @@ def main():
     p.add_argument("--only", choices=["memory", "value"])
     p.add_argument("--buffer-size", type=int, help="FedBuff's K in the value runs (default: the number of trainers)")
     p.add_argument("--server", choices=sorted(SERVER), default="sgd", help="the aggregator's outer optimizer (default sgd at 1.0)")
+    p.add_argument("--variants", help="value runs to make, comma-separated: two-full, '+3 at budget F/2', '+3 at budget F/4' (default: all)")
     a = p.parse_args()
     global server
     server = a.server
@@ -145,7 +146,8 @@ def main():
         with open(os.path.join(a.out, "report.json")) as f:
             full = int(json.load(f)["memory"]["full_peak_mib"] * 2**20)
     if a.only != "memory":
-        budget, results = value(a.out, a.port + 10, full, a.tokens, a.partial_tokens, a.local_steps, a.buffer_size)
+        budget, results = value(a.out, a.port + 10, full, a.tokens, a.partial_tokens, a.local_steps, a.buffer_size,
+                                a.variants.split(",") if a.variants else None)
         report["value"] = {"budget": budget, "results": results}
         k = (f"K = {a.buffer_size}" if a.buffer_size else "K = the number of trainers") + f", server {a.server}"
         print(f"\nTwo full trainers ({a.tokens:,} tokens each), alone and joined by three partial trainers "
