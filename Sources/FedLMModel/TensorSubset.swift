@@ -26,23 +26,6 @@ public struct TensorSubset: Equatable, Sendable {
         TensorSubset(model: model, indices: model.entries.indices)
     }
 
-    /// The tensors named, which must be the model's (each at most once, in the model's order:
-    /// how a partial update lists them).
-    public init(model: ParameterLayout, orderedNames names: [String]) throws {
-        var indices: [Int] = []
-        for name in names {
-            guard let i = model.entries.firstIndex(where: { $0.name == name }) else {
-                throw SubsetError("the model has no tensor named '\(name)'")
-            }
-            if let last = indices.last, i <= last {
-                throw SubsetError("tensor '\(name)' is listed twice or out of the model's order")
-            }
-            indices.append(i)
-        }
-        guard !indices.isEmpty else { throw SubsetError("no tensors listed") }
-        self.init(model: model, indices: indices)
-    }
-
     /// The tensors matching any of `patterns`: globs on Hugging Face names (`*` matches
     /// anything), where `{last}` stands for the last transformer block's index. Every pattern must
     /// match a tensor, so that a typo is an error rather than a smaller part than meant.

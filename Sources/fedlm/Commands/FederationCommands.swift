@@ -102,12 +102,14 @@ struct TrainerCommand: AsyncParsableCommand {
         var endpoints = BrokerEndpoints()
         var options: TrainerOptions
         var keysDirectory: String?
+        var topologyEntry: Topology.Trainer?
         if let topology {
             let t = try Topology.load(path: topology)
             keysDirectory = t.keysDirectory
             guard let name, let entry = t.trainers.first(where: { $0.name == name }) else {
                 throw ValidationError("--name must be one of: \(t.trainers.map(\.name).joined(separator: ", "))")
             }
+            topologyEntry = entry
             let file = try ConfigResolution.load(t.modelConfigPath)
             endpoints = t.endpoints
             options = TrainerOptions(id: entry.name, dataDirectory: t.dataDirectory, training: file.training, modelConfig: file.model,
@@ -152,7 +154,7 @@ struct TrainerCommand: AsyncParsableCommand {
             guard ackTimeout > 0 else { throw ValidationError("--ack-timeout must be positive") }
             options.ackTimeout = ackTimeout
         }
-        try choosePart(&options, entry: topology == nil ? nil : try Topology.load(path: topology!).trainers.first { $0.name == options.id })
+        try choosePart(&options, entry: topologyEntry)
         guard options.maxLocalSteps >= 1 else { throw ValidationError("--max-local-steps must be >= 1") }
         let service = TrainerService(options: options, endpoints: endpoints)
         if let keysDirectory {
