@@ -67,8 +67,7 @@ public enum Checkpoint {
                 try AtomicFile.write(try encoder.encode(state), to: staging + "/" + stateFile)
             }
             for (name, source) in extraFiles.sorted(by: { $0.key < $1.key }) {
-                guard let data = fm.contents(atPath: source) else { throw CheckpointError.io(path: source, reason: "cannot read") }
-                try AtomicFile.write(data, to: staging + "/" + name)
+                try copyFile(source, to: staging + "/" + name)
             }
             var sums: [String: String] = [:]
             for file in [modelFile, configFile, optimizerFile, stateFile] + extraFiles.keys.sorted()
@@ -98,6 +97,20 @@ public enum Checkpoint {
         } catch {
             try? fm.removeItem(atPath: staging)
             throw error
+        }
+    }
+
+    /// Copies a file 1 MiB at a time (an aggregator's state file is as large as the model: it is
+    /// never read whole into memory).
+    static func copyFile(_ source: String, to destination: String) throws {
+        guard let input = FileHandle(forReadingAtPath: source) else { throw CheckpointError.io(path: source, reason: "cannot read") }
+        defer { try? input.close() }
+        try AtomicFile.write(to: destination) { sink in
+            while true {
+                let chunk = input.readData(ofLength: 1 << 20)
+                if chunk.isEmpty { break }
+                try chunk.withUnsafeBytes { try sink.write($0) }
+            }
         }
     }
 

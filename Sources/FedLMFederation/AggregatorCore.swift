@@ -375,6 +375,21 @@ public final class AggregatorCore {
         return .ack(Ack(updateID: info.updateID, outcome: decision == .applied ? .applied : .buffered, version: version))
     }
 
+    // MARK: The level above
+
+    /// Moves the model in place (`move` gets the weights): a regional aggregator adopting a
+    /// release of version `above` from the level above, with what its region learned since
+    /// carried over (`RegionalRounds`). A new version no update explains, so it is checkpointed
+    /// at once and no replay ever crosses it.
+    public func adopt(from above: Int, _ move: (UnsafeMutablePointer<Float>) -> Void) throws {
+        move(model.parameters.pointer)
+        version += 1
+        try ledger.recordMetric("adopted_from_above", Double(above), version: version)
+        rememberVersion()
+        try checkpoint()
+        log("adopted version \(above) from above -> version \(version)")
+    }
+
     /// Forgets trainers silent for longer than the timeout (they re-register with HELLO) and
     /// lets a synchronous round stop waiting for them. Returns the trainers forgotten.
     @discardableResult

@@ -20,7 +20,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
     public var evaluateEvery = 5
     let logger: Logger
     private let stopFlag = StopFlag()
-    private let codec = WireCodec()
+    private var codec = WireCodec()
     /// FEDLM_TRACE_TIMING=1 logs where each message's time goes.
     private let traceTiming = ProcessInfo.processInfo.environment["FEDLM_TRACE_TIMING"] == "1"
 
@@ -30,9 +30,53 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         self.endpoints = endpoints
         self.limits = limits
         self.logger = logger
+        codec.maxValues = max(codec.maxValues, core.model.parameters.count)
     }
 
     public func stop() { stopFlag.set() }
+
+    /// The core is the service loop's, and the uplink's (a regional aggregator's link to the
+    /// level above, on its own thread) while it holds this lock.
+    private let coreLock = NSLock()
+    func withCore<T>(_ body: (AggregatorCore) throws -> T) rethrows -> T {
+        coreLock.lock()
+        defer { coreLock.unlock() }
+        return try body(core)
+    }
+
+    /// A regional aggregator's link to the level above: one trainer there (`RegionalRounds`).
+    private var uplink: TrainerService?
+    private var uplinkFailure: Error?
+
+    /// Makes this aggregator a region of the federation at `upstream`: to that broker it is the
+    /// trainer `options.id`, whose rounds are `options.maxLocalSteps` regional versions (or
+    /// `seconds`). Its state lives in `options.stateDirectory`.
+    public func attachUplink(options: TrainerOptions, endpoints upstream: BrokerEndpoints, seconds: Double?, curve: CurveClient? = nil) {
+        let service = TrainerService(options: options, endpoints: upstream, logger: Logger(label: "fedlm.uplink")) { [unowned self] options in
+            try RegionalRounds(region: self, options: options, seconds: seconds, isStopped: { [unowned self] in stopFlag.isSet })
+        }
+        service.curve = curve
+        uplink = service
+    }
+
+    /// Runs the uplink on its own thread; a failure stops the whole aggregator (and is rethrown).
+    private func startUplink() -> DispatchSemaphore? {
+        guard let uplink else { return nil }
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread { [self] in
+            do { try uplink.runBlocking() } catch is UplinkStopped {} catch {
+                if !stopFlag.isSet {
+                    logger.error("uplink to \(uplink.endpoints.trainers) failed: \(error)")
+                    uplinkFailure = error
+                    stop()
+                }
+            }
+            done.signal()
+        }
+        thread.name = "uplink"
+        thread.start()
+        return done
+    }
 
     private var cachedReleases: [String: (key: String, frames: SharedFrames)] = [:]
 
@@ -44,6 +88,37 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         let frames = SharedFrames(core.release(cluster: cluster), codec: codec)
         cachedReleases[cluster ?? ""] = (key, frames)
         return frames
+    }
+
+    /// Messages (chunks of about 1 MiB) queued in the aggregator's socket.
+    static let queuedChunks: Int32 = 64
+
+    /// Models of this many bytes (F32) or more release the global model live from its memory
+    /// (`LiveRelease`), without a cached copy.
+    public var liveReleaseBytes = LiveRelease.defaultThreshold
+
+    /// The global model's release is sent live: a large model in F32, without release steps.
+    var releasesLive: Bool {
+        core.model.parameters.count * 4 >= liveReleaseBytes && core.releaseCompression.encoding == .f32 && core.releaseStepCompression == nil
+    }
+
+    /// Sends the current release of `cluster` to one peer, streamed.
+    private func sendRelease(_ cluster: String?, to peer: [UInt8], on dealer: ZMQSocket) throws {
+        if cluster == nil, releasesLive {
+            try LiveRelease(model: core.model.parameters, version: core.version, specs: core.specs, codec: codec).send(on: dealer, prefix: [peer])
+        } else {
+            try dealer.sendStreamed(releaseFrames(cluster: cluster), prefix: [peer])
+        }
+    }
+
+    /// Publishes the current release of `cluster` on its topic.
+    private func publishRelease(_ cluster: String?, on publisher: ZMQSocket) throws {
+        if cluster == nil, releasesLive {
+            try LiveRelease(model: core.model.parameters, version: core.version, specs: core.specs, codec: codec)
+                .publish(on: publisher, topic: Self.topic(cluster: nil))
+        } else {
+            try publisher.publish(releaseFrames(cluster: cluster), topic: Self.topic(cluster: cluster))
+        }
     }
 
     /// The release steps from version `held` (their chunks are already encoded: this only adds heads).
@@ -61,6 +136,10 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         let dealer = try ZMQSocket(context, .dealer)
         try dealer.setRoutingID(Array("aggregator".utf8))
         try limits.apply(to: dealer)
+        // At most `queuedChunks` 1 MiB chunks wait in this process for the loop (the broker, which
+        // blocks rather than drop messages for the aggregator, holds the rest back); releases sent
+        // live from the model queue no more than that either.
+        try dealer.setHighWaterMarks(send: releasesLive ? Self.queuedChunks : limits.highWaterMark, receive: Self.queuedChunks)
         try curve?.apply(to: dealer)
         try dealer.connect(BrokerEndpoints.connectable(endpoints.aggregator))
         let publisher = try ZMQSocket(context, .pub)
@@ -79,73 +158,96 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         var streamStarted: [String: Double] = [:]  // for FEDLM_TRACE_TIMING
         var published: [String: String] = [:]
         var evaluated = -1
+        let uplinkDone = startUplink()
+        var uplinkRunning = uplinkDone != nil
+        // Stopping, the uplink first sends what the region learned since its last update, and
+        // waits a while for the level above to acknowledge it (else it is resent after a restart).
+        func stopUplink() {
+            guard uplinkRunning, let uplink, let uplinkDone else { return }
+            stopFlag.set()
+            if uplinkDone.wait(timeout: .now() + min(60, max(10, uplink.options.ackTimeout))) == .timedOut {
+                logger.warning("the level above did not acknowledge the region's last update in time; it is resent after a restart")
+                uplink.stop()
+                uplinkDone.wait()
+            }
+            uplinkRunning = false
+        }
+        defer { stopUplink() }
         while !stopFlag.isSet {
             let now = Date().timeIntervalSince1970
             if now - lastHeartbeat > 0.5 {
                 try dealer.send([[]] + codec.encode(.heartbeat))
                 lastHeartbeat = now
-                try core.expireSilentTrainers(now: now)
-                try core.adoptNewClusters()
+                try withCore { core in
+                    try core.expireSilentTrainers(now: now)
+                    try core.adoptNewClusters()
+                }
                 for peer in transfers.expire(now: now) { logger.warning("dropped the unfinished transfer from \(peer) after silence") }
             }
             let tPoll = Date().timeIntervalSince1970
             guard try dealer.poll(timeout: 100) else { continue }
-            let tReady = Date().timeIntervalSince1970
-            // Frames stay in libzmq's buffers: a tensor chunk is checked and copied into place from there.
-            guard let message = try dealer.receiveInPlace(timeout: 0), message.count >= 2 else { continue }
-            let tReceived = Date().timeIntervalSince1970
-            let peer = Array(message.frame(0))
-            let peerName = String(decoding: peer, as: UTF8.self)
-            let decoded: Message
+            coreLock.lock()
             do {
-                guard let complete = try transfers.accept(buffers: Array(message.frames.dropFirst()), from: peerName, now: tReceived) else {
-                    if streamStarted[peerName] == nil { streamStarted[peerName] = tReady }
+                defer { coreLock.unlock() }
+                let tReady = Date().timeIntervalSince1970
+                // Frames stay in libzmq's buffers: a tensor chunk is checked and copied into place from there.
+                guard let message = try dealer.receiveInPlace(timeout: 0), message.count >= 2 else { continue }
+                let tReceived = Date().timeIntervalSince1970
+                let peer = Array(message.frame(0))
+                let peerName = String(decoding: peer, as: UTF8.self)
+                let decoded: Message
+                do {
+                    guard let complete = try transfers.accept(buffers: Array(message.frames.dropFirst()), from: peerName, now: tReceived) else {
+                        if streamStarted[peerName] == nil { streamStarted[peerName] = tReady }
+                        continue
+                    }
+                    decoded = complete
+                } catch let e as ProtocolError {
+                    logger.warning("refused a message from \(peerName): \(e)")
+                    // A refusal of an update's content is final: recorded under its id and answered
+                    // so the trainer knows which update it was. A broken transfer is not (no id: the
+                    // trainer resends the same update).
+                    let reply = if let info = e.update, e.refusesContent { try core.refuseUndecodable(info, e) } else { Message.error(ErrorReply(e)) }
+                    try dealer.send([peer] + codec.encode(reply))
                     continue
                 }
-                decoded = complete
-            } catch let e as ProtocolError {
-                logger.warning("refused a message from \(peerName): \(e)")
-                // A refusal of an update's content is final: recorded under its id and answered
-                // so the trainer knows which update it was. A broken transfer is not (no id: the
-                // trainer resends the same update).
-                let reply = if let info = e.update, e.refusesContent { try core.refuseUndecodable(info, e) } else { Message.error(ErrorReply(e)) }
-                try dealer.send([peer] + codec.encode(reply))
-                continue
-            }
-            let tDecoded = Date().timeIntervalSince1970
-            let directives = try core.handle(decoded, from: peerName)
-            let tHandled = Date().timeIntervalSince1970
-            for directive in directives {
-                switch directive {
-                case .reply(let to, let reply): try dealer.send([Array(to.utf8)] + codec.encode(reply))
-                // Release frames are encoded once per version (shared with the publication below) and streamed.
-                case .sendRelease(let to, let cluster): try dealer.sendStreamed(releaseFrames(cluster: cluster), prefix: [Array(to.utf8)])
-                case .sendReleaseSteps(let to, let held):
-                    for frames in stepFrames(from: held) { try dealer.sendStreamed(frames, prefix: [Array(to.utf8)]) }
+                let tDecoded = Date().timeIntervalSince1970
+                let directives = try core.handle(decoded, from: peerName)
+                let tHandled = Date().timeIntervalSince1970
+                for directive in directives {
+                    switch directive {
+                    case .reply(let to, let reply): try dealer.send([Array(to.utf8)] + codec.encode(reply))
+                    // Release frames are encoded once per version (shared with the publication below) and streamed.
+                    case .sendRelease(let to, let cluster): try sendRelease(cluster, to: Array(to.utf8), on: dealer)
+                    case .sendReleaseSteps(let to, let held):
+                        for frames in stepFrames(from: held) { try dealer.sendStreamed(frames, prefix: [Array(to.utf8)]) }
+                    }
+                }
+                if traceTiming {
+                    let tSent = Date().timeIntervalSince1970
+                    let streamed = streamStarted.removeValue(forKey: peerName).map { "streamed in over \(ms(tReady - $0)), " } ?? ""
+                    logger.info("timing \(decoded.type): \(streamed)wait \(ms(tReady - tPoll)) receive \(ms(tReceived - tReady)) decode \(ms(tDecoded - tReceived)) handle \(ms(tHandled - tDecoded)) reply \(ms(tSent - tHandled))")
+                }
+                if case .update(let info, _) = decoded {
+                    logger.info("update \(info.updateID) from \(info.trainerID) on v\(info.baseVersion) -> version \(core.version)")
+                }
+                // Every release that changed goes out on its topic.
+                for cluster in [nil] + (core.heads?.names ?? []) as [String?] {
+                    let key = core.releaseKey(cluster: cluster)
+                    guard published[cluster ?? ""] != key else { continue }
+                    try? publishRelease(cluster, on: publisher)
+                    published[cluster ?? ""] = key
+                }
+                if let evaluate, core.version >= evaluated + evaluateEvery {
+                    try evaluateReleases(evaluate)
+                    evaluated = core.version
                 }
             }
-            if traceTiming {
-                let tSent = Date().timeIntervalSince1970
-                let streamed = streamStarted.removeValue(forKey: peerName).map { "streamed in over \(ms(tReady - $0)), " } ?? ""
-                logger.info("timing \(decoded.type): \(streamed)wait \(ms(tReady - tPoll)) receive \(ms(tReceived - tReady)) decode \(ms(tDecoded - tReceived)) handle \(ms(tHandled - tDecoded)) reply \(ms(tSent - tHandled))")
-            }
-            if case .update(let info, _) = decoded {
-                logger.info("update \(info.updateID) from \(info.trainerID) on v\(info.baseVersion) -> version \(core.version)")
-            }
-            // Every release that changed goes out on its topic.
-            for cluster in [nil] + (core.heads?.names ?? []) as [String?] {
-                let key = core.releaseKey(cluster: cluster)
-                guard published[cluster ?? ""] != key else { continue }
-                try? publisher.publish(releaseFrames(cluster: cluster), topic: Self.topic(cluster: cluster))
-                published[cluster ?? ""] = key
-            }
-            if let evaluate, core.version >= evaluated + evaluateEvery {
-                try evaluateReleases(evaluate)
-                evaluated = core.version
-            }
         }
-        try core.checkpoint()
+        stopUplink()
+        try withCore { try $0.checkpoint() }
         logger.info("aggregator stopped at version \(core.version) (checkpointed)")
+        if let uplinkFailure { throw uplinkFailure }
     }
 }
 

@@ -21,7 +21,12 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
     public let gateLimits: BrokerGate.Limits
     let logger: Logger
     private let stopFlag = StopFlag()
-    private let codec = WireCodec()
+    /// The broker checks messages' heads and chunks but never allocates for their values.
+    private let codec: WireCodec = {
+        var c = WireCodec()
+        c.maxValues = WireCodec.forwardingMaxValues
+        return c
+    }()
     private let countersLock = NSLock()
     private var _counters = Counters()
 

@@ -11,7 +11,7 @@ import Foundation
 ///
 /// A partial trainer (`TrainerOptions.trained`) trains some tensors only: its optimizer state,
 /// start weights and pseudo-gradients cover those, and its updates carry only them.
-final class LocalTraining {
+final class LocalTraining: RoundWork {
     let options: TrainerOptions
     let data: TokenDataset
     let model: GPT2Model
@@ -91,14 +91,6 @@ final class LocalTraining {
         return sample
     }
 
-    struct Result {
-        var delta: [Float]
-        var tokens: Int
-        /// Wall time of the round, artificial slowdown included.
-        var seconds: Double
-        var lastLoss: Float
-    }
-
     /// Seconds spent in training steps (for the compute utilisation).
     private(set) var trainingSeconds = 0.0
     /// The latest pseudo-gradient, for overlap's merge rule.
@@ -108,7 +100,7 @@ final class LocalTraining {
 
     /// Trains the round's local steps from the weights its `start` names and returns the
     /// pseudo-gradient; `alive` is called about once a second meanwhile.
-    func train(_ round: TrainerCore.Round, alive: () -> Void) throws -> Result {
+    func train(_ round: TrainerCore.Round, updateID: String, alive: () -> Void) throws -> RoundResult {
         switch round.start {
         case .release:
             loadHeld()
@@ -139,7 +131,7 @@ final class LocalTraining {
         var delta = pseudoGradient()
         lastDelta = delta
         if let attack = options.attack { Self.corrupt(&delta, attack, rng: &rng) }
-        return Result(delta: delta, tokens: tokens, seconds: Date().timeIntervalSince1970 - t0, lastLoss: lastLoss)
+        return RoundResult(delta: delta, tokens: tokens, seconds: Date().timeIntervalSince1970 - t0, lastLoss: lastLoss)
     }
 
     /// Overlap's merge rule on the weights: θ −= λ·Δ_own, where Δ_own holds the `trained`

@@ -24,11 +24,12 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
     public var catchUpAfter = 3.0
     let logger: Logger
     private let stopFlag = StopFlag()
-    private let codec = WireCodec()
+    private var codec = WireCodec()
 
     public init(endpoints: BrokerEndpoints, modelConfig: GPT2Config, outDirectory: String?, logger: Logger = Logger(label: "fedlm.subscriber")) {
         self.endpoints = endpoints
         self.modelConfig = modelConfig
+        codec.maxValues = max(codec.maxValues, modelConfig.parameterCount)
         self.outDirectory = outDirectory
         self.logger = logger
     }

@@ -93,7 +93,38 @@ import TOMLKit
 ///                                           #   with share > 0 the head may be every parameter (head = ["*"])
 ///     server_optimizer = "sgd"              # optional: the heads' own server optimizer (and server_learning_rate,
 ///     server_learning_rate = 1.0            #   server_momentum, ...); default: the [aggregation] one
+///
+///     [[region]]                            # optional: regional federations below this one (WorldLM)
+///     name = "north"                        #   its aggregator is the trainer "region-north" up here
+///     upstream_every = 4                    #   regional versions per update sent up
+///     upstream_seconds = 60.0               #   optional: or this many seconds (with at least one version)
+///     cluster = "north"                     #   with [clusters] up here: its personalized model (default: its name)
+///     ack_timeout = 30.0                    #   seconds before its unacknowledged update is resent
+///     run_directory = "runs/x/regions/north" #  default: <run_directory>/regions/<name>
+///     [region.broker]                       #   its own broker (every endpoint distinct from every other level's)
+///     trainers = "tcp://127.0.0.1:5655"
+///     aggregator = "tcp://127.0.0.1:5656"
+///     publish = "tcp://127.0.0.1:5657"
+///     releases = "tcp://127.0.0.1:5658"
+///     [region.aggregation]                  #   optional: default the [aggregation] above
+///     [region.clusters]                     #   optional: personalized heads per data cluster within the region
+///     [[region.trainer]]                    #   its trainers, as [[trainer]] (names unique across all levels)
 public struct Topology: Sendable {
+    /// In a region: the level above, and how the regional aggregator reports to it.
+    public struct Upstream: Sendable, Equatable {
+        public var region: String
+        /// The broker above.
+        public var endpoints: BrokerEndpoints
+        /// With [clusters] above: the region's personalized model there.
+        public var cluster: String?
+        /// Regional versions per update sent up, or `seconds` (with at least one version).
+        public var everyVersions: Int
+        public var seconds: Double?
+        public var ackTimeout: Double
+        /// Its trainer id above.
+        public var trainerID: String { "region-" + region }
+    }
+
     public struct Trainer: Sendable, Equatable {
         public var name: String
         public var clusters: [String]?
@@ -144,6 +175,28 @@ public struct Topology: Sendable {
     public var overlap = false
     /// λ of overlap's merge rule (`TrainerOptions.overlapOwnWeight`).
     public var overlapOwnWeight = 1.0
+    /// `[[region]]`: the regional federations below this level, each a topology of its own
+    /// with `upstream` set (empty in a region).
+    public var regions: [Topology] = []
+    /// In a region: the level above.
+    public var upstream: Upstream?
+
+    /// The level a process of `region` belongs to (nil: this one).
+    public func level(region name: String?) throws -> Topology {
+        guard let name else { return self }
+        guard let r = regions.first(where: { $0.upstream?.region == name }) else {
+            throw FederationError.badTopology("\(path): no region named '\(name)' (there are: \(regions.compactMap(\.upstream?.region).joined(separator: ", ")))")
+        }
+        return r
+    }
+
+    /// The level trainer `name` belongs to.
+    public func level(ofTrainer name: String) -> Topology? {
+        ([self] + regions).first { $0.trainers.contains { $0.name == name } }
+    }
+
+    /// Every trainer at every level.
+    public var allTrainers: [Trainer] { trainers + regions.flatMap(\.trainers) }
 
     public static func load(path: String) throws -> Topology {
         func bad(_ why: String) -> FederationError { .badTopology("\(path): \(why)") }
@@ -151,7 +204,8 @@ public struct Topology: Sendable {
         let table: TOMLTable
         do { table = try TOMLTable(string: text) } catch { throw bad("not valid TOML: \(error)") }
         let root = TOMLReader(table, fail: bad)
-        try root.allowOnly(["name", "run_directory", "model", "data", "broker", "aggregation", "trainer", "clusters", "security", "supervision", "wire"])
+        try root.allowOnly(["name", "run_directory", "model", "data", "broker", "aggregation", "trainer", "clusters", "security", "supervision", "wire",
+                            "region"])
         // Relative paths are relative to the working directory (the repository root in the README).
         var t = Topology(path: path, name: try root.string("name") ?? "federation",
                          runDirectory: try root.string("run_directory") ?? "runs/federation",
@@ -177,13 +231,93 @@ public struct Topology: Sendable {
         if t.releaseSteps != nil, t.aggregation.clusters != nil {
             throw bad("'wire.release_steps' is for the global model; a federation with [clusters] sends whole releases")
         }
-        guard let list = try root.tables("trainer", "a list of [[trainer]] tables") else { throw bad("at least one [[trainer]] is required") }
+        let regionTables = try root.tables("region", "a list of [[region]] tables") ?? []
+        let list = try root.tables("trainer", "a list of [[trainer]] tables") ?? []
+        guard !list.isEmpty || !regionTables.isEmpty else { throw bad("at least one [[trainer]] (or [[region]]) is required") }
         t.trainers = try list.map { try parseTrainer($0, clusterNames: t.aggregation.clusters?.names) }
-        guard Set(t.trainers.map(\.name)).count == t.trainers.count else { throw bad("trainer names must be unique") }
-        if t.aggregation.mode == .sync, t.aggregation.participants > t.trainers.count {
-            throw bad("'aggregation.participants' (\(t.aggregation.participants)) exceeds the \(t.trainers.count) trainers")
+        t.regions = try regionTables.map { try parseRegion($0, above: t) }
+        try checkLevels(t, bad)
+        let members = t.trainers.count + t.regions.count
+        if t.aggregation.mode == .sync, t.aggregation.participants > members {
+            throw bad("'aggregation.participants' (\(t.aggregation.participants)) exceeds the \(members) trainers and regions")
         }
         return t
+    }
+
+    /// One `[[region]]`: a topology of its own below `above`, whose aggregator reports upward.
+    private static func parseRegion(_ rt: TOMLReader, above: Topology) throws -> Topology {
+        let p = rt.prefix
+        try rt.allowOnly(["name", "run_directory", "cluster", "upstream_every", "upstream_seconds", "ack_timeout", "broker", "aggregation",
+                          "clusters", "trainer"])
+        guard let name = try rt.string("name"), ClusterConfig.isValidName(name) else {
+            throw rt.fail("'\(p)name' is required: letters, digits, '-', '_' and '.' (at most 64)")
+        }
+        let every = try rt.int("upstream_every") ?? 4
+        guard every >= 1 else { throw rt.fail("'\(p)upstream_every' must be >= 1") }
+        let seconds = try rt.double("upstream_seconds")
+        if let seconds, seconds <= 0 { throw rt.fail("'\(p)upstream_seconds' must be > 0") }
+        let ackTimeout = try rt.double("ack_timeout") ?? 30
+        guard ackTimeout > 0 else { throw rt.fail("'\(p)ack_timeout' must be > 0") }
+        var cluster = try rt.string("cluster")
+        if let names = above.aggregation.clusters?.names {
+            cluster = cluster ?? name
+            guard names.contains(cluster!) else {
+                throw rt.fail("'\(p)cluster' is '\(cluster!)', not one of the clusters above (\(names.joined(separator: ", "))); a region's personalized model up there is one of them")
+            }
+        } else if cluster != nil {
+            throw rt.fail("'\(p)cluster' needs a [clusters] table above")
+        }
+        var r = above
+        r.name = above.name + "/" + name
+        r.runDirectory = try rt.string("run_directory") ?? above.runDirectory + "/regions/" + name
+        r.regions = []
+        r.upstream = Upstream(region: name, endpoints: above.endpoints, cluster: cluster, everyVersions: every, seconds: seconds, ackTimeout: ackTimeout)
+        guard let b = try rt.table("broker") else { throw rt.fail("'\(p)broker' is required: the region's own broker endpoints") }
+        try b.allowOnly(["trainers", "aggregator", "publish", "releases"])
+        func endpoint(_ key: String) throws -> String {
+            guard let v = try b.string(key) else { throw b.fail("'\(p)broker.\(key)' is required") }
+            return v
+        }
+        r.endpoints.trainers = try endpoint("trainers")
+        r.endpoints.aggregator = try endpoint("aggregator")
+        r.endpoints.publish = try endpoint("publish")
+        r.endpoints.releases = try endpoint("releases")
+        r.aggregation.clusters = nil
+        if let a = try rt.table("aggregation") {
+            let parsed = try AggregationConfig.parse(a)
+            r.aggregation = parsed.config
+            if let every = parsed.evaluateEvery { r.evaluateEvery = every }
+        }
+        if let ct = try rt.table("clusters") { try parseClusters(ct, into: &r) }
+        guard let list = try rt.tables("trainer", "a list of [[\(p)trainer]] tables"), !list.isEmpty else {
+            throw rt.fail("'\(p)trainer': a region needs at least one [[region.trainer]]")
+        }
+        r.trainers = try list.map { try parseTrainer($0, clusterNames: r.aggregation.clusters?.names) }
+        if r.aggregation.mode == .sync, r.aggregation.participants > r.trainers.count {
+            throw rt.fail("'\(p)aggregation.participants' (\(r.aggregation.participants)) exceeds the region's \(r.trainers.count) trainers")
+        }
+        return r
+    }
+
+    /// What must hold across the levels: unique names and endpoints, and what regions do not
+    /// support yet.
+    private static func checkLevels(_ t: Topology, _ bad: (String) -> FederationError) throws {
+        let names = t.allTrainers.map(\.name)
+        if let twice = Dictionary(grouping: names, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
+            throw bad("trainer name '\(twice)' is used twice (names are unique across every level)")
+        }
+        let regionNames = t.regions.compactMap(\.upstream?.region)
+        guard Set(regionNames).count == regionNames.count else { throw bad("region names must be unique") }
+        if let clash = names.first(where: { n in t.regions.contains { $0.upstream?.trainerID == n } }) {
+            throw bad("trainer name '\(clash)' is a region's id above; rename it")
+        }
+        guard !t.regions.isEmpty else { return }
+        let endpoints = ([t] + t.regions).flatMap { [$0.endpoints.trainers, $0.endpoints.aggregator, $0.endpoints.publish, $0.endpoints.releases] }
+        if let twice = Dictionary(grouping: endpoints, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
+            throw bad("endpoint \(twice) is used twice: every level has its own broker")
+        }
+        if t.keysDirectory != nil { throw bad("[security] does not cover [[region]] yet: run regions on trusted links, or one level with [security]") }
+        if t.releaseSteps != nil { throw bad("'wire.release_steps' does not work with [[region]] (regions adopt whole releases)") }
     }
 
     /// `[wire]`: encodings of updates and releases, overlap.

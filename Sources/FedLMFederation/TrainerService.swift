@@ -20,12 +20,22 @@ public final class TrainerService: BlockingService, @unchecked Sendable {
     public private(set) var tokensTrained = 0
     public private(set) var updatesAcknowledged = 0
 
-    public init(options: TrainerOptions, endpoints: BrokerEndpoints, limits: TransportLimits = TransportLimits(),
-                logger: Logger = Logger(label: "fedlm.trainer")) {
+    /// What each round does: local training on the trainer's data, unless told otherwise (a
+    /// regional aggregator's uplink, whose rounds are its region's progress).
+    let makeWork: (TrainerOptions) throws -> any RoundWork
+
+    public convenience init(options: TrainerOptions, endpoints: BrokerEndpoints, limits: TransportLimits = TransportLimits(),
+                            logger: Logger = Logger(label: "fedlm.trainer")) {
+        self.init(options: options, endpoints: endpoints, limits: limits, logger: logger) { try LocalTraining(options: $0) }
+    }
+
+    init(options: TrainerOptions, endpoints: BrokerEndpoints, limits: TransportLimits = TransportLimits(), logger: Logger,
+         work: @escaping (TrainerOptions) throws -> any RoundWork) {
         self.options = options
         self.endpoints = endpoints
         self.limits = limits
         self.logger = logger
+        makeWork = work
     }
 
     public func stop() { stopFlag.set() }
@@ -57,8 +67,8 @@ private final class TrainerSession {
     let logger: Logger
     let socket: ZMQSocket
     let context = ZMQContext()
-    let codec = WireCodec()
-    let local: LocalTraining
+    var codec = WireCodec()
+    let local: any RoundWork
     var core: TrainerCore
     var assembler: StreamAssembler
     var silence: SilenceWatch
@@ -75,7 +85,8 @@ private final class TrainerSession {
         self.service = service
         options = service.options
         logger = service.logger
-        local = try LocalTraining(options: options)
+        codec.maxValues = max(codec.maxValues, options.modelConfig.parameterCount)
+        local = try service.makeWork(options)
         core = TrainerCore(options: options, tokensPerStep: local.tokensPerStep)
         assembler = StreamAssembler(codec: codec)
         silence = SilenceWatch(warnAfter: options.silenceWarning, now: Self.now)
@@ -94,7 +105,7 @@ private final class TrainerSession {
     func run() throws {
         let o = options
         if let attack = o.attack { logger.warning("\(o.id): ATTACKING: every update is corrupted (\(attack)); for robustness experiments only") }
-        let pending = try? PendingUpdate.load(service.pendingPath)
+        let pending = (try? PendingUpdate.load(service.pendingPath)) ?? local.restoredUpdate(codec: codec)
         if let pending {
             updates[pending.id] = pending.frames
             persisted = pending.id
@@ -102,6 +113,7 @@ private final class TrainerSession {
         }
         try perform(core.start(now: Self.now, pendingUpdate: pending?.id))
         let started = Self.now
+        defer { writeStats(started: started) }
         while !service.isStopped, !core.isFinished {
             var reply = try socket.receiveInPlace(timeout: 0)
             if reply == nil {
@@ -125,6 +137,11 @@ private final class TrainerSession {
             }
             try perform(core.received(message, now: Self.now))
         }
+    }
+
+    /// The trainer's figures, in `<state>/stats.json` (however the run ended).
+    private func writeStats(started: Double) {
+        let o = options
         let stats = TrainerStats(tokens: service.tokensTrained, updatesAcknowledged: service.updatesAcknowledged,
                                  trainingSeconds: local.trainingSeconds, wallSeconds: Self.now - started,
                                  bytesSent: bytesSent, bytesReceived: bytesReceived, joiningBytes: joiningBytes ?? bytesSent + bytesReceived,
@@ -189,21 +206,22 @@ private final class TrainerSession {
     /// Trains the round, keeps the update on disk, and reports it to the core.
     private func train(_ round: TrainerCore.Round) throws -> [TrainerCore.Action] {
         if joiningBytes == nil { joiningBytes = bytesSent + bytesReceived }
-        let result = try local.train(round) {
+        let info = round.release
+        let id = "\(options.id)-\(info.version)-\(round.number)-\(UInt32.random(in: 0...UInt32.max))"
+        let result = try local.train(round, updateID: id) {
             // Alive during long local training (the core discounts as many HEARTBEAT answers).
             if (try? socket.send(codec.encode(.heartbeat), wait: false)) == true { core.sentAlive() }
         }
-        let info = round.release
-        let id = "\(options.id)-\(info.version)-\(round.number)-\(UInt32.random(in: 0...UInt32.max))"
         updates[id] = SharedFrames(.update(UpdateInfo(updateID: id, trainerID: options.id, baseVersion: info.version, cluster: round.cluster,
                                                       baseHeadVersion: info.headVersion, tokens: result.tokens, localSteps: round.steps),
                                            local.payload(of: result.delta)), codec: codec)
         service.count(tokens: result.tokens)
-        logger.info("\(options.id): round \(round.number) on v\(info.version): \(round.steps) steps, loss \(String(format: "%.4f", result.lastLoss)), \(service.tokensTrained) tokens")
+        logger.info("\(options.id): round \(round.number) on v\(info.version): \(round.steps) steps\(result.lastLoss.map { String(format: ", loss %.4f", $0) } ?? ""), \(service.tokensTrained) tokens")
         return core.trained(updateID: id, tokens: result.tokens, steps: round.steps, seconds: result.seconds, now: Self.now)
     }
 
     private func settle(_ id: String, _ settlement: TrainerCore.Settlement) {
+        local.settled(id, settlement)
         switch settlement {
         case .acknowledged(let a):
             logger.info("\(options.id): update \(id) acknowledged (\(a.outcome.rawValue), version \(a.version))")

@@ -19,7 +19,11 @@ public struct WireCodec: Sendable {
 
     public var maxHeaderBytes = 64 * 1024
     /// Largest tensor payload accepted, in FP32 values (default: 256M values = 1 GiB).
+    /// The most tensor values a message may announce (a receiver allocates for them). Peers
+    /// that hold a model raise it to the model's size; the broker, which never allocates for
+    /// values, to `WireCodec.forwardingMaxValues`.
     public var maxValues = 256 << 20
+    public static let forwardingMaxValues = Int(Int32.max)
     public var chunkBytes = TensorPayload.defaultChunkBytes
 
     public init() {}
@@ -47,6 +51,30 @@ public struct WireCodec: Sendable {
 
     /// The first three frames of `message` (marker, type, header), and for a RELEASE or UPDATE
     /// its body: the checksums in the header are computed, the values are not copied.
+    /// The first three frames of `message` alone (its values, if any, are read for their
+    /// checksums where they lie, never copied).
+    public func head(of message: Message) -> [[UInt8]] {
+        switch message {
+        case .release(let info, let payload): headFrames(message.type, TensorHeader(info: info, layout: payload.layout(chunkBytes: chunkBytes)))
+        case .update(let info, let payload): headFrames(message.type, TensorHeader(info: info, layout: payload.layout(chunkBytes: chunkBytes)))
+        default: encodeHead(message).head
+        }
+    }
+
+    /// The first three frames of an F32 UPDATE whose chunks the caller sends itself (each
+    /// `chunkBytes` long, the last one shorter, with CRC-32Cs `chunkCRCs`): for a sender that
+    /// never holds the whole update (`fedlm bench aggregator`).
+    public func updateHead(_ info: UpdateInfo, specs: [TensorSpec], chunkCRCs: [UInt32]) -> [[UInt8]] {
+        headFrames(.update, TensorHeader(info: info, layout: TensorPayload.Layout(tensors: specs, chunkBytes: chunkBytes, chunkCRC32C: chunkCRCs,
+                                                                                 dtype: TensorPayload.dtype)))
+    }
+
+    private func headFrames<Info>(_ type: MessageType, _ header: TensorHeader<Info>) -> [[UInt8]] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return [Self.magic + [Self.version], [type.rawValue], Array(try! encoder.encode(header))]
+    }
+
     public func encodeHead(_ message: Message) -> (head: [[UInt8]], body: Body?) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]

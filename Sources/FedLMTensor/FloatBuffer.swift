@@ -5,31 +5,45 @@ import Foundation
 /// The model plans all of its activations as `FloatBuffer`s once per shape, so a training step
 /// allocates nothing. Elementwise kernels take raw pointers from `pointer`; the buffer must
 /// outlive them, which holding it in a stored property guarantees.
+///
+/// Buffers of `mappedBytes` or more are mapped from the kernel, whose fresh pages are zero and
+/// take no memory until written: a large buffer that stays zero (a model's gradients in the
+/// aggregator, a buffer a strategy has not used yet) costs nothing.
 public final class FloatBuffer: @unchecked Sendable {
     public let count: Int
     public let pointer: UnsafeMutablePointer<Float>
+    private let mapped: Bool
+
+    /// Buffers this large or larger are mapped (zero without being written).
+    public static let mappedBytes = 32 << 20
 
     public init(count: Int) {
         self.count = count
-        pointer = Self.allocate(count)
-        memset(pointer, 0, max(count, 1) * MemoryLayout<Float>.stride)
+        (pointer, mapped) = Self.allocate(count)
+        if !mapped { memset(pointer, 0, max(count, 1) * MemoryLayout<Float>.stride) }
     }
 
     /// A buffer whose contents are whatever the memory held: for one about to be overwritten
     /// in full (zeroing 40 MB costs about 2 ms).
     public init(uninitializedCount count: Int) {
         self.count = count
-        pointer = Self.allocate(count)
+        (pointer, mapped) = Self.allocate(count)
     }
 
-    private static func allocate(_ count: Int) -> UnsafeMutablePointer<Float> {
+    private static func allocate(_ count: Int) -> (UnsafeMutablePointer<Float>, mapped: Bool) {
         precondition(count >= 0, "FloatBuffer count must be non-negative, got \(count)")
-        var raw: UnsafeMutableRawPointer?
         let bytes = max(count, 1) * MemoryLayout<Float>.stride
+        if bytes >= mappedBytes {
+            guard let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), raw != MAP_FAILED else {
+                fatalError("FloatBuffer: cannot map \(bytes) bytes")
+            }
+            return (raw.bindMemory(to: Float.self, capacity: count), true)
+        }
+        var raw: UnsafeMutableRawPointer?
         guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
             fatalError("FloatBuffer: cannot allocate \(bytes) bytes")
         }
-        return raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        return (raw.bindMemory(to: Float.self, capacity: max(count, 1)), false)
     }
 
     public convenience init(_ values: [Float]) {
@@ -37,7 +51,9 @@ public final class FloatBuffer: @unchecked Sendable {
         values.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: values.count) }
     }
 
-    deinit { free(pointer) }
+    deinit {
+        if mapped { munmap(pointer, count * MemoryLayout<Float>.stride) } else { free(pointer) }
+    }
 
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: pointer, count: count) }
 

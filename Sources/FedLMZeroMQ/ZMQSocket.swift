@@ -160,6 +160,20 @@ public final class ZMQSocket: @unchecked Sendable {
         return frames
     }
 
+    /// Sends `head`, then `frames` (parts of memory that may change once this returns) copied
+    /// into their own messages, as one multipart message.
+    public func send(_ head: [[UInt8]], copying frames: [UnsafeRawBufferPointer]) throws {
+        try send(head, more: !frames.isEmpty)
+        for (i, frame) in frames.enumerated() {
+            let flags: Int32 = i < frames.count - 1 ? ZMQ_SNDMORE : 0
+            while zmq_send(handle, frame.baseAddress, frame.count, flags) < 0 {
+                let error = ZMQError.last("send")
+                if error.code == EINTR { continue }
+                throw error
+            }
+        }
+    }
+
     /// Sends frames, leaving the message open (more frames follow) when `more` is set.
     func send(_ frames: [[UInt8]], more: Bool) throws {
         for (i, frame) in frames.enumerated() {

@@ -562,9 +562,17 @@ struct SmallFederation {
         try FedLMProcess([role, "--topology", topology] + extra)
     }
 
+    /// Adds tables to the topology (before any process reads it).
+    func append(_ text: String) throws {
+        try (String(contentsOfFile: topology, encoding: .utf8) + text).write(toFile: topology, atomically: true, encoding: .utf8)
+    }
+
     /// An integer from the aggregator's ledger (0 while it does not exist yet).
-    func ledger(_ sql: String) -> Int {
-        guard FileManager.default.fileExists(atPath: ledgerPath), let db = try? SQLiteDatabase(path: ledgerPath) else { return 0 }
+    func ledger(_ sql: String) -> Int { Self.query(ledgerPath, sql) }
+
+    /// An integer from a ledger file (0 while it does not exist yet).
+    static func query(_ path: String, _ sql: String) -> Int {
+        guard FileManager.default.fileExists(atPath: path), let db = try? SQLiteDatabase(path: path) else { return 0 }
         return (try? db.query(sql))?.first?[0].int ?? 0
     }
 

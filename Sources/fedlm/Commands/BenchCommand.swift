@@ -6,7 +6,8 @@ import Foundation
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench", abstract: "Benchmarks that print figures (run them in release builds).",
-        subcommands: [BenchTrainCommand.self, BenchSgemmCommand.self, BenchUpdateCommand.self, BenchLoadCommand.self, BenchFloodCommand.self])
+        subcommands: [BenchTrainCommand.self, BenchSgemmCommand.self, BenchUpdateCommand.self, BenchAggregatorCommand.self, BenchLoadCommand.self,
+                      BenchFloodCommand.self])
 }
 
 /// Measures the sgemm rate FedLM's own GEMM path reaches (same BLAS, same thread split).

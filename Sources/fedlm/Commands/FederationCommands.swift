@@ -23,13 +23,14 @@ struct BrokerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "broker",
         abstract: "Run the broker: routes trainers to the aggregator and relays model releases (holds no model state).")
     @Option(help: "Take the endpoints from this topology.") var topology: String?
+    @Option(help: "With --topology: the broker of this [[region]] (default: the top level's).") var region: String?
     @Option(help: "ROUTER for trainers and subscribers.") var trainers: String?
     @Option(help: "ROUTER for the aggregator.") var aggregator: String?
     @Option(help: "XSUB the aggregator publishes releases to.") var publish: String?
     @Option(help: "XPUB subscribers receive releases from.") var releases: String?
 
     func run() async throws {
-        let t = try topology.map { try Topology.load(path: $0) }
+        let t = try topology.map { try Topology.load(path: $0).level(region: region) }
         var e = t?.endpoints ?? BrokerEndpoints()
         if let trainers { e.trainers = trainers }
         if let aggregator { e.aggregator = aggregator }
@@ -40,7 +41,13 @@ struct BrokerCommand: AsyncParsableCommand {
             security = BrokerSecurity(keys: try CurveKeyPair.load(prefix: keys + "/broker"), allowed: try AllowList(path: allowed),
                                       membership: t?.membership ?? .closed)
         }
-        try await runService(BrokerService(endpoints: e, security: security, gateLimits: t?.gate ?? BrokerGate.Limits()), label: "fedlm.broker")
+        var gate = t?.gate ?? BrokerGate.Limits()
+        if let t {
+            // Room for one whole update of the federation's model in flight per member.
+            let modelBytes = try ConfigResolution.load(t.modelConfigPath).model.parameterCount * 4
+            gate.bytesInFlight = max(gate.bytesInFlight, modelBytes + (4 << 20))
+        }
+        try await runService(BrokerService(endpoints: e, security: security, gateLimits: gate), label: "fedlm.broker")
     }
 }
 
@@ -48,12 +55,14 @@ struct AggregatorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "aggregator",
         abstract: "Run the aggregator: owns the global model, applies updates as they arrive, publishes releases; resumes its run directory.")
     @Option(help: "Topology file (run directory, model, data, aggregation, endpoints).") var topology: String
+    @Option(help: "The aggregator of this [[region]]: it aggregates the region's trainers and reports to the level above as one trainer.")
+    var region: String?
     @Option(help: "Compute threads (default: all cores).") var threads: Int?
 
     func run() async throws {
         if let threads { ComputeThreads.set(max(1, threads)) }
         Runtime.announce()
-        let t = try Topology.load(path: topology)
+        let t = try Topology.load(path: topology).level(region: region)
         let file = try ConfigResolution.load(t.modelConfigPath)
         let logger = Logger(label: "fedlm.aggregator")
         let core = try AggregatorCore(runDirectory: t.runDirectory, config: t.aggregation,
@@ -68,6 +77,16 @@ struct AggregatorCommand: AsyncParsableCommand {
         service.validationClusters = sets.map(\.name)
         service.evaluate = { model, cluster in try meanLoss(model, byName[cluster] ?? []) }
         service.evaluateEvery = t.evaluateEvery
+        if let up = t.upstream {
+            var options = TrainerOptions(id: up.trainerID, dataDirectory: t.dataDirectory, training: file.training, modelConfig: file.model,
+                                         stateDirectory: t.runDirectory + "/uplink")
+            options.cluster = up.cluster
+            options.maxLocalSteps = up.everyVersions
+            options.ackTimeout = up.ackTimeout
+            options.silenceWarning = t.supervision.trainerSilence
+            options.compression = t.updateCompression
+            service.attachUplink(options: options, endpoints: up.endpoints, seconds: up.seconds)
+        }
         try await runService(service, label: "fedlm.aggregator")
     }
 }
@@ -104,11 +123,11 @@ struct TrainerCommand: AsyncParsableCommand {
         var keysDirectory: String?
         var topologyEntry: Topology.Trainer?
         if let topology {
-            let t = try Topology.load(path: topology)
-            keysDirectory = t.keysDirectory
-            guard let name, let entry = t.trainers.first(where: { $0.name == name }) else {
-                throw ValidationError("--name must be one of: \(t.trainers.map(\.name).joined(separator: ", "))")
+            let top = try Topology.load(path: topology)
+            guard let name, let t = top.level(ofTrainer: name), let entry = t.trainers.first(where: { $0.name == name }) else {
+                throw ValidationError("--name must be one of: \(top.allTrainers.map(\.name).joined(separator: ", "))")
             }
+            keysDirectory = t.keysDirectory
             topologyEntry = entry
             let file = try ConfigResolution.load(t.modelConfigPath)
             endpoints = t.endpoints

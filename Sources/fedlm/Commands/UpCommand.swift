@@ -18,7 +18,7 @@ struct UpCommand: ParsableCommand {
         // Fail before starting anything if the model config or the prepared data is not there.
         _ = try ConfigResolution.load(t.modelConfigPath)
         let manifest = try DataManifest.load(directory: t.dataDirectory)
-        for trainer in t.trainers {
+        for trainer in t.allTrainers {
             for c in trainer.clusters ?? [] where !manifest.clusters.contains(where: { $0.name == c }) {
                 throw RunFailure("\(topology): trainer \(trainer.name) names cluster '\(c)', which \(t.dataDirectory) does not have (it has: \(manifest.clusters.map(\.name).joined(separator: ", ")))")
             }
@@ -30,11 +30,13 @@ struct UpCommand: ParsableCommand {
         let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
         // Several processes share this machine: one compute thread each, so no process spins
         // waiting for a core another one holds.
-        var commands: [(name: String, role: Supervisor.Role, arguments: [String])] = [
-            ("broker", .broker, ["broker", "--topology", topology]),
-            ("aggregator", .aggregator, ["aggregator", "--topology", topology, "--threads", "1"]),
-        ]
-        commands += t.trainers.map { ("trainer-\($0.name)", .trainer, ["trainer", "--topology", topology, "--name", $0.name, "--threads", "1"]) }
+        // Brokers first, then aggregators (regions' after the top's), then trainers of every level.
+        let regions = t.regions.compactMap(\.upstream?.region)
+        var commands: [(name: String, role: Supervisor.Role, arguments: [String])] = [("broker", .broker, ["broker", "--topology", topology])]
+        commands += regions.map { ("broker-\($0)", .broker, ["broker", "--topology", topology, "--region", $0]) }
+        commands.append(("aggregator", .aggregator, ["aggregator", "--topology", topology, "--threads", "1"]))
+        commands += regions.map { ("aggregator-\($0)", .aggregator, ["aggregator", "--topology", topology, "--region", $0, "--threads", "1"]) }
+        commands += t.allTrainers.map { ("trainer-\($0.name)", .trainer, ["trainer", "--topology", topology, "--name", $0.name, "--threads", "1"]) }
         var supervisor = Supervisor(policy: t.supervision, processes: Dictionary(uniqueKeysWithValues: commands.map { ($0.name, $0.role) }))
         var running: [String: ChildProcess] = [:]
         func start(_ name: String) throws {
@@ -42,8 +44,9 @@ struct UpCommand: ParsableCommand {
             running[name] = try ChildProcess(name: name, executable: me, arguments: command.arguments, log: logs + "/\(name).log")
         }
         StopSignal.install()
-        print("federation \(t.name): \(t.trainers.count) trainers, \(t.aggregation.mode.rawValue); logs in \(logs); a process that dies is \(t.supervision.onFailure == .restart ? "restarted (at most \(t.supervision.maxRestarts) times)" : "the end of the run")")
-        let totalTokens = t.trainers.compactMap(\.tokens).reduce(0, +)
+        let shape = regions.isEmpty ? "\(t.trainers.count) trainers" : "\(t.allTrainers.count) trainers in \(regions.count) regions" + (t.trainers.isEmpty ? "" : " and at the top")
+        print("federation \(t.name): \(shape), \(t.aggregation.mode.rawValue); logs in \(logs); a process that dies is \(t.supervision.onFailure == .restart ? "restarted (at most \(t.supervision.maxRestarts) times)" : "the end of the run")")
+        let totalTokens = t.allTrainers.compactMap(\.tokens).reduce(0, +)
         let startTime = Date()
         var lastLine = Date.distantPast
         let tty = isatty(1) != 0
@@ -52,9 +55,9 @@ struct UpCommand: ParsableCommand {
         func say(_ line: String) { print((tty ? "\r" : "") + line) }
         // Whatever goes wrong in here (a process that cannot be started), everything started is stopped below.
         do {
-            try start("broker")
+            for (name, role, _) in commands where role == .broker { try start(name) }
             Thread.sleep(forTimeInterval: 0.3)
-            for (name, _, _) in commands.dropFirst() { try start(name) }
+            for (name, role, _) in commands where role != .broker { try start(name) }
             supervise: while !StopSignal.requested {
                 Thread.sleep(forTimeInterval: 0.25)
                 for (name, process) in running.sorted(by: { $0.key < $1.key }) where process.poll() {
@@ -75,7 +78,7 @@ struct UpCommand: ParsableCommand {
                 if Date().timeIntervalSince(lastLine) >= (tty ? 1 : 10) {
                     lastLine = Date()
                     let line = Progress.line(runDirectory: t.runDirectory, elapsed: Date().timeIntervalSince(startTime), totalTokens: totalTokens)
-                        + Progress.silentTrainers(runDirectory: t.runDirectory, names: t.trainers.map(\.name))
+                        + Progress.regions(t) + Progress.silentTrainers(t)
                     if tty { print("\r" + line + "   ", terminator: ""); fflush(nil) } else { print(line) }
                 }
             }
@@ -84,12 +87,15 @@ struct UpCommand: ParsableCommand {
         }
         if tty { print("") }
         if StopSignal.requested { print("stopping (Ctrl-C: again to kill at once) ...") } else if finished { print("every trainer finished its budget") }
-        // Trainers first (they finish their round's bookkeeping), then aggregator (checkpoint), then broker.
+        // Trainers first (they finish their round's bookkeeping), then the regions' aggregators
+        // (each sends what its region learned since its last update up), then the top's
+        // (checkpoint), then the brokers.
         let hurry = { StopSignal.count > 1 }
         stop(running.values.filter { $0.name.hasPrefix("trainer") }, grace: 10, hurry: hurry)
+        stop(running.values.filter { $0.name.hasPrefix("aggregator-") }, grace: 70, hurry: hurry)
         stop(running.values.filter { $0.name == "aggregator" }, grace: 10, hurry: hurry)
-        stop(running.values.filter { $0.name == "broker" }, grace: 5, hurry: hurry)
-        print(Progress.line(runDirectory: t.runDirectory, elapsed: Date().timeIntervalSince(startTime), totalTokens: totalTokens))
+        stop(running.values.filter { $0.name.hasPrefix("broker") }, grace: 5, hurry: hurry)
+        print(Progress.line(runDirectory: t.runDirectory, elapsed: Date().timeIntervalSince(startTime), totalTokens: totalTokens) + Progress.regions(t))
         print("run directory: \(t.runDirectory) (ledger.sqlite, checkpoints/, logs/)")
         if let failure { throw RunFailure(failure) }
     }
@@ -120,10 +126,30 @@ enum Progress {
         return s
     }
 
-    /// "  no word from the broker: en 21s, de 20s" for the trainers that have said so
+    /// "  | north v14 (adopted 6, 3 sent up, loss 5.1234)" for each region: its own version, the
+    /// latest version it adopted from above, its updates the level above accepted, its
+    /// model's validation loss; "" without regions.
+    static func regions(_ t: Topology) -> String {
+        let above = try? Ledger.reading(path: t.runDirectory + "/ledger.sqlite")
+        return t.regions.map { r in
+            let name = r.upstream!.region
+            guard let ledger = try? Ledger.reading(path: r.runDirectory + "/ledger.sqlite"), let summary = try? ledger.summary() else {
+                return "  | \(name) starting"
+            }
+            var s = "  | \(name) v\(summary.version)"
+            if let adopted = (try? ledger.latestMetric("adopted_from_above")) ?? nil { s += " (adopted \(Int(adopted))" } else { s += " (nothing adopted" }
+            let sent = (try? above?.database.query("SELECT COUNT(*) FROM updates WHERE trainer = ?1 AND outcome != 'refused'",
+                                                    [.text(r.upstream!.trainerID)]).first?[0].int) ?? nil
+            s += ", \(sent ?? 0) sent up)"
+            if let loss = (try? ledger.latestMetric("validation_loss")) ?? nil { s += String(format: " loss %.4f", loss) }
+            return s
+        }.joined()
+    }
+
+    /// "  no word from the broker: en 21s, de 20s" for the trainers (at every level) that have said so
     /// (`TrainerService` keeps `<state>/silent-since` while it hears nothing), or "".
-    static func silentTrainers(runDirectory: String, names: [String], now: Double = Date().timeIntervalSince1970) -> String {
-        let silent = names.compactMap { name -> String? in
+    static func silentTrainers(_ t: Topology, now: Double = Date().timeIntervalSince1970) -> String {
+        let silent = ([t] + t.regions).flatMap { level in level.trainers.map { (level.runDirectory, $0.name) } }.compactMap { runDirectory, name -> String? in
             guard let text = try? String(contentsOfFile: runDirectory + "/trainers/\(name)/" + TrainerService.silenceFile, encoding: .utf8),
                   let since = Double(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { return nil }
             return "\(name) \(Int(now - since))s"

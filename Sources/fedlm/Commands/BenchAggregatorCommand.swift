@@ -1,0 +1,196 @@
+import ArgumentParser
+import CFedLMRuntime
+import FedLMFederation
+import FedLMModel
+import FedLMProtocol
+import FedLMTensor
+import FedLMZeroMQ
+import Foundation
+
+/// The aggregator at scale: a real broker and aggregator (separate processes) fed synthetic
+/// updates of a large model through real sockets, with the aggregator's peak resident memory
+/// against the model's F32 size, and its time per update.
+struct BenchAggregatorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "aggregator",
+        abstract: "Aggregator peak memory (x the model's F32 size) and time per update, for a large model (e.g. gpt2-124m, gpt2-350m, gpt2-1.3b).",
+        discussion: "Starts `fedlm broker` and `fedlm aggregator` (FedBuff, K = 2, plain SGD: the lightest server state) on a run directory of its own, fetches one release and sends --updates synthetic F32 updates, each only when the one before was acknowledged. The sender generates each 1 MiB chunk as it goes, so it never holds a whole update.")
+
+    @Option(help: "Model config (name or path).") var config: String = "gpt2-124m"
+    @Option(help: "Updates to send.") var updates: Int = 6
+    @Option(help: "Where to put the run directory (deleted before and after).") var directory: String = "runs/bench-aggregator"
+    @Option(help: "machine (fsync before each ack) or process.") var durability: String = "machine"
+    @Option(help: "Prepared data directory (the aggregator loads its validation split; nothing is evaluated).") var data: String = "runs/demo-data/shards"
+
+    func validate() throws {
+        guard updates >= 2 else { throw ValidationError("--updates must be at least 2 (one buffered, one applied)") }
+        guard ["machine", "process"].contains(durability) else { throw ValidationError("--durability is machine or process") }
+    }
+
+    func run() throws {
+        let model = try ConfigResolution.load(config).model
+        let count = model.parameterCount
+        let bytes = Double(count * 4)
+        print(String(format: "model %@: %d parameters, %.2f GB in F32", config, count, bytes / 1e9))
+        try? FileManager.default.removeItem(atPath: directory)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let endpoints = BrokerEndpoints.loopback()
+        let topology = directory + "/topology.toml"
+        try topologyText(endpoints).write(toFile: topology, atomically: true, encoding: .utf8)
+        setenv("FEDLM_TRACE_TIMING", "1", 1)
+        let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let broker = try ChildProcess(name: "broker", executable: me, arguments: ["broker", "--topology", topology], log: directory + "/broker.log")
+        let started = now()
+        let aggregator = try ChildProcess(name: "aggregator", executable: me, arguments: ["aggregator", "--topology", topology],
+                                          log: directory + "/aggregator.log")
+        defer { stop([aggregator, broker], grace: 120) }
+        let sender = try SyntheticSender(endpoints: endpoints, count: count, specs: ParameterLayout(config: model).entries.map { TensorSpec(name: $0.name, shape: $0.shape) })
+        defer { sender.close() }
+        let version = try sender.hello(aggregator: aggregator)
+        let ready = now() - started
+        var stages = [("started", ProcessStatus(pid: aggregator.pid))]
+        let fetch = try sender.fetch()
+        stages.append(("release sent", ProcessStatus(pid: aggregator.pid)))
+        var latencies: [Double] = []
+        for i in 0..<updates {
+            let t0 = now()
+            try sender.update(id: "bench-\(i)", base: version + i / 2)
+            latencies.append(now() - t0)
+            stages.append(("update \(i + 1)", ProcessStatus(pid: aggregator.pid)))
+        }
+        let memory = ProcessStatus(pid: aggregator.pid)
+        let log = (try? String(contentsOfFile: directory + "/aggregator.log", encoding: .utf8)) ?? ""
+        let handled = Self.handleTimes(in: log)
+        let buffered = stride(from: 0, to: handled.count, by: 2).map { handled[$0] }
+        let applied = stride(from: 1, to: handled.count, by: 2).map { handled[$0] }
+        func ms(_ v: [Double]) -> String { v.isEmpty ? "n/a" : String(format: "%.0f ms", 1000 * median(v)) }
+        print(String(format: "aggregator started (model made, checkpoint v0 written) in %.1f s; release fetched in %.2f s", ready, fetch))
+        print("per update, medians of \(updates) (\(durability) durability): send -> ack \(ms(latencies)); aggregator's work after the last chunk: buffered \(ms(buffered)), applied (a new version) \(ms(applied))")
+        print("aggregator's peak so far (GB) " + stages.map { String(format: "%@ %.2f", $0.0, $0.1.peak / 1e9) }.joined(separator: ", "))
+        print(String(format: "aggregator peak resident memory %.2f GB = %.2fx the model's F32 size (resident at the end %.2f GB)",
+                     memory.peak / 1e9, memory.peak / bytes, memory.resident / 1e9))
+    }
+
+    func topologyText(_ e: BrokerEndpoints) -> String {
+        """
+        name = "bench-aggregator"
+        run_directory = "\(directory)/run"
+        model = "\(ConfigResolution.resolve(config))"
+        data = "\(data)"
+        [broker]
+        trainers = "\(e.trainers)"
+        aggregator = "\(e.aggregator)"
+        publish = "\(e.publish)"
+        releases = "\(e.releases)"
+        [aggregation]
+        mode = "fedbuff"
+        buffer_size = 2
+        server_optimizer = "sgd"
+        server_learning_rate = 1.0
+        max_staleness = 1000
+        checkpoint_every = 1000
+        durability = "\(durability)"
+        evaluate_every = 1000000
+        [[trainer]]
+        name = "bench"
+
+        """
+    }
+
+    /// The aggregator's time from the last chunk to its reply, per update (FEDLM_TRACE_TIMING).
+    static func handleTimes(in log: String) -> [Double] {
+        log.split(separator: "\n").filter { $0.contains("timing update:") && $0.contains(" handle ") }.compactMap { line in
+            guard let r = line.range(of: " handle ") else { return nil }
+            return Double(line[r.upperBound...].prefix { $0.isNumber || $0 == "." }).map { $0 / 1000 }
+        }
+    }
+}
+
+/// VmHWM and VmRSS of a process, in bytes.
+struct ProcessStatus {
+    var peak = 0.0, resident = 0.0
+    init(pid: pid_t) {
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        func kB(_ key: String) -> Double {
+            guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(key + ":") }) else { return 0 }
+            return Double(line.split(separator: " ").dropFirst().first { !$0.isEmpty }.map(String.init) ?? "0").map { $0 * 1024 } ?? 0
+        }
+        peak = kB("VmHWM")
+        resident = kB("VmRSS")
+    }
+}
+
+/// A trainer that sends F32 updates of `count` values made chunk by chunk from one random 1 MiB
+/// pattern, so it never holds a whole update (its own memory stays small next to the aggregator's).
+final class SyntheticSender {
+    let socket: ZMQSocket
+    let context = ZMQContext()
+    var codec = WireCodec()
+    let count: Int
+    let specs: [TensorSpec]
+    private let pattern: [Float]
+    private var assembler: StreamAssembler
+
+    init(endpoints: BrokerEndpoints, count: Int, specs: [TensorSpec]) throws {
+        self.count = count
+        self.specs = specs
+        codec.maxValues = max(codec.maxValues, count)
+        var rng = SeededGenerator(seed: 7)
+        pattern = (0..<(codec.chunkBytes / 4)).map { _ in Float(rng.nextNormal() * 1e-4) }
+        socket = try ZMQSocket(context, .dealer)
+        try socket.setRoutingID(Array("bench".utf8))
+        try socket.connect(endpoints.trainers)
+        assembler = StreamAssembler(codec: codec)
+    }
+
+    func close() { socket.close() }
+
+    /// Registers (retrying until the aggregator is up) and returns the version it holds.
+    func hello(aggregator: ChildProcess) throws -> Int {
+        while true {
+            guard aggregator.isRunning else { throw RunFailure("the aggregator exited; see its log") }
+            try socket.send(codec.encode(.hello(Hello(trainerID: "bench"))))
+            if let reply = try receive(timeout: 5), case .welcome(let w) = reply { return w.latestVersion }
+        }
+    }
+
+    /// Fetches the global release; returns the seconds it took (its values are dropped).
+    func fetch() throws -> Double {
+        let t0 = now()
+        try socket.send(codec.encode(.fetch(Fetch())))
+        guard let reply = try receive(timeout: 600), case .release = reply else { throw RunFailure("no release within 600 s") }
+        return now() - t0
+    }
+
+    /// Sends one update chunk by chunk and waits for its ACK.
+    func update(id: String, base: Int) throws {
+        let perChunk = codec.chunkBytes / 4
+        let chunks = (count + perChunk - 1) / perChunk
+        let last = count - (chunks - 1) * perChunk
+        let crc = pattern.withUnsafeBytes { fedlm_crc32c(0, $0.baseAddress, $0.count) }
+        let lastCRC = pattern.withUnsafeBytes { fedlm_crc32c(0, $0.baseAddress, last * 4) }
+        let crcs = [UInt32](repeating: crc, count: chunks - 1) + [lastCRC]
+        let info = UpdateInfo(updateID: id, trainerID: "bench", baseVersion: base, tokens: 1, localSteps: 1)
+        try socket.send(codec.updateHead(info, specs: specs, chunkCRCs: crcs))
+        try pattern.withUnsafeBytes { bytes in
+            for i in 0..<chunks {
+                let frame = UnsafeRawBufferPointer(rebasing: bytes[0..<(i == chunks - 1 ? last * 4 : bytes.count)])
+                try socket.send(MessageStream.chunkPrefix(index: i, count: chunks), copying: [frame])
+            }
+        }
+        guard let reply = try receive(timeout: 600) else { throw RunFailure("update \(id): no answer within 600 s") }
+        guard case .ack = reply else { throw RunFailure("update \(id): \(reply)") }
+    }
+
+    /// The next whole message (streamed releases assembled; heartbeats skipped).
+    private func receive(timeout: Int32) throws -> Message? {
+        let deadline = now() + Double(timeout)
+        while now() < deadline {
+            guard let m = try socket.receiveInPlace(timeout: 1000) else { continue }
+            guard let message = try assembler.accept(buffers: m.frames) else { continue }
+            if case .heartbeat = message { continue }
+            return message
+        }
+        return nil
+    }
+}

@@ -1,0 +1,124 @@
+import FedLMLedger
+import Foundation
+import XCTest
+
+/// A federation of federations as it runs: a top broker and aggregator, two regions each with
+/// its own broker, aggregator and two trainers, all separate processes over TCP loopback. A
+/// regional aggregator and then the top aggregator are SIGKILLed and restarted, and the top
+/// broker is stopped for a while (the regions' uplink cut) and started again.
+final class HierarchyTests: XCTestCase {
+    func testRegionsTrainThroughKillsAtBothLevelsAndAnUplinkOutageAndEveryTokenReachesTheTopOnce() throws {
+        let trainer = { (name: String) in SmallFederation.trainer(name, "local_steps = 3", "tokens = 14000", "ack_timeout = 2.0") }
+        let f = try SmallFederation(SmallFederation.fedbuff("max_staleness = 50", "checkpoint_every = 2", "durability = \"process\""))
+        defer { f.scratch.remove() }
+        let port = Int(f.trainersAddress.split(separator: ":").last!)!
+        func region(_ name: String, _ offset: Int, trainers: [String]) -> String {
+            """
+
+            [[region]]
+            name = "\(name)"
+            upstream_every = 2
+            ack_timeout = 2.0
+            [region.broker]
+            trainers = "tcp://127.0.0.1:\(port + offset)"
+            aggregator = "tcp://127.0.0.1:\(port + offset + 1)"
+            publish = "tcp://127.0.0.1:\(port + offset + 2)"
+            releases = "tcp://127.0.0.1:\(port + offset + 3)"
+            [region.aggregation]
+            mode = "fedbuff"
+            buffer_size = 2
+            server_optimizer = "sgd"
+            server_learning_rate = 1.0
+            max_staleness = 50
+            checkpoint_every = 3
+            durability = "process"
+            """ + trainers.map { trainer($0).replacingOccurrences(of: "[[trainer]]", with: "[[region.trainer]]") }.joined()
+        }
+        try f.append(region("north", 4, trainers: ["n1", "n2"]) + region("south", 8, trainers: ["s1", "s2"]))
+        let regions = ["north", "south"]
+        var topBroker = try f.start("broker")
+        let regionBrokers = try regions.map { try f.start("broker", ["--region", $0]) }
+        var top = try f.start("aggregator", ["--threads", "1"])
+        var regional = try Dictionary(uniqueKeysWithValues: regions.map { ($0, try f.start("aggregator", ["--region", $0, "--threads", "1"])) })
+        let trainers = try ["n1", "n2", "s1", "s2"].map { ($0, try f.start("trainer", ["--name", $0, "--threads", "1"])) }
+        var logs: [String] = []
+        defer { for p in trainers.map(\.1) + regional.values + regionBrokers + [top, topBroker] { p.signal(SIGKILL) } }
+        func topCount(_ sql: String) -> Int { f.ledger(sql) }
+        func regionCount(_ name: String, _ sql: String) -> Int { SmallFederation.query(f.scratch.dir + "/run/regions/\(name)/ledger.sqlite", sql) }
+        func sentUp(_ name: String) -> Int { topCount("SELECT COUNT(*) FROM updates WHERE trainer = 'region-\(name)' AND outcome != 'refused'") }
+        func waitFor(_ what: String, seconds: Double = 120, _ condition: () -> Bool) {
+            let deadline = Date().addingTimeInterval(seconds)
+            while !condition(), Date() < deadline { usleep(100_000) }
+            XCTAssertTrue(condition(), "timed out waiting for \(what)")
+        }
+
+        // A regional aggregator dies once its region has sent two updates up; it resumes.
+        waitFor("north's first updates above") { sentUp("north") >= 2 }
+        regional["north"]!.signal(SIGKILL)
+        regional["north"]!.wait()
+        logs.append(regional["north"]!.output)
+        regional["north"] = try f.start("aggregator", ["--region", "north", "--threads", "1"])
+
+        // The top aggregator dies once the restarted region delivered more; it resumes.
+        let northBefore = sentUp("north")
+        waitFor("north's updates after its restart") { sentUp("north") > northBefore }
+        top.signal(SIGKILL)
+        top.wait()
+        logs.append(top.output)
+        top = try f.start("aggregator", ["--threads", "1"])
+
+        // The uplink is cut: the top broker stops for 8 s. The regions keep training meanwhile.
+        waitFor("updates after the top's restart") { sentUp("south") >= 3 }
+        topBroker.signal(SIGTERM)
+        topBroker.wait()
+        let regionalAtCut = regions.map { regionCount($0, "SELECT COALESCE(MAX(version_after), 0) FROM updates") }
+        let topAtCut = topCount("SELECT COUNT(*) FROM updates")
+        usleep(8_000_000)
+        let regionalAfterCut = regions.map { regionCount($0, "SELECT COALESCE(MAX(version_after), 0) FROM updates") }
+        XCTAssertEqual(topCount("SELECT COUNT(*) FROM updates"), topAtCut, "nothing reached the top while its broker was down")
+        for (before, after) in zip(regionalAtCut, regionalAfterCut) {
+            XCTAssertGreaterThan(after, before, "a region kept training while its uplink was cut")
+        }
+        topBroker = try f.start("broker")
+
+        // Trainers finish; the regions send what is left up as they stop; then the top stops.
+        for (name, p) in trainers {
+            XCTAssertTrue(p.exits(by: Date().addingTimeInterval(240)), "\(name) did not finish")
+            logs.append(p.output)
+        }
+        for name in regions {
+            regional[name]!.signal(SIGTERM)
+            XCTAssertEqual(regional[name]!.wait(), 0, regional[name]!.output)
+            logs.append(regional[name]!.output)
+        }
+        top.signal(SIGTERM)
+        XCTAssertEqual(top.wait(), 0, top.output)
+        logs.append(top.output)
+        let allLogs = logs.joined(separator: "\n")
+        XCTAssertEqual(allLogs.components(separatedBy: "restored v").count - 1, 2, "both restarted aggregators restored their state")
+
+        // Every acknowledged update is in the ledger of the level that acknowledged it, never refused.
+        let acked = SmallFederation.acknowledgedIDs(in: allLogs)
+        let topLedger = try Ledger(path: f.ledgerPath)
+        let regionLedgers = try Dictionary(uniqueKeysWithValues: regions.map { ($0, try Ledger(path: f.scratch.dir + "/run/regions/\($0)/ledger.sqlite")) })
+        XCTAssertGreaterThan(acked.filter { $0.hasPrefix("region-") }.count, 6)
+        for id in acked {
+            let ledger = id.hasPrefix("region-north") ? topLedger : id.hasPrefix("region-south") ? topLedger
+                : id.hasPrefix("n") ? regionLedgers["north"]! : regionLedgers["south"]!
+            let record = try ledger.update(id: id)
+            XCTAssertTrue(record.map { $0.outcome != .refused } == true, "acknowledged update \(id): \(String(describing: record?.outcome))")
+        }
+        // Every token each region accepted reached the top exactly once: nothing lost in the
+        // kills or the outage, nothing counted twice by a resend.
+        for name in regions {
+            let regionTokens = try regionLedgers[name]!.acceptedTokens()
+            let topTokens = topCount("SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE trainer = 'region-\(name)' AND outcome != 'refused'")
+            XCTAssertGreaterThanOrEqual(regionTokens, 28000, "\(name)'s trainers' budgets all accepted in the region")
+            XCTAssertEqual(topTokens, regionTokens, "\(name)'s tokens at the top")
+            XCTAssertGreaterThan(try regionLedgers[name]!.metrics("adopted_from_above").count, 2, "\(name) adopted releases from above")
+        }
+        let ids = try topLedger.database.query("SELECT id FROM updates").compactMap { $0[0].string }
+        XCTAssertEqual(ids.count, Set(ids).count, "each update recorded once at the top")
+        print("hierarchy: \(sentUp("north")) + \(sentUp("south")) regional updates at the top, versions \(regionalAfterCut) during the cut")
+    }
+}

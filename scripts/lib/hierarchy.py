@@ -1,0 +1,116 @@
+"""A federation of federations against the flat federation of the same organisations
+(scripts/hierarchy): bytes crossing the top level per trained token, and held-out loss.
+
+Runs `fedlm up` on Topologies/hierarchy.toml (three regions of three trainers, each region with
+its own broker and aggregator) and on Topologies/experiments/flat-9.toml (the same nine
+trainers, data, speeds and budgets under one aggregator), `--runs` times each, alternating.
+
+- Top-level bytes: what crosses the top broker. Flat: every trainer's bytes sent and received
+  (its stats.json). Hierarchy: each regional aggregator's uplink's (its stats.json).
+- Tokens: the top ledger's accepted tokens (in the hierarchy, the regions report theirs).
+- Held-out loss: the top's final model on every data cluster of the demo corpus (`fedlm eval`,
+  mean over clusters); and each region's own final model on its region's clusters, against the
+  flat model on the same clusters.
+"""
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+
+FEDLM = ".build/release/fedlm"
+DATA = "runs/demo-data/shards"
+HIERARCHY = "Topologies/hierarchy.toml"
+FLAT = "Topologies/experiments/flat-9.toml"
+REGIONS = {"germanic": ["en", "de"], "romance": ["es", "it"], "code": ["code", "en"]}
+
+
+def newest_checkpoint(run):
+    db = sqlite3.connect(os.path.join(run, "ledger.sqlite"))
+    (path,) = db.execute("SELECT checkpoint_path FROM versions ORDER BY number DESC LIMIT 1").fetchone()
+    return path
+
+
+def evaluate(checkpoint):
+    out = subprocess.run([FEDLM, "eval", "--checkpoint", checkpoint, "--data", DATA, "--json"], capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout)
+    return {c["cluster"]: c["loss"] for c in report["clusters"]}
+
+
+def stats_bytes(paths):
+    total = 0
+    for p in paths:
+        with open(p) as f:
+            s = json.load(f)
+        total += s["bytesSent"] + s["bytesReceived"]
+    return total
+
+
+def accepted_tokens(run):
+    db = sqlite3.connect(os.path.join(run, "ledger.sqlite"))
+    return db.execute("SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE outcome != 'refused'").fetchone()[0]
+
+
+def run(topology, run_dir, log):
+    with open(log, "w") as f:
+        started = subprocess.run(["date", "+%s.%N"], capture_output=True, text=True).stdout
+        subprocess.run([FEDLM, "up", topology, "--fresh"], stdout=f, stderr=subprocess.STDOUT, check=True)
+        ended = subprocess.run(["date", "+%s.%N"], capture_output=True, text=True).stdout
+    wall = float(ended) - float(started)
+    top = evaluate(newest_checkpoint(run_dir))
+    result = {"wall_seconds": wall, "tokens": accepted_tokens(run_dir), "top_losses": top,
+              "top_loss": statistics.mean(top.values())}
+    if topology == FLAT:
+        trainers = os.path.join(run_dir, "trainers")
+        result["top_bytes"] = stats_bytes([os.path.join(trainers, t, "stats.json") for t in os.listdir(trainers)])
+        result["own_losses"] = {r: statistics.mean(top[c] for c in cs) for r, cs in REGIONS.items()}
+    else:
+        regions = os.path.join(run_dir, "regions")
+        result["top_bytes"] = stats_bytes([os.path.join(regions, r, "uplink", "stats.json") for r in os.listdir(regions)])
+        result["own_losses"] = {}
+        for r, cs in REGIONS.items():
+            own = evaluate(newest_checkpoint(os.path.join(regions, r)))
+            result["own_losses"][r] = statistics.mean(own[c] for c in cs)
+    result["bytes_per_token"] = result["top_bytes"] / max(result["tokens"], 1)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=2, help="runs of each federation (alternating)")
+    parser.add_argument("--out", default="runs/hierarchy-experiment")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    results = {"flat": [], "hierarchy": []}
+    for i in range(args.runs):
+        for name, topology, run_dir in [("flat", FLAT, "runs/flat-9"), ("hierarchy", HIERARCHY, "runs/hierarchy")]:
+            print(f"==> {name}, run {i + 1} of {args.runs}", flush=True)
+            r = run(topology, run_dir, os.path.join(args.out, f"{name}-{i + 1}.log"))
+            print(f"    {r['tokens']} tokens, {r['top_bytes'] / 1e9:.2f} GB across the top ({r['bytes_per_token']:.0f} B/token), "
+                  f"held-out loss {r['top_loss']:.4f}, wall {r['wall_seconds']:.0f} s", flush=True)
+            results[name].append(r)
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+    def med(name, key):
+        return statistics.median(r[key] for r in results[name])
+
+    flat_bpt, hier_bpt = med("flat", "bytes_per_token"), med("hierarchy", "bytes_per_token")
+    flat_loss, hier_loss = med("flat", "top_loss"), med("hierarchy", "top_loss")
+    print(f"\nmedians of {args.runs} runs each")
+    print(f"{'':34}{'flat':>12}{'hierarchy':>12}{'ratio':>10}")
+    print(f"{'bytes across the top per token':34}{flat_bpt:12.0f}{hier_bpt:12.0f}{flat_bpt / hier_bpt:9.2f}x")
+    print(f"{'held-out loss, top model':34}{flat_loss:12.4f}{hier_loss:12.4f}{100 * (hier_loss / flat_loss - 1):+9.2f}%")
+    for r in REGIONS:
+        f_own = statistics.median(x["own_losses"][r] for x in results["flat"])
+        h_own = statistics.median(x["own_losses"][r] for x in results["hierarchy"])
+        label = f"{r} ({'+'.join(REGIONS[r])}): own model"
+        print(f"{label:34}{f_own:12.4f}{h_own:12.4f}{100 * (h_own / f_own - 1):+9.2f}%")
+    print(f"{'wall seconds':34}{med('flat', 'wall_seconds'):12.0f}{med('hierarchy', 'wall_seconds'):12.0f}")
+    print(f"(report: {args.out}/report.json; flat's 'own model' is its one model on the region's clusters)")
+
+
+if __name__ == "__main__":
+    main()
