@@ -226,6 +226,12 @@ public final class FedBuff: AggregationStrategy {
         for i in carriedCounts.indices where c.carries(entry: i) { carriedCounts[i] += 1 }
         buffered += 1
         guard buffered == bufferSize else { return .buffered(count: buffered, needed: bufferSize) }
+        return stepWithBuffer(model: model)
+    }
+
+    /// The K-th update is in: noise (with privacy), then the server optimizer's step with the mean.
+    private func stepWithBuffer(model: ParameterVector) -> AggregationDecision {
+        let b = buffer.pointer
         if let privacy {
             // Gaussian noise on the sum, from a stream only this aggregator knows, one per aggregate.
             var rng = SeededGenerator(seed: noiseSeed &+ UInt64(aggregates) &* 0x9E37_79B9_7F4A_7C15)
@@ -242,6 +248,40 @@ public final class FedBuff: AggregationStrategy {
         carriedCounts = carriedCounts.map { _ in 0 }
         return .applied
     }
+
+    // MARK: Folding updates in as they stream
+
+    /// Whether a whole update may be added to the buffer chunk by chunk while it arrives, so the
+    /// aggregator never holds it whole (`AggregatorCore`'s streaming application): the plain
+    /// mean of K > 1 updates, without clipping or noise (which need the whole update's norm).
+    public var foldsWhileStreaming: Bool { combination == .mean && privacy == nil && maxNorm == nil && bufferSize > 1 }
+
+    /// Adds `sign` · s(staleness) · `values` to the buffer from element `offset` on (sign −1 takes
+    /// a fold back out).
+    public func fold(_ values: UnsafeBufferPointer<Float>, at offset: Int, staleness: Int, sign: Float = 1) {
+        precondition(foldsWhileStreaming, "folding needs the mean of K > 1 updates without clipping or noise")
+        let s = sign * Float(weight.weight(staleness: staleness)), b = buffer.pointer + offset, d = values.baseAddress!
+        parallelFor(values.count, granularity: 16384) { r in for i in r { b[i] += s * d[i] } }
+    }
+
+    /// Why an update of `staleness` would be refused, if it would (checked before and after folding).
+    public func refusal(staleness: Int) -> String? {
+        if staleness < 0 { return "base version is newer than the current model (staleness \(staleness))" }
+        if staleness > maxStaleness { return "staleness \(staleness) exceeds the maximum of \(maxStaleness); fetch the latest release" }
+        return nil
+    }
+
+    /// A whole update completely folded in counts as received: the buffer steps the model when
+    /// it is the K-th.
+    public func completeFolded(model: ParameterVector) -> AggregationDecision {
+        for i in carriedCounts.indices { carriedCounts[i] += 1 }
+        buffered += 1
+        guard buffered == bufferSize else { return .buffered(count: buffered, needed: bufferSize) }
+        return stepWithBuffer(model: model)
+    }
+
+    /// Whether the next update received completes the buffer (and so changes the version).
+    public var nextCompletesBuffer: Bool { buffered + 1 == bufferSize }
 
     /// Makes the buffer K times each tensor's mean over the updates that carry it (so that the
     /// optimizer's 1/K gives the mean): tensor t is scaled by K / k_t.

@@ -197,6 +197,9 @@ public struct SafeTensorsFile {
 
     public var names: [String] { tensors.map(\.name) }
 
+    /// Where tensor `name`'s bytes start in the file (for reading it piece by piece).
+    public func fileOffset(of name: String) -> Int? { tensor(name).map { dataStart + $0.range.lowerBound } }
+
     /// Copies a float tensor into `destination`, checking its dtype and shape first.
     public func copyFloats(_ name: String, shape expected: [Int], into destination: UnsafeMutablePointer<Float>) throws {
         guard let t = tensor(name) else { throw CheckpointError.missingTensor(path: path, name: name) }

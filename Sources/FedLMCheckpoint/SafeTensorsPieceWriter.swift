@@ -15,7 +15,8 @@ public final class SafeTensorsPieceWriter {
     public let temporaryPath: String
     public let count: Int
     private var fd: Int32
-    private let dataOffset: Int
+    /// Where the tensor's bytes start in the file.
+    public let dataOffset: Int
     /// Values written so far, and whether any write failed.
     public private(set) var valuesWritten = 0
     public private(set) var failure: String?
@@ -66,6 +67,26 @@ public final class SafeTensorsPieceWriter {
         fd = -1
         guard rename(temporaryPath, path) == 0 else { throw CheckpointError.io(path: path, reason: "rename: \(String(cString: strerror(errno)))") }
         if sync { AtomicFile.syncDirectory(containing: path) }
+    }
+
+    /// Reads the elements `range` back from the file (written before), before it is committed.
+    public func read(_ range: Range<Int>, into destination: UnsafeMutablePointer<Float>) throws {
+        try Self.read(path: temporaryPath, at: dataOffset + range.lowerBound * 4, count: range.count, into: destination)
+    }
+
+    /// Reads `count` floats at byte `offset` of the file at `path`.
+    public static func read(path: String, at offset: Int, count: Int, into destination: UnsafeMutablePointer<Float>) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw CheckpointError.io(path: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var done = 0
+        let bytes = count * 4
+        while done < bytes {
+            let n = pread(fd, UnsafeMutableRawPointer(destination) + done, bytes - done, off_t(offset + done))
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { throw CheckpointError.io(path: path, reason: n == 0 ? "ends early" : String(cString: strerror(errno))) }
+            done += n
+        }
     }
 
     /// True once `commit` has moved the file to its final path.

@@ -3,6 +3,7 @@ import FedLMCheckpoint
 import FedLMLedger
 import FedLMModel
 import FedLMProtocol
+import FedLMTensor
 import Foundation
 
 /// What the aggregator's service loop must do after the core handled a message.
@@ -192,10 +193,43 @@ public final class AggregatorCore {
     }
 
     /// Where an UPDATE of `count` values streaming in is assembled (`StreamAssembler.destinations`):
-    /// a buffer applied without copies, whose chunks are written to a delta file as they arrive.
-    /// nil for any other size than the model's (the update is refused once it is in).
-    public func incomingUpdate(count: Int) -> PayloadDestination? {
-        count == model.parameters.count ? deltas.incoming(count: count) : nil
+    /// a buffer applied without copies, whose chunks are written to a delta file as they arrive;
+    /// for a large model under FedBuff's plain mean, folded into the buffer chunk by chunk as
+    /// they arrive (`FoldingDelta`: the update is never held whole). nil for any other size than
+    /// the model's (the update is refused once it is in).
+    public func incomingUpdate(_ info: UpdateInfo, count: Int) -> PayloadDestination? {
+        guard count == model.parameters.count else { return nil }
+        if let fold = foldingDestination(info, count: count) { return fold }
+        return deltas.incoming(count: count)
+    }
+
+    /// Updates of this many bytes (F32) or more are folded in as they stream, where the strategy
+    /// allows it.
+    public var foldingBytes = 64 << 20
+
+    /// The whole update being folded into the buffer as it streams in (one at a time; gone with
+    /// its transfer).
+    private weak var activeFold: FoldingDelta?
+
+    /// A folding destination for `info` if streaming application applies: FedBuff's plain mean,
+    /// no personalized heads, a large model, no other fold under way, and nothing that would
+    /// refuse the update already known from its header.
+    private func foldingDestination(_ info: UpdateInfo, count: Int) -> FoldingDelta? {
+        guard let fedbuff = strategy as? FedBuff, fedbuff.foldsWhileStreaming, heads == nil, count * 4 >= foldingBytes, activeFold == nil,
+              knownTrainers[info.trainerID] != nil, info.cluster == nil, fedbuff.refusal(staleness: version - info.baseVersion) == nil,
+              version - info.baseVersion <= config.maxStaleness, (try? ledger.update(id: info.updateID)) == nil else { return nil }
+        let fold = deltas.folding(info, count: count, into: fedbuff, staleness: version - info.baseVersion)
+        activeFold = fold
+        return fold
+    }
+
+    /// Runs `change` (which may step the model or save the buffer) with the half-arrived update
+    /// taken out of the buffer, and folds it back in with the staleness after it.
+    private func withoutActiveFold<T>(_ change: () throws -> T) rethrows -> T {
+        guard let fold = activeFold, fold.foldedStaleness != nil else { return try change() }
+        fold.unfold()
+        defer { fold.refold(staleness: version - fold.info.baseVersion) }
+        return try change()
     }
 
     /// The current model as a RELEASE: the global model, or a cluster's (global trunk, its head).
@@ -272,6 +306,7 @@ public final class AggregatorCore {
     }
 
     private func handleUpdate(_ info: UpdateInfo, _ payload: TensorPayload, now: Double) throws -> Message {
+        if let fold = payload.destination as? FoldingDelta { return try handleFolded(info, fold, payload, now: now) }
         if let earlier = try earlierVerdict(info) { return earlier }
         func refuse(_ e: ProtocolError, staleness: Int = 0, norm: Double = 0) throws -> Message {
             try self.refuse(info, e, staleness: staleness, norm: norm, now: now)
@@ -342,14 +377,17 @@ public final class AggregatorCore {
             else if let carried { try deltas.write(delta, carried: carried, updateID: info.updateID, sync: sync) }
             else { try deltas.write(UnsafeBufferPointer(start: delta.pointer, count: delta.count), updateID: info.updateID, sync: sync) }
         mark("write delta")
-        let decision = strategy.receive(Contribution(delta: delta, carried: carried, base: recentVersions[info.baseVersion], staleness: staleness,
-                                                     dataWeight: Double(max(info.tokens, 1)), trainer: info.trainerID),
-                                        model: model.parameters)
+        let decision = withoutActiveFold {
+            let d = strategy.receive(Contribution(delta: delta, carried: carried, base: recentVersions[info.baseVersion], staleness: staleness,
+                                                  dataWeight: Double(max(info.tokens, 1)), trainer: info.trainerID),
+                                     model: model.parameters)
+            if d == .applied { version += 1 }
+            return d
+        }
         if case .refused(let why) = decision {
             deltas.retire([deltaPath])
             return try refuse(ProtocolError(.tooStale, why), staleness: staleness)
         }
-        if decision == .applied { version += 1 }
         var headVersionAfter: Int?
         if let heads, let c = info.cluster, let hs = headStaleness {
             _ = heads.receive(delta: delta, carried: carried, cluster: c, staleness: hs, dataWeight: Double(max(info.tokens, 1)),
@@ -382,12 +420,64 @@ public final class AggregatorCore {
     /// carried over (`RegionalRounds`). A new version no update explains, so it is checkpointed
     /// at once and no replay ever crosses it.
     public func adopt(from above: Int, _ move: (UnsafeMutablePointer<Float>) -> Void) throws {
-        move(model.parameters.pointer)
-        version += 1
+        withoutActiveFold {
+            move(model.parameters.pointer)
+            version += 1
+        }
         try ledger.recordMetric("adopted_from_above", Double(above), version: version)
         rememberVersion()
         try checkpoint()
         log("adopted version \(above) from above -> version \(version)")
+    }
+
+    /// A whole update that was folded into the buffer as it arrived (`FoldingDelta`): the same
+    /// checks as any update, its fold taken out again if it is refused; else its file committed
+    /// and it counts as received.
+    private func handleFolded(_ info: UpdateInfo, _ fold: FoldingDelta, _ payload: TensorPayload, now: Double) throws -> Message {
+        fold.settled = true
+        if activeFold === fold { activeFold = nil }
+        func refuse(_ e: ProtocolError, staleness: Int = 0, norm: Double = 0) throws -> Message {
+            fold.unfold()
+            return try self.refuse(info, e, staleness: staleness, norm: norm, now: now)
+        }
+        if let earlier = try earlierVerdict(info) {
+            fold.unfold()
+            return earlier
+        }
+        guard knownTrainers[info.trainerID] != nil else {
+            fold.unfold()
+            return .error(ErrorReply(code: .unknownTrainer, detail: "say HELLO first", refersTo: info.updateID))
+        }
+        if fold.poisoned { return try refuse(ProtocolError(.nonFinite, "the update holds values that are not finite")) }
+        let staleness = version - info.baseVersion
+        precondition(fold.foldedStaleness == staleness, "a fold's weight follows every version change")
+        guard let fedbuff = strategy as? FedBuff else { return try refuse(ProtocolError(.malformed, "folded update without FedBuff")) }
+        if let why = fedbuff.refusal(staleness: staleness) ?? (staleness > config.maxStaleness ? "staleness \(staleness) exceeds \(config.maxStaleness)" : nil) {
+            return try refuse(ProtocolError(.tooStale, why), staleness: staleness)
+        }
+        let norm = (payload.sumOfSquares ?? 0).squareRoot()
+        if config.normPolicy == .refuse, let bound = config.maxUpdateNorm, norm > bound {
+            return try refuse(ProtocolError(.normTooLarge, "update norm \(String(format: "%.4g", norm)) exceeds max_update_norm \(bound)"),
+                              staleness: staleness, norm: norm)
+        }
+        let deltaPath: String
+        do { deltaPath = try deltas.commit(fold, updateID: info.updateID, sync: config.durability == .machine) } catch {
+            // Not the update's fault: the trainer sends it again.
+            fold.unfold()
+            log("cannot keep update \(info.updateID): \(error)")
+            return .error(ErrorReply(code: .unavailable, detail: "the aggregator could not store the update; send it again", refersTo: info.updateID))
+        }
+        let decision = fedbuff.completeFolded(model: model.parameters)
+        if decision == .applied { version += 1 }
+        try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: nil, baseVersion: info.baseVersion,
+                                      staleness: staleness, weight: StalenessWeightOf(config).weight(staleness), norm: norm,
+                                      tokens: info.tokens, outcome: decision == .applied ? .applied : .buffered,
+                                      versionAfter: version, deltaPath: deltaPath, reason: nil, receivedAt: now))
+        if decision == .applied {
+            rememberVersion()
+            if version - lastCheckpointedVersion >= checkpointInterval { try checkpoint() }
+        }
+        return .ack(Ack(updateID: info.updateID, outcome: decision == .applied ? .applied : .buffered, version: version))
     }
 
     /// Forgets trainers silent for longer than the timeout (they re-register with HELLO) and
@@ -431,6 +521,10 @@ public final class AggregatorCore {
 
     /// Checkpoints the model and the strategy's state as version `version`, then records it.
     public func checkpoint() throws {
+        try withoutActiveFold { try writeCheckpoint() }
+    }
+
+    private func writeCheckpoint() throws {
         let dir = checkpointsDirectory + "/v\(version)"
         let statePath = runDirectory + "/.aggregator_state.safetensors"
         try SafeTensors.write(Checkpoint.tensorSources(of: strategy.stateVectors), metadata: strategy.stateScalars.mapValues { String($0) }.merging(["strategy": strategy.name]) { a, _ in a }, to: statePath)
@@ -497,6 +591,16 @@ public final class AggregatorCore {
         for u in pending {
             guard let path = u.deltaPath else {
                 throw FederationError.replayDiverged("the pseudo-gradient of update \(u.id) is no longer kept")
+            }
+            // A large whole update under FedBuff's plain mean is folded in piece by piece, as it was received.
+            if let fedbuff = strategy as? FedBuff, fedbuff.foldsWhileStreaming, heads == nil, u.cluster == nil,
+               model.parameters.count * 4 >= FloatBuffer.mappedBytes,
+               try DeltaFiles.forEachPiece(path, count: model.parameters.count, { fedbuff.fold($0, at: $1, staleness: u.staleness) }) {
+                if fedbuff.completeFolded(model: model.parameters) == .applied { version += 1 }
+                guard version == u.versionAfter else {
+                    throw FederationError.replayDiverged("update \(u.id) gave version \(version), the ledger says \(u.versionAfter)")
+                }
+                continue
             }
             let delta = ParameterVector(layout: model.layout)
             let carried = try DeltaFiles.read(path, into: delta)

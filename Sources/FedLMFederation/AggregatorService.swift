@@ -154,7 +154,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         var lastHeartbeat = 0.0
         var transfers = IncomingTransfers(codec: codec)
         // Updates stream straight into their delta files (this loop is the only caller).
-        transfers.destinations = { [self] _, count in core.incomingUpdate(count: count) }
+        transfers.destinations = { [self] info, count in core.incomingUpdate(info, count: count) }
         var streamStarted: [String: Double] = [:]  // for FEDLM_TRACE_TIMING
         var published: [String: String] = [:]
         var evaluated = -1
@@ -178,11 +178,12 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
             if now - lastHeartbeat > 0.5 {
                 try dealer.send([[]] + codec.encode(.heartbeat))
                 lastHeartbeat = now
+                // Under the lock: a dropped transfer may take its folded values out of the buffer.
                 try withCore { core in
                     try core.expireSilentTrainers(now: now)
                     try core.adoptNewClusters()
+                    for peer in transfers.expire(now: now) { logger.warning("dropped the unfinished transfer from \(peer) after silence") }
                 }
-                for peer in transfers.expire(now: now) { logger.warning("dropped the unfinished transfer from \(peer) after silence") }
             }
             let tPoll = Date().timeIntervalSince1970
             guard try dealer.poll(timeout: 100) else { continue }

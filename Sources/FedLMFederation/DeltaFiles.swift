@@ -1,3 +1,4 @@
+import FedLMAggregation
 import FedLMCheckpoint
 import FedLMModel
 import FedLMProtocol
@@ -84,13 +85,42 @@ struct DeltaFiles {
     /// (a spare when there is one) as they arrive; nil if no file can be opened (the update is
     /// then assembled in an array and written whole).
     func incoming(count: Int) -> IncomingDelta? {
+        writer(count: count).map { IncomingDelta(writer: $0, pool: pool) }
+    }
+
+    /// Room for a whole update folded into FedBuff's buffer as it streams in (`FoldingDelta`).
+    func folding(_ info: UpdateInfo, count: Int, into strategy: FedBuff, staleness: Int) -> FoldingDelta? {
+        writer(count: count).map { FoldingDelta(info, writer: $0, pool: pool, strategy: strategy, staleness: staleness) }
+    }
+
+    private func writer(count: Int) -> SafeTensorsPieceWriter? {
         let temporary = directory + "/incoming-\(UInt64.random(in: 0...UInt64.max)).safetensors"
         let spare = pool.take()
         guard let writer = try? SafeTensorsPieceWriter(name: "delta", count: count, temporaryPath: temporary, reusing: spare) else {
             if let spare { pool.put(spare) }
             return nil
         }
-        return IncomingDelta(writer: writer, pool: pool)
+        return writer
+    }
+
+    /// Calls `body` with a whole update's values from its file, about 1 MiB at a time, with
+    /// each piece's offset (a replay that never holds the update whole). False if the file holds
+    /// a partial update.
+    static func forEachPiece(_ path: String, count: Int, _ body: (UnsafeBufferPointer<Float>, Int) -> Void) throws -> Bool {
+        let file = try SafeTensorsFile(path: path)
+        guard let t = file.tensor("delta"), let offset = file.fileOffset(of: "delta") else { return false }
+        guard t.dtype == .f32, t.shape == [count] else {
+            throw FederationError.replayDiverged("\(path) holds \(t.shape) \(t.dtype.rawValue) values, the model \(count) F32")
+        }
+        let piece = FoldingDelta.pieceValues
+        let buffer = UnsafeMutablePointer<Float>.allocate(capacity: piece)
+        defer { buffer.deallocate() }
+        for start in stride(from: 0, to: count, by: piece) {
+            let n = min(piece, count - start)
+            try SafeTensorsPieceWriter.read(path: path, at: offset + start * 4, count: n, into: buffer)
+            body(UnsafeBufferPointer(start: buffer, count: n), start)
+        }
+        return true
     }
 
     /// The update's file from what `incoming` wrote; written whole from its values if a piece
@@ -98,6 +128,7 @@ struct DeltaFiles {
     func commit(_ incoming: IncomingDelta, updateID: String, sync: Bool) throws -> String {
         let path = path(for: updateID)
         do { try incoming.writer.commit(to: path, sync: sync) } catch {
+            if incoming.releasedPages { throw error }
             try SafeTensors.write([.init(name: "delta", dtype: .f32, shape: [incoming.storage.count],
                                          bytes: UnsafeRawBufferPointer(incoming.storage.buffer))], to: path, sync: sync)
         }
@@ -148,13 +179,15 @@ final class SparePool: @unchecked Sendable {
 /// An update's values as they stream in (`PayloadDestination`): assembled in a buffer the
 /// aggregator applies without copying, each chunk also written to the update's file. If the
 /// update is not committed (refused, or its transfer abandoned), its file goes back to the spares.
-final class IncomingDelta: PayloadDestination, @unchecked Sendable {
+class IncomingDelta: PayloadDestination, @unchecked Sendable {
     let storage: FloatBuffer
     let writer: SafeTensorsPieceWriter
     private let pool: SparePool
+    /// Whether some of `storage` was given back (its values are then only in the file).
+    var releasedPages = false
 
-    init(writer: SafeTensorsPieceWriter, pool: SparePool) {
-        storage = FloatBuffer(uninitializedCount: writer.count)
+    init(writer: SafeTensorsPieceWriter, pool: SparePool, storage: FloatBuffer? = nil) {
+        self.storage = storage ?? FloatBuffer(uninitializedCount: writer.count)
         self.writer = writer
         self.pool = pool
     }
@@ -164,6 +197,10 @@ final class IncomingDelta: PayloadDestination, @unchecked Sendable {
     var values: UnsafeMutableBufferPointer<Float> { storage.buffer }
 
     func received(_ range: Range<Int>) {
+        write(range)
+    }
+
+    func write(_ range: Range<Int>) {
         writer.write(UnsafeBufferPointer(rebasing: storage.buffer[range]), at: range.lowerBound)
     }
 }

@@ -17,8 +17,14 @@ public struct WireCodec: Sendable {
     public static let version: UInt8 = 2
     public static let magic = Array("FEDLM".utf8)
 
-    public var maxHeaderBytes = 64 * 1024
-    /// Largest tensor payload accepted, in FP32 values (default: 256M values = 1 GiB).
+    /// The largest header accepted: 64 KiB, plus room for one checksum (at most 11 bytes of
+    /// JSON) per chunk of the largest payload accepted (`maxValues`) in chunks of `chunkBytes`:
+    /// a 1.3B-parameter update's header holds 5,011 checksums.
+    public var maxHeaderBytes: Int {
+        get { headerLimit ?? 64 * 1024 + 12 * ((maxValues * 4 + chunkBytes - 1) / max(chunkBytes, 1)) }
+        set { headerLimit = newValue }
+    }
+    private var headerLimit: Int?
     /// The most tensor values a message may announce (a receiver allocates for them). Peers
     /// that hold a model raise it to the model's size; the broker, which never allocates for
     /// values, to `WireCodec.forwardingMaxValues`.

@@ -30,14 +30,33 @@ public final class FloatBuffer: @unchecked Sendable {
         (pointer, mapped) = Self.allocate(count)
     }
 
-    private static func allocate(_ count: Int) -> (UnsafeMutablePointer<Float>, mapped: Bool) {
+    /// A mapped buffer of any size (zero), whose pages `releasePages` can give back.
+    public init(mappedCount count: Int) {
+        self.count = count
+        (pointer, mapped) = Self.allocate(count, map: true)
+    }
+
+    public var isMapped: Bool { mapped }
+
+    /// Gives the memory of the whole pages within elements `range` back to the kernel (a mapped
+    /// buffer only; they read as zero afterwards).
+    public func releasePages(_ range: Range<Int>) {
+        guard mapped else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (range.lowerBound * 4 + page - 1) / page * page
+        let end = range.upperBound == count ? (count * 4 + page - 1) / page * page : range.upperBound * 4 / page * page
+        guard end > start else { return }
+        madvise(UnsafeMutableRawPointer(pointer) + start, end - start, Int32(MADV_DONTNEED))
+    }
+
+    private static func allocate(_ count: Int, map: Bool = false) -> (UnsafeMutablePointer<Float>, mapped: Bool) {
         precondition(count >= 0, "FloatBuffer count must be non-negative, got \(count)")
         let bytes = max(count, 1) * MemoryLayout<Float>.stride
-        if bytes >= mappedBytes {
+        if bytes >= mappedBytes || map {
             guard let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), raw != MAP_FAILED else {
                 fatalError("FloatBuffer: cannot map \(bytes) bytes")
             }
-            return (raw.bindMemory(to: Float.self, capacity: count), true)
+            return (raw.bindMemory(to: Float.self, capacity: max(count, 1)), true)
         }
         var raw: UnsafeMutableRawPointer?
         guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
@@ -52,7 +71,7 @@ public final class FloatBuffer: @unchecked Sendable {
     }
 
     deinit {
-        if mapped { munmap(pointer, count * MemoryLayout<Float>.stride) } else { free(pointer) }
+        if mapped { munmap(pointer, max(count, 1) * MemoryLayout<Float>.stride) } else { free(pointer) }
     }
 
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: pointer, count: count) }

@@ -37,6 +37,44 @@ final class DataFlowTests: XCTestCase {
         XCTAssertTrue(out.contains("the "), out)
     }
 
+    /// `fedlm tokenizer encode` takes its text as an argument, from a file or from standard input,
+    /// and gives the same ids each way; a file far larger than an argument may be (400 KB) works.
+    func testTokenizerEncodesAnArgumentAFileAndStandardInputAlike() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let d = scratch.dir
+        var (status, out) = try FedLMProcess.run(["tokenizer", "train", "--vocab", "300", "--out", d + "/tok.json", scratch.corpus])
+        XCTAssertEqual(status, 0, out)
+        let corpus = try String(contentsOfFile: scratch.corpus, encoding: .utf8)
+        var big = corpus
+        while big.utf8.count < 400_000 { big += corpus }
+        try big.write(toFile: d + "/big.txt", atomically: true, encoding: .utf8)
+        try "the quick fox".write(toFile: d + "/short.txt", atomically: true, encoding: .utf8)
+        func ids(_ arguments: [String], stdin: String? = nil) throws -> [Int] {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: FedLMProcess.binary)
+            p.arguments = ["tokenizer", "encode", "--tokenizer", d + "/tok.json"] + arguments
+            let output = Pipe()
+            p.standardOutput = output
+            if let stdin { p.standardInput = FileHandle(forReadingAtPath: stdin) }
+            try p.run()
+            let data = output.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            XCTAssertEqual(p.terminationStatus, 0)
+            return String(decoding: data, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }).map { Int($0)! }
+        }
+        let fromArgument = try ids(["the quick fox"])
+        XCTAssertFalse(fromArgument.isEmpty)
+        XCTAssertEqual(try ids(["--file", d + "/short.txt"]), fromArgument)
+        XCTAssertEqual(try ids([], stdin: d + "/short.txt"), fromArgument)
+        let fromFile = try ids(["--file", d + "/big.txt"])
+        XCTAssertGreaterThan(fromFile.count, 400_000 / 8, "the whole file")
+        XCTAssertEqual(try ids(["-"], stdin: d + "/big.txt"), fromFile)
+        (status, out) = try FedLMProcess.run(["tokenizer", "encode", "--tokenizer", d + "/tok.json", "--file", d + "/missing.txt"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(out.contains("missing.txt"), out)
+    }
+
     func testPrepareReportsABadJSONLLineWithItsLocation() throws {
         let scratch = try Scratch()
         defer { scratch.remove() }

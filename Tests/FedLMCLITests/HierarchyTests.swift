@@ -5,11 +5,13 @@ import XCTest
 /// A federation of federations as it runs: a top broker and aggregator, two regions each with
 /// its own broker, aggregator and two trainers, all separate processes over TCP loopback. A
 /// regional aggregator and then the top aggregator are SIGKILLed and restarted, and the top
-/// broker is stopped for a while (the regions' uplink cut) and started again.
+/// broker is stopped for a while (the regions' uplink cut) and started again. The top keeps a
+/// personalized model per region (`[clusters]` named after the regions).
 final class HierarchyTests: XCTestCase {
     func testRegionsTrainThroughKillsAtBothLevelsAndAnUplinkOutageAndEveryTokenReachesTheTopOnce() throws {
         let trainer = { (name: String) in SmallFederation.trainer(name, "local_steps = 3", "tokens = 14000", "ack_timeout = 2.0") }
-        let f = try SmallFederation(SmallFederation.fedbuff("max_staleness = 50", "checkpoint_every = 2", "durability = \"process\""))
+        let f = try SmallFederation(SmallFederation.fedbuff("max_staleness = 50", "checkpoint_every = 2", "durability = \"process\"",
+                                                                    "[clusters]", "names = [\"north\", \"south\"]"))
         defer { f.scratch.remove() }
         let port = Int(f.trainersAddress.split(separator: ":").last!)!
         func region(_ name: String, _ offset: Int, trainers: [String]) -> String {
@@ -116,6 +118,8 @@ final class HierarchyTests: XCTestCase {
             XCTAssertGreaterThanOrEqual(regionTokens, 28000, "\(name)'s trainers' budgets all accepted in the region")
             XCTAssertEqual(topTokens, regionTokens, "\(name)'s tokens at the top")
             XCTAssertGreaterThan(try regionLedgers[name]!.metrics("adopted_from_above").count, 2, "\(name) adopted releases from above")
+            XCTAssertEqual(topCount("SELECT COUNT(*) FROM updates WHERE trainer = 'region-\(name)' AND (cluster IS NULL OR cluster != '\(name)')"), 0,
+                           "\(name)'s updates went to its own personalized model above")
         }
         let ids = try topLedger.database.query("SELECT id FROM updates").compactMap { $0[0].string }
         XCTAssertEqual(ids.count, Set(ids).count, "each update recorded once at the top")

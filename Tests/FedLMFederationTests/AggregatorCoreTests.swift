@@ -179,7 +179,7 @@ final class AggregatorCoreTests: XCTestCase {
                 let payload = TensorPayload(specs: c.specs, encoded: encoded)
                 applied.append(payload.values)
                 var assembler = StreamAssembler(codec: codec)
-                assembler.destinations = { _, count in core.incomingUpdate(count: count) }
+                assembler.destinations = { info, count in core.incomingUpdate(info, count: count) }
                 var message: Message?
                 for m in MessageStream.split(codec.encode(.update(UpdateInfo(updateID: "c\(i)", trainerID: "t1", baseVersion: max(0, c.version - 1),
                                                                               tokens: 64, localSteps: 4), payload))) {
@@ -198,6 +198,88 @@ final class AggregatorCoreTests: XCTestCase {
         XCTAssertEqual(try reopened.ledger.versions().map(\.number), [0], "only the initial checkpoint: all seven replay")
         XCTAssertEqual(reopened.version, version)
         XCTAssertEqual(reopened.model.parameters.storage.array.map(\.bitPattern), expected.map(\.bitPattern))
+    }
+
+    /// Streaming application: updates folded into FedBuff's buffer chunk by chunk as they arrive
+    /// (never held whole) give the model that applying them whole, in the order they completed,
+    /// gives (to float rounding): also when other updates complete the buffer and a checkpoint is
+    /// taken while one is half in, when one is abandoned midway, and when one holds a NaN. A
+    /// restart replays to the same model.
+    func testUpdatesFoldedInWhileTheyStreamGiveTheModelOfWholeUpdates() throws {
+        let shape = GPT2Config(layers: 1, embedding: 32, heads: 2, context: 8, vocabulary: 64)
+        var k3 = config
+        k3.bufferSize = 3
+        k3.checkpointEvery = 100
+        k3.maxStaleness = 50
+        var codec = WireCodec()
+        codec.chunkBytes = 8192  // two pages a chunk: each chunk's memory is given back
+        func open(_ name: String) throws -> AggregatorCore {
+            try AggregatorCore(runDirectory: dir + "/" + name, config: k3, initialModel: try GPT2Model(config: shape, seed: 1))
+        }
+        let folding = try open("folding"), whole = try open("whole")
+        folding.foldingBytes = 0
+        whole.foldingBytes = .max
+        for c in [folding, whole] { _ = try c.handle(.hello(Hello(trainerID: "t1")), from: "p") }
+        let n = folding.model.parameters.count
+        func message(_ i: Int, base: Int, nan: Bool = false) -> Message {
+            var v = (0..<n).map { Float(($0 * 7 + i * 13) % 23 - 11) * 1e-3 }
+            if nan { v[n / 2] = .nan }
+            return .update(UpdateInfo(updateID: "u\(i)", trainerID: "t1", baseVersion: base, tokens: 64, localSteps: 4),
+                           TensorPayload(specs: folding.specs, values: v))
+        }
+        nonisolated(unsafe) let f = folding
+        func assembler() -> StreamAssembler {
+            var a = StreamAssembler(codec: codec)
+            a.destinations = { info, count in f.incomingUpdate(info, count: count) }
+            return a
+        }
+        func streamed(_ m: Message, _ a: inout StreamAssembler, parts: Range<Int>? = nil) throws -> Message? {
+            let messages = MessageStream.split(codec.encode(m))
+            var out: Message?
+            for part in messages[parts ?? messages.indices] { out = try a.accept(part) }
+            return out
+        }
+        func deliver(_ i: Int, base: Int) throws {
+            var a = assembler()
+            let m = try XCTUnwrap(try streamed(message(i, base: base), &a), "u\(i) assembled")
+            guard case .ack? = reply(try folding.handle(m, from: "p")) else { return XCTFail("u\(i) folded not acknowledged") }
+            guard case .ack? = reply(try whole.handle(message(i, base: base), from: "p")) else { return XCTFail("u\(i) whole not acknowledged") }
+        }
+        try deliver(0, base: 0)
+        // u1 streams in halfway (folded); u2 and u3 complete meanwhile (assembled: one fold at a
+        // time) and step the model; a checkpoint is taken; then u1 completes, one version stale.
+        var a1 = assembler()
+        let u1 = message(1, base: 0)
+        let half = MessageStream.split(codec.encode(u1)).count / 2
+        XCTAssertNil(try streamed(u1, &a1, parts: 0..<half))
+        try deliver(2, base: 0)
+        try deliver(3, base: 0)
+        XCTAssertEqual(folding.version, 1)
+        try folding.checkpoint()
+        let rest = try XCTUnwrap(try streamed(u1, &a1, parts: half..<MessageStream.split(codec.encode(u1)).count))
+        guard case .ack? = reply(try folding.handle(rest, from: "p")) else { return XCTFail("u1 not acknowledged") }
+        guard case .ack? = reply(try whole.handle(u1, from: "p")) else { return XCTFail("u1 whole not acknowledged") }
+        // u4 is abandoned halfway (its transfer dropped); u5 holds a NaN.
+        do {
+            var a4 = assembler()
+            XCTAssertNil(try streamed(message(4, base: 1), &a4, parts: 0..<half))
+        }
+        var a5 = assembler()
+        XCTAssertThrowsError(try streamed(message(5, base: 1, nan: true), &a5), "a NaN is refused")
+        try deliver(6, base: 1)
+        try deliver(7, base: 1)
+        XCTAssertEqual(folding.version, 2)
+        XCTAssertEqual(whole.version, 2)
+        func maxDifference(_ a: AggregatorCore, _ b: AggregatorCore) -> Float {
+            zip(a.model.parameters.storage.array, b.model.parameters.storage.array).map { abs($0 - $1) }.max() ?? .infinity
+        }
+        XCTAssertLessThan(maxDifference(folding, whole), 1e-6, "folded as they streamed = applied whole")
+        XCTAssertGreaterThan(zip(folding.model.parameters.storage.array, try GPT2Model(config: shape, seed: 1).parameters.storage.array)
+            .map { abs($0 - $1) }.max()!, 1e-3, "the updates moved the model")
+        XCTAssertEqual(try folding.ledger.acceptedUpdateIDs(), ["u0", "u1", "u2", "u3", "u6", "u7"])
+        let reopened = try open("folding")
+        XCTAssertEqual(reopened.version, 2)
+        XCTAssertLessThan(maxDifference(reopened, folding), 1e-6, "a restart replays the folded updates to the same model")
     }
 
     /// With release steps, a trainer that holds version u receives compressed steps to the

@@ -181,7 +181,7 @@ final class UpdateBench {
             p.encodeT.append(now() - t0)
             let stream = MessageStream.split(codec.encode(message))
             var assembler = StreamAssembler(codec: codec)
-            assembler.destinations = { _, count in partsCore.incomingUpdate(count: count) }
+            assembler.destinations = { info, count in partsCore.incomingUpdate(info, count: count) }
             t0 = now()
             var decoded: Message?
             for m in stream { decoded = try assembler.accept(m) }

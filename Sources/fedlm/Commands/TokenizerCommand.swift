@@ -37,12 +37,28 @@ struct TokenizerCommand: ParsableCommand {
     }
 
     struct Encode: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Print the token ids of a text.")
+        static let configuration = CommandConfiguration(abstract: "Print the token ids of a text, a file or standard input.",
+            discussion: "The text is encoded as one byte sequence, exactly as given (no trailing newline is added or removed).")
         @Option(help: "tokenizer.json") var tokenizer: String
-        @Argument(help: "Text to encode.") var text: String
+        @Option(help: "Encode this file instead of TEXT.") var file: String?
+        @Argument(help: "Text to encode; '-' or nothing (without --file) reads standard input.") var text: String?
+
+        func validate() throws {
+            if file != nil, text != nil { throw ValidationError("give TEXT or --file, not both") }
+        }
+
         func run() throws {
             let t = try TokenizerFile.load(path: tokenizer)
-            print(t.encode(text).map(String.init).joined(separator: " "))
+            let bytes: [UInt8]
+            if let file {
+                guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("--file \(file): cannot read it") }
+                bytes = [UInt8](data)
+            } else if let text, text != "-" {
+                bytes = Array(text.utf8)
+            } else {
+                bytes = [UInt8](FileHandle.standardInput.readDataToEndOfFile())
+            }
+            print(t.encodeParallel(bytes).map(String.init).joined(separator: " "))
         }
     }
 
