@@ -60,6 +60,7 @@ import TOMLKit
 ///     memory_budget = "300MiB"              # optional: a partial trainer training the most of the model that fits
 ///     train = ["transformer.h.{last}.*", "transformer.ln_f.*"]   # or: exactly these tensors (globs)
 ///     micro_batch = 4                       # optional: sequences per pass (gradients accumulated over the batch)
+///     broker = "tcp://relay.example:5555"   # optional: where this trainer reaches its broker (default: [broker] trainers)
 ///
 ///     [security]                            # optional: CURVE on every socket (default: plaintext)
 ///     keys = "keys"                         # key pairs: broker, aggregator, <trainer name>, ... (`fedlm keys generate`)
@@ -70,7 +71,10 @@ import TOMLKit
 ///
 ///     [supervision]                         # optional: how `fedlm up` keeps the federation running
 ///     on_failure = "restart"                # a role process that dies is restarted (restart) or ends the run (stop)
-///     max_restarts = 3                      # restarts of one process before the run stops
+///     max_restarts = 3                      # restarts of one process before the run stops (within restart_window)
+///     restart_delay = 1.0                   # seconds before a restart, doubling with each further one (backoff)
+///     max_restart_delay = 30.0              #   up to this
+///     restart_window = 60.0                 # optional: max_restarts failures within this many seconds are a crash loop
 ///     trainer_silence = 15.0                # seconds without a word from the broker before a trainer says so
 ///
 ///     [wire]                                # optional: how updates and releases travel (default: F32, no overlap)
@@ -100,6 +104,7 @@ import TOMLKit
 ///     upstream_seconds = 60.0               #   optional: or this many seconds (with at least one version)
 ///     cluster = "north"                     #   with [clusters] up here: its personalized model (default: its name)
 ///     ack_timeout = 30.0                    #   seconds before its unacknowledged update is resent
+///     upstream = "tcp://relay.example:5555" #   optional: where it reaches the broker above (default: [broker] trainers)
 ///     run_directory = "runs/x/regions/north" #  default: <run_directory>/regions/<name>
 ///     [region.broker]                       #   its own broker (every endpoint distinct from every other level's)
 ///     trainers = "tcp://127.0.0.1:5655"
@@ -144,6 +149,9 @@ public struct Topology: Sendable {
         public var train: [String]? = nil
         public var memoryBudget: Int? = nil
         public var microBatch: Int? = nil
+        /// Where this trainer reaches its broker, if not at the level's `trainers` endpoint (a
+        /// relay, a public address).
+        public var broker: String? = nil
     }
 
     public var path: String
@@ -247,8 +255,8 @@ public struct Topology: Sendable {
     /// One `[[region]]`: a topology of its own below `above`, whose aggregator reports upward.
     private static func parseRegion(_ rt: TOMLReader, above: Topology) throws -> Topology {
         let p = rt.prefix
-        try rt.allowOnly(["name", "run_directory", "cluster", "upstream_every", "upstream_seconds", "ack_timeout", "broker", "aggregation",
-                          "clusters", "trainer"])
+        try rt.allowOnly(["name", "run_directory", "cluster", "upstream_every", "upstream_seconds", "ack_timeout", "upstream", "broker",
+                          "aggregation", "clusters", "trainer"])
         guard let name = try rt.string("name"), ClusterConfig.isValidName(name) else {
             throw rt.fail("'\(p)name' is required: letters, digits, '-', '_' and '.' (at most 64)")
         }
@@ -271,7 +279,10 @@ public struct Topology: Sendable {
         r.name = above.name + "/" + name
         r.runDirectory = try rt.string("run_directory") ?? above.runDirectory + "/regions/" + name
         r.regions = []
-        r.upstream = Upstream(region: name, endpoints: above.endpoints, cluster: cluster, everyVersions: every, seconds: seconds, ackTimeout: ackTimeout)
+        var upstreamEndpoints = above.endpoints
+        if let address = try rt.string("upstream") { upstreamEndpoints.trainers = address }
+        r.upstream = Upstream(region: name, endpoints: upstreamEndpoints, cluster: cluster, everyVersions: every, seconds: seconds,
+                              ackTimeout: ackTimeout)
         guard let b = try rt.table("broker") else { throw rt.fail("'\(p)broker' is required: the region's own broker endpoints") }
         try b.allowOnly(["trainers", "aggregator", "publish", "releases"])
         func endpoint(_ key: String) throws -> String {
@@ -375,7 +386,19 @@ public struct Topology: Sendable {
 
     /// `[supervision]`: what `fedlm up` does when a process dies, and the trainers' silence warning.
     private static func parseSupervision(_ sv: TOMLReader, into t: inout Topology) throws {
-        try sv.allowOnly(["on_failure", "max_restarts", "trainer_silence"])
+        try sv.allowOnly(["on_failure", "max_restarts", "trainer_silence", "restart_delay", "max_restart_delay", "restart_window"])
+        if let d = try sv.double("restart_delay") {
+            guard d >= 0 else { throw sv.fail("'supervision.restart_delay' must be >= 0 (seconds)") }
+            t.supervision.restartDelay = d
+        }
+        if let d = try sv.double("max_restart_delay") {
+            guard d >= t.supervision.restartDelay else { throw sv.fail("'supervision.max_restart_delay' must be >= restart_delay") }
+            t.supervision.maxRestartDelay = d
+        }
+        if let w = try sv.double("restart_window") {
+            guard w > 0 else { throw sv.fail("'supervision.restart_window' must be > 0 (seconds)") }
+            t.supervision.restartWindow = w
+        }
         if let f = try sv.string("on_failure") {
             guard let onFailure = SupervisionPolicy.OnFailure(rawValue: f) else { throw sv.fail("'supervision.on_failure' is '\(f)', not restart or stop") }
             t.supervision.onFailure = onFailure
@@ -418,7 +441,7 @@ public struct Topology: Sendable {
     private static func parseTrainer(_ tt: TOMLReader, clusterNames: [String]?) throws -> Trainer {
         let p = tt.prefix
         try tt.allowOnly(["name", "clusters", "local_steps", "time_budget", "tokens", "slowdown", "ack_timeout", "cluster", "attack",
-                       "attack_scale", "fresh_base_wait", "train", "memory_budget", "micro_batch"])
+                       "attack_scale", "fresh_base_wait", "train", "memory_budget", "micro_batch", "broker"])
         var attack: TrainerAttack?
         if let kind = try tt.string("attack") {
             let scale = try tt.double("attack_scale") ?? 10
@@ -459,6 +482,6 @@ public struct Topology: Sendable {
         return Trainer(name: name, clusters: clusters, localSteps: steps, timeBudget: try tt.double("time_budget"),
                                   tokens: try tt.int("tokens"), slowdown: slowdown, freshBaseWait: freshBaseWait,
                                   ackTimeout: try tt.double("ack_timeout") ?? 30, cluster: cluster == "auto" ? nil : cluster,
-                                  attack: attack, train: train, memoryBudget: budget, microBatch: micro)
+                                  attack: attack, train: train, memoryBudget: budget, microBatch: micro, broker: try tt.string("broker"))
     }
 }

@@ -9,7 +9,7 @@ struct FedLM: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fedlm",
         abstract: "Asynchronous federated pre-training of GPT-2-style language models.",
-        subcommands: [UpCommand.self, BrokerCommand.self, AggregatorCommand.self, TrainerCommand.self, SubscribeCommand.self,
+        subcommands: [UpCommand.self, StatusCommand.self, BrokerCommand.self, AggregatorCommand.self, TrainerCommand.self, SubscribeCommand.self,
                       TrainCommand.self, EvalCommand.self, SampleCommand.self, TokenizerCommand.self, DataCommand.self, BenchCommand.self, ConfigCommand.self,
                       CheckpointCommand.self, ClusterCommand.self, ExperimentCommand.self, CompareCommand.self, KeysCommand.self,
                       ConformanceCommand.self])
@@ -22,11 +22,8 @@ struct FedLM: AsyncParsableCommand {
         fedlm_line_buffer_stdout()
         fedlm_reuse_large_allocations()
         Runtime.kernelChoice = choice
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = .info
-            return handler
-        }
+        // Each handler takes the --log-level and --log-format the command line set (`LoggingOptions`).
+        LoggingSystem.bootstrap { label in LogSettings.handler(label: label) }
         do {
             var command = try parseAsRoot()
             if var asyncCommand = command as? AsyncParsableCommand {

@@ -187,17 +187,28 @@ final class BrokerGateTests: XCTestCase {
         var policy = SupervisionPolicy()
         policy.maxRestarts = 2
         var s = Supervisor(policy: policy, processes: processes)
-        XCTAssertEqual(s.exited("broker", status: nil, signal: SIGABRT), .restart("broker"))
-        XCTAssertEqual(s.exited("broker", status: 0), .restart("broker"), "a broker exiting at all has failed")
+        XCTAssertEqual(s.exited("broker", status: nil, signal: SIGABRT), .restart("broker", after: 1))
+        XCTAssertEqual(s.exited("broker", status: 0), .restart("broker", after: 2), "a broker exiting at all has failed; backoff doubles")
         guard case .stop(let why?) = s.exited("broker", status: 1) else { return XCTFail("the third failure stops the run") }
         XCTAssertTrue(why.contains("after 2 restarts"), why)
         XCTAssertEqual(s.exited("trainer-a", status: 0), .none, "one trainer finished")
-        XCTAssertEqual(s.exited("trainer-b", status: 1), .restart("trainer-b"))
+        XCTAssertEqual(s.exited("trainer-b", status: 1), .restart("trainer-b", after: 1))
         XCTAssertEqual(s.exited("trainer-b", status: 0), .stop(failure: nil), "every trainer finished")
         policy.onFailure = .stop
         var strict = Supervisor(policy: policy, processes: processes)
         guard case .stop(let reason?) = strict.exited("aggregator", status: nil, signal: SIGKILL) else { return XCTFail("on_failure = stop") }
         XCTAssertTrue(reason.contains("aggregator was killed by signal 9"), reason)
+        // A crash loop: three failures within the window stop the run; failures further apart
+        // than the window start the count (and the backoff) afresh.
+        policy.onFailure = .restart
+        policy.restartWindow = 60
+        policy.maxRestartDelay = 3
+        var looping = Supervisor(policy: policy, processes: processes)
+        XCTAssertEqual(looping.exited("trainer-a", status: 1, now: 0), .restart("trainer-a", after: 1))
+        XCTAssertEqual(looping.exited("trainer-a", status: 1, now: 100), .restart("trainer-a", after: 1), "the one before is out of the window")
+        XCTAssertEqual(looping.exited("trainer-a", status: 1, now: 110), .restart("trainer-a", after: 2))
+        guard case .stop(let loop?) = looping.exited("trainer-a", status: 1, now: 120) else { return XCTFail("a crash loop stops the run") }
+        XCTAssertTrue(loop.contains("crash loop: 3 failures within 60 s"), loop)
     }
 }
 

@@ -11,20 +11,77 @@ trainers, data, speeds and budgets under one aggregator), `--runs` times each, a
 - Held-out loss: the top's final model on every data cluster of the demo corpus (`fedlm eval`,
   mean over clusters); and each region's own final model on its region's clusters, against the
   flat model on the same clusters.
+
+Links differ by region (`--links`, default germanic 20 ms / 100 Mbit/s, romance 100 ms /
+20 Mbit/s, code 250 ms / 50 Mbit/s): whatever crosses a region's link to the top goes through a
+delay relay (scripts/lib/wan_relay.py) with that round trip and rate. In the flat federation
+every trainer talks to the top through its region's link; in the hierarchy the regional
+aggregator's uplink does, and the region's trainers reach their regional broker directly (a
+region is local).
 """
 
 import argparse
 import json
 import os
+import re
 import sqlite3
 import statistics
 import subprocess
+import sys
+import time
+import tomllib
 
 FEDLM = ".build/release/fedlm"
 DATA = "runs/demo-data/shards"
 HIERARCHY = "Topologies/hierarchy.toml"
 FLAT = "Topologies/experiments/flat-9.toml"
 REGIONS = {"germanic": ["en", "de"], "romance": ["es", "it"], "code": ["code", "en"]}
+TOP = "127.0.0.1:5555"
+RELAY_PORT = 5601
+
+
+def parse_links(text):
+    """'germanic=20:100,romance=100:20' -> {region: (rtt ms, Mbit/s)}; 'none' -> {}."""
+    if text == "none":
+        return {}
+    links = {}
+    for item in text.split(","):
+        region, spec = item.split("=")
+        rtt, rate = spec.split(":")
+        links[region] = (float(rtt), float(rate))
+    return links
+
+
+def linked(topology, links, out):
+    """A copy of `topology` whose connections to the top go through each region's relay: a flat
+    trainer's `broker`, a region's `upstream`. Returns its path."""
+    with open(HIERARCHY, "rb") as f:
+        regions = {r["name"]: [t["name"] for t in r["trainer"]] for r in tomllib.load(f)["region"]}
+    port = {r: RELAY_PORT + i for i, r in enumerate(sorted(regions))}
+    region_of = {t: r for r, ts in regions.items() for t in ts}
+    lines, table = [], None
+    for line in open(topology).read().split("\n"):
+        lines.append(line)
+        if line.startswith("["):
+            table = line.strip()
+        m = re.match(r'^name = "(.+)"', line)
+        if m and table == "[[trainer]]" and region_of.get(m.group(1)) in links:
+            lines.append(f'broker = "tcp://127.0.0.1:{port[region_of[m.group(1)]]}"')
+        if m and table == "[[region]]" and m.group(1) in links:
+            lines.append(f'upstream = "tcp://127.0.0.1:{port[m.group(1)]}"')
+    path = os.path.join(out, os.path.basename(topology))
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path, port
+
+
+def start_relays(links, port):
+    relays = []
+    for region, (rtt, rate) in links.items():
+        relays.append(subprocess.Popen([sys.executable, "scripts/lib/wan_relay.py", f"127.0.0.1:{port[region]}", TOP,
+                                        "--rtt-ms", str(rtt), "--rate-mbit", str(rate)]))
+    time.sleep(0.5)
+    return relays
 
 
 def newest_checkpoint(run):
@@ -53,10 +110,21 @@ def accepted_tokens(run):
     return db.execute("SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE outcome != 'refused'").fetchone()[0]
 
 
-def run(topology, run_dir, log):
+def run(topology, run_dir, log, links, out):
+    path, port = linked(topology, links, out)
+    relays = start_relays(links, port)
+    try:
+        return measure(topology, path, run_dir, log)
+    finally:
+        for r in relays:
+            r.kill()
+            r.wait()
+
+
+def measure(topology, path, run_dir, log):
     with open(log, "w") as f:
         started = subprocess.run(["date", "+%s.%N"], capture_output=True, text=True).stdout
-        subprocess.run([FEDLM, "up", topology, "--fresh"], stdout=f, stderr=subprocess.STDOUT, check=True)
+        subprocess.run([FEDLM, "up", path, "--fresh"], stdout=f, stderr=subprocess.STDOUT, check=True)
         ended = subprocess.run(["date", "+%s.%N"], capture_output=True, text=True).stdout
     wall = float(ended) - float(started)
     top = evaluate(newest_checkpoint(run_dir))
@@ -81,13 +149,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2, help="runs of each federation (alternating)")
     parser.add_argument("--out", default="runs/hierarchy-experiment")
+    parser.add_argument("--links", default="germanic=20:100,romance=100:20,code=250:50",
+                        help="each region's link to the top as REGION=RTT_MS:MBIT_S, comma-separated, or 'none'")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     results = {"flat": [], "hierarchy": []}
     for i in range(args.runs):
         for name, topology, run_dir in [("flat", FLAT, "runs/flat-9"), ("hierarchy", HIERARCHY, "runs/hierarchy")]:
             print(f"==> {name}, run {i + 1} of {args.runs}", flush=True)
-            r = run(topology, run_dir, os.path.join(args.out, f"{name}-{i + 1}.log"))
+            r = run(topology, run_dir, os.path.join(args.out, f"{name}-{i + 1}.log"), parse_links(args.links), args.out)
             print(f"    {r['tokens']} tokens, {r['top_bytes'] / 1e9:.2f} GB across the top ({r['bytes_per_token']:.0f} B/token), "
                   f"held-out loss {r['top_loss']:.4f}, wall {r['wall_seconds']:.0f} s", flush=True)
             results[name].append(r)
@@ -99,7 +169,7 @@ def main():
 
     flat_bpt, hier_bpt = med("flat", "bytes_per_token"), med("hierarchy", "bytes_per_token")
     flat_loss, hier_loss = med("flat", "top_loss"), med("hierarchy", "top_loss")
-    print(f"\nmedians of {args.runs} runs each")
+    print(f"\nmedians of {args.runs} runs each; links to the top: {args.links}")
     print(f"{'':34}{'flat':>12}{'hierarchy':>12}{'ratio':>10}")
     print(f"{'bytes across the top per token':34}{flat_bpt:12.0f}{hier_bpt:12.0f}{flat_bpt / hier_bpt:9.2f}x")
     print(f"{'held-out loss, top model':34}{flat_loss:12.4f}{hier_loss:12.4f}{100 * (hier_loss / flat_loss - 1):+9.2f}%")

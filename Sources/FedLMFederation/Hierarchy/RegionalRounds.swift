@@ -30,8 +30,6 @@ final class RegionalRounds: RoundWork {
     private var state: UplinkState
     /// The regional version the round in progress started from (after the latest adoption).
     private var startVersion: Int
-    /// The regional version when the latest update was taken.
-    private var takenVersion = 0
     private var lastSettlement: (id: String, acknowledged: Bool)?
     /// The latest adoption carried work the level above has not acknowledged (sent once more
     /// when the region stops).
@@ -81,6 +79,11 @@ final class RegionalRounds: RoundWork {
         try s.save(to: path)
     }
 
+    /// Whether the regional model holds work beyond `reference` (R − reference is not zero).
+    private static func differs(_ r: UnsafeMutableBufferPointer<Float>, _ reference: [Float]) -> Bool {
+        zip(r, reference).contains { $0 != $1 }
+    }
+
     /// R ← G + (R − reference), in place.
     private static func carry(into r: UnsafeMutablePointer<Float>, release g: [Float], reference: [Float], count: Int) {
         for i in 0..<count { r[i] = g[i] + (r[i] - reference[i]) }
@@ -103,7 +106,7 @@ final class RegionalRounds: RoundWork {
             s.pendingUpdate = nil
             s.pendingTokens = 0
             s.adoptedVersion = core.version + 1
-            carried = core.version > (acknowledged ? takenVersion : startVersion)
+            carried = Self.differs(core.model.parameters.storage.buffer, s.reference!)
             try s.save(to: path)
             try Self.finishAdoption(&s, core: core, path: path)
             state = s
@@ -149,7 +152,6 @@ final class RegionalRounds: RoundWork {
             s.reportedTokens += tokens
             try s.save(to: path)
             state = s
-            takenVersion = core.version
             return (delta, tokens)
         }
         let seconds = Date().timeIntervalSince1970 - started

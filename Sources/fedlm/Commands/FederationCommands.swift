@@ -22,6 +22,7 @@ func runService(_ service: any Service, label: String) async throws {
 struct BrokerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "broker",
         abstract: "Run the broker: routes trainers to the aggregator and relays model releases (holds no model state).")
+    @OptionGroup var logging: LoggingOptions
     @Option(help: "Take the endpoints from this topology.") var topology: String?
     @Option(help: "With --topology: the broker of this [[region]] (default: the top level's).") var region: String?
     @Option(help: "ROUTER for trainers and subscribers.") var trainers: String?
@@ -54,6 +55,7 @@ struct BrokerCommand: AsyncParsableCommand {
 struct AggregatorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "aggregator",
         abstract: "Run the aggregator: owns the global model, applies updates as they arrive, publishes releases; resumes its run directory.")
+    @OptionGroup var logging: LoggingOptions
     @Option(help: "Topology file (run directory, model, data, aggregation, endpoints).") var topology: String
     @Option(help: "The aggregator of this [[region]]: it aggregates the region's trainers and reports to the level above as one trainer.")
     var region: String?
@@ -94,6 +96,7 @@ struct AggregatorCommand: AsyncParsableCommand {
 struct TrainerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "trainer",
         abstract: "Run a trainer: fetch the latest release, train H local steps on its own data, send the pseudo-gradient, repeat.")
+    @OptionGroup var logging: LoggingOptions
     @Option(help: "Topology file; with --name, takes everything from the trainer's entry.") var topology: String?
     @Option(help: "The trainer's name in the topology, or its id.") var name: String?
     @Option(help: "Broker address for trainers (without --topology).") var broker: String?
@@ -131,6 +134,7 @@ struct TrainerCommand: AsyncParsableCommand {
             topologyEntry = entry
             let file = try ConfigResolution.load(t.modelConfigPath)
             endpoints = t.endpoints
+            if let address = entry.broker { endpoints.trainers = address }
             options = TrainerOptions(id: entry.name, dataDirectory: t.dataDirectory, training: file.training, modelConfig: file.model,
                                      stateDirectory: state ?? t.runDirectory + "/trainers/" + entry.name)
             options.dataClusters = entry.clusters
@@ -203,6 +207,7 @@ struct TrainerCommand: AsyncParsableCommand {
 struct SubscribeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "subscribe",
         abstract: "Receive model releases as they are published (a snapshot of the latest first), optionally saving each.")
+    @OptionGroup var logging: LoggingOptions
     @Option(help: "Topology (for the endpoints and the model config).") var topology: String?
     @Option(help: "Broker address for trainers (snapshot requests), without --topology.") var broker: String?
     @Option(help: "Broker address for releases, without --topology.") var releases: String?

@@ -12,6 +12,7 @@ struct UpCommand: ParsableCommand {
 
     @Argument(help: "Topology file, e.g. Topologies/demo.toml.") var topology: String
     @Flag(help: "Delete the run directory first.") var fresh = false
+    @OptionGroup var logging: LoggingOptions
 
     func run() throws {
         let t = try Topology.load(path: topology)
@@ -37,8 +38,10 @@ struct UpCommand: ParsableCommand {
         commands.append(("aggregator", .aggregator, ["aggregator", "--topology", topology, "--threads", "1"]))
         commands += regions.map { ("aggregator-\($0)", .aggregator, ["aggregator", "--topology", topology, "--region", $0, "--threads", "1"]) }
         commands += t.allTrainers.map { ("trainer-\($0.name)", .trainer, ["trainer", "--topology", topology, "--name", $0.name, "--threads", "1"]) }
+        commands = commands.map { ($0.name, $0.role, $0.arguments + logging.arguments) }
         var supervisor = Supervisor(policy: t.supervision, processes: Dictionary(uniqueKeysWithValues: commands.map { ($0.name, $0.role) }))
         var running: [String: ChildProcess] = [:]
+        var due: [String: Date] = [:]  // restarts waiting for their backoff
         func start(_ name: String) throws {
             let command = commands.first { $0.name == name }!
             running[name] = try ChildProcess(name: name, executable: me, arguments: command.arguments, log: logs + "/\(name).log")
@@ -60,14 +63,18 @@ struct UpCommand: ParsableCommand {
             for (name, role, _) in commands where role != .broker { try start(name) }
             supervise: while !StopSignal.requested {
                 Thread.sleep(forTimeInterval: 0.25)
+                for (name, at) in due where at <= Date() {
+                    due[name] = nil
+                    try start(name)
+                }
                 for (name, process) in running.sorted(by: { $0.key < $1.key }) where process.poll() {
                     running[name] = nil
-                    switch supervisor.exited(name, status: process.status, signal: process.signal) {
+                    switch supervisor.exited(name, status: process.status, signal: process.signal, now: Date().timeIntervalSince(startTime)) {
                     case .none:
                         say("\(name) finished")
-                    case .restart(let again):
-                        say("\(name) \(process.ending); restarting it (\(supervisor.restartCount(again)) of \(t.supervision.maxRestarts)); see \(logs)/\(name).log")
-                        try start(again)
+                    case .restart(let again, let delay):
+                        say("\(name) \(process.ending); restarting it in \(String(format: "%g", delay)) s (\(supervisor.restartCount(again)) of \(t.supervision.maxRestarts)); see \(logs)/\(name).log")
+                        due[again] = Date().addingTimeInterval(delay)
                     case .stop(let why):
                         failure = why.map { "\($0); see \(logs)/\(name).log" }
                         finished = why == nil

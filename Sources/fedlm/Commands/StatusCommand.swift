@@ -1,0 +1,77 @@
+import ArgumentParser
+import FedLMFederation
+import FedLMLedger
+import Foundation
+
+/// A snapshot of a running or stopped federation from its ledgers: every level (the top and
+/// each region), its trainers and their last contact, staleness, speed, refusals and losses.
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status",
+        abstract: "Where a federation stands, from its ledgers: versions, trainers (last contact, updates, tokens/s, staleness), refusals, losses per cluster.",
+        discussion: "Takes a topology (every level it describes) or a run directory (with its regions/ if any). Reads only; works while the federation runs.")
+
+    @Argument(help: "A topology file, or an aggregator's run directory.") var target: String
+    @Flag(help: "Print JSON (one object: the levels by name).") var json = false
+
+    struct Level: Codable {
+        var name: String
+        var runDirectory: String
+        var status: LedgerStatus
+    }
+
+    func run() throws {
+        let levels = try Self.levels(of: target).map { name, directory -> Level in
+            let path = directory + "/ledger.sqlite"
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw RunFailure("\(path): no ledger (has the aggregator of \(name) ever run?)")
+            }
+            return Level(name: name, runDirectory: directory, status: try Ledger.reading(path: path).status())
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(levels), as: UTF8.self))
+        } else {
+            print(levels.map(Self.text).joined(separator: "\n\n"))
+        }
+    }
+
+    /// The levels to show: (name, run directory), the top first.
+    static func levels(of target: String) throws -> [(String, String)] {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: target, isDirectory: &isDirectory) else {
+            throw ValidationError("\(target): no such topology file or run directory")
+        }
+        if isDirectory.boolValue {
+            let regions = (try? FileManager.default.contentsOfDirectory(atPath: target + "/regions").sorted()) ?? []
+            return [("top", target)] + regions.map { ("region \($0)", target + "/regions/" + $0) }
+        }
+        let t = try Topology.load(path: target)
+        return [(t.regions.isEmpty ? t.name : "top", t.runDirectory)] + t.regions.map { ("region \($0.upstream!.region)", $0.runDirectory) }
+    }
+
+    static func text(_ level: Level) -> String {
+        let s = level.status
+        var lines = ["\(level.name) (\(level.runDirectory)): version \(s.version)" + (s.newestCheckpoint.map { ", checkpoint v\($0)" } ?? "")
+            + (s.adoptedFromAbove.map { ", adopted version \($0) from above" } ?? "")
+            + (s.lastUpdateSeconds.map { String(format: ", last update %.0f s ago", $0) } ?? ", no update yet")]
+        lines.append(String(format: "  updates %d accepted, %d refused; %d tokens; mean staleness %.2f", s.accepted, s.refused, s.tokens, s.meanStaleness))
+        if !s.refusals.isEmpty {
+            lines.append("  refused: " + s.refusals.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+        }
+        if !s.validationLoss.isEmpty {
+            lines.append("  validation loss: " + s.validationLoss.sorted { $0.key < $1.key }.map { String(format: "%@ %.4f", $0.key, $0.value) }.joined(separator: ", "))
+        }
+        if !s.personalizedLoss.isEmpty {
+            lines.append("  clusters' own models: " + s.personalizedLoss.sorted { $0.key < $1.key }.map { String(format: "%@ %.4f", $0.key, $0.value) }.joined(separator: ", "))
+        }
+        if !s.trainers.isEmpty {
+            lines.append("  trainer                 cluster      last contact  accepted  refused    tokens  tokens/s  staleness")
+            for t in s.trainers {
+                lines.append(String(format: "  %-22@  %-11@  %10.0f s  %8d  %7d  %8d  %8@  %9.2f", t.id, t.cluster ?? "-", t.lastContactSeconds, t.accepted,
+                                    t.refused, t.tokens, t.tokensPerSecond.map { String(format: "%.0f", $0) } ?? "-", t.meanStaleness))
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+}
