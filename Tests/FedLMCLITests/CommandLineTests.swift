@@ -22,6 +22,42 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(output.contains("OpenBLAS core Haswell (OPENBLAS_CORETYPE set by the environment)"), output)
     }
 
+    /// Every role takes --log-level and --log-format: JSON lines with time, level, label and
+    /// message; a level above info hides info lines; a bad value is refused naming the option.
+    func testRolesLogJSONLinesAtTheLevelAsked() throws {
+        let f = try SmallFederation(SmallFederation.fedbuff() + SmallFederation.trainer("t1", "local_steps = 2", "tokens = 400"))
+        defer { f.scratch.remove() }
+        let broker = try f.start("broker", ["--log-format", "json"])
+        let aggregator = try f.start("aggregator", ["--threads", "1", "--log-format", "json", "--log-level", "debug"])
+        let trainer = try f.start("trainer", ["--name", "t1", "--threads", "1", "--log-level", "warning"])
+        defer { for p in [trainer, aggregator, broker] { p.signal(SIGKILL) } }
+        XCTAssertTrue(trainer.exits(by: Date().addingTimeInterval(120)), trainer.output)
+        XCTAssertEqual(trainer.wait(), 0, trainer.output)
+        aggregator.signal(SIGTERM)
+        aggregator.wait()
+        broker.signal(SIGTERM)
+        broker.wait()
+        let records = aggregator.output.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        XCTAssertGreaterThan(records.count, 3, aggregator.output)
+        XCTAssertEqual(records.count, aggregator.output.split(separator: "\n").count, "every line is a JSON object: \(aggregator.output)")
+        for r in records {
+            XCTAssertNotNil(r["time"] as? String)
+            XCTAssertNotNil(r["message"] as? String)
+            XCTAssertTrue(["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(r["level"] as? String ?? ""), "\(r)")
+        }
+        XCTAssertTrue(records.contains { ($0["message"] as? String ?? "").contains("-> version") && $0["label"] as? String == "fedlm.aggregator" },
+                      aggregator.output)
+        XCTAssertFalse(trainer.output.contains(" info "), "--log-level warning hides info lines: \(trainer.output)")
+        for line in broker.output.split(separator: "\n") {
+            XCTAssertNotNil(try? JSONSerialization.jsonObject(with: Data(line.utf8)), "the broker logs JSON lines: \(line)")
+        }
+        let (status, out) = try FedLMProcess.run(["broker", "--log-format", "xml"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(out.contains("--log-format is 'xml'"), out)
+    }
+
     func testABadConfigFailsNamingTheField() throws {
         let scratch = try Scratch()
         defer { scratch.remove() }

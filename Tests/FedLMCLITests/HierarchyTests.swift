@@ -123,6 +123,23 @@ final class HierarchyTests: XCTestCase {
         }
         let ids = try topLedger.database.query("SELECT id FROM updates").compactMap { $0[0].string }
         XCTAssertEqual(ids.count, Set(ids).count, "each update recorded once at the top")
+        // `fedlm status` shows both levels from their ledgers: the regions as trainers above,
+        // their own trainers below, the same counts as the ledgers.
+        let (status, out) = try FedLMProcess.run(["status", f.topology, "--json"])
+        XCTAssertEqual(status, 0, out)
+        let levels = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]], out)
+        XCTAssertEqual(levels.map { $0["name"] as? String }, ["top", "region north", "region south"])
+        func trainersAt(_ level: [String: Any]) -> [String: [String: Any]] {
+            let list = (level["status"] as? [String: Any])?["trainers"] as? [[String: Any]] ?? []
+            return Dictionary(uniqueKeysWithValues: list.map { ($0["id"] as? String ?? "", $0) })
+        }
+        XCTAssertEqual(Set(trainersAt(levels[0]).keys), ["region-north", "region-south"])
+        XCTAssertEqual(trainersAt(levels[0])["region-north"]?["accepted"] as? Int, sentUp("north"))
+        XCTAssertEqual(Set(trainersAt(levels[1]).keys), ["n1", "n2"])
+        XCTAssertEqual((levels[2]["status"] as? [String: Any])?["tokens"] as? Int, try regionLedgers["south"]!.acceptedTokens())
+        let (textStatus, text) = try FedLMProcess.run(["status", f.topology])
+        XCTAssertEqual(textStatus, 0, text)
+        XCTAssertTrue(text.contains("region north") && text.contains("adopted version"), text)
         print("hierarchy: \(sentUp("north")) + \(sentUp("south")) regional updates at the top, versions \(regionalAfterCut) during the cut")
     }
 }

@@ -67,6 +67,16 @@ final class InsiderTests: XCTestCase {
         let up = try FedLMProcess(["up", f.topology])
         defer { up.signal(SIGKILL) }
         XCTAssertTrue(waitFor(60) { self.pids(of: "broker", f).count == 1 && f.version >= 1 }, up.output)
+        // A trainer killed with SIGKILL is back within 5 s (after the 1 s backoff).
+        func trainerPIDs(_ name: String) -> [pid_t] {
+            allProcesses(f).filter { $0.arguments.first == "trainer" && $0.arguments.contains(name) }.map(\.pid)
+        }
+        let t1 = try XCTUnwrap(trainerPIDs("t1").first, up.output)
+        kill(t1, SIGKILL)
+        let trainerKilledAt = Date()
+        XCTAssertTrue(waitFor(5) { trainerPIDs("t1").contains { $0 != t1 } }, up.output)
+        XCTAssertLessThan(Date().timeIntervalSince(trainerKilledAt), 5, "the trainer is back within 5 s")
+        XCTAssertTrue(up.output.contains("trainer-t1 was killed by signal 9; restarting it in 1 s"), up.output)
         let brokerPID = pids(of: "broker", f)[0]
         kill(brokerPID, SIGKILL)
         let killedAt = Date()

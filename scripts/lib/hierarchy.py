@@ -2,7 +2,7 @@
 (scripts/hierarchy): bytes crossing the top level per trained token, and held-out loss.
 
 Runs `fedlm up` on Topologies/hierarchy.toml (three regions of three trainers, each region with
-its own broker and aggregator) and on Topologies/experiments/flat-9.toml (the same nine
+its own broker and aggregator) and on Topologies/experiments/standalone/flat-9.toml (the same nine
 trainers, data, speeds and budgets under one aggregator), `--runs` times each, alternating.
 
 - Top-level bytes: what crosses the top broker. Flat: every trainer's bytes sent and received
@@ -34,7 +34,7 @@ import tomllib
 FEDLM = ".build/release/fedlm"
 DATA = "runs/demo-data/shards"
 HIERARCHY = "Topologies/hierarchy.toml"
-FLAT = "Topologies/experiments/flat-9.toml"
+FLAT = "Topologies/experiments/standalone/flat-9.toml"
 REGIONS = {"germanic": ["en", "de"], "romance": ["es", "it"], "code": ["code", "en"]}
 TOP = "127.0.0.1:5555"
 RELAY_PORT = 5601
@@ -130,7 +130,7 @@ def measure(topology, path, run_dir, log):
     top = evaluate(newest_checkpoint(run_dir))
     result = {"wall_seconds": wall, "tokens": accepted_tokens(run_dir), "top_losses": top,
               "top_loss": statistics.mean(top.values())}
-    if topology == FLAT:
+    if "region" not in tomllib.load(open(topology, "rb")):
         trainers = os.path.join(run_dir, "trainers")
         result["top_bytes"] = stats_bytes([os.path.join(trainers, t, "stats.json") for t in os.listdir(trainers)])
         result["own_losses"] = {r: statistics.mean(top[c] for c in cs) for r, cs in REGIONS.items()}
@@ -149,13 +149,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2, help="runs of each federation (alternating)")
     parser.add_argument("--out", default="runs/hierarchy-experiment")
+    parser.add_argument("--hierarchy", default=HIERARCHY, help="the hierarchical topology (regions as in Topologies/hierarchy.toml)")
+    parser.add_argument("--only", choices=["flat", "hierarchy"], help="run one of the two (the report then has one column)")
     parser.add_argument("--links", default="germanic=20:100,romance=100:20,code=250:50",
                         help="each region's link to the top as REGION=RTT_MS:MBIT_S, comma-separated, or 'none'")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     results = {"flat": [], "hierarchy": []}
     for i in range(args.runs):
-        for name, topology, run_dir in [("flat", FLAT, "runs/flat-9"), ("hierarchy", HIERARCHY, "runs/hierarchy")]:
+        for name, topology in [("flat", FLAT), ("hierarchy", args.hierarchy)]:
+            if args.only and name != args.only:
+                continue
+            with open(topology, "rb") as f:
+                run_dir = tomllib.load(f)["run_directory"]
             print(f"==> {name}, run {i + 1} of {args.runs}", flush=True)
             r = run(topology, run_dir, os.path.join(args.out, f"{name}-{i + 1}.log"), parse_links(args.links), args.out)
             print(f"    {r['tokens']} tokens, {r['top_bytes'] / 1e9:.2f} GB across the top ({r['bytes_per_token']:.0f} B/token), "
@@ -166,6 +172,13 @@ def main():
 
     def med(name, key):
         return statistics.median(r[key] for r in results[name])
+
+    if args.only:
+        n = args.only
+        print(f"\nmedians of {args.runs} runs of {n}: {med(n, 'bytes_per_token'):.0f} bytes across the top per token, "
+              f"held-out loss {med(n, 'top_loss'):.4f}, own models " + ", ".join(
+                  f"{r} {statistics.median(x['own_losses'][r] for x in results[n]):.4f}" for r in REGIONS) + f", wall {med(n, 'wall_seconds'):.0f} s")
+        return
 
     flat_bpt, hier_bpt = med("flat", "bytes_per_token"), med("hierarchy", "bytes_per_token")
     flat_loss, hier_loss = med("flat", "top_loss"), med("hierarchy", "top_loss")

@@ -1,6 +1,7 @@
 """Loads a FedLM release (a checkpoint directory written by `fedlm subscribe --out`) with Hugging
 Face transformers, counts its parameters and computes its loss on held-out tokens of the prepared
-data (the first 4 x 128 validation tokens of each cluster): the check that a federated model is an
+data (the first 4 windows of the model's context of each cluster's validation tokens, as
+`fedlm eval --batch 4 --max-batches 1` takes them): the check that a federated model is an
 ordinary GPT-2 anyone can use.
 
     load_release.py --release DIR --data SHARDS
@@ -37,7 +38,8 @@ def main():
     losses = {}
     for cluster in manifest["clusters"]:
         held_out = np.concatenate([tokens(os.path.join(a.data, s["file"])) for src in cluster["sources"] for s in src["validation"]])
-        ids = torch.from_numpy(held_out[: 4 * 128].copy()).reshape(4, 128)
+        n = model.config.n_positions
+        ids = torch.from_numpy(held_out[: 4 * n].copy()).reshape(4, n)
         with torch.no_grad():
             losses[cluster["name"]] = model(input_ids=ids, labels=ids).loss.item()
     mean = sum(losses.values()) / len(losses)

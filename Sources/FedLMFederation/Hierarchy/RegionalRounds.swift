@@ -92,8 +92,12 @@ final class RegionalRounds: RoundWork {
     func hold(_ info: ReleaseInfo, _ payload: TensorPayload) throws {
         guard info.stepFrom == nil else { throw FederationError.peer("the level above sent a release step; regions adopt whole releases") }
         try payload.check(against: specs)
-        let release = payload.values
         let acknowledged = lastSettlement.map { $0.acknowledged && $0.id == state.pendingUpdate } ?? false
+        // A stopping region whose work is all acknowledged (nothing since the update sent)
+        // keeps its own model, which serves its region; the release is adopted when it starts again.
+        if isStopped(), acknowledged, let sent = state.sent,
+           !region.withCore({ Self.differs($0.model.parameters.storage.buffer, sent) }) { throw UplinkStopped() }
+        let release = payload.values
         let path = statePath
         try region.withCore { core in
             var s = state

@@ -40,7 +40,7 @@ struct StatusCommand: ParsableCommand {
     static func levels(of target: String) throws -> [(String, String)] {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: target, isDirectory: &isDirectory) else {
-            throw ValidationError("\(target): no such topology file or run directory")
+            throw RunFailure("\(target): no such topology file or run directory")
         }
         if isDirectory.boolValue {
             let regions = (try? FileManager.default.contentsOfDirectory(atPath: target + "/regions").sorted()) ?? []
@@ -67,9 +67,15 @@ struct StatusCommand: ParsableCommand {
         }
         if !s.trainers.isEmpty {
             lines.append("  trainer                 cluster      last contact  accepted  refused    tokens  tokens/s  staleness")
+            func pad(_ text: String, _ width: Int, right: Bool = false) -> String {
+                let fill = String(repeating: " ", count: max(0, width - text.count))
+                return right ? fill + text : text + fill
+            }
             for t in s.trainers {
-                lines.append(String(format: "  %-22@  %-11@  %10.0f s  %8d  %7d  %8d  %8@  %9.2f", t.id, t.cluster ?? "-", t.lastContactSeconds, t.accepted,
-                                    t.refused, t.tokens, t.tokensPerSecond.map { String(format: "%.0f", $0) } ?? "-", t.meanStaleness))
+                lines.append("  " + pad(t.id, 22) + "  " + pad(t.cluster ?? "-", 11) + "  " + pad(String(format: "%.0f s", t.lastContactSeconds), 12, right: true)
+                             + "  " + pad("\(t.accepted)", 8, right: true) + "  " + pad("\(t.refused)", 7, right: true) + "  " + pad("\(t.tokens)", 8, right: true)
+                             + "  " + pad(t.tokensPerSecond.map { String(format: "%.0f", $0) } ?? "-", 8, right: true)
+                             + "  " + pad(String(format: "%.2f", t.meanStaleness), 9, right: true))
             }
         }
         return lines.joined(separator: "\n")
