@@ -102,10 +102,22 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         core.model.parameters.count * 4 >= liveReleaseBytes && core.releaseCompression.encoding == .f32 && core.releaseStepCompression == nil
     }
 
+    private var cachedLiveRelease: (key: String, release: LiveRelease)?
+
+    /// The global model's live release, its checksums computed once per version (the model does
+    /// not change within one).
+    func liveRelease() -> LiveRelease {
+        let key = core.releaseKey(cluster: nil)
+        if let c = cachedLiveRelease, c.key == key { return c.release }
+        let release = LiveRelease(model: core.model.parameters, version: core.version, specs: core.specs, codec: codec)
+        cachedLiveRelease = (key, release)
+        return release
+    }
+
     /// Sends the current release of `cluster` to one peer, streamed.
     private func sendRelease(_ cluster: String?, to peer: [UInt8], on dealer: ZMQSocket) throws {
         if cluster == nil, releasesLive {
-            try LiveRelease(model: core.model.parameters, version: core.version, specs: core.specs, codec: codec).send(on: dealer, prefix: [peer])
+            try liveRelease().send(on: dealer, prefix: [peer])
         } else {
             try dealer.sendStreamed(releaseFrames(cluster: cluster), prefix: [peer])
         }
@@ -114,8 +126,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
     /// Publishes the current release of `cluster` on its topic.
     private func publishRelease(_ cluster: String?, on publisher: ZMQSocket) throws {
         if cluster == nil, releasesLive {
-            try LiveRelease(model: core.model.parameters, version: core.version, specs: core.specs, codec: codec)
-                .publish(on: publisher, topic: Self.topic(cluster: nil))
+            try liveRelease().publish(on: publisher, topic: Self.topic(cluster: nil))
         } else {
             try publisher.publish(releaseFrames(cluster: cluster), topic: Self.topic(cluster: cluster))
         }

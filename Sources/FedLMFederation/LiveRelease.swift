@@ -6,8 +6,9 @@ import FedLMZeroMQ
 /// computed where the values lie, and each chunk is copied into its libzmq message as it is sent.
 /// The aggregator then holds no copy of the model for releases. (A release encoded once per
 /// version, `SharedFrames`, is sent to every fetcher without copies, at the cost of one copy of
-/// the model: right for small models, not at a billion parameters.) Valid until the model next
-/// changes; the service loop sends it before it handles the next message.
+/// the model: right for small models, not at a billion parameters.) Valid while the model holds
+/// this version: the service keeps one per version and sends it only from the loop that changes
+/// the model.
 struct LiveRelease {
     let head: [[UInt8]]
     let chunks: [UnsafeRawBufferPointer]

@@ -10,7 +10,10 @@ import XCTest
 /// Tensor messages streamed chunk by chunk through a real broker to a real aggregator over TCP
 /// loopback: releases arrive as a head and CHUNK messages, a corrupted stream gets exactly one
 /// error and changes nothing, stray chunks are dropped silently, and a good update is applied.
-final class StreamedTransportTests: XCTestCase {
+class StreamedTransportTests: XCTestCase {
+    /// Releases sent live from the model's memory (`LiveRelease`) instead of encoded once per version.
+    var liveReleases: Bool { false }
+
     /// About 0.7M parameters: 2.7 MB of tensors, three 1 MiB chunks.
     let modelConfig = GPT2Config(layers: 2, embedding: 128, heads: 4, context: 16, vocabulary: 2048)
     var dir = ""
@@ -35,6 +38,7 @@ final class StreamedTransportTests: XCTestCase {
         service = AggregatorService(core: try AggregatorCore(runDirectory: dir, config: config,
                                                              initialModel: try GPT2Model(config: modelConfig, seed: 5)),
                                     endpoints: endpoints)
+        if liveReleases { service.liveReleaseBytes = 0 }
         threads = [Thread { [broker] in try? broker!.runBlocking() }, Thread { [service] in try? service!.runBlocking() }]
         threads.forEach { $0.start() }
         trainer = try ZMQSocket(context, .dealer)
@@ -82,7 +86,9 @@ final class StreamedTransportTests: XCTestCase {
         throw XCTSkip("no reply within 20 s")
     }
 
-    func testReleasesAndUpdatesStreamThroughTheBroker() throws {
+    func testReleasesAndUpdatesStreamThroughTheBroker() throws { try exchangeReleasesAndUpdates() }
+
+    func exchangeReleasesAndUpdates() throws {
         guard case .welcome = try call(codec.encode(.hello(Hello(trainerID: "t1")))).0 else { return XCTFail("expected WELCOME") }
         let (reply, messages) = try call(codec.encode(.fetch(Fetch())))
         guard case .release(let info, let release) = reply else { return XCTFail("expected a release, got \(reply.type)") }
@@ -150,4 +156,11 @@ final class StreamedTransportTests: XCTestCase {
         let left = try FileManager.default.contentsOfDirectory(atPath: dir + "/deltas")
         XCTAssertEqual(left.filter { $0.hasPrefix("incoming-") }, [], "the refused update's file went back to the spares")
     }
+}
+
+/// The same exchanges with every release sent live from the model's memory, as large models' are.
+final class LiveReleaseTransportTests: StreamedTransportTests {
+    override var liveReleases: Bool { true }
+
+    func testLiveReleasesAndUpdatesStreamThroughTheBroker() throws { try exchangeReleasesAndUpdates() }
 }
