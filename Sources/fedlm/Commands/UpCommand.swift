@@ -25,7 +25,7 @@ struct UpCommand: ParsableCommand {
             }
         }
         let fm = FileManager.default
-        if fresh { try? fm.removeItem(atPath: t.runDirectory) }
+        if fresh { for directory in [t.runDirectory] + t.regions.map(\.runDirectory) { try? fm.removeItem(atPath: directory) } }
         let logs = t.runDirectory + "/logs"
         try fm.createDirectory(atPath: logs, withIntermediateDirectories: true)
         let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
