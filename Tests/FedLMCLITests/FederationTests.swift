@@ -26,14 +26,9 @@ final class FederationTests: XCTestCase {
             broker.signal(SIGKILL)
         }
         let count = f.ledger
-        func waitFor(_ what: String, seconds: Double = 120, _ condition: () -> Bool) {
-            let deadline = Date().addingTimeInterval(seconds)
-            while !condition(), Date() < deadline { usleep(100_000) }
-            XCTAssertTrue(condition(), "timed out waiting for \(what)")
-        }
 
         // Kill trainer t1 once it has delivered two updates; restart it.
-        waitFor("t1's first updates") { count("SELECT COUNT(*) FROM updates WHERE trainer = 't1'") >= 2 }
+        SmallFederation.waitFor("t1's first updates") { count("SELECT COUNT(*) FROM updates WHERE trainer = 't1'") >= 2 }
         trainers["t1"]!.signal(SIGKILL)
         trainers["t1"]!.wait()
         logs.append(trainers["t1"]!.output)
@@ -41,7 +36,7 @@ final class FederationTests: XCTestCase {
         trainers["t1"] = try trainer("t1")
 
         // Kill the aggregator at version >= 6; restart it on the same run directory.
-        waitFor("version 6") { count("SELECT MAX(version_after) FROM updates") >= 6 }
+        SmallFederation.waitFor("version 6") { count("SELECT MAX(version_after) FROM updates") >= 6 }
         aggregator.signal(SIGKILL)
         aggregator.wait()
         logs.append(aggregator.output)
@@ -565,6 +560,13 @@ struct SmallFederation {
     /// Adds tables to the topology (before any process reads it).
     func append(_ text: String) throws {
         try (String(contentsOfFile: topology, encoding: .utf8) + text).write(toFile: topology, atomically: true, encoding: .utf8)
+    }
+
+    /// Waits up to `seconds` for `condition`; fails the test naming `what` if it never holds.
+    static func waitFor(_ what: String, seconds: Double = 120, _ condition: () -> Bool) {
+        let deadline = Date().addingTimeInterval(seconds)
+        while !condition(), Date() < deadline { usleep(100_000) }
+        XCTAssertTrue(condition(), "timed out waiting for \(what)")
     }
 
     /// An integer from the aggregator's ledger (0 while it does not exist yet).

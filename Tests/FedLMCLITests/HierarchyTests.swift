@@ -48,14 +48,9 @@ final class HierarchyTests: XCTestCase {
         func topCount(_ sql: String) -> Int { f.ledger(sql) }
         func regionCount(_ name: String, _ sql: String) -> Int { SmallFederation.query(f.scratch.dir + "/run/regions/\(name)/ledger.sqlite", sql) }
         func sentUp(_ name: String) -> Int { topCount("SELECT COUNT(*) FROM updates WHERE trainer = 'region-\(name)' AND outcome != 'refused'") }
-        func waitFor(_ what: String, seconds: Double = 120, _ condition: () -> Bool) {
-            let deadline = Date().addingTimeInterval(seconds)
-            while !condition(), Date() < deadline { usleep(100_000) }
-            XCTAssertTrue(condition(), "timed out waiting for \(what)")
-        }
 
         // A regional aggregator dies once its region has sent two updates up; it resumes.
-        waitFor("north's first updates above") { sentUp("north") >= 2 }
+        SmallFederation.waitFor("north's first updates above") { sentUp("north") >= 2 }
         regional["north"]!.signal(SIGKILL)
         regional["north"]!.wait()
         logs.append(regional["north"]!.output)
@@ -63,14 +58,14 @@ final class HierarchyTests: XCTestCase {
 
         // The top aggregator dies once the restarted region delivered more; it resumes.
         let northBefore = sentUp("north")
-        waitFor("north's updates after its restart") { sentUp("north") > northBefore }
+        SmallFederation.waitFor("north's updates after its restart") { sentUp("north") > northBefore }
         top.signal(SIGKILL)
         top.wait()
         logs.append(top.output)
         top = try f.start("aggregator", ["--threads", "1"])
 
         // The uplink is cut: the top broker stops for 8 s. The regions keep training meanwhile.
-        waitFor("updates after the top's restart") { sentUp("south") >= 3 }
+        SmallFederation.waitFor("updates after the top's restart") { sentUp("south") >= 3 }
         topBroker.signal(SIGTERM)
         topBroker.wait()
         let regionalAtCut = regions.map { regionCount($0, "SELECT COALESCE(MAX(version_after), 0) FROM updates") }
