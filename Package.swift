@@ -6,7 +6,7 @@
 //
 // Layers (arrows point down only):
 //   fedlm (CLI)
-//     -> FedLMExperiment, FedLMFederation
+//     -> FedLMExperiment, FedLMMonitoring -> FedLMFederation
 //     -> FedLMAggregation, FedLMLedger, FedLMProtocol, FedLMZeroMQ, FedLMCheckpoint, FedLMData
 //     -> FedLMModel, FedLMTokenizer
 //     -> FedLMTensor
@@ -31,6 +31,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", exact: "3.12.3"),
         .package(url: "https://github.com/LebJe/TOMLKit", exact: "0.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", exact: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", exact: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", exact: "2.4.1"),
+        .package(url: "https://github.com/swhitty/FlyingFox", exact: "0.27.1"),
     ],
     targets: [
         // C system libraries.
@@ -74,13 +77,22 @@ let package = Package(
                                "FedLMData", "FedLMModel", "FedLMTensor",
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                .product(name: "Logging", package: "swift-log"),
+                               .product(name: "CoreMetrics", package: "swift-metrics"),
                                .product(name: "TOMLKit", package: "TOMLKit")],
                 swiftSettings: optimize),
+        // Watching a running federation: Prometheus metrics, the status API and the live dashboard over HTTP.
+        .target(name: "FedLMMonitoring",
+                dependencies: ["FedLMFederation", "FedLMLedger",
+                               .product(name: "Prometheus", package: "swift-prometheus"),
+                               .product(name: "CoreMetrics", package: "swift-metrics"),
+                               .product(name: "FlyingFox", package: "FlyingFox"),
+                               .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                               .product(name: "Logging", package: "swift-log")]),
         // `fedlm experiment`: specs, learning curves, results tables and SVG plots.
         .target(name: "FedLMExperiment",
                 dependencies: ["FedLMLedger", "FedLMModel", .product(name: "TOMLKit", package: "TOMLKit")]),
         .executableTarget(name: "fedlm",
-                          dependencies: ["FedLMExperiment", "FedLMProtocol", "FedLMZeroMQ", "FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "FedLMData", "FedLMFederation",
+                          dependencies: ["FedLMExperiment", "FedLMMonitoring", "FedLMProtocol", "FedLMZeroMQ", "FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "FedLMData", "FedLMFederation",
                                          "FedLMLedger", "FedLMAggregation", "CFedLMRuntime",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -521,8 +521,16 @@ public final class AggregatorCore {
 
     /// Checkpoints the model and the strategy's state as version `version`, then records it.
     public func checkpoint() throws {
+        let start = Date().timeIntervalSince1970
         try withoutActiveFold { try writeCheckpoint() }
+        metrics.checkpointed(seconds: Date().timeIntervalSince1970 - start)
     }
+
+    /// Where checkpoint durations go (`[monitoring]`), and the service's other metrics.
+    public var metrics = AggregatorMetrics.none
+
+    /// Trainers heard from within the trainer timeout.
+    public var connectedTrainers: Int { knownTrainers.count }
 
     private func writeCheckpoint() throws {
         let dir = checkpointsDirectory + "/v\(version)"

@@ -117,19 +117,52 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
     /// Sends the current release of `cluster` to one peer, streamed.
     private func sendRelease(_ cluster: String?, to peer: [UInt8], on dealer: ZMQSocket) throws {
         if cluster == nil, releasesLive {
-            try liveRelease().send(on: dealer, prefix: [peer])
+            let release = liveRelease()
+            try release.send(on: dealer, prefix: [peer])
+            core.metrics.sent(bytes: release.byteCount)
         } else {
-            try dealer.sendStreamed(releaseFrames(cluster: cluster), prefix: [peer])
+            let frames = releaseFrames(cluster: cluster)
+            try dealer.sendStreamed(frames, prefix: [peer])
+            core.metrics.sent(bytes: frames.byteCount)
         }
     }
 
     /// Publishes the current release of `cluster` on its topic.
     private func publishRelease(_ cluster: String?, on publisher: ZMQSocket) throws {
         if cluster == nil, releasesLive {
-            try liveRelease().publish(on: publisher, topic: Self.topic(cluster: nil))
+            let release = liveRelease()
+            try release.publish(on: publisher, topic: Self.topic(cluster: nil))
+            core.metrics.sent(bytes: release.byteCount)
         } else {
-            try publisher.publish(releaseFrames(cluster: cluster), topic: Self.topic(cluster: cluster))
+            let frames = releaseFrames(cluster: cluster)
+            try publisher.publish(frames, topic: Self.topic(cluster: cluster))
+            core.metrics.sent(bytes: frames.byteCount)
         }
+    }
+
+    /// Sends a reply (small: ACK, ERROR, WELCOME) to one peer.
+    private func sendReply(_ reply: Message, to peer: [UInt8], on dealer: ZMQSocket) throws {
+        let frames = [peer] + codec.encode(reply)
+        try dealer.send(frames)
+        core.metrics.sent(bytes: frames.reduce(0) { $0 + $1.count })
+    }
+
+    /// An update's answer in the metrics: its outcome (or refusal code), staleness, size and
+    /// the time from its first chunk to the answer.
+    private func recordAnswer(_ reply: Message, staleness: Int?, transfer: (bytes: Int, started: Double)) {
+        let seconds = Date().timeIntervalSince1970 - transfer.started
+        switch reply {
+        case .ack(let a): core.metrics.updateAnswered(outcome: a.outcome.rawValue, staleness: staleness, bytes: transfer.bytes, seconds: seconds)
+        case .error(let e): core.metrics.updateAnswered(outcome: "refused", reason: e.code.rawValue, staleness: staleness, bytes: transfer.bytes, seconds: seconds)
+        default: break
+        }
+    }
+
+    /// The gauges that follow the model: versions (global and per cluster) and connected trainers.
+    private func recordVersions() {
+        core.metrics.version(core.version)
+        if let heads = core.heads { for (name, head) in heads.heads { core.metrics.version(head.version, cluster: name) } }
+        core.metrics.trainersConnected(core.connectedTrainers)
     }
 
     /// The release steps from version `held` (their chunks are already encoded: this only adds heads).
@@ -166,7 +199,10 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         var transfers = IncomingTransfers(codec: codec)
         // Updates stream straight into their delta files (this loop is the only caller).
         transfers.destinations = { [self] info, count in core.incomingUpdate(info, count: count) }
-        var streamStarted: [String: Double] = [:]  // for FEDLM_TRACE_TIMING
+        // Per peer, the message under way: when its first part arrived and its bytes so far.
+        var streamStarted: [String: Double] = [:]
+        var streamBytes: [String: Int] = [:]
+        recordVersions()
         var published: [String: String] = [:]
         var evaluated = -1
         let uplinkDone = startUplink()
@@ -193,7 +229,12 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
                 try withCore { core in
                     try core.expireSilentTrainers(now: now)
                     try core.adoptNewClusters()
-                    for peer in transfers.expire(now: now) { logger.warning("dropped the unfinished transfer from \(peer) after silence") }
+                    for peer in transfers.expire(now: now) {
+                        logger.warning("dropped the unfinished transfer from \(peer) after silence")
+                        streamStarted[peer] = nil
+                        streamBytes[peer] = nil
+                    }
+                    core.metrics.trainersConnected(core.connectedTrainers)
                 }
             }
             let tPoll = Date().timeIntervalSince1970
@@ -207,41 +248,55 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
                 let tReceived = Date().timeIntervalSince1970
                 let peer = Array(message.frame(0))
                 let peerName = String(decoding: peer, as: UTF8.self)
+                let bytes = message.frameSizes.reduce(0, +)
+                core.metrics.received(bytes: bytes)
+                if streamStarted[peerName] == nil { streamStarted[peerName] = tReady }
+                streamBytes[peerName, default: 0] += bytes
+                let transfer = (bytes: streamBytes[peerName] ?? 0, started: streamStarted[peerName] ?? tReady)
                 let decoded: Message
                 do {
-                    guard let complete = try transfers.accept(buffers: Array(message.frames.dropFirst()), from: peerName, now: tReceived) else {
-                        if streamStarted[peerName] == nil { streamStarted[peerName] = tReady }
-                        continue
-                    }
+                    guard let complete = try transfers.accept(buffers: Array(message.frames.dropFirst()), from: peerName, now: tReceived) else { continue }
                     decoded = complete
                 } catch let e as ProtocolError {
                     logger.warning("refused a message from \(peerName): \(e)")
+                    streamStarted[peerName] = nil
+                    streamBytes[peerName] = nil
                     // A refusal of an update's content is final: recorded under its id and answered
                     // so the trainer knows which update it was. A broken transfer is not (no id: the
                     // trainer resends the same update).
                     let reply = if let info = e.update, e.refusesContent { try core.refuseUndecodable(info, e) } else { Message.error(ErrorReply(e)) }
-                    try dealer.send([peer] + codec.encode(reply))
+                    if let info = e.update { recordAnswer(reply, staleness: core.version - info.baseVersion, transfer: transfer) }
+                    try sendReply(reply, to: peer, on: dealer)
                     continue
                 }
+                streamStarted[peerName] = nil
+                streamBytes[peerName] = nil
+                let staleness: Int? = if case .update(let info, _) = decoded { core.version - info.baseVersion } else { nil }
                 let tDecoded = Date().timeIntervalSince1970
                 let directives = try core.handle(decoded, from: peerName)
                 let tHandled = Date().timeIntervalSince1970
                 for directive in directives {
                     switch directive {
-                    case .reply(let to, let reply): try dealer.send([Array(to.utf8)] + codec.encode(reply))
+                    case .reply(let to, let reply):
+                        if staleness != nil, to == peerName { recordAnswer(reply, staleness: staleness, transfer: transfer) }
+                        try sendReply(reply, to: Array(to.utf8), on: dealer)
                     // Release frames are encoded once per version (shared with the publication below) and streamed.
                     case .sendRelease(let to, let cluster): try sendRelease(cluster, to: Array(to.utf8), on: dealer)
                     case .sendReleaseSteps(let to, let held):
-                        for frames in stepFrames(from: held) { try dealer.sendStreamed(frames, prefix: [Array(to.utf8)]) }
+                        for frames in stepFrames(from: held) {
+                            try dealer.sendStreamed(frames, prefix: [Array(to.utf8)])
+                            core.metrics.sent(bytes: frames.byteCount)
+                        }
                     }
                 }
                 if traceTiming {
                     let tSent = Date().timeIntervalSince1970
-                    let streamed = streamStarted.removeValue(forKey: peerName).map { "streamed in over \(ms(tReady - $0)), " } ?? ""
+                    let streamed = transfer.started < tReady ? "streamed in over \(ms(tReady - transfer.started)), " : ""
                     logger.info("timing \(decoded.type): \(streamed)wait \(ms(tReady - tPoll)) receive \(ms(tReceived - tReady)) decode \(ms(tDecoded - tReceived)) handle \(ms(tHandled - tDecoded)) reply \(ms(tSent - tHandled))")
                 }
                 if case .update(let info, _) = decoded {
                     logger.info("update \(info.updateID) from \(info.trainerID) on v\(info.baseVersion) -> version \(core.version)")
+                    recordVersions()
                 }
                 // Every release that changed goes out on its topic.
                 for cluster in [nil] + (core.heads?.names ?? []) as [String?] {
@@ -269,7 +324,10 @@ extension AggregatorService {
     /// ("personalized_loss/<c>").
     func evaluateReleases(_ evaluate: (GPT2Model, String) throws -> Float) throws {
         let losses = try validationClusters.map { ($0, try evaluate(core.model, $0)) }
-        for (cluster, loss) in losses { try core.ledger.recordMetric("validation_loss/\(cluster)", Double(loss), version: core.version) }
+        for (cluster, loss) in losses {
+            try core.ledger.recordMetric("validation_loss/\(cluster)", Double(loss), version: core.version)
+            core.metrics.validationLoss(Double(loss), cluster: cluster)
+        }
         let mean = losses.map(\.1).reduce(0, +) / Float(max(losses.count, 1))
         try core.ledger.recordMetric("validation_loss", Double(mean), version: core.version)
         var line = "version \(core.version): validation loss \(String(format: "%.4f", mean))"
@@ -280,6 +338,7 @@ extension AggregatorService {
                 heads.release(c, model: core.model.parameters, into: personal.parameters.pointer)
                 let loss = try evaluate(personal, c)
                 try core.ledger.recordMetric("personalized_loss/\(c)", Double(loss), version: core.version)
+                core.metrics.personalizedLoss(Double(loss), cluster: c)
                 own.append(loss)
             }
             if !own.isEmpty { line += String(format: ", personalized %.4f", own.reduce(0, +) / Float(own.count)) }
@@ -289,6 +348,7 @@ extension AggregatorService {
             let most = try core.ledger.mostAcceptedUpdatesByOneTrainer()
             let epsilon = dp.epsilon(contributions: most)
             try core.ledger.recordMetric("dp_epsilon", epsilon, version: core.version)
+            core.metrics.privacy(epsilon: epsilon)
             line += String(format: ", privacy epsilon %.2f at delta %g (noise multiplier %.2f, clip %g, %d updates from the busiest trainer)",
                            epsilon, dp.delta, dp.noiseMultiplier, dp.clip, most)
         }

@@ -19,6 +19,8 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
     /// CURVE encryption and authentication on every socket (nil: plaintext, for local demos).
     public let security: BrokerSecurity?
     public let gateLimits: BrokerGate.Limits
+    /// Where the broker's counts go (`[monitoring]`; nowhere by default).
+    public var metrics = BrokerMetrics.none
     let logger: Logger
     private let stopFlag = StopFlag()
     /// The broker checks messages' heads and chunks but never allocates for their values.
@@ -90,6 +92,7 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
         logger.info("broker: trainers \(trainers.lastEndpoint), aggregator \(aggregator.lastEndpoint), releases \(relay.publisherEndpoint) -> \(relay.subscriberEndpoint)")
         var loop = Loop(trainers: trainers, aggregator: aggregator, gate: BrokerGate(codec: codec, security: security, limits: gateLimits),
                         timeout: Double(limits.heartbeatTimeout) / 1000)
+        var lastMetrics = 0.0
         while !stopFlag.isSet {
             let ready = try ZMQPoller.readable([trainers, aggregator], timeout: 100)
             let now = Date().timeIntervalSince1970
@@ -103,6 +106,10 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
             countersLock.lock()
             _counters = Counters(forwarded: loop.gate.forwarded, refused: loop.gate.refusals.totals, repliesDropped: loop.repliesDropped)
             countersLock.unlock()
+            if now - lastMetrics >= 0.5 {
+                lastMetrics = now
+                metrics.record(loop.totals(now: now, subscribers: relay.subscriberCount()))
+            }
         }
         logger.info("broker stopped")
     }
@@ -120,6 +127,23 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
         var repliesDropped = 0
         var notes: [String] = []
         let codec = WireCodec()
+        /// Bytes received from members, sent to members, received from the aggregator.
+        var bytesFromMembers = 0, bytesToMembers = 0, bytesFromAggregator = 0
+
+        /// The running totals the metrics show.
+        func totals(now: Double, subscribers: Int) -> BrokerMetrics.Totals {
+            var t = BrokerMetrics.Totals()
+            t.forwarded = gate.forwarded
+            t.refused = gate.refusals.totals
+            t.repliesDropped = repliesDropped
+            t.bytesFromMembers = bytesFromMembers
+            t.bytesToMembers = bytesToMembers
+            t.bytesFromAggregator = bytesFromAggregator
+            t.members = peersSeen.count
+            t.subscribers = subscribers
+            t.aggregatorConnected = aggregatorID != nil && now - aggregatorSeen < timeout
+            return t
+        }
 
         init(trainers: ZMQSocket, aggregator: ZMQSocket, gate: BrokerGate, timeout: Double) {
             self.trainers = trainers
@@ -134,11 +158,13 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
             for _ in 0..<limit {
                 guard let message = try trainers.receiveInPlace(timeout: 0) else { return }
                 let peerID = Array(message.frame(0)), peer = Self.name(message.frame(0))
+                let sizes = message.frameSizes
+                bytesFromMembers += sizes.reduce(0, +)
                 if peersSeen[peer] == nil { notes.append("peer \(peer) connected") }
                 peersSeen[peer] = now
                 let member = message.userID.flatMap { key in gate.security?.allowed.member(key: key) }
                 let action = gate.inbound(peer: peer, head: (1..<min(4, message.count)).map { Array(message.frame($0)) },
-                                          frameSizes: Array(message.frameSizes.dropFirst()), member: member, now: now)
+                                          frameSizes: Array(sizes.dropFirst()), member: member, now: now)
                 switch action {
                 case .drop: continue
                 case .suspend(let until, _):
@@ -173,6 +199,8 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
             for _ in 0..<limit {
                 guard let message = try aggregator.receiveInPlace(timeout: 0) else { return }
                 guard message.count >= 4 else { continue }
+                let bytes = message.frameSizes.reduce(0, +)
+                bytesFromAggregator += bytes
                 let id = Array(message.frame(0))
                 if aggregatorID != id {
                     notes.append("aggregator connected")
@@ -185,7 +213,9 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
                 let isChunk = message.frame(3).count == 1 && message.frame(3)[0] == MessageType.chunk.rawValue
                 if !isChunk { gate.answered(peer: Self.name(message.frame(1)), now: now) }
                 do {
-                    if try !message.send(to: trainers, prefix: [target], from: 2, wait: false) { repliesDropped += 1 }
+                    if try !message.send(to: trainers, prefix: [target], from: 2, wait: false) { repliesDropped += 1 } else {
+                        bytesToMembers += bytes - message.frame(0).count - target.count
+                    }
                 } catch let e as ZMQError where e.code == EHOSTUNREACH {
                     repliesDropped += 1  // the trainer is gone; it fetches again when it is back
                 }

@@ -25,6 +25,9 @@ struct LiveRelease {
         }
     }
 
+    /// Bytes of one release sent.
+    var byteCount: Int { head.reduce(0) { $0 + $1.count } + chunks.reduce(0) { $0 + $1.count } }
+
     /// The streamed form (`MessageStream`): the head, then one message per chunk.
     func send(on socket: ZMQSocket, prefix: [[UInt8]]) throws {
         try socket.send(prefix + head)

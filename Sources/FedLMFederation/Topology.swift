@@ -88,6 +88,11 @@ import TOMLKit
 ///     overlap = true                        # trainers start their next round while their update uploads
 ///     overlap_own = 1.0                     #   merge rule: a fresh release minus this share of the trainer's own latest update
 ///
+///     [monitoring]                          # optional: metrics and the dashboard over HTTP (default: off)
+///     aggregator = "127.0.0.1:9464"         #   /metrics (Prometheus), / (live dashboard), /api/status (JSON)
+///     broker = "127.0.0.1:9465"             #   /metrics
+///     allow = ["127.0.0.1", "10.1.0.0/16"]  #   clients that may read (default: loopback only)
+///
 ///     [clusters]                            # optional: personalized heads per data cluster
 ///     names = ["en", "de", "code"]          # clusters from the start
 ///     head = ["transformer.h.{last}.*", "transformer.ln_f.*", "lm_head.*"]   # default
@@ -113,6 +118,7 @@ import TOMLKit
 ///     releases = "tcp://127.0.0.1:5658"
 ///     [region.aggregation]                  #   optional: default the [aggregation] above
 ///     [region.clusters]                     #   optional: personalized heads per data cluster within the region
+///     [region.monitoring]                   #   optional: its aggregator's and broker's metrics (addresses of its own)
 ///     [[region.trainer]]                    #   its trainers, as [[trainer]] (names unique across all levels)
 public struct Topology: Sendable {
     /// In a region: the level above, and how the regional aggregator reports to it.
@@ -188,6 +194,8 @@ public struct Topology: Sendable {
     public var regions: [Topology] = []
     /// In a region: the level above.
     public var upstream: Upstream?
+    /// `[monitoring]`: where this level's aggregator and broker serve metrics (nil: off).
+    public var monitoring: MonitoringConfig?
 
     /// The level a process of `region` belongs to (nil: this one).
     public func level(region name: String?) throws -> Topology {
@@ -213,7 +221,7 @@ public struct Topology: Sendable {
         do { table = try TOMLTable(string: text) } catch { throw bad("not valid TOML: \(error)") }
         let root = TOMLReader(table, fail: bad)
         try root.allowOnly(["name", "run_directory", "model", "data", "broker", "aggregation", "trainer", "clusters", "security", "supervision", "wire",
-                            "region"])
+                            "region", "monitoring"])
         // Relative paths are relative to the working directory (the repository root in the README).
         var t = Topology(path: path, name: try root.string("name") ?? "federation",
                          runDirectory: try root.string("run_directory") ?? "runs/federation",
@@ -236,6 +244,7 @@ public struct Topology: Sendable {
         if let sv = try root.table("supervision") { try parseSupervision(sv, into: &t) }
         if let w = try root.table("wire") { try parseWire(w, into: &t) }
         if let ct = try root.table("clusters") { try parseClusters(ct, into: &t) }
+        if let mt = try root.table("monitoring") { t.monitoring = try parseMonitoring(mt) }
         if t.releaseSteps != nil, t.aggregation.clusters != nil {
             throw bad("'wire.release_steps' is for the global model; a federation with [clusters] sends whole releases")
         }
@@ -256,7 +265,7 @@ public struct Topology: Sendable {
     private static func parseRegion(_ rt: TOMLReader, above: Topology) throws -> Topology {
         let p = rt.prefix
         try rt.allowOnly(["name", "run_directory", "cluster", "upstream_every", "upstream_seconds", "ack_timeout", "upstream", "broker",
-                          "aggregation", "clusters", "trainer"])
+                          "aggregation", "clusters", "trainer", "monitoring"])
         guard let name = try rt.string("name"), ClusterConfig.isValidName(name) else {
             throw rt.fail("'\(p)name' is required: letters, digits, '-', '_' and '.' (at most 64)")
         }
@@ -279,6 +288,7 @@ public struct Topology: Sendable {
         r.name = above.name + "/" + name
         r.runDirectory = try rt.string("run_directory") ?? above.runDirectory + "/regions/" + name
         r.regions = []
+        r.monitoring = try rt.table("monitoring").map(parseMonitoring)
         var upstreamEndpoints = above.endpoints
         if let address = try rt.string("upstream") { upstreamEndpoints.trainers = address }
         r.upstream = Upstream(region: name, endpoints: upstreamEndpoints, cluster: cluster, everyVersions: every, seconds: seconds,
@@ -322,6 +332,10 @@ public struct Topology: Sendable {
         if let clash = names.first(where: { n in t.regions.contains { $0.upstream?.trainerID == n } }) {
             throw bad("trainer name '\(clash)' is a region's id above; rename it")
         }
+        let served = ([t] + t.regions).flatMap { [$0.monitoring?.aggregator, $0.monitoring?.broker].compactMap { $0 } }
+        if let twice = Dictionary(grouping: served.map { "\($0.port)" }, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
+            throw bad("monitoring port \(twice) is used twice: every aggregator and broker serves on its own port")
+        }
         guard !t.regions.isEmpty else { return }
         let endpoints = ([t] + t.regions).flatMap { [$0.endpoints.trainers, $0.endpoints.aggregator, $0.endpoints.publish, $0.endpoints.releases] }
         if let twice = Dictionary(grouping: endpoints, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
@@ -361,6 +375,36 @@ public struct Topology: Sendable {
         } else if w.has("step_density") || w.has("step_bits") {
             throw w.fail("'wire.step_density' and 'wire.step_bits' need 'wire.release_steps'")
         }
+    }
+
+    /// `[monitoring]`: the aggregator's and the broker's HTTP addresses and the clients allowed.
+    /// A server reachable from other machines needs `allow` to say which.
+    private static func parseMonitoring(_ mt: TOMLReader) throws -> MonitoringConfig {
+        let p = mt.prefix
+        try mt.allowOnly(["aggregator", "broker", "allow"])
+        var m = MonitoringConfig()
+        func address(_ key: String) throws -> HTTPAddress? {
+            try mt.string(key).map { text in
+                switch HTTPAddress.parse(text) {
+                case .success(let a): return a
+                case .failure(let e): throw mt.fail("'\(p)\(key)': \(e)")
+                }
+            }
+        }
+        m.aggregator = try address("aggregator")
+        m.broker = try address("broker")
+        guard m.aggregator != nil || m.broker != nil else { throw mt.fail("'\(p)aggregator' or '\(p)broker' (an address to serve on) is required") }
+        if let list = try mt.strings("allow", "a list of IP addresses or CIDR ranges") {
+            m.allow = try list.map { text in
+                switch AddressRange.parse(text) {
+                case .success(let r): return r
+                case .failure(let e): throw mt.fail("'\(p)allow': \(e)")
+                }
+            }
+        } else if let open = [m.aggregator, m.broker].compactMap({ $0 }).first(where: { !$0.isLoopback }) {
+            throw mt.fail("\(open) is reachable from other machines: list the clients that may read it in '\(p)allow' (only loopback may by default)")
+        }
+        return m
     }
 
     /// `[security]`: keys, allow-list, membership, suspension.

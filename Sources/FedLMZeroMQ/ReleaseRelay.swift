@@ -12,6 +12,9 @@ public final class ReleaseRelay: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     public let publisherEndpoint: String
     public let subscriberEndpoint: String
+    /// libzmq's connection events on the XPUB side (accepted, disconnected): who subscribes.
+    private let monitor: ZMQSocket
+    private var subscribers = 0
 
     /// Binds both sides (use `tcp://host:*` to let the OS choose ports) and starts relaying.
     /// `configure` runs on each side before it binds (with "publish" for the XSUB side and
@@ -25,6 +28,10 @@ public final class ReleaseRelay: @unchecked Sendable {
         try xpub.setHighWaterMarks(send: highWaterMark, receive: highWaterMark)
         try configure(xsub, "publish")
         try configure(xpub, "releases")
+        let monitorEndpoint = "inproc://fedlm-relay-monitor-\(UInt64.random(in: 0...UInt64.max))"
+        guard zmq_socket_monitor(xpub.handle, monitorEndpoint, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) == 0 else { throw ZMQError.last("zmq_socket_monitor") }
+        monitor = try ZMQSocket(context, .pair)
+        try monitor.connect(monitorEndpoint)
         try xsub.bind(publishers)
         try xpub.bind(subscribers)
         publisherEndpoint = xsub.lastEndpoint
@@ -47,10 +54,24 @@ public final class ReleaseRelay: @unchecked Sendable {
         thread.start()
     }
 
+    /// Subscribers connected now: the connection events so far, read without waiting (call it
+    /// from one thread, the broker loop's).
+    public func subscriberCount() -> Int {
+        while let event = try? monitor.receive(timeout: 0), let first = event.first, first.count >= 2 {
+            switch Int32(first[0]) | Int32(first[1]) << 8 {
+            case ZMQ_EVENT_ACCEPTED: subscribers += 1
+            case ZMQ_EVENT_DISCONNECTED: subscribers = max(0, subscribers - 1)
+            default: break
+            }
+        }
+        return subscribers
+    }
+
     /// Stops relaying and closes both sockets.
     public func stop() {
         _ = try? control.send([Array("TERMINATE".utf8)])
         finished.wait()
         control.close()
+        monitor.close()
     }
 }

@@ -35,6 +35,9 @@ public final class SharedFrames: @unchecked Sendable {
     /// Frames in all: the arrays, then the body's.
     public var count: Int { arrays.count + (bodyBytes.count + bodyFrameBytes - 1) / bodyFrameBytes }
 
+    /// Bytes in all frames.
+    public var byteCount: Int { arrays.reduce(0) { $0 + $1.count } + bodyBytes.count }
+
     /// The first `n` frames as arrays (copied; meant for the small head frames).
     public func arrays(prefix n: Int) -> [[UInt8]] { (0..<min(n, count)).map { Array(self[$0]) } }
 

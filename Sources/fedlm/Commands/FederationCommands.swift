@@ -3,19 +3,20 @@ import FedLMAggregation
 import FedLMData
 import FedLMFederation
 import FedLMModel
+import FedLMMonitoring
 import FedLMTensor
 import FedLMZeroMQ
 import Foundation
 import Logging
 import ServiceLifecycle
 
-/// Runs one service until SIGINT/SIGTERM, then shuts it down gracefully. A service that ends by
-/// itself (a trainer that finished its token budget) ends the process with status 0; one that
-/// fails, with status 1.
-func runService(_ service: any Service, label: String) async throws {
-    let group = ServiceGroup(configuration: .init(services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
-                                                  gracefulShutdownSignals: [.sigterm, .sigint],
-                                                  logger: Logger(label: label)))
+/// Runs one service (and its monitoring server, if any) until SIGINT/SIGTERM, then shuts them
+/// down gracefully. A service that ends by itself (a trainer that finished its token budget)
+/// ends the process with status 0; one that fails, with status 1.
+func runService(_ service: any Service, monitoring: MonitoringServer? = nil, label: String) async throws {
+    let services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)]
+        + (monitoring.map { [.init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup)] } ?? [])
+    let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: label)))
     try await group.run()
 }
 
@@ -48,7 +49,8 @@ struct BrokerCommand: AsyncParsableCommand {
             let modelBytes = try ConfigResolution.load(t.modelConfigPath).model.parameterCount * 4
             gate.bytesInFlight = max(gate.bytesInFlight, modelBytes + (4 << 20))
         }
-        try await runService(BrokerService(endpoints: e, security: security, gateLimits: gate), label: "fedlm.broker")
+        let broker = BrokerService(endpoints: e, security: security, gateLimits: gate)
+        try await runService(broker, monitoring: try RoleMonitoring.broker(t, service: broker), label: "fedlm.broker")
     }
 }
 
@@ -67,8 +69,12 @@ struct AggregatorCommand: AsyncParsableCommand {
         let t = try Topology.load(path: topology).level(region: region)
         let file = try ConfigResolution.load(t.modelConfigPath)
         let logger = Logger(label: "fedlm.aggregator")
+        let resuming = FileManager.default.fileExists(atPath: t.runDirectory + "/ledger.sqlite")
+        let start = Date().timeIntervalSince1970
         let core = try AggregatorCore(runDirectory: t.runDirectory, config: t.aggregation,
                                       initialModel: try GPT2Model(config: file.model, seed: file.training.seed)) { logger.info("\($0)") }
+        let monitoring = try RoleMonitoring.aggregator(t, core: core)
+        if resuming { core.metrics.restored(seconds: Date().timeIntervalSince1970 - start) }
         core.releaseCompression = t.releaseCompression
         core.releaseStepCompression = t.releaseSteps
         let service = AggregatorService(core: core, endpoints: t.endpoints, logger: logger)
@@ -89,7 +95,7 @@ struct AggregatorCommand: AsyncParsableCommand {
             options.compression = t.updateCompression
             service.attachUplink(options: options, endpoints: up.endpoints, seconds: up.seconds)
         }
-        try await runService(service, label: "fedlm.aggregator")
+        try await runService(service, monitoring: monitoring, label: "fedlm.aggregator")
     }
 }
 

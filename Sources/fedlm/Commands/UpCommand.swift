@@ -55,6 +55,12 @@ struct UpCommand: ParsableCommand {
         let tty = isatty(1) != 0
         var failure: String?
         var finished = false
+        for level in [t] + t.regions {
+            guard let m = level.monitoring else { continue }
+            let name = level.upstream.map { "region \($0.region)" } ?? "federation"
+            if let a = m.aggregator { print("\(name): dashboard at \(a.url)/, metrics at \(a.url)/metrics") }
+            if let b = m.broker { print("\(name): broker metrics at \(b.url)/metrics") }
+        }
         func say(_ line: String) { print((tty ? "\r" : "") + line) }
         // Whatever goes wrong in here (a process that cannot be started), everything started is stopped below.
         do {
