@@ -112,6 +112,8 @@ let package = Package(
         .testTarget(name: "FedLMFederationTests",
                     dependencies: ["FedLMFederation", "FedLMAggregation", "FedLMProtocol", "FedLMModel", "FedLMLedger", "FedLMCheckpoint", "FedLMZeroMQ",
                                    "FedLMExperiment", "FedLMTensor"]),
+        .testTarget(name: "FedLMMonitoringTests", dependencies: ["FedLMMonitoring", "FedLMFederation", "FedLMLedger",
+                                                                .product(name: "CoreMetrics", package: "swift-metrics")]),
         .testTarget(name: "FedLMAggregationTests", dependencies: ["FedLMAggregation", "FedLMModel"]),
         .testTarget(name: "FedLMDataTests", dependencies: ["FedLMData", "FedLMTokenizer", "FedLMModel"]),
         .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),

@@ -60,7 +60,7 @@ function el(tag, attrs, text) {
 }
 // One SVG line chart: series = [{name, color, dashed, points: [[x, y], ...]}].
 function chart(title, series, xLabel, xFormat) {
-  const W = 460, H = 220, L = 50, R = 10, T = 10, B = 30;
+  const W = 460, H = 220, L = 50, R = 24, T = 10, B = 30;
   const box = el("div", {class: "chart"});
   box.append(el("h3", {}, title));
   const svg = el("svg", {width: W, height: H, viewBox: `0 0 ${W} ${H}`});
@@ -102,7 +102,9 @@ function level(data, start) {
   if (st.adoptedFromAbove != null) cards.append(card(st.adoptedFromAbove, "adopted from above"));
   s.append(cards);
   const charts = el("div", {class: "charts"});
-  const x = p => axis === "tokens" ? p.tokens : (p.time - start) / 60;
+  // Time in minutes, or in seconds while the run is younger than two minutes.
+  const span = Math.max(0, ...cv.progress.map(p => p.time - start)), unit = span < 120 ? 1 : 60, unitName = unit === 1 ? "seconds" : "minutes";
+  const x = p => axis === "tokens" ? p.tokens : (p.time - start) / unit;
   // One colour per cluster: the global model's loss on it solid, the cluster's own model's dashed.
   const names = Object.keys(cv.losses).filter(n => n.includes("/")).sort((a, b) => a.split("/")[1].localeCompare(b.split("/")[1]) || b.localeCompare(a));
   const clusters = [...new Set(names.map(n => n.split("/")[1]))];
@@ -111,8 +113,8 @@ function level(data, start) {
     return {name: (kind === "validation_loss" ? "global on " : "own model of ") + c, color: colors[clusters.indexOf(c) % colors.length],
             dashed: kind === "personalized_loss", points: cv.losses[n].map(p => [x(p), p.value])};
   });
-  charts.append(chart("held-out loss per cluster", series, axis === "tokens" ? "tokens" : "minutes", axis === "tokens" ? fmt : v => v.toFixed(1)));
-  charts.append(chart("tokens accepted", [{name: "tokens", points: cv.progress.map(p => [(p.time - start) / 60, p.tokens])}], "minutes", v => v.toFixed(1)));
+  charts.append(chart("held-out loss per cluster", series, axis === "tokens" ? "tokens" : unitName, axis === "tokens" ? fmt : v => v.toFixed(0)));
+  charts.append(chart("tokens accepted", [{name: "tokens", points: cv.progress.map(p => [(p.time - start) / unit, p.tokens])}], unitName, v => v.toFixed(0)));
   s.append(charts);
   const kinds = Object.entries(st.refusals);
   s.append(el("p", {}, kinds.length ? "refused: " + kinds.map(([k, n]) => k + " " + n).join(", ") : "no refusals"));

@@ -17,9 +17,10 @@ struct FedLMProcess {
     let process = Process()
     let outputFile: String
 
-    /// Starts `fedlm arguments...`; stdout and stderr go to a file (pipes could fill and block).
-    init(_ arguments: [String], environment: [String: String] = [:], removing: [String] = []) throws {
-        process.executableURL = URL(fileURLWithPath: Self.binary)
+    /// Starts `fedlm arguments...` (or another program, `executable`); stdout and stderr go to a
+    /// file (pipes could fill and block).
+    init(_ arguments: [String], environment: [String: String] = [:], removing: [String] = [], executable: String = FedLMProcess.binary) throws {
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         for key in removing { env.removeValue(forKey: key) }

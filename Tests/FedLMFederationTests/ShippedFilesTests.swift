@@ -110,4 +110,37 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nshare = 1.5\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.share' must be between 0 and 1"))
         XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nshare = \"half\"\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.share' must be a number"))
     }
+
+    func testMonitoringTablesAreCheckedNamingTheKey() throws {
+        let path = NSTemporaryDirectory() + "monitoring-topology-\(getpid()).toml"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        func load(_ monitoring: String) -> Result<Topology, Error> {
+            try? ("model = \"m.toml\"\ndata = \"d\"\n[[trainer]]\nname = \"a\"\n" + monitoring).write(toFile: path, atomically: true, encoding: .utf8)
+            return Result { try Topology.load(path: path) }
+        }
+        func error(_ monitoring: String) -> String {
+            if case .failure(let e) = load(monitoring) { return "\(e)" }
+            return "no error"
+        }
+        XCTAssertNil(try load("").get().monitoring, "off by default")
+        let m = try load("[monitoring]\naggregator = \"127.0.0.1:9464\"\nbroker = \"[::1]:9465\"").get().monitoring
+        XCTAssertEqual(m?.aggregator, HTTPAddress(host: "127.0.0.1", port: 9464))
+        XCTAssertEqual(m?.broker?.url, "http://[::1]:9465")
+        XCTAssertEqual(m?.allows("127.0.0.1"), true)
+        XCTAssertEqual(m?.allows("::1"), true)
+        XCTAssertEqual(m?.allows("10.0.0.5"), false, "loopback only by default")
+        XCTAssertTrue(error("[monitoring]\naggregator = \"0.0.0.0:9464\"").contains("'monitoring.allow'"), "an open address needs an allow list")
+        let open = try load("[monitoring]\naggregator = \"0.0.0.0:9464\"\nallow = [\"10.1.0.0/16\", \"192.168.1.7\"]").get().monitoring
+        XCTAssertEqual(open?.allows("10.1.200.3"), true)
+        XCTAssertEqual(open?.allows("::ffff:10.1.0.9"), true, "an IPv4 client on an IPv6 socket")
+        XCTAssertEqual(open?.allows("10.2.0.1"), false)
+        XCTAssertEqual(open?.allows("192.168.1.8"), false)
+        XCTAssertTrue(error("[monitoring]\naggregator = \"localhost:9464\"").contains("'monitoring.aggregator'"))
+        XCTAssertTrue(error("[monitoring]\naggregator = \"127.0.0.1\"").contains("has no port"))
+        XCTAssertTrue(error("[monitoring]\nbroker = \"127.0.0.1:70000\"").contains("not 0-65535"))
+        XCTAssertTrue(error("[monitoring]\nallow = [\"10.0.0.0/8\"]").contains("'monitoring.aggregator' or 'monitoring.broker'"))
+        XCTAssertTrue(error("[monitoring]\naggregator = \"127.0.0.1:9464\"\nallow = [\"10.0.0.0/33\"]").contains("'monitoring.allow'"))
+        XCTAssertTrue(error("[monitoring]\naggregator = \"127.0.0.1:9464\"\nbroker = \"127.0.0.1:9464\"").contains("port 9464 is used twice"))
+        XCTAssertTrue(error("[monitoring]\ndashboard = \"127.0.0.1:9464\"").contains("unknown key 'monitoring.dashboard'"))
+    }
 }

@@ -1,0 +1,143 @@
+import Foundation
+import XCTest
+
+/// A running federation (broker, aggregator and two trainers as processes) watched as an operator
+/// would: a real Prometheus server (Debian's `prometheus`) scrapes the aggregator's and the
+/// broker's `/metrics`, and a real headless browser (Debian's `chromium`) loads the aggregator's
+/// dashboard, runs its script and draws the curves; its screenshot is kept in
+/// `runs/test-artifacts/dashboard.png`.
+final class MonitoringTests: XCTestCase {
+    func testPrometheusAndAHeadlessBrowserWatchARunningFederation() throws {
+        let prometheus = try Self.tool("prometheus")
+        let chromium = try Self.tool("chromium")
+        let trainer = { (name: String, cluster: String) in
+            SmallFederation.trainer(name, "clusters = [\"\(cluster)\"]", "local_steps = 3", "tokens = 60000")
+        }
+        let f = try SmallFederation(SmallFederation.fedbuff("evaluate_every = 2", "checkpoint_every = 4") + trainer("t-en", "en") + trainer("t-de", "de"),
+                                    twoClusters: true)
+        defer { f.scratch.remove() }
+        let port = Int.random(in: 33_000...40_000)
+        let (aggregatorURL, brokerURL, prometheusURL) = ("127.0.0.1:\(port)", "127.0.0.1:\(port + 1)", "127.0.0.1:\(port + 2)")
+        try f.append("\n[monitoring]\naggregator = \"\(aggregatorURL)\"\nbroker = \"\(brokerURL)\"\n")
+        let broker = try f.start("broker")
+        let aggregator = try f.start("aggregator", ["--threads", "1"])
+        let trainers = try ["t-en", "t-de"].map { try f.start("trainer", ["--name", $0, "--threads", "1"]) }
+        try """
+            global:
+              scrape_interval: 1s
+            scrape_configs:
+              - job_name: aggregator
+                static_configs: [{targets: ["\(aggregatorURL)"]}]
+              - job_name: broker
+                static_configs: [{targets: ["\(brokerURL)"]}]
+            """.write(toFile: f.scratch.dir + "/prometheus.yml", atomically: true, encoding: .utf8)
+        let server = try FedLMProcess(["--config.file=\(f.scratch.dir)/prometheus.yml", "--storage.tsdb.path=\(f.scratch.dir)/tsdb",
+                                       "--web.listen-address=\(prometheusURL)"], executable: prometheus)
+        defer { for p in trainers + [aggregator, broker, server] { p.signal(SIGKILL) } }
+
+        // Prometheus scrapes both; the updates counter it stores grows while the trainers train.
+        func query(_ promql: String) -> Double? {
+            let q = promql.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
+            guard let json = Self.get("http://\(prometheusURL)/api/v1/query?query=\(q)"),
+                  let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
+                  let result = (object["data"] as? [String: Any])?["result"] as? [[String: Any]],
+                  let value = result.first?["value"] as? [Any], let text = value.last as? String else { return nil }
+            return Double(text)
+        }
+        SmallFederation.waitFor("Prometheus to scrape both targets", seconds: 60) { query("sum(up)") == 2 }
+        SmallFederation.waitFor("accepted updates in Prometheus") { (query("sum(fedlm_aggregator_updates_total{outcome=~\"applied|buffered\"})") ?? 0) >= 2 }
+        let first = query("sum(fedlm_aggregator_updates_total{outcome=~\"applied|buffered\"})") ?? 0
+        SmallFederation.waitFor("the updates counter to grow in Prometheus") {
+            (query("sum(fedlm_aggregator_updates_total{outcome=~\"applied|buffered\"})") ?? 0) > first
+        }
+        SmallFederation.waitFor("the broker's counters in Prometheus") { (query("fedlm_broker_forwarded_total") ?? 0) > 0 }
+        XCTAssertEqual(query("fedlm_aggregator_trainers_connected"), 2)
+        XCTAssertEqual(query("fedlm_broker_aggregator_connected"), 1)
+        XCTAssertGreaterThan(query("sum(fedlm_broker_bytes_total{direction=\"in\",side=\"members\"})") ?? 0, 0)
+        SmallFederation.waitFor("a held-out loss per cluster in Prometheus") { query("count(fedlm_aggregator_validation_loss)") == 2 }
+        XCTAssertGreaterThan(query("histogram_quantile(0.5, rate(fedlm_aggregator_update_receive_to_ack_seconds_bucket[1m]))") ?? 0, 0)
+
+        // The dashboard, loaded by a real browser from the running aggregator, draws a loss curve
+        // per cluster (each with at least two evaluations), the trainers, and keeps polling.
+        SmallFederation.waitFor("two evaluations per cluster") {
+            f.ledger("SELECT MIN(n) FROM (SELECT COUNT(*) AS n FROM metrics WHERE name LIKE 'validation_loss/%' GROUP BY name)") >= 2
+        }
+        let profile = f.scratch.dir + "/chromium"
+        let browser = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--user-data-dir=\(profile)",
+                       "--window-size=1100,1300", "--virtual-time-budget=7000"]
+        let dom = try Self.run(chromium, browser + ["--dump-dom", "http://\(aggregatorURL)/"])
+        let curves = Self.matches(#"class="curve"[^>]*data-series="([^"]+)"[^>]*data-points="(\d+)""#, in: dom)
+        let drawn = Dictionary(curves.map { ($0[0], Int($0[1]) ?? 0) }, uniquingKeysWith: max)
+        XCTAssertGreaterThanOrEqual(drawn["global on en"] ?? 0, 2, "the en loss curve: \(drawn)")
+        XCTAssertGreaterThanOrEqual(drawn["global on de"] ?? 0, 2, "the de loss curve: \(drawn)")
+        XCTAssertGreaterThanOrEqual(drawn["tokens"] ?? 0, 2, "tokens over time: \(drawn)")
+        XCTAssertEqual(Self.matches(#"<tr class="trainer">"#, in: dom).count, 2, "one row per trainer")
+        XCTAssertTrue(dom.contains(">t-en<") && dom.contains(">t-de<"), "the trainers by name")
+        let polls = Int(Self.matches(#"data-updates="(\d+)""#, in: dom).first?.first ?? "0") ?? 0
+        XCTAssertGreaterThanOrEqual(polls, 2, "the page polls the status again and again")
+        let artifacts = ReferenceRoot.path + "/runs/test-artifacts"
+        try FileManager.default.createDirectory(atPath: artifacts, withIntermediateDirectories: true)
+        let screenshot = artifacts + "/dashboard.png"
+        try? FileManager.default.removeItem(atPath: screenshot)
+        _ = try Self.run(chromium, browser + ["--screenshot=\(screenshot)", "http://\(aggregatorURL)/"])
+        let png = try Data(contentsOf: URL(fileURLWithPath: screenshot))
+        XCTAssertEqual(Array(png.prefix(4)), [0x89, 0x50, 0x4E, 0x47], "a PNG")
+        XCTAssertGreaterThan(png.count, 20_000, "a page with content, not a blank one")
+    }
+
+    /// A program from Debian's packages; the test command installs them and sets
+    /// FEDLM_REQUIRE_MONITORING_TOOLS=1, so in CI a missing one fails instead of skipping.
+    static func tool(_ name: String) throws -> String {
+        for dir in ["/usr/bin", "/usr/local/bin", "/bin"] where FileManager.default.isExecutableFile(atPath: dir + "/" + name) { return dir + "/" + name }
+        if ProcessInfo.processInfo.environment["FEDLM_REQUIRE_MONITORING_TOOLS"] == "1" {
+            XCTFail("FEDLM_REQUIRE_MONITORING_TOOLS=1 but \(name) is not installed")
+        }
+        throw XCTSkip("\(name) is not installed; the README's test command installs it")
+    }
+
+    /// Runs a program to its end (at most 90 s) and returns its standard output.
+    static func run(_ executable: String, _ arguments: [String]) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = arguments
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let killer = DispatchWorkItem { if p.isRunning { p.terminate() } }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 90, execute: killer)
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        killer.cancel()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// A GET's body, or nil (not reachable yet).
+    static func get(_ url: String) -> String? {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        p.arguments = ["-sf", "--max-time", "5", url]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return nil }
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return p.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
+    }
+
+    /// The capture groups of every match of `pattern`.
+    static func matches(_ pattern: String, in text: String) -> [[String]] {
+        let regex = try! NSRegularExpression(pattern: pattern)
+        return regex.matches(in: text, range: NSRange(text.startIndex..., in: text)).map { m in
+            (1..<m.numberOfRanges).map { i in Range(m.range(at: i), in: text).map { String(text[$0]) } ?? "" }
+        }
+    }
+}
+
+/// The package's root directory (test artifacts go under its runs/).
+enum ReferenceRoot {
+    static var path: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    }
+}
