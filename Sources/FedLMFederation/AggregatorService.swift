@@ -44,6 +44,9 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         return try body(core)
     }
 
+    /// Sends this aggregator's metrics to `metrics` from now on (safe while it runs).
+    public func useMetrics(_ metrics: AggregatorMetrics) { withCore { $0.metrics = metrics } }
+
     /// A regional aggregator's link to the level above: one trainer there (`RegionalRounds`).
     private var uplink: TrainerService?
     private var uplinkFailure: Error?

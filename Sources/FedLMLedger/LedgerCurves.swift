@@ -23,27 +23,53 @@ public struct LedgerCurves: Codable, Equatable, Sendable {
     public var losses: [String: [Point]]
 }
 
-extension Ledger {
-    /// The history, each series thinned to at most `maxPoints` evenly spaced points (the last kept).
-    public func curves(maxPoints: Int = 400) throws -> LedgerCurves {
-        let progress = try database.query("""
-            SELECT received_at, version_after, SUM(tokens) OVER (ORDER BY seq) FROM updates WHERE outcome != 'refused' ORDER BY seq
-            """).map { LedgerCurves.Progress(time: $0[0].double ?? 0, version: $0[1].int ?? 0, tokens: $0[2].int ?? 0) }
-        var losses: [String: [LedgerCurves.Point]] = [:]
-        for row in try database.query("""
-            SELECT name, time, version, value FROM metrics
-            WHERE name LIKE 'validation_loss%' OR name LIKE 'personalized_loss/%' ORDER BY time
-            """) {
-            guard let name = row[0].string else { continue }
-            let version = row[2].int ?? 0
-            losses[name, default: []].append(.init(time: row[1].double ?? 0, version: version,
-                                                   tokens: Self.tokens(atVersion: version, in: progress), value: row[3].double ?? 0))
+/// A ledger's curves, kept up to date by reading only what was written since the last read (a
+/// federation that runs for weeks has millions of updates; each refresh costs what is new). The
+/// progress kept is thinned as it grows: older points every other one, the newest
+/// `exactTail` all kept, so a loss evaluated now finds the tokens of its exact version.
+public final class CurveHistory: @unchecked Sendable {
+    public static let exactTail = 2048
+    public static let kept = 8192
+    private var progress: [LedgerCurves.Progress] = []
+    private var losses: [String: [LedgerCurves.Point]] = [:]
+    private var lastUpdateSeq = 0
+    private var lastMetricRow = 0
+    private var tokens = 0
+
+    public init() {}
+
+    /// Reads what the ledger gained since the last call.
+    public func advance(_ ledger: Ledger) throws {
+        for row in try ledger.database.query("""
+            SELECT seq, received_at, version_after, tokens FROM updates WHERE seq > ?1 AND outcome != 'refused' ORDER BY seq
+            """, [.init(lastUpdateSeq)]) {
+            lastUpdateSeq = row[0].int ?? lastUpdateSeq
+            tokens += row[3].int ?? 0
+            progress.append(.init(time: row[1].double ?? 0, version: row[2].int ?? 0, tokens: tokens))
         }
-        return LedgerCurves(progress: Self.thin(progress, to: maxPoints), losses: losses.mapValues { Self.thin($0, to: maxPoints) })
+        if progress.count > Self.kept {
+            let old = progress.count - Self.exactTail
+            progress = stride(from: 0, to: old, by: 2).map { progress[$0] } + progress[old...]
+        }
+        for row in try ledger.database.query("""
+            SELECT rowid, name, time, version, value FROM metrics
+            WHERE rowid > ?1 AND (name LIKE 'validation_loss%' OR name LIKE 'personalized_loss/%') ORDER BY rowid
+            """, [.init(lastMetricRow)]) {
+            lastMetricRow = row[0].int ?? lastMetricRow
+            guard let name = row[1].string else { continue }
+            let version = row[3].int ?? 0
+            losses[name, default: []].append(.init(time: row[2].double ?? 0, version: version, tokens: tokens(atVersion: version),
+                                                   value: row[4].double ?? 0))
+        }
+    }
+
+    /// The curves, each series thinned to at most `maxPoints` evenly spaced points (the last kept).
+    public func curves(maxPoints: Int = 400) -> LedgerCurves {
+        LedgerCurves(progress: Self.thin(progress, to: maxPoints), losses: losses.mapValues { Self.thin($0, to: maxPoints) })
     }
 
     /// Accepted tokens when the model reached `version`: the last progress point at or below it.
-    static func tokens(atVersion version: Int, in progress: [LedgerCurves.Progress]) -> Int {
+    func tokens(atVersion version: Int) -> Int {
         var low = 0, high = progress.count
         while low < high {
             let mid = (low + high) / 2

@@ -4,7 +4,10 @@ import Foundation
 /// What the dashboard and `/api/status` show: for each level of a federation (the top, each
 /// region), its status and its curves, read from its ledger (read only, while the aggregator
 /// writes). Built at most once per `refresh` seconds however many clients ask, so a crowd of
-/// open dashboards costs the aggregator's machine one read of each ledger per interval.
+/// open dashboards costs the aggregator's machine one read of each ledger per interval; and at
+/// most once per `costShare`⁻¹ times the last build's duration, so that the reads never take
+/// more than that share of one core, however large the ledgers grow (the curves are read
+/// incrementally, `CurveHistory`; the status is a full read of the ledger).
 public final class DashboardData: @unchecked Sendable {
     /// A level: its name and its ledger's path.
     public struct Level: Sendable {
@@ -32,9 +35,11 @@ public final class DashboardData: @unchecked Sendable {
     public let title: String
     public let levels: [Level]
     public var refresh = 1.0
+    public var costShare = 0.02
     private let lock = NSLock()
-    private var cached: (at: Double, json: [UInt8])?
+    private var cached: (at: Double, json: [UInt8], buildSeconds: Double)?
     private var ledgers: [String: Ledger] = [:]
+    private var histories: [String: CurveHistory] = [:]
 
     public init(title: String, levels: [Level]) {
         self.title = title
@@ -45,19 +50,24 @@ public final class DashboardData: @unchecked Sendable {
     public func json(now: Double = Date().timeIntervalSince1970) -> [UInt8] {
         lock.lock()
         defer { lock.unlock() }
-        if let cached, now - cached.at < refresh { return cached.json }
+        if let cached, now - cached.at < max(refresh, cached.buildSeconds / costShare) { return cached.json }
+        let start = Date().timeIntervalSince1970
         let snapshot = Snapshot(title: title, generatedAt: now, levels: levels.map { read($0, now: now) })
         let json = (try? JSONEncoder().encode(snapshot)).map { Array($0) } ?? Array("{}".utf8)
-        cached = (now, json)
+        cached = (now, json, Date().timeIntervalSince1970 - start)
         return json
     }
 
     private func read(_ level: Level, now: Double) -> Snapshot.LevelData {
         do {
             let ledger = try ledger(level.ledgerPath)
-            return .init(name: level.name, status: try ledger.status(now: now), curves: try ledger.curves())
+            let history = histories[level.ledgerPath] ?? CurveHistory()
+            histories[level.ledgerPath] = history
+            try history.advance(ledger)
+            return .init(name: level.name, status: try ledger.status(now: now), curves: history.curves())
         } catch {
             ledgers[level.ledgerPath] = nil
+            histories[level.ledgerPath] = nil
             return .init(name: level.name, problem: "\(error)")
         }
     }

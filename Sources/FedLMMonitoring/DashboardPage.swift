@@ -145,7 +145,7 @@ async function poll() {
     last = await r.json();
     lastOk = Date.now();
     render(last);
-    document.getElementById("state").textContent = "live · updated " + new Date().toLocaleTimeString();
+    document.getElementById("state").textContent = "live · data of " + new Date(last.generatedAt * 1000).toLocaleTimeString();
     document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
   } catch (e) {
     document.getElementById("state").textContent = "cannot reach the aggregator (" + e.message + ")" + (lastOk ? ", showing data from " + new Date(lastOk).toLocaleTimeString() : "");

@@ -92,6 +92,7 @@ final class MonitoringServerTests: XCTestCase {
         let data = DashboardData(title: "t", levels: [.init(name: "top", ledgerPath: dir + "/ledger.sqlite"),
                                                        .init(name: "region r", ledgerPath: dir + "/missing/ledger.sqlite")])
         data.refresh = 0
+        data.costShare = 1
         let s = try await serve(dashboard: data)
         defer { s.task.cancel() }
         let (status, body) = try await get(s.url + "/api/status")
@@ -108,10 +109,38 @@ final class MonitoringServerTests: XCTestCase {
         // Written while served: the next snapshot sees it.
         _ = try ledger.recordUpdate(.init(id: "u4", trainer: "t1", cluster: "en", baseVersion: 4, staleness: 0, weight: 1, norm: 1, tokens: 100,
                                           outcome: .applied, versionAfter: 5, deltaPath: nil, reason: nil, receivedAt: 1005))
+        try ledger.recordMetric("validation_loss/en", 1.5, version: 5, at: 1005)
         let again = try JSONSerialization.jsonObject(with: Data(try await get(s.url + "/api/status").body.utf8)) as! [String: Any]
-        XCTAssertEqual(((again["levels"] as! [[String: Any]])[0]["status"] as! [String: Any])["version"] as? Int, 5)
+        let level = (again["levels"] as! [[String: Any]])[0]
+        XCTAssertEqual((level["status"] as! [String: Any])["version"] as? Int, 5)
+        let curves = level["curves"] as! [String: Any]
+        XCTAssertEqual((curves["progress"] as! [[String: Any]]).map { $0["tokens"] as? Int }, [100, 200, 300, 400, 500], "read on from where it was")
+        XCTAssertEqual(((curves["losses"] as! [String: Any])["validation_loss/en"] as! [[String: Any]]).last?["tokens"] as? Int, 500)
         let page = try await get(s.url + "/")
         XCTAssertEqual(page.status, 200)
         XCTAssertTrue(page.body.contains("api/status"), "the page polls the status API")
+    }
+
+    func testCurveHistoryThinsOldProgressAndKeepsTheNewestExact() throws {
+        let dir = NSTemporaryDirectory() + "fedlm-curves-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ledger = try Ledger(path: dir + "/ledger.sqlite", durable: false)
+        let history = CurveHistory()
+        let n = CurveHistory.kept + 500
+        for i in 0..<n {
+            _ = try ledger.recordUpdate(.init(id: "u\(i)", trainer: "t", cluster: nil, baseVersion: i, staleness: 0, weight: 1, norm: 1, tokens: 10,
+                                              outcome: i % 7 == 3 ? .refused : .applied, versionAfter: i + 1, deltaPath: nil, reason: nil, receivedAt: Double(i)))
+            if i == n / 2 { try history.advance(ledger) }
+        }
+        try ledger.recordMetric("validation_loss/x", 2, version: n, at: Double(n))
+        try history.advance(ledger)
+        let accepted = (0..<n).filter { $0 % 7 != 3 }.count
+        let progress = history.curves(maxPoints: .max).progress
+        XCTAssertLessThanOrEqual(progress.count, CurveHistory.kept, "old points thinned")
+        XCTAssertEqual(progress.last?.tokens, accepted * 10, "every accepted token counted once across the two reads")
+        XCTAssertEqual(progress.map(\.tokens), progress.map(\.tokens).sorted(), "cumulative")
+        XCTAssertEqual(history.curves().losses["validation_loss/x"]?.first?.tokens, accepted * 10)
+        XCTAssertEqual(history.curves(maxPoints: 400).progress.count, 400)
     }
 }

@@ -12,10 +12,13 @@ import Foundation
 /// long does an update take from send to ACK. With `--flood`, phases of that load alternate with
 /// and without one member flooding the broker at full speed (`fedlm bench flood`, a separate
 /// process, with its own allowed key under `--secure`), side by side in one run: the honest
-/// trainers' throughput under the flood as a share of it without.
+/// trainers' throughput under the flood as a share of it without. With `--monitor`, phases
+/// alternate with monitoring off and on (Prometheus metrics recorded, `/metrics` scraped, the
+/// dashboard's status polled by several clients): what watching costs the aggregator per
+/// update, and how fast the dashboard answers under the load.
 struct BenchLoadCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "load",
-        abstract: "Many simulated trainers push small updates through one broker: losses, memory over time, latency percentiles; --flood adds a flooding member.")
+        abstract: "Many simulated trainers push small updates through one broker: losses, memory over time, latency percentiles; --flood adds a flooding member, --monitor scrapes metrics and polls the dashboard.")
 
     @Option(help: "Simulated trainers.") var trainers: Int = 200
     @Option(help: "Seconds of sending (per phase with --flood).") var seconds: Double = 20
@@ -27,9 +30,14 @@ struct BenchLoadCommand: ParsableCommand {
     @Option(help: "With --flood: flooded phases, each between two quiet ones; medians are reported.") var rounds: Int = 3
     @Option(help: "With --flood: the first flood's seed (each round adds one).") var floodSeed: UInt64 = 1
     @Flag(help: "Never suspend the flooder: the whole flood goes through the broker's checks (a networked fuzz run).") var noSuspend = false
+    @Flag(help: "Alternate phases with monitoring off and on (metrics recorded and scraped, dashboards polling).") var monitor = false
+    @Option(help: "With --monitor: seconds between scrapes of /metrics.") var scrapeInterval: Double = 1
+    @Option(help: "With --monitor: dashboard clients polling /api/status every 2 s.") var dashboards: Int = 5
 
     func validate() throws {
         guard trainers >= 1, seconds > 0, threads >= 1, rounds >= 1 else { throw ValidationError("--trainers, --seconds, --threads and --rounds must be positive") }
+        guard !(flood && monitor) else { throw ValidationError("--flood and --monitor measure different things: one at a time") }
+        guard scrapeInterval > 0, dashboards >= 0 else { throw ValidationError("--scrape-interval must be positive and --dashboards >= 0") }
         guard AggregationConfig.Durability(rawValue: durability) != nil else { throw ValidationError("--durability is machine or process") }
     }
 
@@ -50,6 +58,8 @@ struct BenchLoadCommand: ParsableCommand {
         let core = try AggregatorCore(runDirectory: directory + "/run", config: aggregation, initialModel: try GPT2Model(config: config, seed: 1))
         let service = AggregatorService(core: core, endpoints: endpoints)
         service.curve = keys?.client("aggregator")
+        let watching = try monitor ? WatchedPhases(service: service, broker: broker, runDirectory: directory + "/run",
+                                                  scrapeInterval: scrapeInterval, dashboards: dashboards) : nil
         let services: [BlockingService] = [broker, service]
         let threadsRunning = services.map { s in Thread { try? s.runBlocking() } }
         threadsRunning.forEach { $0.start() }
@@ -64,6 +74,16 @@ struct BenchLoadCommand: ParsableCommand {
         var generator = LoadGenerator(endpoints: endpoints, trainers: trainers, specs: core.specs, seconds: seconds)
         generator.threads = threads
         generator.curve = keys?.client("load")
+        if let watching {
+            try watching.run(generator, rounds: rounds, samples: samples)
+            samples.stop = true
+            services.forEach { $0.stop() }
+            while threadsRunning.contains(where: \.isExecuting) || monitor.isExecuting { usleep(1000) }
+            print("\(trainers) simulated trainers, \(Int(seconds)) s of sending per phase (+ drain), durability \(durability):")
+            watching.printReport()
+            if try watching.lost(in: directory + "/run/ledger.sqlite") > 0 { throw RunFailure("acknowledged updates missing from the ledger") }
+            return
+        }
         var phases: [Phase] = []
         for round in 0..<(flood ? rounds : 1) {
             generator.namePrefix = "load\(round)q"
