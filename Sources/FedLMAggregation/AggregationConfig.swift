@@ -23,6 +23,10 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
     /// Keep only the newest this many checkpoints (at least 2: a restart falls back to the one
     /// before the newest if the newest is damaged); nil keeps every checkpoint.
     public var keepCheckpoints: Int?
+    /// Keep the best model found at each evaluation: the global model with the lowest mean
+    /// validation loss in `<run>/best/global`, each cluster's own model with the lowest loss on
+    /// its cluster in `<run>/best/<cluster>` (checkpoints `fedlm sample` and `transformers` load).
+    public var keepBest = false
 
     /// What an acknowledgement guarantees. `machine`: the update is on disk (fsync) before the
     /// ack, so it survives a power cut. `process`: written through the OS cache, atomically, so it

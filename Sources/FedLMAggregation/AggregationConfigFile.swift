@@ -8,7 +8,7 @@ extension AggregationConfig {
         var evaluateEvery: Int?
         try a.allowOnly(["mode", "buffer_size", "mixing", "staleness", "staleness_exponent", "hinge_slope", "hinge_cutoff",
                       "max_staleness", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
-                      "participants", "checkpoint_every", "keep_checkpoints", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
+                      "participants", "checkpoint_every", "keep_checkpoints", "keep_best", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
                       "trainer_timeout", "combination", "trim_fraction", "max_update_norm", "norm_policy", "dp_clip", "dp_noise_multiplier",
                       "dp_delta"])
         var c = AggregationConfig()
@@ -29,6 +29,7 @@ extension AggregationConfig {
         if let v = try a.int("max_staleness") { guard v >= 0 else { throw a.fail("'aggregation.max_staleness' must be >= 0") }; c.maxStaleness = v }
         if let v = try a.int("participants") { guard v >= 1 else { throw a.fail("'aggregation.participants' must be >= 1") }; c.participants = v }
         if let v = try a.int("checkpoint_every") { guard v >= 1 else { throw a.fail("'aggregation.checkpoint_every' must be >= 1") }; c.checkpointEvery = v }
+        if let v = try a.bool("keep_best") { c.keepBest = v }
         if let v = try a.int("keep_checkpoints") {
             guard v >= 2 else { throw a.fail("'aggregation.keep_checkpoints' must be >= 2 (a damaged newest checkpoint falls back to the one before)") }
             c.keepCheckpoints = v

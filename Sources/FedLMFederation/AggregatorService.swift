@@ -1,3 +1,4 @@
+import FedLMCheckpoint
 import FedLMModel
 import FedLMProtocol
 import FedLMZeroMQ
@@ -332,6 +333,7 @@ extension AggregatorService {
             core.metrics.validationLoss(Double(loss), cluster: cluster)
         }
         let mean = losses.map(\.1).reduce(0, +) / Float(max(losses.count, 1))
+        if !losses.isEmpty { try keepIfBest(core.model, name: "global", metric: "validation_loss", loss: mean) }
         try core.ledger.recordMetric("validation_loss", Double(mean), version: core.version)
         var line = "version \(core.version): validation loss \(String(format: "%.4f", mean))"
         if let heads = core.heads {
@@ -340,6 +342,7 @@ extension AggregatorService {
             for c in heads.names where validationClusters.contains(c) {
                 heads.release(c, model: core.model.parameters, into: personal.parameters.pointer)
                 let loss = try evaluate(personal, c)
+                try keepIfBest(personal, name: c, metric: "personalized_loss/\(c)", loss: loss)
                 try core.ledger.recordMetric("personalized_loss/\(c)", Double(loss), version: core.version)
                 core.metrics.personalizedLoss(Double(loss), cluster: c)
                 own.append(loss)
@@ -356,6 +359,17 @@ extension AggregatorService {
                            epsilon, dp.delta, dp.noiseMultiplier, dp.clip, most)
         }
         logger.info("\(line)")
+    }
+}
+
+extension AggregatorService {
+    /// With `keep_best`: saves `model` as `<run>/best/<name>` when `loss` is lower than every
+    /// earlier value of `metric` (before it is recorded). The checkpoint's state names the version.
+    func keepIfBest(_ model: GPT2Model, name: String, metric: String, loss: Float) throws {
+        guard core.config.keepBest, loss.isFinite, try core.ledger.lowestMetric(metric).map({ Double(loss) < $0 }) ?? true else { return }
+        try Checkpoint.save(model: model, state: .init(step: core.version, optimizer: "none", tokensSeen: 0,
+                                                       extra: ["best_by": metric, "loss": String(format: "%.4f", loss)]),
+                            to: core.runDirectory + "/best/" + name)
     }
 }
 

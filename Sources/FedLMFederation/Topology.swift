@@ -34,6 +34,8 @@ import TOMLKit
 ///     trainer_timeout = 60.0                # seconds of silence before a trainer is forgotten
 ///     checkpoint_every = 5
 ///     keep_checkpoints = 3                  # optional: delete older checkpoints (at least 2; default: keep all)
+///     keep_best = true                      # optional: at each evaluation keep the best global model and each
+///                                           #   cluster's best own model in <run_directory>/best/<name>
 ///     durability = "machine"                # machine (fsync before ack) | process (survives kill -9)
 ///     combination = "mean"                  # fedbuff: mean | median | trimmed_mean (robust to a minority)
 ///     trim_fraction = 0.2                   # trimmed_mean: share dropped at each end

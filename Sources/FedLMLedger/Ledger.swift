@@ -299,6 +299,11 @@ public final class Ledger {
     }
 
     /// The newest value of metric `name`.
+    /// The lowest value recorded under `name` (nil: none yet).
+    public func lowestMetric(_ name: String) throws -> Double? {
+        try database.query("SELECT MIN(value) FROM metrics WHERE name = ?1", [.text(name)]).first?[0].double
+    }
+
     public func latestMetric(_ name: String) throws -> Double? {
         try database.query("SELECT value FROM metrics WHERE name = ?1 ORDER BY time DESC LIMIT 1", [.text(name)]).first?[0].double
     }

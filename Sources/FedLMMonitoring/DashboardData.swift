@@ -6,8 +6,8 @@ import Foundation
 /// writes). Built at most once per `refresh` seconds however many clients ask, so a crowd of
 /// open dashboards costs the aggregator's machine one read of each ledger per interval; and at
 /// most once per `costShare`⁻¹ times the last build's duration, so that the reads never take
-/// more than that share of one core, however large the ledgers grow (the curves are read
-/// incrementally, `CurveHistory`; the status is a full read of the ledger).
+/// more than that share of one core (each build reads only what the ledgers gained since the
+/// last, `LedgerFollower`).
 public final class DashboardData: @unchecked Sendable {
     /// A level: its name and its ledger's path.
     public struct Level: Sendable {
@@ -24,6 +24,10 @@ public final class DashboardData: @unchecked Sendable {
             var name: String
             var status: LedgerStatus?
             var curves: LedgerCurves?
+            /// Trainers in all, and heard from within `activeSeconds` (the status lists at most
+            /// `shownTrainers`, the most recently heard first).
+            var trainerCount: Int?
+            var activeTrainers: Int?
             /// Why the level could not be read (no ledger yet, say).
             var problem: String?
         }
@@ -35,15 +39,28 @@ public final class DashboardData: @unchecked Sendable {
     public let title: String
     public let levels: [Level]
     public var refresh = 1.0
+    /// The dashboard lists this many trainers at most (a federation may have thousands over its life).
+    public var shownTrainers = 300
+    public static let activeSeconds = 30.0
     public var costShare = 0.02
     private let lock = NSLock()
     private var cached: (at: Double, json: [UInt8], buildSeconds: Double)?
     private var ledgers: [String: Ledger] = [:]
-    private var histories: [String: CurveHistory] = [:]
+    private var followers: [String: LedgerFollower] = [:]
+    /// Snapshots built so far and the seconds they took (what the dashboard cost the machine).
+    public private(set) var builds = 0
+    public private(set) var buildSeconds = 0.0
 
     public init(title: String, levels: [Level]) {
         self.title = title
         self.levels = levels
+    }
+
+    /// Snapshots built and their seconds so far.
+    public var cost: (builds: Int, seconds: Double) {
+        lock.lock()
+        defer { lock.unlock() }
+        return (builds, buildSeconds)
     }
 
     /// The snapshot as JSON, at most `refresh` seconds old.
@@ -54,20 +71,28 @@ public final class DashboardData: @unchecked Sendable {
         let start = Date().timeIntervalSince1970
         let snapshot = Snapshot(title: title, generatedAt: now, levels: levels.map { read($0, now: now) })
         let json = (try? JSONEncoder().encode(snapshot)).map { Array($0) } ?? Array("{}".utf8)
-        cached = (now, json, Date().timeIntervalSince1970 - start)
+        let seconds = Date().timeIntervalSince1970 - start
+        cached = (now, json, seconds)
+        builds += 1
+        buildSeconds += seconds
         return json
     }
 
     private func read(_ level: Level, now: Double) -> Snapshot.LevelData {
         do {
             let ledger = try ledger(level.ledgerPath)
-            let history = histories[level.ledgerPath] ?? CurveHistory()
-            histories[level.ledgerPath] = history
-            try history.advance(ledger)
-            return .init(name: level.name, status: try ledger.status(now: now), curves: history.curves())
+            let follower = followers[level.ledgerPath] ?? LedgerFollower()
+            followers[level.ledgerPath] = follower
+            try follower.advance(ledger)
+            var status = try follower.status(ledger, now: now)
+            let count = status.trainers.count, active = status.trainers.filter { $0.lastContactSeconds < Self.activeSeconds }.count
+            if count > shownTrainers {
+                status.trainers = Array(status.trainers.sorted { $0.lastContactSeconds < $1.lastContactSeconds }.prefix(shownTrainers))
+            }
+            return .init(name: level.name, status: status, curves: follower.curves(), trainerCount: count, activeTrainers: active)
         } catch {
             ledgers[level.ledgerPath] = nil
-            histories[level.ledgerPath] = nil
+            followers[level.ledgerPath] = nil
             return .init(name: level.name, problem: "\(error)")
         }
     }

@@ -98,7 +98,7 @@ function level(data, start) {
   const cards = el("div", {class: "cards"});
   cards.append(card(st.version, "version"), card(st.newestCheckpoint ?? "–", "checkpoint"), card(st.accepted, "updates accepted"),
     card(st.refused, "refused"), card(fmt(st.tokens), "tokens"), card(st.meanStaleness.toFixed(2), "mean staleness"),
-    card(ago(st.lastUpdateSeconds), "since last update"), card(st.trainers.filter(t => t.lastContactSeconds < 30).length + " / " + st.trainers.length, "trainers active"));
+    card(ago(st.lastUpdateSeconds), "since last update"), card(data.activeTrainers + " / " + data.trainerCount, "trainers active"));
   if (st.adoptedFromAbove != null) cards.append(card(st.adoptedFromAbove, "adopted from above"));
   s.append(cards);
   const charts = el("div", {class: "charts"});
@@ -130,6 +130,7 @@ function level(data, start) {
     table.append(row);
   }
   s.append(table);
+  if (data.trainerCount > st.trainers.length) s.append(el("p", {}, `the ${st.trainers.length} most recently heard of ${data.trainerCount} trainers`));
   return s;
 }
 function render(snapshot) {

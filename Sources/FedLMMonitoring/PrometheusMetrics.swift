@@ -1,4 +1,5 @@
 import CoreMetrics
+import Synchronization
 import FedLMFederation
 import Prometheus
 
@@ -22,5 +23,17 @@ public final class PrometheusMetrics: Sendable {
     }
 
     /// The Prometheus text exposition of everything recorded so far.
-    public func exposition() -> [UInt8] { registry.emitToBuffer() }
+    public func exposition() -> [UInt8] {
+        let start = ContinuousClock.now
+        defer { expositionCost.withLock { $0.count += 1; $0.seconds += (ContinuousClock.now - start).seconds } }
+        return registry.emitToBuffer()
+    }
+
+    /// Expositions written so far and the seconds they took.
+    public var cost: (count: Int, seconds: Double) { expositionCost.withLock { ($0.count, $0.seconds) } }
+    private let expositionCost = Mutex<(count: Int, seconds: Double)>((0, 0))
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
 }

@@ -1,3 +1,4 @@
+import FedLMLedger
 import Foundation
 import XCTest
 
@@ -11,9 +12,10 @@ final class MonitoringTests: XCTestCase {
         let prometheus = try Self.tool("prometheus")
         let chromium = try Self.tool("chromium")
         let trainer = { (name: String, cluster: String) in
-            SmallFederation.trainer(name, "clusters = [\"\(cluster)\"]", "local_steps = 3", "tokens = 60000")
+            SmallFederation.trainer(name, "clusters = [\"\(cluster)\"]", "cluster = \"\(cluster)\"", "local_steps = 3", "tokens = 60000")
         }
-        let f = try SmallFederation(SmallFederation.fedbuff("evaluate_every = 2", "checkpoint_every = 4") + trainer("t-en", "en") + trainer("t-de", "de"),
+        let f = try SmallFederation(SmallFederation.fedbuff("evaluate_every = 2", "checkpoint_every = 4", "keep_best = true",
+                                                            "[clusters]", "names = [\"en\", \"de\"]") + trainer("t-en", "en") + trainer("t-de", "de"),
                                     twoClusters: true)
         defer { f.scratch.remove() }
         let port = Int.random(in: 33_000...40_000)
@@ -70,6 +72,7 @@ final class MonitoringTests: XCTestCase {
         let drawn = Dictionary(curves.map { ($0[0], Int($0[1]) ?? 0) }, uniquingKeysWith: max)
         XCTAssertGreaterThanOrEqual(drawn["global on en"] ?? 0, 2, "the en loss curve: \(drawn)")
         XCTAssertGreaterThanOrEqual(drawn["global on de"] ?? 0, 2, "the de loss curve: \(drawn)")
+        XCTAssertGreaterThanOrEqual(drawn["own model of en"] ?? 0, 2, "en's own model: \(drawn)")
         XCTAssertGreaterThanOrEqual(drawn["tokens"] ?? 0, 2, "tokens over time: \(drawn)")
         XCTAssertEqual(Self.matches(#"<tr class="trainer">"#, in: dom).count, 2, "one row per trainer")
         XCTAssertTrue(dom.contains(">t-en<") && dom.contains(">t-de<"), "the trainers by name")
@@ -83,6 +86,32 @@ final class MonitoringTests: XCTestCase {
         let png = try Data(contentsOf: URL(fileURLWithPath: screenshot))
         XCTAssertEqual(Array(png.prefix(4)), [0x89, 0x50, 0x4E, 0x47], "a PNG")
         XCTAssertGreaterThan(png.count, 20_000, "a page with content, not a blank one")
+
+        // keep_best: each cluster's best own model so far, and the best global model, are kept
+        // as checkpoints naming the version and loss of the lowest evaluation in the ledger.
+        for (name, metric) in [("global", "validation_loss"), ("en", "personalized_loss/en"), ("de", "personalized_loss/de")] {
+            let state = f.scratch.dir + "/run/best/\(name)/training_state.json"
+            guard let data = FileManager.default.contents(atPath: state),
+                  let json = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+                  let extra = json["extra"] as? [String: String], let loss = extra["loss"].flatMap(Double.init) else {
+                XCTFail("no best checkpoint for \(name) at \(state)")
+                continue
+            }
+            let (lowest, version) = Self.lowest(metric, in: f.ledgerPath)
+            XCTAssertEqual(loss, lowest, accuracy: 1e-4, "\(name): the loss of the lowest evaluation")
+            XCTAssertEqual(json["step"] as? Int, version, "\(name): the version of the lowest evaluation")
+            XCTAssertEqual(extra["best_by"], metric)
+            XCTAssertTrue(FileManager.default.fileExists(atPath: f.scratch.dir + "/run/best/\(name)/model.safetensors"))
+        }
+    }
+
+    /// The lowest value of a metric in a ledger, and its version.
+    static func lowest(_ metric: String, in ledger: String) -> (Double, Int) {
+        guard let db = try? SQLiteDatabase(path: ledger),
+              let row = try? db.query("SELECT value, version FROM metrics WHERE name = ?1 ORDER BY value LIMIT 1", [.text(metric)]).first else {
+            return (.nan, -1)
+        }
+        return (row[0].double ?? .nan, row[1].int ?? -1)
     }
 
     /// A program from Debian's packages; the test command installs them and sets

@@ -121,13 +121,14 @@ final class MonitoringServerTests: XCTestCase {
         XCTAssertTrue(page.body.contains("api/status"), "the page polls the status API")
     }
 
-    func testCurveHistoryThinsOldProgressAndKeepsTheNewestExact() throws {
+    func testTheFollowerThinsOldProgressKeepsTheNewestExactAndTalliesLikeAFullRead() throws {
         let dir = NSTemporaryDirectory() + "fedlm-curves-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let ledger = try Ledger(path: dir + "/ledger.sqlite", durable: false)
-        let history = CurveHistory()
-        let n = CurveHistory.kept + 500
+        let history = LedgerFollower()
+        try ledger.touchTrainer("t", cluster: nil, at: 0)
+        let n = LedgerFollower.kept + 500
         for i in 0..<n {
             _ = try ledger.recordUpdate(.init(id: "u\(i)", trainer: "t", cluster: nil, baseVersion: i, staleness: 0, weight: 1, norm: 1, tokens: 10,
                                               outcome: i % 7 == 3 ? .refused : .applied, versionAfter: i + 1, deltaPath: nil, reason: nil, receivedAt: Double(i)))
@@ -137,10 +138,15 @@ final class MonitoringServerTests: XCTestCase {
         try history.advance(ledger)
         let accepted = (0..<n).filter { $0 % 7 != 3 }.count
         let progress = history.curves(maxPoints: .max).progress
-        XCTAssertLessThanOrEqual(progress.count, CurveHistory.kept, "old points thinned")
+        XCTAssertLessThanOrEqual(progress.count, LedgerFollower.kept, "old points thinned")
         XCTAssertEqual(progress.last?.tokens, accepted * 10, "every accepted token counted once across the two reads")
         XCTAssertEqual(progress.map(\.tokens), progress.map(\.tokens).sorted(), "cumulative")
         XCTAssertEqual(history.curves().losses["validation_loss/x"]?.first?.tokens, accepted * 10)
         XCTAssertEqual(history.curves(maxPoints: 400).progress.count, 400)
+        let followed = try history.status(ledger, now: Double(n)), full = try ledger.status(now: Double(n))
+        XCTAssertEqual(followed, full, "read in two steps or at once, the same status")
+        XCTAssertEqual(full.accepted, accepted)
+        XCTAssertEqual(full.refused, n - accepted)
+        XCTAssertEqual(full.trainers.first?.tokens, accepted * 10)
     }
 }
