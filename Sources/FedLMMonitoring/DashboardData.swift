@@ -42,7 +42,7 @@ public final class DashboardData: @unchecked Sendable {
     /// The dashboard lists this many trainers at most (a federation may have thousands over its life).
     public var shownTrainers = 300
     public static let activeSeconds = 30.0
-    public var costShare = 0.02
+    public var costShare = 0.01
     private let lock = NSLock()
     private var cached: (at: Double, json: [UInt8], buildSeconds: Double)?
     private var ledgers: [String: Ledger] = [:]
@@ -100,14 +100,9 @@ public final class DashboardData: @unchecked Sendable {
     /// One read-only connection per ledger, opened when the file exists.
     private func ledger(_ path: String) throws -> Ledger {
         if let l = ledgers[path] { return l }
-        guard FileManager.default.fileExists(atPath: path) else { throw DashboardError("\(path): no ledger yet (the aggregator has not started)") }
+        guard FileManager.default.fileExists(atPath: path) else { throw MonitoringError("\(path): no ledger yet (the aggregator has not started)") }
         let l = try Ledger.reading(path: path)
         ledgers[path] = l
         return l
     }
-}
-
-struct DashboardError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
 }

@@ -29,13 +29,50 @@ public final class MonitoringServer: Service, @unchecked Sendable {
         server = HTTPServer(address: socketAddress, timeout: 15, logger: .disabled, handler: Router(metrics: metrics, dashboard: dashboard, access: access))
     }
 
+    /// Serves until the process shuts down gracefully, or fails (the address taken, say). At
+    /// shutdown it closes its listening socket and returns at once: FlyingFox's own stop waits on
+    /// its connections and socket pool, which must not hold up the roles' shutdown.
     public func run() async throws {
         let served = [metrics.map { _ in "metrics at \(address.url)/metrics" }, dashboard.map { _ in "dashboard at \(address.url)/" }].compactMap { $0 }
         logger.info("\(served.joined(separator: ", ")); readable from \(allow.allow.map(\.description).joined(separator: ", "))")
+        let outcome = Outcome()
         try await withGracefulShutdownHandler {
-            try await server.run()
+            try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, Error>) in
+                outcome.wait(done)
+                Task { [server, address] in
+                    do {
+                        try await server.run()
+                        outcome.finish(nil)
+                    } catch {
+                        outcome.finish(MonitoringError("monitoring cannot serve on \(address) ([monitoring] in the topology): \(error)"))
+                    }
+                }
+            }
         } onGracefulShutdown: { [server] in
-            Task { await server.stop(timeout: 1) }
+            outcome.finish(nil)
+            Task { await server.stop(timeout: 0) }
+        }
+    }
+
+    /// The one result of `run`, whichever comes first: the server ends, or shutdown begins.
+    private final class Outcome: @unchecked Sendable {
+        private let lock = NSLock()
+        private var continuation: CheckedContinuation<Void, Error>?
+        private var result: Result<Void, Error>?
+
+        func wait(_ c: CheckedContinuation<Void, Error>) {
+            lock.lock()
+            defer { lock.unlock() }
+            if let result { c.resume(with: result) } else { continuation = c }
+        }
+
+        func finish(_ error: Error?) {
+            lock.lock()
+            defer { lock.unlock() }
+            guard result == nil else { return }
+            result = error.map { .failure($0) } ?? .success(())
+            continuation?.resume(with: result!)
+            continuation = nil
         }
     }
 
@@ -84,4 +121,10 @@ struct Router: HTTPHandler {
     static func text(_ status: HTTPStatusCode, _ body: String) -> HTTPResponse {
         HTTPResponse(statusCode: status, headers: [.contentType: "text/plain; charset=utf-8"], body: Data(body.utf8))
     }
+}
+
+/// The monitoring server could not do its work (the address taken, say), naming the address.
+public struct MonitoringError: Error, CustomStringConvertible {
+    public var description: String
+    init(_ description: String) { self.description = description }
 }

@@ -142,5 +142,15 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error("[monitoring]\naggregator = \"127.0.0.1:9464\"\nallow = [\"10.0.0.0/33\"]").contains("'monitoring.allow'"))
         XCTAssertTrue(error("[monitoring]\naggregator = \"127.0.0.1:9464\"\nbroker = \"127.0.0.1:9464\"").contains("port 9464 is used twice"))
         XCTAssertTrue(error("[monitoring]\ndashboard = \"127.0.0.1:9464\"").contains("unknown key 'monitoring.dashboard'"))
+        // A region serves on addresses of its own.
+        func region(_ port: Int) -> String {
+            "[monitoring]\naggregator = \"127.0.0.1:9464\"\n[[region]]\nname = \"north\"\n[region.broker]\ntrainers = \"tcp://127.0.0.1:6001\"\n"
+                + "aggregator = \"tcp://127.0.0.1:6002\"\npublish = \"tcp://127.0.0.1:6003\"\nreleases = \"tcp://127.0.0.1:6004\"\n"
+                + "[region.monitoring]\naggregator = \"127.0.0.1:\(port)\"\n[[region.trainer]]\nname = \"b\"\n"
+        }
+        let regional = try load(region(9474)).get()
+        XCTAssertEqual(try regional.level(region: "north").monitoring?.aggregator?.port, 9474)
+        XCTAssertEqual(regional.monitoring?.aggregator?.port, 9464)
+        XCTAssertTrue(error(region(9464)).contains("port 9464 is used twice"))
     }
 }
