@@ -105,6 +105,39 @@ final class MonitoringTests: XCTestCase {
         }
     }
 
+    /// A monitoring address already taken ends the aggregator with a message naming it (the
+    /// aggregator's loop stops too, nothing hangs); with a free one, SIGTERM stops both cleanly.
+    func testAnAggregatorWhoseMonitoringAddressIsTakenSaysSoAndStops() throws {
+        let f = try SmallFederation(SmallFederation.fedbuff() + SmallFederation.trainer("t", "tokens = 1000"))
+        defer { f.scratch.remove() }
+        let taken = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(taken) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(taken, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(taken, $0, &length) } }
+        XCTAssertEqual(listen(taken, 1), 0)
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        try f.append("\n[monitoring]\naggregator = \"127.0.0.1:\(port)\"\n")
+        let failing = try f.start("aggregator", ["--threads", "1"])
+        XCTAssertTrue(failing.exits(by: Date().addingTimeInterval(30)), "the aggregator ends")
+        XCTAssertEqual(failing.wait(), 1)
+        XCTAssertTrue(failing.output.contains("monitoring cannot serve on 127.0.0.1:\(port)"), failing.output)
+
+        let free = port + 1 > 65_000 ? port - 1 : port + 1
+        try String(contentsOfFile: f.topology, encoding: .utf8).replacingOccurrences(of: ":\(port)\"", with: ":\(free)\"")
+            .write(toFile: f.topology, atomically: true, encoding: .utf8)
+        let aggregator = try f.start("aggregator", ["--threads", "1"])
+        SmallFederation.waitFor("its metrics", seconds: 30) { Self.get("http://127.0.0.1:\(free)/metrics") != nil }
+        aggregator.signal(SIGTERM)
+        XCTAssertTrue(aggregator.exits(by: Date().addingTimeInterval(20)), "SIGTERM stops the aggregator and its server")
+        XCTAssertEqual(aggregator.wait(), 0)
+        XCTAssertTrue(aggregator.output.contains("aggregator stopped"), aggregator.output)
+    }
+
     /// The lowest value of a metric in a ledger, and its version.
     static func lowest(_ metric: String, in ledger: String) -> (Double, Int) {
         guard let db = try? SQLiteDatabase(path: ledger),
