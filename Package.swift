@@ -111,7 +111,7 @@ let package = Package(
         .testTarget(name: "FedLMLedgerTests", dependencies: ["FedLMLedger"]),
         .testTarget(name: "FedLMFederationTests",
                     dependencies: ["FedLMFederation", "FedLMAggregation", "FedLMProtocol", "FedLMModel", "FedLMLedger", "FedLMCheckpoint", "FedLMZeroMQ",
-                                   "FedLMExperiment", "FedLMTensor"]),
+                                   "FedLMExperiment", "FedLMTensor", "FedLMTestSupport"]),
         .testTarget(name: "FedLMMonitoringTests", dependencies: ["FedLMMonitoring", "FedLMFederation", "FedLMLedger",
                                                                 .product(name: "CoreMetrics", package: "swift-metrics")]),
         .testTarget(name: "FedLMAggregationTests", dependencies: ["FedLMAggregation", "FedLMModel"]),

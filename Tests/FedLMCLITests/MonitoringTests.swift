@@ -1,4 +1,5 @@
 import FedLMLedger
+import FedLMTestSupport
 import Foundation
 import XCTest
 
@@ -110,17 +111,9 @@ final class MonitoringTests: XCTestCase {
     func testAnAggregatorWhoseMonitoringAddressIsTakenSaysSoAndStops() throws {
         let f = try SmallFederation(SmallFederation.fedbuff() + SmallFederation.trainer("t", "tokens = 1000"))
         defer { f.scratch.remove() }
-        let taken = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(taken) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(taken, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(taken, $0, &length) } }
-        XCTAssertEqual(listen(taken, 1), 0)
-        let port = Int(UInt16(bigEndian: address.sin_port))
+        let taken = LoopbackListener()
+        defer { taken.close() }
+        let port = taken.port
         try f.append("\n[monitoring]\naggregator = \"127.0.0.1:\(port)\"\n")
         let failing = try f.start("aggregator", ["--threads", "1"])
         XCTAssertTrue(failing.exits(by: Date().addingTimeInterval(30)), "the aggregator ends")

@@ -2,6 +2,7 @@ import FedLMAggregation
 import FedLMFederation
 import FedLMModel
 import FedLMProtocol
+import FedLMTestSupport
 import FedLMZeroMQ
 import Foundation
 import XCTest
@@ -286,17 +287,9 @@ final class TCPRelay: @unchecked Sendable {
     var recorded: [UInt8] { lock.lock(); defer { lock.unlock() }; return bytes }
 
     init(to target: Int) throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-        listen(fd, 4)
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        listener = fd
-        port = Int(UInt16(bigEndian: addr.sin_port))
+        let front = LoopbackListener()
+        listener = front.fd
+        port = front.port
         let box = Box()
         thread = Thread { box.relay?.serve(target) }
         box.relay = self
