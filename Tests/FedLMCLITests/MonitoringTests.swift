@@ -62,8 +62,8 @@ final class MonitoringTests: XCTestCase {
 
         // The dashboard, loaded by a real browser from the running aggregator, draws a loss curve
         // per cluster (each with at least two evaluations), the trainers, and keeps polling.
-        SmallFederation.waitFor("two evaluations per cluster") {
-            f.ledger("SELECT MIN(n) FROM (SELECT COUNT(*) AS n FROM metrics WHERE name LIKE 'validation_loss/%' GROUP BY name)") >= 2
+        SmallFederation.waitFor("two evaluations of each cluster's global and own model") {
+            f.ledger("SELECT COUNT(*) FROM (SELECT name FROM metrics WHERE name LIKE '%_loss/%' GROUP BY name HAVING COUNT(*) >= 2)") == 4
         }
         let profile = f.scratch.dir + "/chromium"
         let browser = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--user-data-dir=\(profile)",
