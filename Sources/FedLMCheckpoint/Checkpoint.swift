@@ -63,7 +63,7 @@ public enum Checkpoint {
             }
             if let state {
                 let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
                 try AtomicFile.write(try encoder.encode(state), to: staging + "/" + stateFile)
             }
             for (name, source) in extraFiles.sorted(by: { $0.key < $1.key }) {

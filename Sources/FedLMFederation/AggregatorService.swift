@@ -156,7 +156,10 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
     private func recordAnswer(_ reply: Message, staleness: Int?, transfer: (bytes: Int, started: Double)) {
         let seconds = Date().timeIntervalSince1970 - transfer.started
         switch reply {
-        case .ack(let a): core.metrics.updateAnswered(outcome: a.outcome.rawValue, staleness: staleness, bytes: transfer.bytes, seconds: seconds)
+        case .ack(let a):
+            // A resent update's staleness says nothing of the model it met (that was counted once).
+            core.metrics.updateAnswered(outcome: a.outcome.rawValue, staleness: a.outcome == .duplicate ? nil : staleness,
+                                        bytes: transfer.bytes, seconds: seconds)
         case .error(let e): core.metrics.updateAnswered(outcome: "refused", reason: e.code.rawValue, staleness: staleness, bytes: transfer.bytes, seconds: seconds)
         default: break
         }

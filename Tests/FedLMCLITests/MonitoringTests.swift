@@ -25,6 +25,7 @@ final class MonitoringTests: XCTestCase {
         let broker = try f.start("broker")
         let aggregator = try f.start("aggregator", ["--threads", "1"])
         let trainers = try ["t-en", "t-de"].map { try f.start("trainer", ["--name", $0, "--threads", "1"]) }
+        let subscriber = try f.start("subscribe")
         try """
             global:
               scrape_interval: 1s
@@ -36,7 +37,7 @@ final class MonitoringTests: XCTestCase {
             """.write(toFile: f.scratch.dir + "/prometheus.yml", atomically: true, encoding: .utf8)
         let server = try FedLMProcess(["--config.file=\(f.scratch.dir)/prometheus.yml", "--storage.tsdb.path=\(f.scratch.dir)/tsdb",
                                        "--web.listen-address=\(prometheusURL)"], executable: prometheus)
-        defer { for p in trainers + [aggregator, broker, server] { p.signal(SIGKILL) } }
+        defer { for p in trainers + [aggregator, broker, server, subscriber] { p.signal(SIGKILL) } }
 
         // Prometheus scrapes both; the updates counter it stores grows while the trainers train.
         func query(_ promql: String) -> Double? {
@@ -56,6 +57,7 @@ final class MonitoringTests: XCTestCase {
         SmallFederation.waitFor("the broker's counters in Prometheus") { (query("fedlm_broker_forwarded_total") ?? 0) > 0 }
         XCTAssertEqual(query("fedlm_aggregator_trainers_connected"), 2)
         XCTAssertEqual(query("fedlm_broker_aggregator_connected"), 1)
+        SmallFederation.waitFor("the subscriber in Prometheus", seconds: 30) { (query("fedlm_broker_subscribers_connected") ?? 0) >= 1 }
         XCTAssertGreaterThan(query("sum(fedlm_broker_bytes_total{direction=\"in\",side=\"members\"})") ?? 0, 0)
         SmallFederation.waitFor("a held-out loss per cluster in Prometheus") { query("count(fedlm_aggregator_validation_loss)") == 2 }
         XCTAssertGreaterThan(query("histogram_quantile(0.5, rate(fedlm_aggregator_update_receive_to_ack_seconds_bucket[1m]))") ?? 0, 0)
