@@ -48,8 +48,8 @@ public final class DashboardData: @unchecked Sendable {
     private var ledgers: [String: Ledger] = [:]
     private var followers: [String: LedgerFollower] = [:]
     /// Snapshots built so far and the seconds they took (what the dashboard cost the machine).
-    public private(set) var builds = 0
-    public private(set) var buildSeconds = 0.0
+    private var builds = 0
+    private var buildSeconds = 0.0
 
     public init(title: String, levels: [Level]) {
         self.title = title

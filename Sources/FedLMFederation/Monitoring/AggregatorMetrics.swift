@@ -31,7 +31,6 @@ public final class AggregatorMetrics: @unchecked Sendable {
     /// Metrics that go nowhere (no `[monitoring]`).
     public static let none = AggregatorMetrics(factory: NOOPMetricsHandler.instance)
 
-    private let factory: any MetricsFactory
     private let updates: LabeledMetrics<Counter>
     private let versions: LabeledMetrics<Gauge>
     private let validation: LabeledMetrics<Gauge>
@@ -48,7 +47,6 @@ public final class AggregatorMetrics: @unchecked Sendable {
     private let epsilon: LabeledMetrics<Gauge>
 
     public init(factory: any MetricsFactory) {
-        self.factory = factory
         updates = LabeledMetrics { Counter(label: Name.updates, dimensions: [("outcome", $0[0]), ("reason", $0[1])], factory: factory) }
         versions = LabeledMetrics { Gauge(label: Name.version, dimensions: [("cluster", $0[0])], factory: factory) }
         validation = LabeledMetrics { Gauge(label: Name.validationLoss, dimensions: [("cluster", $0[0])], factory: factory) }
