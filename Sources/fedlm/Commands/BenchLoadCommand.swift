@@ -75,7 +75,7 @@ struct BenchLoadCommand: ParsableCommand {
         generator.threads = threads
         generator.curve = keys?.client("load")
         if let watching {
-            try watching.run(generator, rounds: rounds, samples: samples)
+            try watching.run(generator, rounds: rounds)
             samples.stop = true
             services.forEach { $0.stop() }
             while threadsRunning.contains(where: \.isExecuting) || monitor.isExecuting { usleep(1000) }

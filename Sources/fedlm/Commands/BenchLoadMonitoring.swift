@@ -39,7 +39,7 @@ final class WatchedPhases {
         watchers = MonitoringWatchers(port: port, scrapeInterval: scrapeInterval, dashboards: dashboards)
     }
 
-    func run(_ generator: LoadGenerator, rounds: Int, samples: SampleBox) throws {
+    func run(_ generator: LoadGenerator, rounds: Int) throws {
         var generator = generator
         // A first phase the comparison leaves out: the ledger, its WAL and the page cache grow
         // fastest at the start, a drift no pair of neighbouring phases cancels.
