@@ -116,11 +116,9 @@ public final class Ledger {
         for column in ["head_staleness", "head_version_after"] where !columns.contains(column) {
             try database.execute("ALTER TABLE updates ADD COLUMN \(column) INTEGER")
         }
-        // For status and the dashboard, which read while the aggregator writes.
-        try database.execute("""
-            CREATE INDEX IF NOT EXISTS updates_by_trainer ON updates (trainer);
-            CREATE INDEX IF NOT EXISTS metrics_by_name ON metrics (name, time);
-            """)
+        // For the latest and lowest value of a metric (status, the dashboard, keep_best); metrics
+        // are written once per evaluation, so the index costs nothing on the update path.
+        try database.execute("CREATE INDEX IF NOT EXISTS metrics_by_name ON metrics (name, time)")
     }
 
     // MARK: Clusters

@@ -38,6 +38,14 @@ public final class LedgerFollower: @unchecked Sendable {
     struct Tally {
         var accepted = 0, refused = 0, tokens = 0, stalenessSum = 0
         var firstAccepted: Double?, lastAccepted: Double?, lastReceived = 0.0
+
+        mutating func accept(tokens n: Int, staleness: Int, at time: Double) {
+            accepted += 1
+            tokens += n
+            stalenessSum += staleness
+            firstAccepted = firstAccepted ?? time
+            lastAccepted = time
+        }
     }
 
     private var progress: [LedgerCurves.Progress] = []
@@ -67,15 +75,9 @@ public final class LedgerFollower: @unchecked Sendable {
                 overall.refused += 1
                 refusals[Ledger.reasonKind(row[7].string ?? "unknown"), default: 0] += 1
             } else {
-                for i in 0..<2 {
-                    var a = i == 0 ? t : overall
-                    a.accepted += 1
-                    a.tokens += tokens
-                    a.stalenessSum += row[4].int ?? 0
-                    a.firstAccepted = a.firstAccepted ?? time
-                    a.lastAccepted = time
-                    if i == 0 { t = a } else { overall = a }
-                }
+                let staleness = row[4].int ?? 0
+                t.accept(tokens: tokens, staleness: staleness, at: time)
+                overall.accept(tokens: tokens, staleness: staleness, at: time)
                 progress.append(.init(time: time, version: row[6].int ?? 0, tokens: overall.tokens))
             }
             overall.lastReceived = max(overall.lastReceived, time)

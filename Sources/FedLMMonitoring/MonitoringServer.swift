@@ -11,7 +11,7 @@ import ServiceLifecycle
 /// `allow` gets 403 (a forwarded-for header counts for nothing).
 public final class MonitoringServer: Service, @unchecked Sendable {
     public let address: HTTPAddress
-    public let allow: MonitoringConfig
+    public let access: MonitoringConfig
     public let metrics: PrometheusMetrics?
     public let dashboard: DashboardData?
     private let server: HTTPServer
@@ -20,7 +20,7 @@ public final class MonitoringServer: Service, @unchecked Sendable {
     public init(address: HTTPAddress, access: MonitoringConfig, metrics: PrometheusMetrics?, dashboard: DashboardData?,
                 logger: Logger = Logger(label: "fedlm.monitoring")) throws {
         self.address = address
-        self.allow = access
+        self.access = access
         self.metrics = metrics
         self.dashboard = dashboard
         self.logger = logger
@@ -34,7 +34,7 @@ public final class MonitoringServer: Service, @unchecked Sendable {
     /// its connections and socket pool, which must not hold up the roles' shutdown.
     public func run() async throws {
         let served = [metrics.map { _ in "metrics at \(address.url)/metrics" }, dashboard.map { _ in "dashboard at \(address.url)/" }].compactMap { $0 }
-        logger.info("\(served.joined(separator: ", ")); readable from \(allow.allow.map(\.description).joined(separator: ", "))")
+        logger.info("\(served.joined(separator: ", ")); readable from \(access.allow.map(\.description).joined(separator: ", "))")
         let outcome = Outcome()
         try await withGracefulShutdownHandler {
             try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, Error>) in
