@@ -45,6 +45,10 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
     /// FedBuff: client-level differential privacy (clipping and noise on each aggregate).
     public var privacy: DifferentialPrivacy?
 
+    /// FedBuff: stale updates' conflicting parts shrunk against the server's recent direction,
+    /// an average of its steps with this decay (`DirectionCorrection`; nil: off).
+    public var directionDecay: Double?
+
     /// Personalized heads per data cluster (nil: one global model).
     public var clusters: ClusterConfig?
 
@@ -55,7 +59,8 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
         case .fedasync: return FedAsync(mixing: mixing, weight: staleness, maxStaleness: maxStaleness)
         case .fedbuff:
             return FedBuff(bufferSize: bufferSize, weight: staleness, maxStaleness: maxStaleness, optimizer: serverOptimizer, layout: layout,
-                           combination: combination, maxNorm: normPolicy == .clip ? maxUpdateNorm : nil, privacy: privacy)
+                           combination: combination, maxNorm: normPolicy == .clip ? maxUpdateNorm : nil, privacy: privacy,
+                           directionDecay: directionDecay)
         case .sync: return SynchronousFedAvg(participants: participants, optimizer: serverOptimizer, layout: layout)
         }
     }
@@ -80,13 +85,27 @@ public struct ClusterConfig: Equatable, Sendable, Codable {
     /// aggregation's). SGD at rate 1 makes a head follow its trainers' local training exactly,
     /// while the shared trunk can take a larger outer step or momentum.
     public var serverOptimizer: ServerOptimizerKind?
+    /// How the global model's head part is formed: the clusters' consensus or every update aggregated.
+    public var global: GlobalHead = .consensus
     public init(names: [String], headPatterns: [String]? = nil, initialNoise: Double = 0, share: Double = 0,
-                serverOptimizer: ServerOptimizerKind? = nil) {
+                serverOptimizer: ServerOptimizerKind? = nil, global: GlobalHead = .consensus) {
         self.names = names
         self.headPatterns = headPatterns
         self.initialNoise = initialNoise
         self.share = share
         self.serverOptimizer = serverOptimizer
+        self.global = global
+    }
+
+    /// The global model's head with personalized clusters (`[clusters] global`).
+    public enum GlobalHead: String, Equatable, Sendable, Codable, CaseIterable {
+        /// The mean of the clusters' heads, taken at each global version: a model every cluster
+        /// contributed to in equal part, and what a new cluster starts from.
+        case consensus
+        /// Every update applied to the global head by the aggregation strategy, as to the trunk.
+        /// The updates were computed on the clusters' models, not on the global one: with a head of
+        /// every parameter the global model then drifts away from all of them.
+        case aggregate
     }
 
     /// Cluster names become file names and pub/sub topics: letters, digits, '-', '_' and '.'.

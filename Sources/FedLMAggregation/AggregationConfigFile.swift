@@ -10,7 +10,7 @@ extension AggregationConfig {
                       "max_staleness", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
                       "participants", "checkpoint_every", "keep_checkpoints", "keep_best", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
                       "trainer_timeout", "combination", "trim_fraction", "max_update_norm", "norm_policy", "dp_clip", "dp_noise_multiplier",
-                      "dp_delta"])
+                      "dp_delta", "staleness_correction", "direction_decay"])
         var c = AggregationConfig()
         if let m = try a.string("mode") {
             guard let mode = AggregationConfig.Mode(rawValue: m) else { throw a.fail("'aggregation.mode' is '\(m)', not fedasync, fedbuff or sync") }
@@ -80,6 +80,18 @@ extension AggregationConfig {
         case "hinge": c.staleness = .hinge(slope: try a.double("hinge_slope") ?? 0.5, cutoff: try a.int("hinge_cutoff") ?? 2)
         case "inverse_sqrt": c.staleness = .inverseSquareRoot
         case let other: throw a.fail("'aggregation.staleness' is '\(other)', not constant, polynomial, hinge or inverse_sqrt")
+        }
+        switch try a.string("staleness_correction") ?? "none" {
+        case "none":
+            if try a.double("direction_decay") != nil { throw a.fail("'aggregation.direction_decay' needs staleness_correction = \"direction\"") }
+        case "direction":
+            guard c.mode == .fedbuff, c.combination == .mean else {
+                throw a.fail("'aggregation.staleness_correction' = \"direction\" applies to mode = \"fedbuff\" with combination = \"mean\"")
+            }
+            let decay = try a.double("direction_decay") ?? 0.9
+            guard decay >= 0, decay < 1 else { throw a.fail("'aggregation.direction_decay' must be in [0, 1)") }
+            c.directionDecay = decay
+        case let other: throw a.fail("'aggregation.staleness_correction' is '\(other)', not none or direction")
         }
         c.serverOptimizer = try ServerOptimizerKind.parse(a, default: .nesterov(learningRate: 0.7, momentum: 0.9)) ?? c.serverOptimizer
         return (c, evaluateEvery)

@@ -135,6 +135,8 @@ public final class FedBuff: AggregationStrategy {
     public let maxNorm: Double?
     /// Clipping plus Gaussian noise on each aggregate (nil: none).
     public let privacy: DifferentialPrivacy?
+    /// Stale updates' conflicting parts shrunk against the server's recent direction (nil: off).
+    public let correction: DirectionCorrection?
     /// The noise's seed: secret to this aggregator, kept in its checkpoints so that a restart's
     /// replay adds exactly the noise the original run added.
     private var noiseSeed = UInt64.random(in: 0...UInt64.max)
@@ -152,6 +154,7 @@ public final class FedBuff: AggregationStrategy {
     public var stateVectors: [(name: String, vector: ParameterVector)] {
         [("buffer", buffer)] + slots.enumerated().map { ("slot\($0.offset)", $0.element) }
             + optimizer.stateVectors.map { ("optimizer.\($0.name)", $0.vector) }
+            + (correction.map { [("direction", $0.direction)] } ?? [])
     }
     public var stateScalars: [String: Double] {
         var scalars = ["buffered": Double(buffered), "optimizer.steps": Double(optimizer.steps), "aggregates": Double(aggregates),
@@ -180,8 +183,10 @@ public final class FedBuff: AggregationStrategy {
 
     public init(bufferSize: Int, weight: StalenessWeight = .inverseSquareRoot, maxStaleness: Int = 16,
                 optimizer: ServerOptimizerKind, layout: ParameterLayout, combination: RobustCombination = .mean, maxNorm: Double? = nil,
-                privacy: DifferentialPrivacy? = nil) {
+                privacy: DifferentialPrivacy? = nil, directionDecay: Double? = nil) {
         precondition(privacy == nil || combination == .mean, "differential privacy adds noise to the mean of the buffer")
+        precondition(directionDecay == nil || combination == .mean, "the direction correction works on the mean of the buffer")
+        self.correction = directionDecay.map { DirectionCorrection(decay: Float($0), layout: layout) }
         self.privacy = privacy
         precondition(bufferSize >= 1)
         self.bufferSize = bufferSize
@@ -199,12 +204,13 @@ public final class FedBuff: AggregationStrategy {
     public func receive(_ c: Contribution, model: ParameterVector) -> AggregationDecision {
         if let refusal = refusal(c, model: model) { return refusal }
         var s = Float(weight.weight(staleness: c.staleness))
+        let delta = correction?.correct(c.delta, weight: s, carries: { c.carries(entry: $0) }) ?? c.delta
         if let bound = privacy?.clip ?? maxNorm {
-            let norm = Double(GradientClipping.norm(c.delta))
+            let norm = Double(GradientClipping.norm(delta))
             if norm > bound { s *= Float(bound / norm) }
         }
         if combination != .mean {
-            let slot = slots[buffered].pointer, d = c.delta.pointer
+            let slot = slots[buffered].pointer, d = delta.pointer
             parallelFor(buffer.count, granularity: 4096) { r in for i in r { slot[i] = s * d[i] } }
             slotCarried[buffered] = c.carried
             buffered += 1
@@ -218,10 +224,11 @@ public final class FedBuff: AggregationStrategy {
         }
         if bufferSize == 1, privacy == nil {
             // Nothing to buffer: step with s * delta directly (one pass instead of three).
-            optimizer.apply(c.delta, scale: s, to: model, over: c.carried.map { _ in c.ranges })
+            optimizer.apply(delta, scale: s, to: model, over: c.carried.map { _ in c.ranges })
+            correction?.record(delta, scale: s, over: c.carried.map { _ in c.ranges })
             return .applied
         }
-        let b = buffer.pointer, d = c.delta.pointer
+        let b = buffer.pointer, d = delta.pointer
         parallelFor(ranges: c.ranges) { r in for i in r { b[i] += s * d[i] } }
         for i in carriedCounts.indices where c.carries(entry: i) { carriedCounts[i] += 1 }
         buffered += 1
@@ -243,6 +250,7 @@ public final class FedBuff: AggregationStrategy {
         if partial { scaleToCarriedMeans() }
         optimizer.apply(buffer, scale: 1 / Float(bufferSize), to: model,
                         over: partial ? carriedRanges() : nil)
+        correction?.record(buffer, scale: 1 / Float(bufferSize), over: partial ? carriedRanges() : nil)
         buffer.zero()
         buffered = 0
         carriedCounts = carriedCounts.map { _ in 0 }
@@ -254,7 +262,7 @@ public final class FedBuff: AggregationStrategy {
     /// Whether a whole update may be added to the buffer chunk by chunk while it arrives, so the
     /// aggregator never holds it whole (`AggregatorCore`'s streaming application): the plain
     /// mean of K > 1 updates, without clipping or noise (which need the whole update's norm).
-    public var foldsWhileStreaming: Bool { combination == .mean && privacy == nil && maxNorm == nil && bufferSize > 1 }
+    public var foldsWhileStreaming: Bool { combination == .mean && privacy == nil && maxNorm == nil && correction == nil && bufferSize > 1 }
 
     /// Adds `sign` · s(staleness) · `values` to the buffer from element `offset` on (sign −1 takes
     /// a fold back out).

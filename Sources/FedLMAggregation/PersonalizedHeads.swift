@@ -31,6 +31,8 @@ public final class PersonalizedHeads {
     public private(set) var heads: [String: Head] = [:]
     /// The head part of the update being handled, reused.
     private let scratch: ParameterVector
+    /// How the global model's head is formed (`ClusterConfig.global`).
+    public let global: ClusterConfig.GlobalHead
 
     /// Head strategies apply each of a cluster's updates as it arrives (few trainers share a
     /// cluster, so buffering across them would stall a head), through the clusters' own server
@@ -47,6 +49,7 @@ public final class PersonalizedHeads {
         scratch = ParameterVector(layout: partition.head)
         initialNoise = Float(config.clusters?.initialNoise ?? 0)
         share = Float(config.clusters?.share ?? 0)
+        global = config.clusters?.global ?? .consensus
     }
 
     public var names: [String] { heads.keys.sorted() }
@@ -83,6 +86,31 @@ public final class PersonalizedHeads {
             for (name, other) in heads where name != cluster { shareInto(other) }
         }
         return decision
+    }
+
+    /// With `global = consensus`, writes the mean of the clusters' heads into the head part of the
+    /// global model `model` (called at each new global version, so a release's version names one
+    /// model):
+    ///
+    ///     w_global,head = (1/n) Σ_c w_c,head
+    ///
+    /// Under `share` s with SGD at rate 1 on the heads, an update Δ from any cluster moves this
+    /// mean by exactly Δ / n (its own head takes Δ / (1 + (n-1) s), each of the n - 1 others
+    /// s Δ / (1 + (n-1) s)): the consensus is FedAvg over everyone's updates at rate 1/n, a model
+    /// every cluster contributed to in equal part (model soups, Wortsman et al. 2022; WorldLM's
+    /// shared backbone). A cluster created later starts from it and leaves the mean unchanged.
+    public func writeConsensus(into model: ParameterVector) {
+        guard global == .consensus, !heads.isEmpty else { return }
+        let members = names.map { heads[$0]!.weights.pointer }
+        let mean = scratch.pointer, k = 1 / Float(members.count)
+        parallelFor(scratch.count, granularity: 4096) { r in
+            for i in r {
+                var sum: Float = 0
+                for m in members { sum += m[i] }
+                mean[i] = sum * k
+            }
+        }
+        partition.scatterHead(scratch, into: model.pointer)
     }
 
     /// With n clusters, a round of one update per cluster moves each head by the weighted mean

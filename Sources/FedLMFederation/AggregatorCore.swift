@@ -393,6 +393,7 @@ public final class AggregatorCore {
             _ = heads.receive(delta: delta, carried: carried, cluster: c, staleness: hs, dataWeight: Double(max(info.tokens, 1)),
                               trainer: info.trainerID)
             headVersionAfter = heads.heads[c]!.version
+            if decision == .applied { heads.writeConsensus(into: model.parameters) }
         }
         mark("strategy")
         try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster, baseVersion: info.baseVersion,
@@ -624,6 +625,7 @@ public final class AggregatorCore {
                 guard heads.heads[c]!.version == u.headVersionAfter else {
                     throw FederationError.replayDiverged("update \(u.id) gave head version \(heads.heads[c]!.version) of \(c), the ledger says \(u.headVersionAfter ?? -1)")
                 }
+                if decision == .applied { heads.writeConsensus(into: model.parameters) }
             }
         }
         return Restored(model: model, strategy: strategy, heads: heads, version: version, checkpoint: v, replayed: pending.count)

@@ -44,6 +44,8 @@ import TOMLKit
 ///     dp_clip = 1.0                         # optional: client-level differential privacy (fedbuff, mean):
 ///     dp_noise_multiplier = 1.0             #   clip each update to dp_clip, add N(0, (z dp_clip)^2) to each sum;
 ///     dp_delta = 1e-5                       #   epsilon reported per evaluation (metric dp_epsilon)
+///     staleness_correction = "none"         # fedbuff: none | direction (a stale update's parts that conflict with
+///     direction_decay = 0.9                 #   the server's recent steps shrink by its staleness weight; HeLoCo)
 ///     evaluate_every = 5
 ///
 ///     [[trainer]]
@@ -52,6 +54,8 @@ import TOMLKit
 ///     local_steps = 20                      # H (upper bound when time_budget is set)
 ///     time_budget = 5.0                     # optional seconds per update: H adapts to speed
 ///     tokens = 500000                       # optional token budget
+///     join_at_tokens = 600000               # optional: `fedlm up` starts it once the federation accepted this many
+///                                           #   tokens (with [clusters], its cluster may be new: created as it joins)
 ///     slowdown = 1.0                        # optional straggler factor
 ///     fresh_base_wait = 0.5                 # optional, asynchronous modes: after a buffered update wait up to
 ///                                           #   this fraction of the last round's time for the next version
@@ -104,6 +108,8 @@ import TOMLKit
 ///                                           #   with share > 0 the head may be every parameter (head = ["*"])
 ///     server_optimizer = "sgd"              # optional: the heads' own server optimizer (and server_learning_rate,
 ///     server_learning_rate = 1.0            #   server_momentum, ...); default: the [aggregation] one
+///     global = "consensus"                  # the global model's head: the mean of the clusters' (consensus)
+///                                           #   or every update aggregated into it (aggregate)
 ///
 ///     [[region]]                            # optional: regional federations below this one (WorldLM)
 ///     name = "north"                        #   its aggregator is the trainer "region-north" up here
@@ -160,6 +166,10 @@ public struct Topology: Sendable {
         /// Where this trainer reaches its broker, if not at the level's `trainers` endpoint (a
         /// relay, a public address).
         public var broker: String? = nil
+        /// `fedlm up` starts this trainer only once its level's ledger has accepted this many
+        /// tokens: an organisation joining a federation under way. With clusters it may name a
+        /// cluster that does not exist yet; it is created (from the global model) when it joins.
+        public var joinAtTokens: Int? = nil
     }
 
     public var path: String
@@ -462,7 +472,7 @@ public struct Topology: Sendable {
     /// `[clusters]`: personalized heads per data cluster (after `[aggregation]`: the heads' optimizer defaults to its).
     private static func parseClusters(_ ct: TOMLReader, into t: inout Topology) throws {
         try ct.allowOnly(["names", "head", "reassign_every", "initial_noise", "share", "server_optimizer", "server_learning_rate",
-                       "server_momentum", "adam_beta1", "adam_beta2", "delayed_period"])
+                       "server_momentum", "adam_beta1", "adam_beta2", "delayed_period", "global"])
         guard let names = try ct.strings("names", "a non-empty list of names", nonEmpty: true) else {
             throw ct.fail("'clusters.names' must be a non-empty list of names")
         }
@@ -475,8 +485,13 @@ public struct Topology: Sendable {
         guard noise >= 0 else { throw ct.fail("'clusters.initial_noise' must be >= 0") }
         let share = try ct.double("share") ?? 0
         guard share >= 0, share <= 1 else { throw ct.fail("'clusters.share' must be between 0 and 1") }
+        let globalName = try ct.string("global") ?? ClusterConfig.GlobalHead.consensus.rawValue
+        guard let global = ClusterConfig.GlobalHead(rawValue: globalName) else {
+            throw ct.fail("'clusters.global' is '\(globalName)', not one of \(ClusterConfig.GlobalHead.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
         t.aggregation.clusters = ClusterConfig(names: names, headPatterns: head, initialNoise: noise, share: share,
-                                               serverOptimizer: try ServerOptimizerKind.parse(ct, default: t.aggregation.serverOptimizer))
+                                               serverOptimizer: try ServerOptimizerKind.parse(ct, default: t.aggregation.serverOptimizer),
+                                               global: global)
         if let r = try ct.int("reassign_every") {
             guard r >= 1 else { throw ct.fail("'clusters.reassign_every' must be >= 1") }
             t.reassignEvery = r
@@ -487,7 +502,7 @@ public struct Topology: Sendable {
     private static func parseTrainer(_ tt: TOMLReader, clusterNames: [String]?) throws -> Trainer {
         let p = tt.prefix
         try tt.allowOnly(["name", "clusters", "local_steps", "time_budget", "tokens", "slowdown", "ack_timeout", "cluster", "attack",
-                       "attack_scale", "fresh_base_wait", "train", "memory_budget", "micro_batch", "broker"])
+                       "attack_scale", "fresh_base_wait", "train", "memory_budget", "micro_batch", "broker", "join_at_tokens"])
         var attack: TrainerAttack?
         if let kind = try tt.string("attack") {
             let scale = try tt.double("attack_scale") ?? 10
@@ -509,11 +524,13 @@ public struct Topology: Sendable {
         guard slowdown >= 1 else { throw tt.fail("'\(p)slowdown' must be >= 1") }
         let freshBaseWait = try tt.double("fresh_base_wait") ?? 0
         guard freshBaseWait >= 0, freshBaseWait <= 10 else { throw tt.fail("'\(p)fresh_base_wait' must be between 0 and 10") }
+        let joinAt = try tt.int("join_at_tokens")
+        if let joinAt, joinAt < 1 { throw tt.fail("'\(p)join_at_tokens' must be >= 1 (tokens the federation accepted before it joins)") }
         let cluster = try tt.string("cluster")
         if let names = clusterNames {
             guard let cluster else { throw tt.fail("'\(p)cluster' is required with [clusters]: one of \(names.joined(separator: ", ")), or \"auto\"") }
-            guard cluster == "auto" || names.contains(cluster) else {
-                throw tt.fail("'\(p)cluster' is '\(cluster)', not one of \(names.joined(separator: ", ")) or \"auto\"")
+            guard cluster == "auto" || names.contains(cluster) || (joinAt != nil && ClusterConfig.isValidName(cluster)) else {
+                throw tt.fail("'\(p)cluster' is '\(cluster)', not one of \(names.joined(separator: ", ")) or \"auto\" (a trainer with join_at_tokens may name a new one)")
             }
         } else if cluster != nil {
             throw tt.fail("'\(p)cluster' needs a [clusters] table")
@@ -528,6 +545,7 @@ public struct Topology: Sendable {
         return Trainer(name: name, clusters: clusters, localSteps: steps, timeBudget: try tt.double("time_budget"),
                                   tokens: try tt.int("tokens"), slowdown: slowdown, freshBaseWait: freshBaseWait,
                                   ackTimeout: try tt.double("ack_timeout") ?? 30, cluster: cluster == "auto" ? nil : cluster,
-                                  attack: attack, train: train, memoryBudget: budget, microBatch: micro, broker: try tt.string("broker"))
+                                  attack: attack, train: train, memoryBudget: budget, microBatch: micro, broker: try tt.string("broker"),
+                                  joinAtTokens: joinAt)
     }
 }

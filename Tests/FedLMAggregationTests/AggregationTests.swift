@@ -196,4 +196,51 @@ final class AggregationTests: XCTestCase {
         XCTAssertEqual(DifferentialPrivacy(clip: 1, noiseMultiplier: 1, delta: 1e-5).epsilon(contributions: 10), 20.17, accuracy: 0.01)
         XCTAssertEqual(DifferentialPrivacy(clip: 1, noiseMultiplier: 0).epsilon(contributions: 1), .infinity)
     }
+
+    /// Direction-aware staleness correction, on numbers worked out by hand: only a stale
+    /// update's part that conflicts with the server's recent direction shrinks, by the staleness
+    /// weight; agreeing tensors and the part orthogonal to the direction stay.
+    func testDirectionCorrectionShrinksOnlyTheConflictingPartOfAStaleUpdate() {
+        let correction = DirectionCorrection(decay: 0.5, layout: layout)
+        correction.record(vector(2), scale: 1)  // d = 0.5 * 0 + 0.5 * 2 = 1 everywhere
+        assertAll(correction.direction, 1)
+        let delta = vector(0.5)
+        let first = layout.entries[0].range  // two values: -1 plus an orthogonal part (+0.25, -0.25)
+        delta.pointer[first.lowerBound] = -0.75
+        delta.pointer[first.lowerBound + 1] = -1.25
+        XCTAssertTrue(correction.correct(delta, weight: 1) === delta, "a fresh update (weight 1) passes unchanged")
+        let out = correction.correct(delta, weight: 0.25)
+        // First tensor: <Δ, d> = -2, ||d||² = 2, so Δ - (1 - 0.25)(-1) d = Δ + 0.75.
+        XCTAssertEqual(out.pointer[first.lowerBound], 0)
+        XCTAssertEqual(out.pointer[first.lowerBound + 1], -0.5)
+        for i in first.upperBound..<out.count { XCTAssertEqual(out.pointer[i], 0.5, "agreeing tensors stay (coordinate \(i))") }
+        XCTAssertEqual(delta.pointer[first.lowerBound], -0.75, "the update itself is not changed")
+    }
+
+    /// FedBuff with the correction: the direction is an average of the applied steps, it is part
+    /// of the saved state, and a strategy restored from that state continues identically.
+    func testFedBuffWithDirectionCorrectionRecordsItsStepsAndRestores() {
+        func make() -> FedBuff {
+            FedBuff(bufferSize: 1, weight: .inverseSquareRoot, optimizer: .sgd(learningRate: 1), layout: layout, directionDecay: 0.9)
+        }
+        let s = make(), model = vector(0)
+        // Fresh: applied whole. model = -1; d = 0.1 * 1 = 0.1.
+        XCTAssertEqual(s.receive(Contribution(delta: vector(1), staleness: 0), model: model), .applied)
+        assertAll(model, -1)
+        // Staleness 3 (weight 0.5), conflicting: <Δ, d> / ||d||² = -10 per tensor, so
+        // Δ' = -1 - 0.5 (-10)(0.1) = -0.5, stepped with weight 0.5: model = -1 + 0.25 = -0.75
+        // (without the correction: -0.5). d = 0.9 * 0.1 + 0.1 * (0.5 * -0.5) = 0.065.
+        XCTAssertEqual(s.receive(Contribution(delta: vector(-1), staleness: 3), model: model), .applied)
+        assertAll(model, -0.75)
+        let saved = s.stateVectors.first { $0.name == "direction" }!.vector
+        assertAll(saved, 0.065)
+        let restored = make()
+        restored.stateVectors.first { $0.name == "direction" }!.vector.copy(from: saved)
+        restored.restore(scalars: s.stateScalars)
+        let a = vector(-0.75), b = vector(-0.75)
+        _ = s.receive(Contribution(delta: vector(-2), staleness: 1), model: a)
+        _ = restored.receive(Contribution(delta: vector(-2), staleness: 1), model: b)
+        XCTAssertEqual(a.storage.array, b.storage.array)
+        XCTAssertFalse(s.foldsWhileStreaming, "a corrected update needs the whole update and the direction")
+    }
 }

@@ -74,7 +74,9 @@ final class PersonalizedHeadsTests: XCTestCase {
     }
 
     func testTrunkIsSharedAndEachHeadMovesOnlyWithItsCluster() throws {
-        let core = try core()
+        var c = config
+        c.clusters?.global = .aggregate
+        let core = try AggregatorCore(runDirectory: dir, config: c, initialModel: try GPT2Model(config: modelConfig, seed: 3))
         let layout = core.model.layout
         let partition = try ParameterPartition(model: layout, layers: 2)
         let initial = core.model.parameters.storage.array
@@ -90,7 +92,7 @@ final class PersonalizedHeadsTests: XCTestCase {
         XCTAssertEqual(infoEN.headVersion, 1)
         XCTAssertEqual(infoCode.headVersion, 0)
         for i in 0..<initial.count {
-            XCTAssertEqual(global[i], initial[i] - d[i], "the global model takes every update whole")
+            XCTAssertEqual(global[i], initial[i] - d[i], "with global = aggregate, the global model takes every update whole")
             if partition.modelRanges.contains(where: { $0.contains(i) }) {
                 XCTAssertEqual(en[i], initial[i] - d[i], "en's head moved with en's update")
                 XCTAssertEqual(code[i], initial[i], "code's head did not")
@@ -152,6 +154,39 @@ final class PersonalizedHeadsTests: XCTestCase {
         XCTAssertThrowsError(try AggregatorCore(runDirectory: dir + "-2", config: c, initialModel: try GPT2Model(config: modelConfig, seed: 3))) {
             XCTAssertTrue("\($0)".contains("nothing is shared"), "\($0)")
         }
+    }
+
+    /// With `global = consensus` (the default) the global model's head is the mean of the
+    /// clusters' heads at each global version; under `share` with SGD at rate 1 an update Δ from
+    /// any cluster moves that mean by exactly Δ / n. A cluster added later starts from it (the
+    /// mean stays), and a restart replays it bit for bit.
+    func testConsensusGlobalIsTheMeanOfTheClustersModels() throws {
+        var c = config
+        c.clusters = ClusterConfig(names: ["en", "code", "de"], headPatterns: ["*"], share: 0.25)
+        XCTAssertEqual(c.clusters?.global, .consensus, "the default")
+        let core = try AggregatorCore(runDirectory: dir, config: c, initialModel: try GPT2Model(config: modelConfig, seed: 3))
+        let initial = core.model.parameters.storage.array
+        for (t, cl) in [("t1", "en"), ("t2", "code")] { _ = try core.handle(.hello(Hello(trainerID: t, cluster: cl)), from: t) }
+        let d = delta(initial.count, scale: 0.01), e = delta(initial.count, scale: -0.02)
+        _ = try core.handle(update("u1", core, cluster: "en", baseHead: 0, values: d), from: "t1")
+        _ = try core.handle(update("u2", core, cluster: "code", trainer: "t2", baseHead: 0, values: e), from: "t2")
+        let models = ["code", "de", "en"].map { released(core, $0).1 }
+        let global = released(core, nil).1
+        for i in 0..<initial.count {
+            XCTAssertEqual(global[i], (models[0][i] + models[1][i] + models[2][i]) * (1 / Float(3)), "the mean of the three clusters' models")
+            XCTAssertEqual(global[i], initial[i] - (d[i] + e[i]) / 3, accuracy: 1e-6, "each update moved the mean by a third of itself")
+        }
+        // A cluster created now starts from the consensus, which it leaves where it was.
+        try core.addCluster("it", origin: "test")
+        XCTAssertEqual(released(core, "it").1, global)
+        _ = try core.handle(.hello(Hello(trainerID: "t3", cluster: "it")), from: "t3")
+        _ = try core.handle(update("u3", core, cluster: "it", trainer: "t3", baseHead: 0, values: d), from: "t3")
+        let after = released(core, nil).1
+        for i in 0..<initial.count { XCTAssertEqual(after[i], global[i] - d[i] / 4, accuracy: 1e-6, "four clusters now: a quarter") }
+        let expected = ["code", "de", "en", "it", ""].map { released(core, $0.isEmpty ? nil : $0).1.map(\.bitPattern) }
+        let reopened = try AggregatorCore(runDirectory: dir, config: c, initialModel: try GPT2Model(config: modelConfig, seed: 3))
+        XCTAssertEqual(["code", "de", "en", "it", ""].map { released(reopened, $0.isEmpty ? nil : $0).1.map(\.bitPattern) }, expected,
+                       "replayed bit for bit")
     }
 
     func testRestartRestoresEveryHeadAndNewClustersStartFromTheGlobalHead() throws {

@@ -109,6 +109,16 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nserver_learning_rate = 0\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.server_learning_rate' must be > 0"))
         XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nshare = 1.5\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.share' must be between 0 and 1"))
         XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nshare = \"half\"\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.share' must be a number"))
+        XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nglobal = \"average\"\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.global' is 'average', not one of consensus, aggregate"))
+        // A trainer joining later may name a cluster that does not exist yet; nobody else may.
+        XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\n[[trainer]]\nname = \"a\"\ncluster = \"it\"").contains("'trainer[1].cluster' is 'it'"))
+        XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\n[[trainer]]\nname = \"a\"\ncluster = \"it\"\njoin_at_tokens = 100").contains("no error"))
+        XCTAssertTrue(error(base + "[[trainer]]\nname = \"a\"\njoin_at_tokens = 0").contains("'trainer[1].join_at_tokens' must be >= 1"))
+        // The direction-aware staleness correction.
+        XCTAssertTrue(error(base + "[aggregation]\nstaleness_correction = \"heloco\"\n[[trainer]]\nname = \"a\"").contains("'aggregation.staleness_correction' is 'heloco', not none or direction"))
+        XCTAssertTrue(error(base + "[aggregation]\nstaleness_correction = \"direction\"\ndirection_decay = 1\n[[trainer]]\nname = \"a\"").contains("'aggregation.direction_decay' must be in [0, 1)"))
+        XCTAssertTrue(error(base + "[aggregation]\ndirection_decay = 0.5\n[[trainer]]\nname = \"a\"").contains("needs staleness_correction"))
+        XCTAssertTrue(error(base + "[aggregation]\nmode = \"sync\"\nstaleness_correction = \"direction\"\n[[trainer]]\nname = \"a\"").contains("applies to mode = \"fedbuff\""))
     }
 
     func testMonitoringTablesAreCheckedNamingTheKey() throws {

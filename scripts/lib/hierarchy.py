@@ -31,7 +31,7 @@ import sys
 import time
 import tomllib
 
-FEDLM = ".build/release/fedlm"
+FEDLM = os.environ.get("FEDLM_BIN", ".build/release/fedlm")  # FEDLM_BIN: another build to measure
 DATA = "runs/demo-data/shards"
 HIERARCHY = "Topologies/hierarchy.toml"
 FLAT = "Topologies/experiments/standalone/flat-9.toml"

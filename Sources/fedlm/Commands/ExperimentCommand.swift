@@ -30,6 +30,9 @@ struct ExperimentCommand: ParsableCommand {
         /// Trainer (organisation) -> mean held-out loss on its own data clusters with the model
         /// that serves it: its own (local), its cluster's or the global model (federated).
         var organisations: [String: Double] = [:]
+        /// With personalized clusters: the global model's final loss on every data cluster (the
+        /// model a cluster created later starts from).
+        var global: [String: Double] = [:]
     }
 
     func run() throws {
@@ -141,10 +144,16 @@ struct ExperimentCommand: ParsableCommand {
                 final[set.name] = try evaluate(global, set.name)
             }
         }
+        var globalLosses: [String: Double] = [:]
+        if topology.aggregation.clusters != nil {
+            for set in validation { globalLosses[set.name] = try evaluate(global, set.name) }
+            print(String(format: "%@: the global model's mean validation loss %.4f", v.name, Self.mean(globalLosses)))
+        }
         // Each organisation (trainer) is served by its final cluster's model, or the global one.
         let organisations = try OrganisationRuns.federatedLosses(topology, models: models, clusters: current, global: global, validation: validation)
         return Outcome(variant: v, curve: try LearningCurve.fromLedger(ledgerPath, start: start, personalized: topology.aggregation.clusters != nil),
-                       final: final, seconds: seconds, tokens: tokens, assignments: assignments, matrix: matrix, organisations: organisations)
+                       final: final, seconds: seconds, tokens: tokens, assignments: assignments, matrix: matrix, organisations: organisations,
+                       global: globalLosses)
     }
 
     /// The local variant: every trainer of the topology trains alone (`fedlm train --clusters`)
@@ -226,7 +235,7 @@ struct ExperimentCommand: ParsableCommand {
     static func save(_ o: Outcome, to path: String) throws {
         let points = o.curve.points.map { ["tokens": Double($0.tokens), "seconds": $0.seconds].merging($0.losses.mapKeys { "loss/" + $0 }) { a, _ in a } }
         let json: [String: Any] = ["final": o.final, "seconds": o.seconds, "tokens": o.tokens, "assignments": o.assignments, "matrix": o.matrix,
-                                   "organisations": o.organisations, "curve": points]
+                                   "organisations": o.organisations, "global": o.global, "curve": points]
         try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: path))
     }
 
@@ -240,7 +249,7 @@ struct ExperimentCommand: ParsableCommand {
         }
         return Outcome(variant: variant, curve: LearningCurve(points: points), final: final, seconds: seconds, tokens: tokens,
                        assignments: json["assignments"] as? [String] ?? [], matrix: json["matrix"] as? [String: [String: Int]] ?? [:],
-                       organisations: json["organisations"] as? [String: Double] ?? [:])
+                       organisations: json["organisations"] as? [String: Double] ?? [:], global: json["global"] as? [String: Double] ?? [:])
     }
 }
 

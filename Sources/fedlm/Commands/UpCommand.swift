@@ -66,9 +66,14 @@ struct UpCommand: ParsableCommand {
         do {
             for (name, role, _) in commands where role == .broker { try start(name) }
             Thread.sleep(forTimeInterval: 0.3)
-            for (name, role, _) in commands where role != .broker { try start(name) }
+            var joiners = Joiners(t)
+            for (name, role, _) in commands where role != .broker && !joiners.waiting(name) { try start(name) }
             supervise: while !StopSignal.requested {
                 Thread.sleep(forTimeInterval: 0.25)
+                for name in try joiners.due() {
+                    say("\(name) joins the federation")
+                    due[name] = Date().addingTimeInterval(Joiners.clusterAdoption)
+                }
                 for (name, at) in due where at <= Date() {
                     due[name] = nil
                     try start(name)
@@ -111,6 +116,40 @@ struct UpCommand: ParsableCommand {
         print(Progress.line(runDirectory: t.runDirectory, elapsed: Date().timeIntervalSince(startTime), totalTokens: totalTokens) + Progress.regions(t))
         print("run directory: \(t.runDirectory) (ledger.sqlite, checkpoints/, logs/)")
         if let failure { throw RunFailure(failure) }
+    }
+}
+
+/// Trainers that join a federation under way (`join_at_tokens`): each is started once its level's
+/// ledger has accepted that many tokens; a cluster it names that does not exist yet is created
+/// first (from the global model, as `fedlm cluster create` does).
+struct Joiners {
+    /// Seconds between creating a cluster and starting its trainer: the aggregator adopts new
+    /// clusters from its ledger every half second.
+    static let clusterAdoption = 1.5
+    private var pending: [(trainer: Topology.Trainer, level: Topology)]
+
+    init(_ t: Topology) {
+        pending = ([t] + t.regions).flatMap { level in level.trainers.filter { $0.joinAtTokens != nil }.map { ($0, level) } }
+    }
+
+    func waiting(_ process: String) -> Bool { pending.contains { "trainer-" + $0.trainer.name == process } }
+
+    /// The processes whose time has come, their clusters created.
+    mutating func due() throws -> [String] {
+        var ready: [(trainer: Topology.Trainer, level: Topology)] = []
+        pending.removeAll { trainer, level in
+            let path = level.runDirectory + "/ledger.sqlite"
+            guard FileManager.default.fileExists(atPath: path),
+                  let tokens = try? Ledger.reading(path: path).acceptedTokens(), tokens >= trainer.joinAtTokens! else { return false }
+            ready.append((trainer, level))
+            return true
+        }
+        for (trainer, level) in ready {
+            guard level.aggregation.clusters != nil, let cluster = trainer.cluster else { continue }
+            let ledger = try Ledger(path: level.runDirectory + "/ledger.sqlite")
+            if try !ledger.clusters().contains(cluster) { try ledger.addCluster(cluster, origin: "joined with \(trainer.name)") }
+        }
+        return ready.map { "trainer-" + $0.trainer.name }
     }
 }
 

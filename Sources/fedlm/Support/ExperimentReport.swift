@@ -86,6 +86,18 @@ struct ExperimentReport {
             csv += row.joined(separator: ",") + "\n"
             md += "| " + mdRow.joined(separator: " | ") + " |\n"
         }
+        let withGlobal = outcomes.filter { !$0.global.isEmpty }
+        if !withGlobal.isEmpty {
+            md += "\n## The global model of personalized variants\n\nThe global model (what a cluster created later starts from) on every data cluster"
+            md += reference.map { " against \($0.variant.name)" } ?? ""
+            md += ".\n\n| variant | " + clusters.joined(separator: " | ") + " | mean |" + (reference == nil ? "" : " vs \(ref!) |") + "\n"
+            md += "|---|" + clusters.map { _ in "---|" }.joined() + "---|" + (reference == nil ? "" : "---|") + "\n"
+            for o in withGlobal {
+                let mean = ExperimentCommand.mean(o.global)
+                let gap = reference.map { String(format: " %+.1f%% |", 100 * (mean / ExperimentCommand.mean($0.final) - 1)) } ?? ""
+                md += "| \(o.variant.name) | " + clusters.map { f(o.global[$0]) }.joined(separator: " | ") + " | \(f(mean)) |" + gap + "\n"
+            }
+        }
         if let worth = try worthJoining() {
             md += "\n## Worth joining: each organisation alone, in each federation, and pooled\n\n"
             md += "Held-out loss on each organisation's own data (the mean over its clusters): alone is the model it trains on its own data "
