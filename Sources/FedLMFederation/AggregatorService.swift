@@ -54,10 +54,12 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
 
     /// Makes this aggregator a region of the federation at `upstream`: to that broker it is the
     /// trainer `options.id`, whose rounds are `options.maxLocalSteps` regional versions (or
-    /// `seconds`). Its state lives in `options.stateDirectory`.
-    public func attachUplink(options: TrainerOptions, endpoints upstream: BrokerEndpoints, seconds: Double?, curve: CurveClient? = nil) {
+    /// `tokens` accepted, or `seconds`). Its state lives in `options.stateDirectory`.
+    public func attachUplink(options: TrainerOptions, endpoints upstream: BrokerEndpoints, tokens: Int? = nil, seconds: Double?,
+                             curve: CurveClient? = nil) {
+        let cadence = RegionalRounds.Cadence(tokens: tokens, seconds: seconds)
         let service = TrainerService(options: options, endpoints: upstream, logger: Logger(label: "fedlm.uplink")) { [unowned self] options in
-            try RegionalRounds(region: self, options: options, seconds: seconds, isStopped: { [unowned self] in stopFlag.isSet })
+            try RegionalRounds(region: self, options: options, cadence: cadence, isStopped: { [unowned self] in stopFlag.isSet })
         }
         service.curve = curve
         uplink = service

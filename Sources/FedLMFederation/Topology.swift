@@ -114,6 +114,8 @@ import TOMLKit
 ///     [[region]]                            # optional: regional federations below this one (WorldLM)
 ///     name = "north"                        #   its aggregator is the trainer "region-north" up here
 ///     upstream_every = 4                    #   regional versions per update sent up
+///     upstream_tokens = 40960               #   optional, instead of upstream_every: once the region accepted this many
+///                                           #   tokens since its last update (every region's update then weighs alike)
 ///     upstream_seconds = 60.0               #   optional: or this many seconds (with at least one version)
 ///     cluster = "north"                     #   with [clusters] up here: its personalized model (default: its name)
 ///     ack_timeout = 30.0                    #   seconds before its unacknowledged update is resent
@@ -136,8 +138,10 @@ public struct Topology: Sendable {
         public var endpoints: BrokerEndpoints
         /// With [clusters] above: the region's personalized model there.
         public var cluster: String?
-        /// Regional versions per update sent up, or `seconds` (with at least one version).
+        /// Regional versions per update sent up, or tokens the region accepted (instead of
+        /// versions), or `seconds` (with at least one version), whichever comes first.
         public var everyVersions: Int
+        public var tokens: Int? = nil
         public var seconds: Double?
         public var ackTimeout: Double
         /// Its trainer id above.
@@ -276,7 +280,7 @@ public struct Topology: Sendable {
     /// One `[[region]]`: a topology of its own below `above`, whose aggregator reports upward.
     private static func parseRegion(_ rt: TOMLReader, above: Topology) throws -> Topology {
         let p = rt.prefix
-        try rt.allowOnly(["name", "run_directory", "cluster", "upstream_every", "upstream_seconds", "ack_timeout", "upstream", "broker",
+        try rt.allowOnly(["name", "run_directory", "cluster", "upstream_every", "upstream_tokens", "upstream_seconds", "ack_timeout", "upstream", "broker",
                           "aggregation", "clusters", "trainer", "monitoring"])
         guard let name = try rt.string("name"), ClusterConfig.isValidName(name) else {
             throw rt.fail("'\(p)name' is required: letters, digits, '-', '_' and '.' (at most 64)")
@@ -285,6 +289,11 @@ public struct Topology: Sendable {
         guard every >= 1 else { throw rt.fail("'\(p)upstream_every' must be >= 1") }
         let seconds = try rt.double("upstream_seconds")
         if let seconds, seconds <= 0 { throw rt.fail("'\(p)upstream_seconds' must be > 0") }
+        let tokens = try rt.int("upstream_tokens")
+        if let tokens, tokens < 1 { throw rt.fail("'\(p)upstream_tokens' must be >= 1") }
+        if tokens != nil, try rt.int("upstream_every") != nil {
+            throw rt.fail("'\(p)upstream_tokens' and '\(p)upstream_every' exclude each other (one cadence)")
+        }
         let ackTimeout = try rt.double("ack_timeout") ?? 30
         guard ackTimeout > 0 else { throw rt.fail("'\(p)ack_timeout' must be > 0") }
         var cluster = try rt.string("cluster")
@@ -303,8 +312,8 @@ public struct Topology: Sendable {
         r.monitoring = try rt.table("monitoring").map(parseMonitoring)
         var upstreamEndpoints = above.endpoints
         if let address = try rt.string("upstream") { upstreamEndpoints.trainers = address }
-        r.upstream = Upstream(region: name, endpoints: upstreamEndpoints, cluster: cluster, everyVersions: every, seconds: seconds,
-                              ackTimeout: ackTimeout)
+        r.upstream = Upstream(region: name, endpoints: upstreamEndpoints, cluster: cluster, everyVersions: every, tokens: tokens,
+                              seconds: seconds, ackTimeout: ackTimeout)
         guard let b = try rt.table("broker") else { throw rt.fail("'\(p)broker' is required: the region's own broker endpoints") }
         try b.allowOnly(["trainers", "aggregator", "publish", "releases"])
         func endpoint(_ key: String) throws -> String {

@@ -369,6 +369,29 @@ final class FederationTests: XCTestCase {
         XCTAssertTrue(why.contains("trainer 't-en' has no 'tokens'"), why)
     }
 
+    /// `join_at_tokens`: `fedlm up` starts an organisation once the federation accepted that many
+    /// tokens, creating the new cluster it names from the global model (the consensus of the
+    /// clusters' models) first; its updates count like anyone's.
+    func testAnOrganisationJoiningLaterGetsANewClusterAndTrains() throws {
+        let f = try SmallFederation(SmallFederation.fedbuff("checkpoint_every = 2", "[clusters]", "names = [\"en\"]", "head = [\"*\"]", "share = 0.5")
+            + SmallFederation.trainer("t-en", "clusters = [\"en\"]", "cluster = \"en\"", "local_steps = 3", "tokens = 6000")
+            + SmallFederation.trainer("t-de", "clusters = [\"de\"]", "cluster = \"de\"", "local_steps = 3", "tokens = 2000", "join_at_tokens = 2000"),
+            twoClusters: true)
+        defer { f.scratch.remove() }
+        let up = try FedLMProcess(["up", f.topology])
+        defer { up.signal(SIGKILL) }
+        up.exits(by: Date().addingTimeInterval(180))
+        XCTAssertEqual(up.wait(), 0, up.output)
+        XCTAssertTrue(up.output.contains("trainer-t-de joins the federation"), up.output)
+        let first = f.ledger("SELECT MIN(seq) FROM updates WHERE trainer = 't-de' AND outcome != 'refused'")
+        XCTAssertGreaterThan(first, 0, "the newcomer's updates were accepted")
+        XCTAssertGreaterThanOrEqual(f.ledger("SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE seq < \(first) AND outcome != 'refused'"), 2000,
+                                    "it joined once the federation had accepted 2000 tokens")
+        XCTAssertEqual(f.ledger("SELECT COUNT(*) FROM clusters WHERE name = 'de' AND origin = 'joined with t-de'"), 1)
+        XCTAssertEqual(f.ledger("SELECT COUNT(*) FROM assignments WHERE trainer = 't-de' AND cluster = 'de'"), 1)
+        XCTAssertGreaterThanOrEqual(f.ledger("SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE trainer = 't-de' AND outcome != 'refused'"), 2000)
+    }
+
     func testALateSubscriberGetsASnapshotThenEveryLaterVersionOnce() throws {
         let f = try SmallFederation("""
             [aggregation]

@@ -14,12 +14,12 @@ final class HierarchyTests: XCTestCase {
                                                                     "[clusters]", "names = [\"north\", \"south\"]"))
         defer { f.scratch.remove() }
         let port = Int(f.trainersAddress.split(separator: ":").last!)!
-        func region(_ name: String, _ offset: Int, trainers: [String]) -> String {
+        func region(_ name: String, _ offset: Int, cadence: String, trainers: [String]) -> String {
             """
 
             [[region]]
             name = "\(name)"
-            upstream_every = 2
+            \(cadence)
             ack_timeout = 2.0
             [region.broker]
             trainers = "tcp://127.0.0.1:\(port + offset)"
@@ -36,7 +36,10 @@ final class HierarchyTests: XCTestCase {
             durability = "process"
             """ + trainers.map { trainer($0).replacingOccurrences(of: "[[trainer]]", with: "[[region.trainer]]") }.joined()
         }
-        try f.append(region("north", 4, trainers: ["n1", "n2"]) + region("south", 8, trainers: ["s1", "s2"]))
+        // North sends up every two regional versions; south once it accepted 384 tokens (two
+        // versions of two 96-token updates each) since its last update.
+        try f.append(region("north", 4, cadence: "upstream_every = 2", trainers: ["n1", "n2"])
+                     + region("south", 8, cadence: "upstream_tokens = 384", trainers: ["s1", "s2"]))
         let regions = ["north", "south"]
         var topBroker = try f.start("broker")
         let regionBrokers = try regions.map { try f.start("broker", ["--region", $0]) }
@@ -116,6 +119,8 @@ final class HierarchyTests: XCTestCase {
             XCTAssertEqual(topCount("SELECT COUNT(*) FROM updates WHERE trainer = 'region-\(name)' AND (cluster IS NULL OR cluster != '\(name)')"), 0,
                            "\(name)'s updates went to its own personalized model above")
         }
+        XCTAssertLessThanOrEqual(topCount("SELECT COUNT(*) FROM updates WHERE trainer = 'region-south' AND outcome != 'refused' AND tokens < 384"), 1,
+                                 "south sent up every 384 tokens (only its last update, at its stop, may carry fewer)")
         let ids = try topLedger.database.query("SELECT id FROM updates").compactMap { $0[0].string }
         XCTAssertEqual(ids.count, Set(ids).count, "each update recorded once at the top")
         // `fedlm status` shows both levels from their ledgers: the regions as trainers above,

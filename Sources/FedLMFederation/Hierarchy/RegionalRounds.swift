@@ -21,10 +21,17 @@ import Foundation
 /// The state that makes this hold across crashes is `UplinkState`; the regional model's own
 /// changes are versions in the regional ledger, each adoption checkpointed at once.
 final class RegionalRounds: RoundWork {
+    /// When a round ends and its update goes up: after `versions` regional versions (the
+    /// round's steps), or once the region accepted `tokens` tokens since its last update, or
+    /// after `seconds` with at least one version, whichever comes first.
+    struct Cadence: Sendable, Equatable {
+        var tokens: Int?
+        var seconds: Double?
+    }
+
     let region: AggregatorService
     let options: TrainerOptions
-    /// Seconds after which a round ends with fewer versions than it asked for (at least one).
-    let seconds: Double?
+    let cadence: Cadence
     let statePath: String
     let specs: [TensorSpec]
     private var state: UplinkState
@@ -40,10 +47,10 @@ final class RegionalRounds: RoundWork {
     var tokensPerStep: Int { 1 }
     var dataClusters: [String] { ["its region's trainers"] }
 
-    init(region: AggregatorService, options: TrainerOptions, seconds: Double?, isStopped: @escaping () -> Bool) throws {
+    init(region: AggregatorService, options: TrainerOptions, cadence: Cadence, isStopped: @escaping () -> Bool) throws {
         self.region = region
         self.options = options
-        self.seconds = seconds
+        self.cadence = cadence
         self.isStopped = isStopped
         statePath = options.stateDirectory + "/state.safetensors"
         try FileManager.default.createDirectory(atPath: options.stateDirectory, withIntermediateDirectories: true)
@@ -137,7 +144,7 @@ final class RegionalRounds: RoundWork {
                 guard advanced > 0 || carried else { throw UplinkStopped() }
                 break
             }
-            if advanced >= round.steps || (advanced > 0 && seconds.map { now - started >= $0 } == true) { break }
+            if advanced > 0, try roundIsDone(advanced: advanced, of: round.steps, elapsed: now - started) { break }
             if now - lastAlive >= 1 {
                 alive()
                 lastAlive = now
@@ -161,6 +168,16 @@ final class RegionalRounds: RoundWork {
         let seconds = Date().timeIntervalSince1970 - started
         trainingSeconds += seconds
         return RoundResult(delta: delta, tokens: tokens, seconds: seconds, lastLoss: nil)
+    }
+
+    /// Whether the region has advanced enough for an update up (`cadence`).
+    private func roundIsDone(advanced: Int, of versions: Int, elapsed: Double) throws -> Bool {
+        if let tokens = cadence.tokens {
+            if try region.withCore({ try $0.ledger.acceptedTokens() }) - state.reportedTokens >= tokens { return true }
+        } else if advanced >= versions {
+            return true
+        }
+        return cadence.seconds.map { elapsed >= $0 } ?? false
     }
 
     /// F32, or a lossless-enough encoding without error feedback (an update rebuilt after a crash

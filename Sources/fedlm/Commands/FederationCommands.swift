@@ -93,7 +93,7 @@ struct AggregatorCommand: AsyncParsableCommand {
             options.ackTimeout = up.ackTimeout
             options.silenceWarning = t.supervision.trainerSilence
             options.compression = t.updateCompression
-            service.attachUplink(options: options, endpoints: up.endpoints, seconds: up.seconds)
+            service.attachUplink(options: options, endpoints: up.endpoints, tokens: up.tokens, seconds: up.seconds)
         }
         try await runService(service, monitoring: monitoring, label: "fedlm.aggregator")
     }
