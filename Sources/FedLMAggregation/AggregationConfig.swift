@@ -48,6 +48,8 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
     /// FedBuff: stale updates' conflicting parts shrunk against the server's recent direction,
     /// an average of its steps with this decay (`DirectionCorrection`; nil: off).
     public var directionDecay: Double?
+    /// FedBuff: equal shares among senders over this many recent updates (`FairShare`; nil: off).
+    public var fairShareWindow: Int?
 
     /// Personalized heads per data cluster (nil: one global model).
     public var clusters: ClusterConfig?
@@ -60,7 +62,7 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
         case .fedbuff:
             return FedBuff(bufferSize: bufferSize, weight: staleness, maxStaleness: maxStaleness, optimizer: serverOptimizer, layout: layout,
                            combination: combination, maxNorm: normPolicy == .clip ? maxUpdateNorm : nil, privacy: privacy,
-                           directionDecay: directionDecay)
+                           directionDecay: directionDecay, fairShareWindow: fairShareWindow)
         case .sync: return SynchronousFedAvg(participants: participants, optimizer: serverOptimizer, layout: layout)
         }
     }

@@ -10,7 +10,7 @@ extension AggregationConfig {
                       "max_staleness", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
                       "participants", "checkpoint_every", "keep_checkpoints", "keep_best", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
                       "trainer_timeout", "combination", "trim_fraction", "max_update_norm", "norm_policy", "dp_clip", "dp_noise_multiplier",
-                      "dp_delta", "staleness_correction", "direction_decay"])
+                      "dp_delta", "staleness_correction", "direction_decay", "fair_share_window"])
         var c = AggregationConfig()
         if let m = try a.string("mode") {
             guard let mode = AggregationConfig.Mode(rawValue: m) else { throw a.fail("'aggregation.mode' is '\(m)', not fedasync, fedbuff or sync") }
@@ -92,6 +92,11 @@ extension AggregationConfig {
             guard decay >= 0, decay < 1 else { throw a.fail("'aggregation.direction_decay' must be in [0, 1)") }
             c.directionDecay = decay
         case let other: throw a.fail("'aggregation.staleness_correction' is '\(other)', not none or direction")
+        }
+        if let w = try a.int("fair_share_window") {
+            guard w >= 1 else { throw a.fail("'aggregation.fair_share_window' must be >= 1 (recent updates counted)") }
+            guard c.mode == .fedbuff else { throw a.fail("'aggregation.fair_share_window' applies to mode = \"fedbuff\"") }
+            c.fairShareWindow = w
         }
         c.serverOptimizer = try ServerOptimizerKind.parse(a, default: .nesterov(learningRate: 0.7, momentum: 0.9)) ?? c.serverOptimizer
         return (c, evaluateEvery)

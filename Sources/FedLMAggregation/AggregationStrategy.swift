@@ -137,6 +137,8 @@ public final class FedBuff: AggregationStrategy {
     public let privacy: DifferentialPrivacy?
     /// Stale updates' conflicting parts shrunk against the server's recent direction (nil: off).
     public let correction: DirectionCorrection?
+    /// Equal shares among senders over recent updates (nil: off).
+    public private(set) var fairShare: FairShare?
     /// The noise's seed: secret to this aggregator, kept in its checkpoints so that a restart's
     /// replay adds exactly the noise the original run added.
     private var noiseSeed = UInt64.random(in: 0...UInt64.max)
@@ -159,6 +161,7 @@ public final class FedBuff: AggregationStrategy {
     public var stateScalars: [String: Double] {
         var scalars = ["buffered": Double(buffered), "optimizer.steps": Double(optimizer.steps), "aggregates": Double(aggregates),
                        "noise.seed.high": Double(noiseSeed >> 32), "noise.seed.low": Double(noiseSeed & 0xFFFF_FFFF)]
+        if let fairShare { scalars.merge(fairShare.scalars) { a, _ in a } }
         // Partial updates in the buffer: the counts that differ from `buffered`, and which
         // tensors each slot's update left out.
         for (i, k) in carriedCounts.enumerated() where combination == .mean && k != buffered { scalars["carried.\(i)"] = Double(k) }
@@ -173,6 +176,7 @@ public final class FedBuff: AggregationStrategy {
         optimizer.restore(steps: Int(scalars["optimizer.steps"] ?? 0))
         aggregates = Int(scalars["aggregates"] ?? 0)
         if let high = scalars["noise.seed.high"], let low = scalars["noise.seed.low"] { noiseSeed = UInt64(high) << 32 | UInt64(low) }
+        fairShare?.restore(scalars)
         carriedCounts = carriedCounts.indices.map { Int(scalars["carried.\($0)"] ?? Double(buffered)) }
         let entries = buffer.layout.entries.indices
         slotCarried = slotCarried.indices.map { j in
@@ -183,10 +187,11 @@ public final class FedBuff: AggregationStrategy {
 
     public init(bufferSize: Int, weight: StalenessWeight = .inverseSquareRoot, maxStaleness: Int = 16,
                 optimizer: ServerOptimizerKind, layout: ParameterLayout, combination: RobustCombination = .mean, maxNorm: Double? = nil,
-                privacy: DifferentialPrivacy? = nil, directionDecay: Double? = nil) {
+                privacy: DifferentialPrivacy? = nil, directionDecay: Double? = nil, fairShareWindow: Int? = nil) {
         precondition(privacy == nil || combination == .mean, "differential privacy adds noise to the mean of the buffer")
         precondition(directionDecay == nil || combination == .mean, "the direction correction works on the mean of the buffer")
         self.correction = directionDecay.map { DirectionCorrection(decay: Float($0), layout: layout) }
+        self.fairShare = fairShareWindow.map { FairShare(window: $0) }
         self.privacy = privacy
         precondition(bufferSize >= 1)
         self.bufferSize = bufferSize
@@ -205,6 +210,7 @@ public final class FedBuff: AggregationStrategy {
         if let refusal = refusal(c, model: model) { return refusal }
         var s = Float(weight.weight(staleness: c.staleness))
         let delta = correction?.correct(c.delta, weight: s, carries: { c.carries(entry: $0) }) ?? c.delta
+        if fairShare != nil { s *= fairShare!.weight(for: c.trainer) }
         if let bound = privacy?.clip ?? maxNorm {
             let norm = Double(GradientClipping.norm(delta))
             if norm > bound { s *= Float(bound / norm) }
@@ -262,7 +268,7 @@ public final class FedBuff: AggregationStrategy {
     /// Whether a whole update may be added to the buffer chunk by chunk while it arrives, so the
     /// aggregator never holds it whole (`AggregatorCore`'s streaming application): the plain
     /// mean of K > 1 updates, without clipping or noise (which need the whole update's norm).
-    public var foldsWhileStreaming: Bool { combination == .mean && privacy == nil && maxNorm == nil && correction == nil && bufferSize > 1 }
+    public var foldsWhileStreaming: Bool { combination == .mean && privacy == nil && maxNorm == nil && correction == nil && fairShare == nil && bufferSize > 1 }
 
     /// Adds `sign` · s(staleness) · `values` to the buffer from element `offset` on (sign −1 takes
     /// a fold back out).

@@ -46,6 +46,8 @@ import TOMLKit
 ///     dp_delta = 1e-5                       #   epsilon reported per evaluation (metric dp_epsilon)
 ///     staleness_correction = "none"         # fedbuff: none | direction (a stale update's parts that conflict with
 ///     direction_decay = 0.9                 #   the server's recent steps shrink by its staleness weight; HeLoCo)
+///     fair_share_window = 9                 # fedbuff, optional: a sender of more than its share of the last N updates
+///                                           #   counts less (N / (senders x its count)): nobody dominates alone
 ///     evaluate_every = 5
 ///
 ///     [[trainer]]

@@ -243,4 +243,33 @@ final class AggregationTests: XCTestCase {
         XCTAssertEqual(a.storage.array, b.storage.array)
         XCTAssertFalse(s.foldsWhileStreaming, "a corrected update needs the whole update and the direction")
     }
+
+    /// Fair shares: while senders alternate nothing changes; a sender that sends alone after
+    /// the others stopped counts less and less, down to 1 / R; the window survives a restore.
+    func testFairShareDownWeightsASenderThatSendsAlone() {
+        var fair = FairShare(window: 4)
+        XCTAssertEqual(fair.weight(for: "a"), 1)        // R = 1, count 1: min(1, 4 / 1)
+        XCTAssertEqual(fair.weight(for: "b"), 1)        // R = 2, count 1: min(1, 4 / 2)
+        XCTAssertEqual(fair.weight(for: "a"), 1)        // count 2: 4 / (2 * 2)
+        XCTAssertEqual(fair.weight(for: "b"), 1)
+        XCTAssertEqual(fair.weight(for: "a"), 1)        // window a b a b -> b a b a: count 2
+        XCTAssertEqual(fair.weight(for: "a"), 2 / Float(3))  // a b a a: 4 / (2 * 3)
+        XCTAssertEqual(fair.weight(for: "a"), 2 / Float(3))  // b a a a
+        XCTAssertEqual(fair.weight(for: "a"), 0.5)      // a a a a: 4 / (2 * 4), i.e. 1 / R
+        var restored = FairShare(window: 4)
+        restored.restore(fair.scalars)
+        XCTAssertEqual(restored, fair)
+        XCTAssertEqual(restored.weight(for: "b"), 1)    // a a a b: count 1
+        // In FedBuff, the multiplier scales the step: K = 1, SGD 1, constant staleness.
+        let s = FedBuff(bufferSize: 1, weight: .constant, optimizer: .sgd(learningRate: 1), layout: layout, fairShareWindow: 2)
+        let model = vector(0)
+        _ = s.receive(Contribution(delta: vector(1), staleness: 0, trainer: "a"), model: model)   // m = 1
+        _ = s.receive(Contribution(delta: vector(1), staleness: 0, trainer: "b"), model: model)   // m = 1
+        _ = s.receive(Contribution(delta: vector(1), staleness: 0, trainer: "b"), model: model)   // b b: 2 / (2 * 2)
+        assertAll(model, -2.5)
+        XCTAssertFalse(s.foldsWhileStreaming)
+        let again = FedBuff(bufferSize: 1, weight: .constant, optimizer: .sgd(learningRate: 1), layout: layout, fairShareWindow: 2)
+        again.restore(scalars: s.stateScalars)
+        XCTAssertEqual(again.fairShare, s.fairShare)
+    }
 }

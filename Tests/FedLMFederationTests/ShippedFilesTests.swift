@@ -119,6 +119,8 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base + "[aggregation]\nstaleness_correction = \"direction\"\ndirection_decay = 1\n[[trainer]]\nname = \"a\"").contains("'aggregation.direction_decay' must be in [0, 1)"))
         XCTAssertTrue(error(base + "[aggregation]\ndirection_decay = 0.5\n[[trainer]]\nname = \"a\"").contains("needs staleness_correction"))
         XCTAssertTrue(error(base + "[aggregation]\nmode = \"sync\"\nstaleness_correction = \"direction\"\n[[trainer]]\nname = \"a\"").contains("applies to mode = \"fedbuff\""))
+        XCTAssertTrue(error(base + "[aggregation]\nfair_share_window = 0\n[[trainer]]\nname = \"a\"").contains("'aggregation.fair_share_window' must be >= 1"))
+        XCTAssertTrue(error(base + "[[region]]\nname = \"r\"\nupstream_every = 2\nupstream_tokens = 100\n[region.broker]\ntrainers = \"tcp://127.0.0.1:1\"").contains("exclude each other"))
     }
 
     func testMonitoringTablesAreCheckedNamingTheKey() throws {

@@ -52,10 +52,10 @@ def global_curve(run_dir):
                          FROM metrics m WHERE m.name = 'validation_loss' ORDER BY m.time""").fetchall()
 
 
-def alone_curve(out):
+def alone_curve(out, cluster):
     with open(os.path.join(out, "validation.csv")) as f:
         rows = list(csv.DictReader(f))
-    return [(int(r["tokens"]), float(r["mean"])) for r in rows]
+    return [(int(r["tokens"]), float(r[cluster])) for r in rows]
 
 
 def evaluate(checkpoint, data, cluster):
@@ -102,7 +102,7 @@ def main():
         subprocess.run([FEDLM, "train", "--config", model, "--data", data, "--clusters", data_cluster, "--tokens", str(budget),
                         "--out", alone_dir, "--validate-every", str(args.validate_every), "--sample-bytes", "0", "--threads", "1"],
                        stdout=log, stderr=subprocess.STDOUT, check=True)
-    alone = alone_curve(alone_dir)
+    alone = alone_curve(alone_dir, data_cluster)
 
     final_alone = evaluate(os.path.join(alone_dir, "checkpoint"), data, data_cluster)
     final_federated = evaluate(export, data, data_cluster)
