@@ -371,11 +371,13 @@ final class FederationTests: XCTestCase {
 
     /// `join_at_tokens`: `fedlm up` starts an organisation once the federation accepted that many
     /// tokens, creating the new cluster it names from the global model (the consensus of the
-    /// clusters' models) first; its updates count like anyone's.
+    /// clusters' models) first; its updates count like anyone's. One whose mark is never reached
+    /// joins when everyone else is done, instead of leaving the run waiting forever.
     func testAnOrganisationJoiningLaterGetsANewClusterAndTrains() throws {
         let f = try SmallFederation(SmallFederation.fedbuff("checkpoint_every = 2", "[clusters]", "names = [\"en\"]", "head = [\"*\"]", "share = 0.5")
             + SmallFederation.trainer("t-en", "clusters = [\"en\"]", "cluster = \"en\"", "local_steps = 3", "tokens = 6000")
-            + SmallFederation.trainer("t-de", "clusters = [\"de\"]", "cluster = \"de\"", "local_steps = 3", "tokens = 2000", "join_at_tokens = 2000"),
+            + SmallFederation.trainer("t-de", "clusters = [\"de\"]", "cluster = \"de\"", "local_steps = 3", "tokens = 2000", "join_at_tokens = 2000")
+            + SmallFederation.trainer("t-late", "clusters = [\"en\"]", "cluster = \"en\"", "local_steps = 3", "tokens = 600", "join_at_tokens = 1000000"),
             twoClusters: true)
         defer { f.scratch.remove() }
         let up = try FedLMProcess(["up", f.topology])
@@ -390,6 +392,9 @@ final class FederationTests: XCTestCase {
         XCTAssertEqual(f.ledger("SELECT COUNT(*) FROM clusters WHERE name = 'de' AND origin = 'joined with t-de'"), 1)
         XCTAssertEqual(f.ledger("SELECT COUNT(*) FROM assignments WHERE trainer = 't-de' AND cluster = 'de'"), 1)
         XCTAssertGreaterThanOrEqual(f.ledger("SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE trainer = 't-de' AND outcome != 'refused'"), 2000)
+        // A mark the federation never reaches: the newcomer joins once everyone else is done.
+        XCTAssertTrue(up.output.contains("trainer-t-late joins the federation (every other trainer finished before its join_at_tokens)"), up.output)
+        XCTAssertGreaterThanOrEqual(f.ledger("SELECT COALESCE(SUM(tokens), 0) FROM updates WHERE trainer = 't-late' AND outcome != 'refused'"), 600)
     }
 
     func testALateSubscriberGetsASnapshotThenEveryLaterVersionOnce() throws {

@@ -32,10 +32,26 @@ import time
 import tomllib
 
 FEDLM = os.environ.get("FEDLM_BIN", ".build/release/fedlm")  # FEDLM_BIN: another build to measure
-DATA = "runs/demo-data/shards"
 HIERARCHY = "Topologies/hierarchy.toml"
 FLAT = "Topologies/experiments/standalone/flat-9.toml"
-REGIONS = {"germanic": ["en", "de"], "romance": ["es", "it"], "code": ["code", "en"]}
+# Set from the hierarchical topology in main(): its prepared data, and each region's data
+# clusters (those of its trainers), e.g. {"germanic": ["en", "de"], ...}.
+HIERARCHY_USED = HIERARCHY
+DATA = None
+REGIONS = {}
+
+
+def read_hierarchy(path):
+    """The hierarchy's data directory and each region's data clusters."""
+    with open(path, "rb") as f:
+        t = tomllib.load(f)
+    regions = {}
+    for r in t["region"]:
+        clusters = []
+        for trainer in r["trainer"]:
+            clusters += [c for c in trainer.get("clusters", []) if c not in clusters]
+        regions[r["name"]] = clusters
+    return t["data"], regions
 TOP = "127.0.0.1:5555"
 RELAY_PORT = 5601
 
@@ -55,7 +71,7 @@ def parse_links(text):
 def linked(topology, links, out):
     """A copy of `topology` whose connections to the top go through each region's relay: a flat
     trainer's `broker`, a region's `upstream`. Returns its path."""
-    with open(HIERARCHY, "rb") as f:
+    with open(HIERARCHY_USED, "rb") as f:
         regions = {r["name"]: [t["name"] for t in r["trainer"]] for r in tomllib.load(f)["region"]}
     port = {r: RELAY_PORT + i for i, r in enumerate(sorted(regions))}
     region_of = {t: r for r, ts in regions.items() for t in ts}
@@ -150,14 +166,18 @@ def main():
     parser.add_argument("--runs", type=int, default=2, help="runs of each federation (alternating)")
     parser.add_argument("--out", default="runs/hierarchy-experiment")
     parser.add_argument("--hierarchy", default=HIERARCHY, help="the hierarchical topology (regions as in Topologies/hierarchy.toml)")
+    parser.add_argument("--flat", default=FLAT, help="the flat federation of the same trainers")
     parser.add_argument("--only", choices=["flat", "hierarchy"], help="run one of the two (the report then has one column)")
     parser.add_argument("--links", default="germanic=20:100,romance=100:20,code=250:50",
                         help="each region's link to the top as REGION=RTT_MS:MBIT_S, comma-separated, or 'none'")
     args = parser.parse_args()
+    global HIERARCHY_USED, DATA, REGIONS
+    HIERARCHY_USED = args.hierarchy
+    DATA, REGIONS = read_hierarchy(args.hierarchy)
     os.makedirs(args.out, exist_ok=True)
     results = {"flat": [], "hierarchy": []}
     for i in range(args.runs):
-        for name, topology in [("flat", FLAT), ("hierarchy", args.hierarchy)]:
+        for name, topology in [("flat", args.flat), ("hierarchy", args.hierarchy)]:
             if args.only and name != args.only:
                 continue
             with open(topology, "rb") as f:

@@ -70,8 +70,10 @@ struct UpCommand: ParsableCommand {
             for (name, role, _) in commands where role != .broker && !joiners.waiting(name) { try start(name) }
             supervise: while !StopSignal.requested {
                 Thread.sleep(forTimeInterval: 0.25)
-                for name in try joiners.due() {
-                    say("\(name) joins the federation")
+                // A newcomer whose mark can no longer be reached (every other trainer is done) joins now.
+                let othersDone = due.isEmpty && !running.keys.contains { $0.hasPrefix("trainer-") }
+                for name in try joiners.due(othersDone: othersDone) {
+                    say("\(name) joins the federation" + (othersDone ? " (every other trainer finished before its join_at_tokens)" : ""))
                     due[name] = Date().addingTimeInterval(Joiners.clusterAdoption)
                 }
                 for (name, at) in due where at <= Date() {
@@ -134,10 +136,14 @@ struct Joiners {
 
     func waiting(_ process: String) -> Bool { pending.contains { "trainer-" + $0.trainer.name == process } }
 
-    /// The processes whose time has come, their clusters created.
-    mutating func due() throws -> [String] {
+    /// The processes whose time has come (all of them when `othersDone`), their clusters created.
+    mutating func due(othersDone: Bool) throws -> [String] {
         var ready: [(trainer: Topology.Trainer, level: Topology)] = []
         pending.removeAll { trainer, level in
+            if othersDone {
+                ready.append((trainer, level))
+                return true
+            }
             let path = level.runDirectory + "/ledger.sqlite"
             guard FileManager.default.fileExists(atPath: path),
                   let tokens = try? Ledger.reading(path: path).acceptedTokens(), tokens >= trainer.joinAtTokens! else { return false }
