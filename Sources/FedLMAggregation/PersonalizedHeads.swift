@@ -98,7 +98,7 @@ public final class PersonalizedHeads {
     /// mean by exactly Δ / n (its own head takes Δ / (1 + (n-1) s), each of the n - 1 others
     /// s Δ / (1 + (n-1) s)): the consensus is FedAvg over everyone's updates at rate 1/n, a model
     /// every cluster contributed to in equal part (model soups, Wortsman et al. 2022; WorldLM's
-    /// shared backbone). A cluster created later starts from it and leaves the mean unchanged.
+    /// shared backbone). A cluster created later starts as a copy of it, so it barely moves the mean.
     public func writeConsensus(into model: ParameterVector) {
         guard global == .consensus, !heads.isEmpty else { return }
         let members = names.map { heads[$0]!.weights.pointer }
