@@ -94,3 +94,11 @@ prepare_demo_data() { prepare_corpus "$1" demo_corpus_clusters; }
 
 # prepare_confirm_data DIR: the confirmation corpus's tokenizer and shards in DIR.
 prepare_confirm_data() { prepare_corpus "$1" confirm_corpus_clusters; }
+
+# prepare_confirm_data_if_named ARGS...: the confirmation corpus in runs/confirm-data when an
+# argument names one of its topologies (their names say "confirm").
+prepare_confirm_data_if_named() {
+  [[ " $* " == *confirm* ]] || return 0
+  ensure_apt_packages "${CONFIRM_CORPUS_PACKAGES[@]}"
+  prepare_confirm_data runs/confirm-data
+}

@@ -18,7 +18,9 @@ windows (the first 16 of each cluster's validation split: the aggregator's evalu
 import argparse
 import csv
 import json
+import math
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -47,9 +49,9 @@ def federated_curve(run_dir, name, cluster):
 
 
 def global_curve(run_dir):
+    """The global model's mean validation loss at each of the aggregator's evaluations."""
     db = sqlite3.connect(os.path.join(run_dir, "ledger.sqlite"))
-    return db.execute("""SELECT m.value, (SELECT COALESCE(SUM(u.tokens), 0) FROM updates u WHERE u.outcome != 'refused' AND u.received_at <= m.time)
-                         FROM metrics m WHERE m.name = 'validation_loss' ORDER BY m.time""").fetchall()
+    return [v for (v,) in db.execute("SELECT value FROM metrics WHERE name = 'validation_loss' ORDER BY time")]
 
 
 def alone_curve(out, cluster):
@@ -125,19 +127,18 @@ def main():
         print(f"{t:12d}{(f'{j:.4f}' if j is not None else '-'):>10}{(f'{a:.4f}' if a is not None else '-'):>10}")
     print(f"\nstarted from (the model it joined with): {federated[0][1]:.4f}" if federated else "no evaluation of its cluster")
     print(f"final, fedlm eval: joined {final_federated:.4f}, alone {final_alone:.4f} "
-          f"(alone / joined perplexity {pow(2.718281828459045, final_alone - final_federated):.2f}x)")
+          f"(alone / joined perplexity {math.exp(final_alone - final_federated):.2f}x)")
     if reached is None:
         print(f"the newcomer did not reach alone's final loss {final_alone:.4f} within its budget")
     else:
         print(f"reached alone's final loss {final_alone:.4f} after {reached} of its {budget} tokens ({100 * reached / budget:.0f}% of its budget)")
-    rises = sum(1 for (a, _), (b, _) in zip(glob[1:], glob[2:]) if b > a + 0.02)
-    print(f"global model: {glob[0][0]:.4f} -> {glob[-1][0]:.4f} over {len(glob)} evaluations, {rises} rises above 0.02 after the first"
+    rises = sum(1 for a, b in zip(glob[1:], glob[2:]) if b > a + 0.02)
+    print(f"global model: {glob[0]:.4f} -> {glob[-1]:.4f} over {len(glob)} evaluations, {rises} rises above 0.02 after the first"
           if glob else "global model: no evaluation")
 
 
 def seeded(args, topology, model):
     """A copy of the model config and topology with another training seed."""
-    import re
     text = open(model).read()
     text = re.sub(r"(?m)^seed\s*=.*$", f"seed = {args.seed}", text) if re.search(r"(?m)^seed\s*=", text) else text.replace("[training]", f"[training]\nseed = {args.seed}", 1)
     model_path = os.path.join(args.out, "model.toml")

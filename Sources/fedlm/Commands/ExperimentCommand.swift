@@ -135,19 +135,20 @@ struct ExperimentCommand: ParsableCommand {
                 assignments.append("\(t.name) (data \((t.clusters ?? ["all"]).joined(separator: "+"))) -> \(last.cluster) [\(last.how)\(moves.count > 1 ? ", \(moves.count - 1) moves: \(moves.map(\.cluster).joined(separator: " -> "))" : "")]")
             }
         }
+        // With clusters, the global model on every data cluster (reported beside the clusters' models).
+        var globalLosses: [String: Double] = [:]
+        if topology.aggregation.clusters != nil {
+            for set in validation { globalLosses[set.name] = try evaluate(global, set.name) }
+            print(String(format: "%@: the global model's mean validation loss %.4f", v.name, Self.mean(globalLosses)))
+        }
         var final: [String: Double] = [:]
         for set in validation {
             let serving = Set(topology.trainers.filter { $0.clusters?.contains(set.name) ?? false }.compactMap { current[$0.name] })
             if serving.count == 1, let c = serving.first {
                 final[set.name] = try evaluate(try models.model(of: c), set.name)
             } else {
-                final[set.name] = try evaluate(global, set.name)
+                final[set.name] = try globalLosses[set.name] ?? evaluate(global, set.name)
             }
-        }
-        var globalLosses: [String: Double] = [:]
-        if topology.aggregation.clusters != nil {
-            for set in validation { globalLosses[set.name] = try evaluate(global, set.name) }
-            print(String(format: "%@: the global model's mean validation loss %.4f", v.name, Self.mean(globalLosses)))
         }
         // Each organisation (trainer) is served by its final cluster's model, or the global one.
         let organisations = try OrganisationRuns.federatedLosses(topology, models: models, clusters: current, global: global, validation: validation)
