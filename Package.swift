@@ -8,10 +8,10 @@
 //   fedlm (CLI)
 //     -> FedLMExperiment, FedLMMonitoring -> FedLMFederation
 //     -> FedLMAggregation, FedLMLedger, FedLMProtocol, FedLMZeroMQ, FedLMCheckpoint, FedLMData
-//     -> FedLMModel, FedLMTokenizer
+//     -> FedLMModel, FedLMTokenizer, FedLMHashing
 //     -> FedLMTensor
-//     -> CFedLMRuntime, COpenBLAS, CZeroMQ, CSQLite
-// The C system libraries (libzmq, OpenBLAS, SQLite) are SwiftPM system-library targets with
+//     -> CFedLMRuntime, COpenBLAS, CZeroMQ, CSQLite, CCrypto
+// The C system libraries (libzmq, OpenBLAS, SQLite, OpenSSL's libcrypto) are SwiftPM system-library targets with
 // hand-written module maps; libzmq's pkg-config file is deliberately not used (it adds a krb5
 // flag SwiftPM rejects).
 import PackageDescription
@@ -28,7 +28,6 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
-        .package(url: "https://github.com/apple/swift-crypto", exact: "3.12.3"),
         .package(url: "https://github.com/LebJe/TOMLKit", exact: "0.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", exact: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics", exact: "2.13.0"),
@@ -42,9 +41,12 @@ let package = Package(
                        providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // A few lines of C for what Swift cannot reach: the MXCSR register and CPUID.
         .target(name: "CFedLMRuntime", path: "Sources/CFedLMRuntime"),
 
+        // SHA-256 through the system's libcrypto: the digests that name shards, text and checkpoints.
+        .target(name: "FedLMHashing", dependencies: ["CCrypto"]),
         // Tensor/BLAS layer: buffers, BLAS, threads, fast elementwise math.
         .target(name: "FedLMTensor",
                 dependencies: ["COpenBLAS", "CFedLMRuntime", .product(name: "Logging", package: "swift-log")],
@@ -57,7 +59,7 @@ let package = Package(
         .target(name: "FedLMTokenizer", dependencies: ["FedLMTensor"], swiftSettings: optimize),
         // Token shards, manifests, preparing text into shards, sampling training windows.
         .target(name: "FedLMData",
-                dependencies: ["FedLMTokenizer", "FedLMModel", "FedLMTensor", .product(name: "Crypto", package: "swift-crypto")],
+                dependencies: ["FedLMTokenizer", "FedLMModel", "FedLMTensor", "FedLMHashing"],
                 swiftSettings: optimize),
         // A small Swift layer over libzmq: sockets, options, multipart messages, poller, relay.
         .target(name: "FedLMZeroMQ", dependencies: ["CZeroMQ"]),
@@ -69,7 +71,7 @@ let package = Package(
         .target(name: "FedLMAggregation", dependencies: ["FedLMModel", "FedLMTensor"], swiftSettings: optimize),
         // safetensors + Hugging Face config.json + optimizer state; atomic writes.
         .target(name: "FedLMCheckpoint",
-                dependencies: ["FedLMModel", .product(name: "Crypto", package: "swift-crypto")],
+                dependencies: ["FedLMModel", "FedLMHashing"],
                 swiftSettings: optimize),
         // The federation's roles: broker, aggregator (core + service), trainer, subscriber, topologies.
         .target(name: "FedLMFederation",
@@ -104,6 +106,7 @@ let package = Package(
         .target(name: "FedLMTestSupport", path: "Tests/FedLMTestSupport"),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CZeroMQ", "COpenBLAS", "CSQLite", "FedLMTensor"]),
         .testTarget(name: "FedLMTensorTests", dependencies: ["FedLMTensor"]),
+        .testTarget(name: "FedLMHashingTests", dependencies: ["FedLMHashing"]),
         .testTarget(name: "FedLMModelTests", dependencies: ["FedLMModel", "FedLMCheckpoint", "FedLMTestSupport"]),
         .testTarget(name: "FedLMTokenizerTests", dependencies: ["FedLMTokenizer", "FedLMTensor", "FedLMTestSupport"]),
         .testTarget(name: "FedLMZeroMQTests", dependencies: ["FedLMZeroMQ"]),

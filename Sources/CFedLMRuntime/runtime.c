@@ -4,6 +4,19 @@
 
 void fedlm_line_buffer_stdout(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
 
+#if defined(__linux__)
+#include <signal.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+int fedlm_stop_with_parent(int parent) {
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) return -1;
+    /* The parent may have exited before the request: then nobody will signal us. */
+    return getppid() != parent ? 1 : 0;
+}
+#else
+int fedlm_stop_with_parent(int parent) { (void)parent; return -1; }
+#endif
+
 #include <malloc.h>
 void fedlm_reuse_large_allocations(void) {
     /* glibc serves blocks over its mmap threshold (at most 32 MiB) with fresh mappings that are

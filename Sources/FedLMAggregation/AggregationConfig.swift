@@ -89,14 +89,32 @@ public struct ClusterConfig: Equatable, Sendable, Codable {
     public var serverOptimizer: ServerOptimizerKind?
     /// How the global model's head part is formed: the clusters' consensus or every update aggregated.
     public var global: GlobalHead = .consensus
+    /// What of another cluster's update a head takes in: all of it, or only what does not conflict
+    /// with the head's own recent direction (`ShareConflicts`).
+    public var shareConflicts: ShareConflicts = .keep
+    /// beta of each head's own direction (an exponential moving average of its own updates), with
+    /// `shareConflicts = .project`.
+    public var directionDecay = 0.9
     public init(names: [String], headPatterns: [String]? = nil, initialNoise: Double = 0, share: Double = 0,
-                serverOptimizer: ServerOptimizerKind? = nil, global: GlobalHead = .consensus) {
+                serverOptimizer: ServerOptimizerKind? = nil, global: GlobalHead = .consensus,
+                shareConflicts: ShareConflicts = .keep, directionDecay: Double = 0.9) {
         self.names = names
         self.headPatterns = headPatterns
         self.initialNoise = initialNoise
         self.share = share
         self.serverOptimizer = serverOptimizer
         self.global = global
+        self.shareConflicts = shareConflicts
+        self.directionDecay = directionDecay
+    }
+
+    /// What a head takes in of another cluster's update (`[clusters] share_conflicts`).
+    public enum ShareConflicts: String, Equatable, Sendable, Codable, CaseIterable {
+        /// All of it, with weight `share`.
+        case keep
+        /// Tensor by tensor, the update without its component against the head's own recent
+        /// direction (gradient surgery, PCGrad): what would undo the head's own learning is left out.
+        case project
     }
 
     /// The global model's head with personalized clusters (`[clusters] global`).

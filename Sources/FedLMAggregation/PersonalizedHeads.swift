@@ -17,9 +17,12 @@ public final class PersonalizedHeads {
         public internal(set) var version = 0
         /// Other clusters' updates shared into this head (`share`), so releases change with them.
         public internal(set) var shared = 0
-        init(weights: ParameterVector, strategy: any AggregationStrategy) {
+        /// The head's own recent direction, with `share_conflicts = "project"`.
+        public let direction: DirectionCorrection?
+        init(weights: ParameterVector, strategy: any AggregationStrategy, direction: DirectionCorrection?) {
             self.weights = weights
             self.strategy = strategy
+            self.direction = direction
         }
     }
 
@@ -33,6 +36,9 @@ public final class PersonalizedHeads {
     private let scratch: ParameterVector
     /// How the global model's head is formed (`ClusterConfig.global`).
     public let global: ClusterConfig.GlobalHead
+    /// What a head takes in of another cluster's update (`ClusterConfig.shareConflicts`).
+    public let shareConflicts: ClusterConfig.ShareConflicts
+    private let directionDecay: Float
 
     /// Head strategies apply each of a cluster's updates as it arrives (few trainers share a
     /// cluster, so buffering across them would stall a head), through the clusters' own server
@@ -50,6 +56,8 @@ public final class PersonalizedHeads {
         initialNoise = Float(config.clusters?.initialNoise ?? 0)
         share = Float(config.clusters?.share ?? 0)
         global = config.clusters?.global ?? .consensus
+        shareConflicts = config.clusters?.shareConflicts ?? .keep
+        directionDecay = Float(config.clusters?.directionDecay ?? 0.9)
     }
 
     public var names: [String] { heads.keys.sorted() }
@@ -64,7 +72,8 @@ public final class PersonalizedHeads {
             var rng = SeededGenerator(seed: 0, name: name)
             for i in 0..<weights.count { weights.pointer[i] += initialNoise * Float(rng.nextNormal()) }
         }
-        heads[name] = Head(weights: weights, strategy: makeStrategy())
+        let direction = shareConflicts == .project ? DirectionCorrection(decay: directionDecay, layout: partition.head) : nil
+        heads[name] = Head(weights: weights, strategy: makeStrategy(), direction: direction)
     }
 
     /// Applies the head part of a whole-model pseudo-gradient to `cluster`'s head. A partial
@@ -84,6 +93,7 @@ public final class PersonalizedHeads {
         if case .refused = decision { return decision }
         if share > 0 {
             for (name, other) in heads where name != cluster { shareInto(other) }
+            head.direction?.record(scratch, scale: 1)
         }
         return decision
     }
@@ -124,8 +134,19 @@ public final class PersonalizedHeads {
     }
 
     /// w_other -= share * (the own-weighted head part of the update in `scratch`).
+    ///
+    /// With `share_conflicts = "project"`, each tensor t of the update first loses its component
+    /// against the other head's own direction d (an exponential moving average of that head's own
+    /// updates), as gradient surgery does between conflicting tasks (PCGrad, Yu et al. 2020), here
+    /// between organisations whose data pull apart:
+    ///
+    ///     Δ_t <- Δ_t - (<Δ_t, d_t> / ||d_t||²) d_t     if <Δ_t, d_t> < 0,   else Δ_t
+    ///
+    /// What agrees with the head's own learning and what is new to it (orthogonal) come in with
+    /// weight `share`; what would undo it does not.
     private func shareInto(_ other: Head) {
-        let w = other.weights.pointer, d = scratch.pointer, s = share
+        let taken = other.direction?.correct(scratch, weight: 0) ?? scratch
+        let w = other.weights.pointer, d = taken.pointer, s = share
         parallelFor(other.weights.count, granularity: 4096) { r in for i in r { w[i] -= s * d[i] } }
         other.shared += 1
     }
@@ -140,8 +161,11 @@ public final class PersonalizedHeads {
 
     /// Every head's weights and strategy vectors, named "<cluster>/weights" and "<cluster>/<vector>".
     public var stateVectors: [(name: String, vector: ParameterVector)] {
-        names.flatMap { c in
-            [(c + "/weights", heads[c]!.weights)] + heads[c]!.strategy.stateVectors.map { (c + "/" + $0.name, $0.vector) }
+        names.flatMap { c -> [(name: String, vector: ParameterVector)] in
+            let head = heads[c]!
+            var vectors: [(name: String, vector: ParameterVector)] = [(c + "/weights", head.weights)]
+            if let direction = head.direction { vectors.append((c + "/direction", direction.direction)) }
+            return vectors + head.strategy.stateVectors.map { (c + "/" + $0.name, $0.vector) }
         }
     }
 

@@ -1,4 +1,4 @@
-import Crypto
+import FedLMHashing
 import FedLMModel
 import FedLMTensor
 import Foundation
@@ -227,7 +227,7 @@ public enum Checkpoint {
             throw CheckpointError.io(path: path, reason: "cannot open")
         }
         defer { try? handle.close() }
-        var hasher = SHA256()
+        let hasher = SHA256()
         while true {
             let chunk = handle.readData(ofLength: 1 << 20)
             if chunk.isEmpty { break }

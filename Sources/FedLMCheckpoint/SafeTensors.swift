@@ -224,15 +224,4 @@ public struct SafeTensorsFile {
         try out.withUnsafeMutableBufferPointer { try copyFloats(name, shape: t.shape, into: $0.baseAddress!) }
         return out
     }
-
-    public func int32s(_ name: String) throws -> [Int32] {
-        guard let t = tensor(name) else { throw CheckpointError.missingTensor(path: path, name: name) }
-        guard t.dtype == .i32 else {
-            throw CheckpointError.wrongDType(path: path, name: name, expected: "I32", found: t.dtype.rawValue)
-        }
-        return data.withUnsafeBytes { raw in
-            let base = raw.baseAddress! + dataStart + t.range.lowerBound
-            return (0..<(t.range.count / 4)).map { Int32(littleEndian: base.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) }
-        }
-    }
 }

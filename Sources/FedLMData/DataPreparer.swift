@@ -1,4 +1,4 @@
-import Crypto
+import FedLMHashing
 import FedLMTokenizer
 import Foundation
 
@@ -207,7 +207,7 @@ struct SplitWriter {
 
 /// SHA-256 of a source as it is read.
 public final class FileHasher {
-    private var hasher = SHA256()
+    private let hasher = SHA256()
     public init() {}
     public func update(_ data: Data) { hasher.update(data: data) }
     public var hex: String { hasher.finalize().map { String(format: "%02x", $0) }.joined() }

@@ -1,4 +1,4 @@
-import Crypto
+import FedLMHashing
 import Foundation
 
 /// A file of token ids.

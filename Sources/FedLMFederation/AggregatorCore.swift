@@ -515,9 +515,6 @@ public final class AggregatorCore {
     var checkpointInterval: Int { Self.checkpointInterval(config) }
     static func checkpointInterval(_ config: AggregationConfig) -> Int { config.mode == .fedasync ? 1 : max(1, config.checkpointEvery) }
 
-    /// Is there a release newer than `v` to publish?
-    public func releaseAvailable(after v: Int) -> Bool { version > v }
-
     // MARK: Checkpoints
 
     /// Checkpoints the model and the strategy's state as version `version`, then records it.

@@ -112,6 +112,9 @@ import TOMLKit
 ///     server_learning_rate = 1.0            #   server_momentum, ...); default: the [aggregation] one
 ///     global = "consensus"                  # the global model's head: the mean of the clusters' (consensus)
 ///                                           #   or every update aggregated into it (aggregate)
+///     share_conflicts = "keep"              # of another cluster's update a head takes all (keep) or, tensor by
+///                                           #   tensor, all but its component against the head's own direction (project)
+///     direction_decay = 0.9                 #   with project: beta of each head's moving average of its own updates
 ///
 ///     [[region]]                            # optional: regional federations below this one (WorldLM)
 ///     name = "north"                        #   its aggregator is the trainer "region-north" up here
@@ -483,7 +486,8 @@ public struct Topology: Sendable {
     /// `[clusters]`: personalized heads per data cluster (after `[aggregation]`: the heads' optimizer defaults to its).
     private static func parseClusters(_ ct: TOMLReader, into t: inout Topology) throws {
         try ct.allowOnly(["names", "head", "reassign_every", "initial_noise", "share", "server_optimizer", "server_learning_rate",
-                       "server_momentum", "adam_beta1", "adam_beta2", "delayed_period", "global"])
+                       "server_momentum", "adam_beta1", "adam_beta2", "delayed_period", "global", "share_conflicts",
+                       "direction_decay"])
         guard let names = try ct.strings("names", "a non-empty list of names", nonEmpty: true) else {
             throw ct.fail("'clusters.names' must be a non-empty list of names")
         }
@@ -500,9 +504,16 @@ public struct Topology: Sendable {
         guard let global = ClusterConfig.GlobalHead(rawValue: globalName) else {
             throw ct.fail("'clusters.global' is '\(globalName)', not one of \(ClusterConfig.GlobalHead.allCases.map(\.rawValue).joined(separator: ", "))")
         }
+        let conflictsName = try ct.string("share_conflicts") ?? ClusterConfig.ShareConflicts.keep.rawValue
+        guard let conflicts = ClusterConfig.ShareConflicts(rawValue: conflictsName) else {
+            throw ct.fail("'clusters.share_conflicts' is '\(conflictsName)', not one of \(ClusterConfig.ShareConflicts.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard conflicts == .keep || share > 0 else { throw ct.fail("'clusters.share_conflicts' = \"project\" needs 'clusters.share' > 0") }
+        let decay = try ct.double("direction_decay") ?? 0.9
+        guard decay >= 0, decay < 1 else { throw ct.fail("'clusters.direction_decay' must be in [0, 1)") }
         t.aggregation.clusters = ClusterConfig(names: names, headPatterns: head, initialNoise: noise, share: share,
                                                serverOptimizer: try ServerOptimizerKind.parse(ct, default: t.aggregation.serverOptimizer),
-                                               global: global)
+                                               global: global, shareConflicts: conflicts, directionDecay: decay)
         if let r = try ct.int("reassign_every") {
             guard r >= 1 else { throw ct.fail("'clusters.reassign_every' must be >= 1") }
             t.reassignEvery = r

@@ -26,7 +26,8 @@ enum DashboardPage {
   .charts { display: flex; flex-wrap: wrap; gap: 16px; }
   .chart h3 { font-size: 13px; margin: 4px 0; }
   .chart svg { background: #fbfcfd; border: 1px solid #e3e6eb; }
-  .legend { max-width: 460px; }
+  .legend { max-width: 460px; margin-top: 4px; }
+  .note { max-width: 460px; font-size: 11px; color: #5b6473; margin: 2px 0 0; }
   .legend span { margin-right: 10px; font-size: 12px; white-space: nowrap; }
   table { border-collapse: collapse; font-size: 12px; margin-top: 8px; }
   th, td { padding: 2px 8px; text-align: right; border-bottom: 1px solid #eef0f3; }
@@ -59,8 +60,8 @@ function el(tag, attrs, text) {
   return e;
 }
 // One SVG line chart: series = [{name, color, dashed, points: [[x, y], ...]}].
-function chart(title, series, xLabel, xFormat) {
-  const W = 460, H = 220, L = 50, R = 24, T = 10, B = 30;
+function chart(title, series, xLabel, xFormat, note) {
+  const W = 460, H = 236, L = 50, R = 24, T = 10, B = 42;
   const box = el("div", {class: "chart"});
   box.append(el("h3", {}, title));
   const svg = el("svg", {width: W, height: H, viewBox: `0 0 ${W} ${H}`});
@@ -76,7 +77,8 @@ function chart(title, series, xLabel, xFormat) {
     svg.append(el("text", {x: L - 4, y: sy(y) + 4, "text-anchor": "end", "font-size": 10, fill: "#5b6473"}, fmt(y)));
     svg.append(el("text", {x: sx(x), y: H - B + 14, "text-anchor": "middle", "font-size": 10, fill: "#5b6473"}, xFormat(x)));
   }
-  svg.append(el("text", {x: W - R, y: H - 4, "text-anchor": "end", "font-size": 10, fill: "#5b6473"}, xLabel));
+  // The axis label centred below the tick labels, clear of them and of the legend under the chart.
+  svg.append(el("text", {x: L + (W - L - R) / 2, y: H - 8, "text-anchor": "middle", "font-size": 11, fill: "#5b6473"}, xLabel));
   const legend = el("div", {class: "legend"});
   series.forEach((s, i) => {
     const c = s.color ?? colors[i % colors.length];
@@ -87,6 +89,7 @@ function chart(title, series, xLabel, xFormat) {
     legend.append(el("span", {style: `color:${c}`}, (s.dashed ? "╌ " : "━ ") + s.name));
   });
   box.append(svg, legend);
+  if (note) box.append(el("p", {class: "note"}, note));
   return box;
 }
 function card(value, label) { const c = el("div", {class: "card"}); c.append(el("b", {}, value), el("span", {}, label)); return c; }
@@ -110,10 +113,13 @@ function level(data, start) {
   const clusters = [...new Set(names.map(n => n.split("/")[1]))];
   const series = names.map(n => {
     const [kind, c] = n.split("/");
-    return {name: (kind === "validation_loss" ? "global on " : "own model of ") + c, color: colors[clusters.indexOf(c) % colors.length],
+    return {name: (kind === "validation_loss" ? "global model on " : "own model of ") + c, color: colors[clusters.indexOf(c) % colors.length],
             dashed: kind === "personalized_loss", points: cv.losses[n].map(p => [x(p), p.value])};
   });
-  charts.append(chart("held-out loss per cluster", series, axis === "tokens" ? "tokens" : unitName, axis === "tokens" ? fmt : v => v.toFixed(0)));
+  const personal = names.some(n => n.startsWith("personalized_loss/"));
+  const note = personal ? "Solid: the global model (with personal clusters, what a new cluster starts from), on each cluster's held-out text. "
+    + "Dashed: each cluster's own model, the one its organisations train and receive." : null;
+  charts.append(chart("held-out loss per cluster", series, axis === "tokens" ? "tokens" : unitName, axis === "tokens" ? fmt : v => v.toFixed(0), note));
   charts.append(chart("tokens accepted", [{name: "tokens", points: cv.progress.map(p => [(p.time - start) / unit, p.tokens])}], unitName, v => v.toFixed(0)));
   s.append(charts);
   const kinds = Object.entries(st.refusals);

@@ -112,7 +112,6 @@ public final class ZMQSocket: @unchecked Sendable {
     public func setRouterMandatory(_ on: Bool) throws { try set(ZMQ_ROUTER_MANDATORY, Int32(on ? 1 : 0)) }
 
     /// XPUB: pass every subscription message up, including duplicates (for snapshot-then-stream).
-    public func setXPubVerbose(_ on: Bool) throws { try set(ZMQ_XPUB_VERBOSE, Int32(on ? 1 : 0)) }
 
     // MARK: Messages
 

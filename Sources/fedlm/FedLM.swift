@@ -1,6 +1,7 @@
 import ArgumentParser
 import CFedLMRuntime
 import FedLMTensor
+import Foundation
 import Logging
 
 /// The `fedlm` command line.
@@ -22,6 +23,7 @@ struct FedLM: AsyncParsableCommand {
         fedlm_line_buffer_stdout()
         fedlm_reuse_large_allocations()
         Runtime.kernelChoice = choice
+        Runtime.followParent()
         // Each handler takes the --log-level and --log-format the command line set (`LoggingOptions`).
         LoggingSystem.bootstrap { label in LogSettings.handler(label: label) }
         do {
@@ -41,6 +43,17 @@ struct FedLM: AsyncParsableCommand {
 enum Runtime {
     nonisolated(unsafe) static var kernelChoice: BLASRuntime.KernelChoice = .generic("unknown")
     static let logger = Logger(label: "fedlm")
+
+    /// A child that `fedlm up` started in a process group of its own stops when `fedlm up`
+    /// exits, even by SIGKILL (the kernel sends it SIGTERM), so no role outlives its supervisor.
+    static func followParent() {
+        guard let value = getenv(ChildProcess.parentVariable), let parent = Int32(String(cString: value)) else { return }
+        unsetenv(ChildProcess.parentVariable)
+        if fedlm_stop_with_parent(parent) == 1 {
+            FileHandle.standardError.write("fedlm: the process that started this one (pid \(parent)) has exited; stopping\n".data(using: .utf8)!)
+            exit(1)
+        }
+    }
 
     /// Logs the BLAS kernel choice and the thread count; every command that computes calls it.
     static func announce() {

@@ -103,12 +103,24 @@ final class InsiderTests: XCTestCase {
         let interrupted = try FedLMProcess(["up", f.topology])
         defer { interrupted.signal(SIGKILL) }
         XCTAssertTrue(waitFor(60) { self.allPIDs(f).count == 4 }, interrupted.output)
+        // A terminal's Ctrl-C goes to the foreground process group: fedlm up's alone. Each child
+        // has a group of its own, so fedlm up decides the order in which they stop.
+        let upGroup = processGroup(interrupted.process.processIdentifier)
+        for pid in allPIDs(f) { XCTAssertEqual(processGroup(pid), pid, "child \(pid) leads its own process group (fedlm up's: \(upGroup))") }
         usleep(2_000_000)
         let interruptedAt = Date()
         interrupted.signal(SIGINT)
         XCTAssertTrue(interrupted.exits(by: Date().addingTimeInterval(30)), "Ctrl-C stops fedlm up: \(interrupted.output)")
         XCTAssertLessThan(Date().timeIntervalSince(interruptedAt), 30)
         XCTAssertEqual(allPIDs(f), [], "every process it started is gone")
+        XCTAssertFalse(interrupted.output.contains("restarting"), "a child stopped by fedlm up is not a failure: \(interrupted.output)")
+
+        // fedlm up killed outright: its children follow (the kernel tells each of them to stop).
+        let killed = try FedLMProcess(["up", f.topology])
+        defer { killed.signal(SIGKILL) }
+        XCTAssertTrue(waitFor(60) { self.allPIDs(f).count == 4 }, killed.output)
+        killed.signal(SIGKILL)
+        XCTAssertTrue(waitFor(30) { self.allPIDs(f).isEmpty }, "children outlived fedlm up: \(allProcesses(f))")
     }
 
     /// A trainer that hears nothing from the broker says so after `trainer_silence`, keeps
@@ -143,6 +155,14 @@ final class InsiderTests: XCTestCase {
     /// Processes whose command line names this federation's topology, by role.
     func pids(of role: String, _ f: SmallFederation) -> [pid_t] {
         allProcesses(f).filter { $0.arguments.first == role }.map(\.pid)
+    }
+
+    /// The process group of `pid` (the fifth field of /proc/<pid>/stat).
+    func processGroup(_ pid: pid_t) -> pid_t {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return -1 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 2 ? pid_t(fields[2]) ?? -1 : -1
     }
 
     func allPIDs(_ f: SmallFederation) -> [pid_t] {

@@ -189,6 +189,56 @@ final class PersonalizedHeadsTests: XCTestCase {
                        "replayed bit for bit")
     }
 
+    /// With `share_conflicts = "project"` a head takes in another cluster's update tensor by tensor
+    /// without its component against the head's own direction (an EMA of its own updates):
+    /// a conflicting tensor comes in without that component (here: nothing), an agreeing one whole,
+    /// and the orthogonal part of a partly conflicting one is kept. Checked against the projection
+    /// computed here in Double; the direction is restored after a restart, bit for bit.
+    func testProjectedShareLeavesOutWhatConflictsWithTheHeadsOwnDirection() throws {
+        var c = config
+        c.clusters = ClusterConfig(names: ["en", "code"], headPatterns: ["*"], share: 0.5, shareConflicts: .project, directionDecay: 0.5)
+        let core = try AggregatorCore(runDirectory: dir, config: c, initialModel: try GPT2Model(config: modelConfig, seed: 3))
+        let initial = core.model.parameters.storage.array
+        for (t, cl) in [("t1", "en"), ("t2", "code")] { _ = try core.handle(.hello(Hello(trainerID: t, cluster: cl)), from: t) }
+        let d = delta(initial.count, scale: 0.01)
+        // Tensor k of code's update: against en's (k % 3 == 0), along it (1), against it plus an orthogonal part (2).
+        var ranges: [Range<Int>] = [], start = 0
+        for spec in core.specs { let n = spec.shape.reduce(1, *); ranges.append(start..<start + n); start += n }
+        var e = [Float](repeating: 0, count: initial.count), orthogonal = e
+        for (k, r) in ranges.enumerated() {
+            switch k % 3 {
+            case 0: for i in r { e[i] = -d[i] }
+            case 1: for i in r { e[i] = d[i] }
+            default:
+                let v = r.map { Double(($0 * 5) % 13) - 6 }, dd = r.map { Double(d[$0]) }
+                let k = zip(v, dd).map { $0 * $1 }.reduce(0, +) / dd.map { $0 * $0 }.reduce(0, +)
+                for (j, i) in r.enumerated() { orthogonal[i] = Float(v[j] - k * dd[j]) * 0.01; e[i] = -d[i] + orthogonal[i] }
+            }
+        }
+        _ = try core.handle(update("u1", core, cluster: "en", baseHead: 0, values: d), from: "t1")
+        let codeAfterFirst = released(core, "code").1
+        _ = try core.handle(update("u2", core, cluster: "code", trainer: "t2", baseHead: 0, values: e), from: "t2")
+        let en = released(core, "en").1, code = released(core, "code").1
+        let own: Float = 1 / 1.5
+        for (k, r) in ranges.enumerated() {
+            for i in r {
+                // code's direction was still zero: it took all of en's update.
+                XCTAssertEqual(codeAfterFirst[i], initial[i] - 0.5 * own * d[i], accuracy: 1e-6)
+                XCTAssertEqual(code[i], codeAfterFirst[i] - own * e[i], accuracy: 1e-6, "its own update, whole")
+                let taken: Float = [0, d[i], orthogonal[i]][k % 3]
+                XCTAssertEqual(en[i], initial[i] - own * d[i] - 0.5 * own * taken, accuracy: 1e-6, "tensor \(k) (case \(k % 3))")
+            }
+        }
+        // Two more updates cross the checkpoint (every 3 versions); a restart restores and replays the directions.
+        _ = try core.handle(update("u3", core, cluster: "en", baseHead: 1, values: e), from: "t1")
+        _ = try core.handle(update("u4", core, cluster: "code", trainer: "t2", baseHead: 1, values: d), from: "t2")
+        let expected = ["en", "code"].map { released(core, $0).1.map(\.bitPattern) }
+        let reopened = try AggregatorCore(runDirectory: dir, config: c, initialModel: try GPT2Model(config: modelConfig, seed: 3))
+        XCTAssertEqual(["en", "code"].map { released(reopened, $0).1.map(\.bitPattern) }, expected, "replayed bit for bit")
+        XCTAssertEqual(reopened.heads!.heads["en"]!.direction!.direction.storage.array.map(\.bitPattern),
+                       core.heads!.heads["en"]!.direction!.direction.storage.array.map(\.bitPattern))
+    }
+
     func testRestartRestoresEveryHeadAndNewClustersStartFromTheGlobalHead() throws {
         var expected: [String: [Float]] = [:]
         do {

@@ -110,6 +110,9 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nshare = 1.5\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.share' must be between 0 and 1"))
         XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nshare = \"half\"\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.share' must be a number"))
         XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nglobal = \"average\"\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.global' is 'average', not one of consensus, aggregate"))
+        XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nshare = 0.2\nshare_conflicts = \"drop\"\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.share_conflicts' is 'drop', not one of keep, project"))
+        XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nshare_conflicts = \"project\"\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("needs 'clusters.share' > 0"))
+        XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\nshare = 0.2\nshare_conflicts = \"project\"\ndirection_decay = 1\n[[trainer]]\nname = \"a\"\ncluster = \"en\"").contains("'clusters.direction_decay' must be in [0, 1)"))
         // A trainer joining later may name a cluster that does not exist yet; nobody else may.
         XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\n[[trainer]]\nname = \"a\"\ncluster = \"it\"").contains("'trainer[1].cluster' is 'it'"))
         XCTAssertTrue(error(base + "[clusters]\nnames = [\"en\"]\n[[trainer]]\nname = \"a\"\ncluster = \"it\"\njoin_at_tokens = 100").contains("no error"))

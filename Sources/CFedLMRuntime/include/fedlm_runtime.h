@@ -10,6 +10,11 @@ void fedlm_enable_flush_to_zero(void);
 /// 1 if FTZ and DAZ are both set on the calling thread.
 int fedlm_flush_to_zero_enabled(void);
 
+/// Asks the kernel to send this process SIGTERM when its parent exits (Linux PR_SET_PDEATHSIG),
+/// for children that live in their own process group; returns 1 if the parent `parent` is already
+/// gone (the caller should stop), -1 if the request failed, 0 otherwise.
+int fedlm_stop_with_parent(int parent);
+
 /// Makes stdout line-buffered, so progress lines interleave with the log when piped.
 void fedlm_line_buffer_stdout(void);
 

@@ -44,7 +44,8 @@ struct UpCommand: ParsableCommand {
         var due: [String: Date] = [:]  // restarts waiting for their backoff
         func start(_ name: String) throws {
             let command = commands.first { $0.name == name }!
-            running[name] = try ChildProcess(name: name, executable: me, arguments: command.arguments, log: logs + "/\(name).log")
+            running[name] = try ChildProcess(name: name, executable: me, arguments: command.arguments, log: logs + "/\(name).log",
+                                             ownProcessGroup: true)
         }
         StopSignal.install()
         let shape = regions.isEmpty ? "\(t.trainers.count) trainers" : "\(t.allTrainers.count) trainers in \(regions.count) regions" + (t.trainers.isEmpty ? "" : " and at the top")

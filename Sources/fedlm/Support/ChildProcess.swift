@@ -14,18 +14,36 @@ final class ChildProcess {
     /// CPU seconds (user and system, all threads) it used, once it has exited.
     private(set) var cpuSeconds = 0.0
 
-    /// Starts `executable` with `arguments`, stdout and stderr appended to `log`.
-    init(name: String, executable: String, arguments: [String], log: String) throws {
+    /// The environment variable that tells a child in its own process group whose death it
+    /// follows (`FedLM.main` asks the kernel for SIGTERM when that parent exits).
+    static let parentVariable = "FEDLM_PARENT_PID"
+
+    /// Starts `executable` with `arguments`, stdout and stderr appended to `log`. With
+    /// `ownProcessGroup` the child gets a process group of its own, so a terminal's Ctrl-C reaches
+    /// only this process, which then stops its children in the order it chooses; the child is
+    /// told to stop when this process exits, however it exits.
+    init(name: String, executable: String, arguments: [String], log: String, ownProcessGroup: Bool = false) throws {
         self.name = name
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var environment = ProcessInfo.processInfo.environment
+        if ownProcessGroup {
+            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+            posix_spawnattr_setpgroup(&attributes, 0)
+            environment[Self.parentVariable] = String(getpid())
+        }
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { envp.forEach { free($0) } }
         var child: pid_t = 0
-        let rc = posix_spawn(&child, executable, &actions, nil, argv, environ)
+        let rc = posix_spawn(&child, executable, &actions, &attributes, argv, envp)
         guard rc == 0 else { throw RunFailure("cannot start \(name) (\(executable)): \(String(cString: strerror(rc)))") }
         pid = child
     }
