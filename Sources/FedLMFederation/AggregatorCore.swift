@@ -6,19 +6,6 @@ import FedLMProtocol
 import FedLMTensor
 import Foundation
 
-/// What the aggregator's service loop must do after the core handled a message.
-public enum AggregatorDirective: Equatable {
-    /// Send to one peer (by its routing id).
-    case reply(to: String, Message)
-    /// Send one peer the current release of `cluster` (nil: the global model), as `release(cluster:)`
-    /// makes it: the service encodes each release once per version and streams it to every
-    /// fetcher and to the subscribers.
-    case sendRelease(to: String, cluster: String?)
-    /// Send one peer the release steps from the version it holds to the current one
-    /// (`releaseSteps(from:)`), each encoded once.
-    case sendReleaseSteps(to: String, from: Int)
-}
-
 /// The aggregator's protocol logic and durable state, without sockets.
 ///
 /// For every UPDATE: dedupe by id (ledger), validate (trainer known, names and shapes, staleness),
@@ -62,6 +49,8 @@ public final class AggregatorCore {
     var checkpointsDirectory: String { runDirectory + "/checkpoints" }
     /// The accepted updates' pseudo-gradients, kept for replay until a checkpoint covers them.
     private let deltas: DeltaFiles
+    /// Writes checkpoints and records them in the ledger.
+    private let checkpoints: AggregatorCheckpoints
 
     /// Opens a run directory: restores it if it has a ledger with versions, else starts from
     /// `initialModel` as version 0 (checkpointed at once).
@@ -77,12 +66,13 @@ public final class AggregatorCore {
         deltas = try DeltaFiles(directory: runDirectory + "/deltas",
                                 maximumSpares: min(64, max(4, perVersion * Self.checkpointInterval(config))))
         ledger = try Ledger(path: runDirectory + "/ledger.sqlite", durable: config.durability == .machine)
+        checkpoints = AggregatorCheckpoints(runDirectory: runDirectory, ledger: ledger, deltas: deltas, keep: config.keepCheckpoints)
         // Newest checkpoint first; if it (or the replay after it) fails, the one before.
-        var restored: Restored?
+        var restored: AggregatorRestore?
         var fellBack = false
         for v in try ledger.versions() {
             do {
-                restored = try Self.restore(v, config: config, ledger: ledger)
+                restored = try AggregatorRestore.restore(v, config: config, ledger: ledger)
                 break
             } catch {
                 log("cannot restore from v\(v.number) (\(error)); trying the previous checkpoint")
@@ -305,14 +295,56 @@ public final class AggregatorCore {
         return try refuse(info, e, now: now)
     }
 
-    private func handleUpdate(_ info: UpdateInfo, _ payload: TensorPayload, now: Double) throws -> Message {
-        if let fold = payload.destination as? FoldingDelta { return try handleFolded(info, fold, payload, now: now) }
+    /// The answer to an update that needs no further look: the verdict on an id seen before, or
+    /// UNKNOWN_TRAINER for a sender that has not said HELLO (nothing recorded: it registers and resends).
+    private func answerBeforeChecks(_ info: UpdateInfo) throws -> Message? {
         if let earlier = try earlierVerdict(info) { return earlier }
-        func refuse(_ e: ProtocolError, staleness: Int = 0, norm: Double = 0) throws -> Message {
-            try self.refuse(info, e, staleness: staleness, norm: norm, now: now)
-        }
         guard knownTrainers[info.trainerID] != nil else {
             return .error(ErrorReply(code: .unknownTrainer, detail: "say HELLO first", refersTo: info.updateID))
+        }
+        return nil
+    }
+
+    /// Why an update `staleness` versions old is refused (nil: it is not).
+    private func stalenessRefusal(_ staleness: Int, strategyRefusal: String? = nil) -> ProtocolError? {
+        if staleness > config.maxStaleness {
+            return ProtocolError(.tooStale, "staleness \(staleness) exceeds \(config.maxStaleness); fetch the latest release")
+        }
+        return strategyRefusal.map { ProtocolError(.tooStale, $0) }
+    }
+
+    /// Why an update of this norm is refused under `norm_policy = "refuse"` (nil: it is not).
+    private func normRefusal(_ norm: Double) -> ProtocolError? {
+        guard config.normPolicy == .refuse, let bound = config.maxUpdateNorm, norm > bound else { return nil }
+        return ProtocolError(.normTooLarge, "update norm \(String(format: "%.4g", norm)) exceeds max_update_norm \(bound)")
+    }
+
+    /// Records an accepted update (applied or buffered) in the ledger, checkpoints when its
+    /// cadence is due, and acknowledges it: the last steps of every update, whole or folded.
+    private func accept(_ info: UpdateInfo, decision: AggregationDecision, staleness: Int, norm: Double, deltaPath: String, now: Double,
+                        headStaleness: Int? = nil, headVersionAfter: Int? = nil) throws -> Message {
+        let applied = decision == .applied
+        try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster, baseVersion: info.baseVersion,
+                                      staleness: staleness, weight: StalenessWeightOf(config).weight(staleness), norm: norm,
+                                      tokens: info.tokens, outcome: applied ? .applied : .buffered,
+                                      versionAfter: version, deltaPath: deltaPath, reason: nil, receivedAt: now,
+                                      headStaleness: headStaleness, headVersionAfter: headVersionAfter))
+        if applied {
+            rememberVersion()
+            if version - lastCheckpointedVersion >= checkpointInterval { try checkpoint() }
+        } else if let headVersionAfter, headVersionAfter % (checkpointInterval * 4) == 0 {
+            // Heads also change between global versions (a buffered trunk update still moves its
+            // head): checkpoint now and then so replays stay short.
+            try checkpoint()
+        }
+        return .ack(Ack(updateID: info.updateID, outcome: applied ? .applied : .buffered, version: version))
+    }
+
+    private func handleUpdate(_ info: UpdateInfo, _ payload: TensorPayload, now: Double) throws -> Message {
+        if let fold = payload.destination as? FoldingDelta { return try handleFolded(info, fold, payload, now: now) }
+        if let answer = try answerBeforeChecks(info) { return answer }
+        func refuse(_ e: ProtocolError, staleness: Int = 0, norm: Double = 0) throws -> Message {
+            try self.refuse(info, e, staleness: staleness, norm: norm, now: now)
         }
         // A partial update carries some of the model's tensors (a trainer that trains part of it).
         let carried: TensorSubset?
@@ -321,10 +353,7 @@ public final class AggregatorCore {
         } catch let e as ProtocolError { return try refuse(e) }
         let staleness = version - info.baseVersion
         if staleness < 0 { return try refuse(ProtocolError(.malformed, "base version \(info.baseVersion) is newer than \(version)")) }
-        if staleness > config.maxStaleness {
-            return try refuse(ProtocolError(.tooStale, "staleness \(staleness) exceeds \(config.maxStaleness); fetch the latest release"),
-                              staleness: staleness)
-        }
+        if let e = stalenessRefusal(staleness) { return try refuse(e, staleness: staleness) }
         // With clusters, the update's head part goes to its cluster's head: it must name one,
         // and its head must not be too stale either.
         var headStaleness: Int?
@@ -368,10 +397,7 @@ public final class AggregatorCore {
         // Added up as the chunks arrived when the update was streamed.
         let norm = Double(payload.sumOfSquares.map { Float($0.squareRoot()) } ?? GradientClipping.norm(delta))
         mark("norm")
-        if config.normPolicy == .refuse, let bound = config.maxUpdateNorm, norm > bound {
-            return try refuse(ProtocolError(.normTooLarge, "update norm \(String(format: "%.4g", norm)) exceeds max_update_norm \(bound)"),
-                              staleness: staleness, norm: norm)
-        }
+        if let e = normRefusal(norm) { return try refuse(e, staleness: staleness, norm: norm) }
         let sync = config.durability == .machine
         let deltaPath = if let incoming { try deltas.commit(incoming, updateID: info.updateID, sync: sync) }
             else if let carried { try deltas.write(delta, carried: carried, updateID: info.updateID, sync: sync) }
@@ -396,22 +422,9 @@ public final class AggregatorCore {
             if decision == .applied { heads.writeConsensus(into: model.parameters) }
         }
         mark("strategy")
-        try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster, baseVersion: info.baseVersion,
-                                      staleness: staleness, weight: StalenessWeightOf(config).weight(staleness), norm: norm,
-                                      tokens: info.tokens, outcome: decision == .applied ? .applied : .buffered,
-                                      versionAfter: version, deltaPath: deltaPath, reason: nil, receivedAt: now,
-                                      headStaleness: headStaleness, headVersionAfter: headVersionAfter))
-        mark("ledger")
-        if decision == .applied {
-            rememberVersion()
-            if version - lastCheckpointedVersion >= checkpointInterval { try checkpoint() }
-        } else if let headVersionAfter, headVersionAfter % (checkpointInterval * 4) == 0 {
-            // Heads also change between global versions (a buffered trunk update still moves its
-            // head): checkpoint now and then so replays stay short.
-            try checkpoint()
-        }
-        mark("version")
-        return .ack(Ack(updateID: info.updateID, outcome: decision == .applied ? .applied : .buffered, version: version))
+        defer { mark("ledger and version") }
+        return try accept(info, decision: decision, staleness: staleness, norm: norm, deltaPath: deltaPath, now: now,
+                          headStaleness: headStaleness, headVersionAfter: headVersionAfter)
     }
 
     // MARK: The level above
@@ -441,26 +454,17 @@ public final class AggregatorCore {
             fold.unfold()
             return try self.refuse(info, e, staleness: staleness, norm: norm, now: now)
         }
-        if let earlier = try earlierVerdict(info) {
+        if let answer = try answerBeforeChecks(info) {
             fold.unfold()
-            return earlier
-        }
-        guard knownTrainers[info.trainerID] != nil else {
-            fold.unfold()
-            return .error(ErrorReply(code: .unknownTrainer, detail: "say HELLO first", refersTo: info.updateID))
+            return answer
         }
         if fold.poisoned { return try refuse(ProtocolError(.nonFinite, "the update holds values that are not finite")) }
         let staleness = version - info.baseVersion
         precondition(fold.foldedStaleness == staleness, "a fold's weight follows every version change")
         guard let fedbuff = strategy as? FedBuff else { return try refuse(ProtocolError(.malformed, "folded update without FedBuff")) }
-        if let why = fedbuff.refusal(staleness: staleness) ?? (staleness > config.maxStaleness ? "staleness \(staleness) exceeds \(config.maxStaleness)" : nil) {
-            return try refuse(ProtocolError(.tooStale, why), staleness: staleness)
-        }
+        if let e = stalenessRefusal(staleness, strategyRefusal: fedbuff.refusal(staleness: staleness)) { return try refuse(e, staleness: staleness) }
         let norm = (payload.sumOfSquares ?? 0).squareRoot()
-        if config.normPolicy == .refuse, let bound = config.maxUpdateNorm, norm > bound {
-            return try refuse(ProtocolError(.normTooLarge, "update norm \(String(format: "%.4g", norm)) exceeds max_update_norm \(bound)"),
-                              staleness: staleness, norm: norm)
-        }
+        if let e = normRefusal(norm) { return try refuse(e, staleness: staleness, norm: norm) }
         let deltaPath: String
         do { deltaPath = try deltas.commit(fold, updateID: info.updateID, sync: config.durability == .machine) } catch {
             // Not the update's fault: the trainer sends it again.
@@ -470,15 +474,7 @@ public final class AggregatorCore {
         }
         let decision = fedbuff.completeFolded(model: model.parameters)
         if decision == .applied { version += 1 }
-        try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: nil, baseVersion: info.baseVersion,
-                                      staleness: staleness, weight: StalenessWeightOf(config).weight(staleness), norm: norm,
-                                      tokens: info.tokens, outcome: decision == .applied ? .applied : .buffered,
-                                      versionAfter: version, deltaPath: deltaPath, reason: nil, receivedAt: now))
-        if decision == .applied {
-            rememberVersion()
-            if version - lastCheckpointedVersion >= checkpointInterval { try checkpoint() }
-        }
-        return .ack(Ack(updateID: info.updateID, outcome: decision == .applied ? .applied : .buffered, version: version))
+        return try accept(info, decision: decision, staleness: staleness, norm: norm, deltaPath: deltaPath, now: now)
     }
 
     /// Forgets trainers silent for longer than the timeout (they re-register with HELLO) and
@@ -531,101 +527,8 @@ public final class AggregatorCore {
     public var connectedTrainers: Int { knownTrainers.count }
 
     private func writeCheckpoint() throws {
-        let dir = checkpointsDirectory + "/v\(version)"
-        let statePath = runDirectory + "/.aggregator_state.safetensors"
-        try SafeTensors.write(Checkpoint.tensorSources(of: strategy.stateVectors), metadata: strategy.stateScalars.mapValues { String($0) }.merging(["strategy": strategy.name]) { a, _ in a }, to: statePath)
-        let lastSeq = try ledger.lastUpdateSeq
-        var extra = ["aggregator_state.safetensors": statePath]
-        if let heads {
-            let headsPath = runDirectory + "/.heads.safetensors"
-            try SafeTensors.write(Checkpoint.tensorSources(of: heads.stateVectors),
-                                  metadata: heads.stateScalars.mapValues { String($0) }.merging(["clusters": heads.names.joined(separator: ",")]) { a, _ in a },
-                                  to: headsPath)
-            extra["heads.safetensors"] = headsPath
-        }
-        try Checkpoint.save(model: model, state: .init(step: version, optimizer: strategy.name, tokensSeen: 0),
-                            extraFiles: extra, to: dir)
-        let sha = try Checkpoint.sha256(ofFile: dir + "/" + Checkpoint.modelFile)
-        let covered = try ledger.recordVersion(.init(number: version, checkpointPath: dir, sha256: sha, lastUpdateSeq: lastSeq,
-                                                     createdAt: Date().timeIntervalSince1970))
-        deltas.retire(covered)
+        try checkpoints.write(version: version, model: model, strategy: strategy, heads: heads)
         lastCheckpointedVersion = version
-        if let keep = config.keepCheckpoints {
-            // Forgotten in the ledger first: a crash in between leaves a directory nobody uses,
-            // never a version whose files are gone.
-            for old in try ledger.forgetVersions(keepingNewest: max(2, keep)) where old.checkpointPath != dir {
-                try? FileManager.default.removeItem(atPath: old.checkpointPath)
-            }
-        }
-    }
-
-    struct Restored {
-        let model: GPT2Model
-        let strategy: any AggregationStrategy
-        let heads: PersonalizedHeads?
-        let version: Int
-        let checkpoint: Ledger.VersionRecord
-        let replayed: Int
-    }
-
-    /// Loads checkpoint `v` (hash-checked) with the strategy's state, then replays, in order,
-    /// every update recorded after it; throws if anything needed is missing or disagrees.
-    static func restore(_ v: Ledger.VersionRecord, config: AggregationConfig, ledger: Ledger) throws -> Restored {
-        let sha = try Checkpoint.sha256(ofFile: v.checkpointPath + "/" + Checkpoint.modelFile)
-        guard sha == v.sha256 else {
-            throw CheckpointError.checksumMismatch(path: v.checkpointPath, expected: v.sha256, found: sha)
-        }
-        let model = try Checkpoint.load(from: v.checkpointPath).model
-        let strategy = config.makeStrategy(layout: model.layout)
-        let state = try SafeTensorsFile(path: v.checkpointPath + "/aggregator_state.safetensors")
-        try Checkpoint.readStateVectors(state, into: strategy.stateVectors)
-        strategy.restore(scalars: state.metadata.compactMapValues(Double.init))
-        var heads: PersonalizedHeads?
-        if let clusters = config.clusters {
-            let h = try makeHeads(clusters, config: config, model: model)
-            let headsPath = v.checkpointPath + "/heads.safetensors"
-            if FileManager.default.fileExists(atPath: headsPath) {
-                let file = try SafeTensorsFile(path: headsPath)
-                let names = (file.metadata["clusters"] ?? "").split(separator: ",").map(String.init)
-                h.restore(names: names, scalars: file.metadata.compactMapValues(Double.init), model: model.parameters)
-                try Checkpoint.readStateVectors(file, into: h.stateVectors)
-            }
-            heads = h
-        }
-        var version = v.number
-        let pending = try ledger.updates(after: v.lastUpdateSeq)
-        for u in pending {
-            guard let path = u.deltaPath else {
-                throw FederationError.replayDiverged("the pseudo-gradient of update \(u.id) is no longer kept")
-            }
-            // A large whole update under FedBuff's plain mean is folded in piece by piece, as it was received.
-            if let fedbuff = strategy as? FedBuff, fedbuff.foldsWhileStreaming, heads == nil, u.cluster == nil,
-               model.parameters.count * 4 >= FloatBuffer.mappedBytes,
-               try DeltaFiles.forEachPiece(path, count: model.parameters.count, { fedbuff.fold($0, at: $1, staleness: u.staleness) }) {
-                if fedbuff.completeFolded(model: model.parameters) == .applied { version += 1 }
-                guard version == u.versionAfter else {
-                    throw FederationError.replayDiverged("update \(u.id) gave version \(version), the ledger says \(u.versionAfter)")
-                }
-                continue
-            }
-            let delta = ParameterVector(layout: model.layout)
-            let carried = try DeltaFiles.read(path, into: delta)
-            let decision = strategy.receive(Contribution(delta: delta, carried: carried, staleness: u.staleness, dataWeight: Double(max(u.tokens, 1)),
-                                                         trainer: u.trainer), model: model.parameters)
-            if decision == .applied { version += 1 }
-            guard version == u.versionAfter else {
-                throw FederationError.replayDiverged("update \(u.id) gave version \(version), the ledger says \(u.versionAfter)")
-            }
-            if let heads, let c = u.cluster, let hs = u.headStaleness {
-                guard heads.heads[c] != nil else { throw FederationError.replayDiverged("update \(u.id) is for cluster \(c), which the checkpoint lacks") }
-                _ = heads.receive(delta: delta, carried: carried, cluster: c, staleness: hs, dataWeight: Double(max(u.tokens, 1)), trainer: u.trainer)
-                guard heads.heads[c]!.version == u.headVersionAfter else {
-                    throw FederationError.replayDiverged("update \(u.id) gave head version \(heads.heads[c]!.version) of \(c), the ledger says \(u.headVersionAfter ?? -1)")
-                }
-                if decision == .applied { heads.writeConsensus(into: model.parameters) }
-            }
-        }
-        return Restored(model: model, strategy: strategy, heads: heads, version: version, checkpoint: v, replayed: pending.count)
     }
 
     private func rememberVersion() {
@@ -642,17 +545,4 @@ struct StalenessWeightOf {
     let config: AggregationConfig
     init(_ c: AggregationConfig) { config = c }
     func weight(_ s: Int) -> Double { config.mode == .sync ? 1 : config.staleness.weight(staleness: s) }
-}
-
-public enum FederationError: Error, CustomStringConvertible {
-    case replayDiverged(String)
-    case badTopology(String)
-    case peer(String)
-    public var description: String {
-        switch self {
-        case .replayDiverged(let why): return "restart replay diverged: \(why)"
-        case .badTopology(let why): return "topology: \(why)"
-        case .peer(let why): return why
-        }
-    }
 }
