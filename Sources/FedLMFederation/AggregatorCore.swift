@@ -40,6 +40,10 @@ public final class AggregatorCore {
         didSet { published = nil }
     }
     private var published: PublishedModel?
+    /// Bounds on the tokens an update is credited with (nil: every claim credited whole).
+    public var tokenClaims: TokenClaimLimits?
+    /// Tokens credited to each sender so far (for its budget), read from the ledger once.
+    private lazy var credited: [String: Int] = (try? ledger.creditedTokens()) ?? [:]
     /// The pseudo-gradient being handled, reused from update to update (no strategy keeps it),
     /// so a 40 MB update does not fault in 40 MB of fresh pages each time.
     private lazy var deltaScratch = ParameterVector(layout: model.layout)
@@ -321,14 +325,20 @@ public final class AggregatorCore {
 
     /// Records an accepted update (applied or buffered) in the ledger, checkpoints when its
     /// cadence is due, and acknowledges it: the last steps of every update, whole or folded.
-    private func accept(_ info: UpdateInfo, decision: AggregationDecision, staleness: Int, norm: Double, deltaPath: String, now: Double,
-                        headStaleness: Int? = nil, headVersionAfter: Int? = nil) throws -> Message {
+    private func accept(_ info: UpdateInfo, credit: TokenClaimLimits.Credit, decision: AggregationDecision, staleness: Int, norm: Double,
+                        deltaPath: String, now: Double, headStaleness: Int? = nil, headVersionAfter: Int? = nil) throws -> Message {
         let applied = decision == .applied
         try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster, baseVersion: info.baseVersion,
                                       staleness: staleness, weight: StalenessWeightOf(config).weight(staleness), norm: norm,
-                                      tokens: info.tokens, outcome: applied ? .applied : .buffered,
+                                      tokens: credit.tokens, outcome: applied ? .applied : .buffered,
                                       versionAfter: version, deltaPath: deltaPath, reason: nil, receivedAt: now,
-                                      headStaleness: headStaleness, headVersionAfter: headVersionAfter))
+                                      headStaleness: headStaleness, headVersionAfter: headVersionAfter,
+                                      claimedTokens: credit.clamped ? info.tokens : nil))
+        credited[info.trainerID, default: 0] += credit.tokens
+        if let why = credit.reason {
+            log("update \(info.updateID) from \(info.trainerID) claimed \(info.tokens) tokens, credited \(credit.tokens): \(why)")
+            metrics.clampedClaim(trainer: info.trainerID)
+        }
         if applied {
             rememberVersion()
             if version - lastCheckpointedVersion >= checkpointInterval { try checkpoint() }
@@ -340,9 +350,17 @@ public final class AggregatorCore {
         return .ack(Ack(updateID: info.updateID, outcome: applied ? .applied : .buffered, version: version))
     }
 
+    /// What `info` is credited with under `tokenClaims`.
+    private func credit(_ info: UpdateInfo) -> TokenClaimLimits.Credit {
+        guard let tokenClaims else { return .init(tokens: info.tokens, reason: nil) }
+        return tokenClaims.credit(claimed: info.tokens, localSteps: info.localSteps, trainer: info.trainerID,
+                                  creditedSoFar: credited[info.trainerID] ?? 0)
+    }
+
     private func handleUpdate(_ info: UpdateInfo, _ payload: TensorPayload, now: Double) throws -> Message {
         if let fold = payload.destination as? FoldingDelta { return try handleFolded(info, fold, payload, now: now) }
         if let answer = try answerBeforeChecks(info) { return answer }
+        let credit = credit(info), dataWeight = Double(max(credit.tokens, 1))
         func refuse(_ e: ProtocolError, staleness: Int = 0, norm: Double = 0) throws -> Message {
             try self.refuse(info, e, staleness: staleness, norm: norm, now: now)
         }
@@ -405,7 +423,7 @@ public final class AggregatorCore {
         mark("write delta")
         let decision = withoutActiveFold {
             let d = strategy.receive(Contribution(delta: delta, carried: carried, base: recentVersions[info.baseVersion], staleness: staleness,
-                                                  dataWeight: Double(max(info.tokens, 1)), trainer: info.trainerID),
+                                                  dataWeight: dataWeight, trainer: info.trainerID),
                                      model: model.parameters)
             if d == .applied { version += 1 }
             return d
@@ -416,14 +434,13 @@ public final class AggregatorCore {
         }
         var headVersionAfter: Int?
         if let heads, let c = info.cluster, let hs = headStaleness {
-            _ = heads.receive(delta: delta, carried: carried, cluster: c, staleness: hs, dataWeight: Double(max(info.tokens, 1)),
-                              trainer: info.trainerID)
+            _ = heads.receive(delta: delta, carried: carried, cluster: c, staleness: hs, dataWeight: dataWeight, trainer: info.trainerID)
             headVersionAfter = heads.heads[c]!.version
             if decision == .applied { heads.writeConsensus(into: model.parameters) }
         }
         mark("strategy")
         defer { mark("ledger and version") }
-        return try accept(info, decision: decision, staleness: staleness, norm: norm, deltaPath: deltaPath, now: now,
+        return try accept(info, credit: credit, decision: decision, staleness: staleness, norm: norm, deltaPath: deltaPath, now: now,
                           headStaleness: headStaleness, headVersionAfter: headVersionAfter)
     }
 
@@ -474,7 +491,7 @@ public final class AggregatorCore {
         }
         let decision = fedbuff.completeFolded(model: model.parameters)
         if decision == .applied { version += 1 }
-        return try accept(info, decision: decision, staleness: staleness, norm: norm, deltaPath: deltaPath, now: now)
+        return try accept(info, credit: credit(info), decision: decision, staleness: staleness, norm: norm, deltaPath: deltaPath, now: now)
     }
 
     /// Forgets trainers silent for longer than the timeout (they re-register with HELLO) and

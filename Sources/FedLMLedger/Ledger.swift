@@ -38,10 +38,14 @@ public final class Ledger {
         /// With personalized heads: the cluster head's staleness and its version right after.
         public var headStaleness: Int?
         public var headVersionAfter: Int?
+        /// The tokens the sender claimed when more than its steps allow (`tokens` is what it was
+        /// credited); nil when its claim was credited whole.
+        public var claimedTokens: Int?
 
         public init(seq: Int = 0, id: String, trainer: String, cluster: String?, baseVersion: Int, staleness: Int, weight: Double,
                     norm: Double, tokens: Int, outcome: Outcome, versionAfter: Int, deltaPath: String?, reason: String?,
-                    receivedAt: Double, headStaleness: Int? = nil, headVersionAfter: Int? = nil) {
+                    receivedAt: Double, headStaleness: Int? = nil, headVersionAfter: Int? = nil, claimedTokens: Int? = nil) {
+            self.claimedTokens = claimedTokens
             self.headStaleness = headStaleness
             self.headVersionAfter = headVersionAfter
             self.seq = seq
@@ -111,9 +115,10 @@ public final class Ledger {
                 seq INTEGER PRIMARY KEY AUTOINCREMENT, trainer TEXT NOT NULL, cluster TEXT NOT NULL,
                 previous TEXT, how TEXT NOT NULL, at REAL NOT NULL);
             """)
-        // Columns added with personalized heads (ledgers written before them get them here).
+        // Columns added with personalized heads and bounded token claims (ledgers written before
+        // them get them here).
         let columns = Set(try database.query("PRAGMA table_info(updates)").compactMap { $0[1].string })
-        for column in ["head_staleness", "head_version_after"] where !columns.contains(column) {
+        for column in ["head_staleness", "head_version_after", "claimed_tokens"] where !columns.contains(column) {
             try database.execute("ALTER TABLE updates ADD COLUMN \(column) INTEGER")
         }
         // For the latest and lowest value of a metric (status, the dashboard, keep_best); metrics
@@ -167,17 +172,26 @@ public final class Ledger {
         try database.transaction {
             try database.query("""
                 INSERT INTO updates (id, trainer, cluster, base_version, staleness, weight, norm, tokens, outcome,
-                                     version_after, delta_path, reason, received_at, head_staleness, head_version_after)
-                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                                     version_after, delta_path, reason, received_at, head_staleness, head_version_after, claimed_tokens)
+                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                 """, [.text(r.id), .text(r.trainer), .init(r.cluster), .init(r.baseVersion), .init(r.staleness), .real(r.weight),
                       .real(r.norm), .init(r.tokens), .text(r.outcome.rawValue), .init(r.versionAfter), .init(r.deltaPath),
-                      .init(r.reason), .real(r.receivedAt), .init(r.headStaleness), .init(r.headVersionAfter)])
+                      .init(r.reason), .real(r.receivedAt), .init(r.headStaleness), .init(r.headVersionAfter), .init(r.claimedTokens)])
             let seq = Int(database.lastInsertRowID)
             if r.outcome != .refused {
                 try database.query("UPDATE trainers SET updates = updates + 1 WHERE id = ?1", [.text(r.trainer)])
             }
             return seq
         }
+    }
+
+    /// Tokens credited to each sender over its accepted (applied or buffered) updates.
+    public func creditedTokens() throws -> [String: Int] {
+        var out: [String: Int] = [:]
+        for r in try database.query("SELECT trainer, SUM(tokens) FROM updates WHERE outcome != 'refused' GROUP BY trainer") {
+            if let t = r[0].string, let n = r[1].int { out[t] = n }
+        }
+        return out
     }
 
     public func update(id: String) throws -> UpdateRecord? {
@@ -340,7 +354,7 @@ public final class Ledger {
 
     static let updateColumns = """
         SELECT seq, id, trainer, cluster, base_version, staleness, weight, norm, tokens, outcome, version_after,
-               delta_path, reason, received_at, head_staleness, head_version_after FROM updates
+               delta_path, reason, received_at, head_staleness, head_version_after, claimed_tokens FROM updates
         """
 
     static func update(row r: [SQLiteDatabase.Value]) -> UpdateRecord {
@@ -348,6 +362,6 @@ public final class Ledger {
                      staleness: r[5].int!, weight: r[6].double!, norm: r[7].double!, tokens: r[8].int!,
                      outcome: Outcome(rawValue: r[9].string!) ?? .refused,
                      versionAfter: r[10].int!, deltaPath: r[11].string, reason: r[12].string, receivedAt: r[13].double!,
-                     headStaleness: r[14].int, headVersionAfter: r[15].int)
+                     headStaleness: r[14].int, headVersionAfter: r[15].int, claimedTokens: r[16].int)
     }
 }

@@ -36,7 +36,7 @@ public final class LedgerFollower: @unchecked Sendable {
 
     /// One trainer's accepted and refused updates so far.
     struct Tally {
-        var accepted = 0, refused = 0, tokens = 0, stalenessSum = 0
+        var accepted = 0, refused = 0, tokens = 0, stalenessSum = 0, clampedClaims = 0
         var firstAccepted: Double?, lastAccepted: Double?, lastReceived = 0.0
 
         mutating func accept(tokens n: Int, staleness: Int, at time: Double) {
@@ -63,7 +63,8 @@ public final class LedgerFollower: @unchecked Sendable {
     @discardableResult
     public func advance(_ ledger: Ledger) throws -> LedgerFollower {
         for row in try ledger.database.query("""
-            SELECT seq, trainer, outcome, tokens, staleness, received_at, version_after, reason FROM updates WHERE seq > ?1 ORDER BY seq
+            SELECT seq, trainer, outcome, tokens, staleness, received_at, version_after, reason, claimed_tokens FROM updates
+            WHERE seq > ?1 ORDER BY seq
             """, [.init(lastUpdateSeq)]) {
             lastUpdateSeq = row[0].int ?? lastUpdateSeq
             let trainer = row[1].string ?? "", time = row[5].double ?? 0, tokens = row[3].int ?? 0
@@ -77,6 +78,7 @@ public final class LedgerFollower: @unchecked Sendable {
             } else {
                 let staleness = row[4].int ?? 0
                 t.accept(tokens: tokens, staleness: staleness, at: time)
+                if row[8].int != nil { t.clampedClaims += 1 }
                 overall.accept(tokens: tokens, staleness: staleness, at: time)
                 progress.append(.init(time: time, version: row[6].int ?? 0, tokens: overall.tokens))
             }
@@ -111,7 +113,7 @@ public final class LedgerFollower: @unchecked Sendable {
             return .init(id: id, cluster: r[1].string, lastContactSeconds: max(0, now - max(r[2].double ?? now, t.lastReceived)),
                          accepted: t.accepted, refused: t.refused, tokens: t.tokens,
                          meanStaleness: t.accepted > 0 ? Double(t.stalenessSum) / Double(t.accepted) : 0,
-                         tokensPerSecond: span > 0 ? Double(t.tokens) / span : nil)
+                         tokensPerSecond: span > 0 ? Double(t.tokens) / span : nil, clampedClaims: t.clampedClaims)
         }
         func latest(prefix: String) throws -> [String: Double] {
             var out: [String: Double] = [:]

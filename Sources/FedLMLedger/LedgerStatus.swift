@@ -15,6 +15,8 @@ public struct LedgerStatus: Codable, Equatable, Sendable {
         public var meanStaleness: Double
         /// Tokens per second over the span of its accepted updates (nil with fewer than two).
         public var tokensPerSecond: Double?
+        /// Accepted updates whose token claim exceeded what its steps allow (credited less).
+        public var clampedClaims: Int = 0
     }
 
     public var version: Int

@@ -22,6 +22,7 @@ public final class AggregatorMetrics: @unchecked Sendable {
         public static let checkpoint = "fedlm_aggregator_checkpoint_seconds"
         public static let restore = "fedlm_aggregator_restore_seconds"
         public static let dpEpsilon = "fedlm_aggregator_dp_epsilon"
+        public static let clampedClaims = "fedlm_aggregator_clamped_token_claims_total"
     }
 
     /// Bucket bounds of the histograms that are not durations.
@@ -45,6 +46,7 @@ public final class AggregatorMetrics: @unchecked Sendable {
     private let restore: CoreMetrics.Timer
     /// Made on first use: a federation without differential privacy shows no epsilon.
     private let epsilon: LabeledMetrics<Gauge>
+    private let clamped: LabeledMetrics<Counter>
 
     public init(factory: any MetricsFactory) {
         updates = LabeledMetrics { Counter(label: Name.updates, dimensions: [("outcome", $0[0]), ("reason", $0[1])], factory: factory) }
@@ -60,6 +62,7 @@ public final class AggregatorMetrics: @unchecked Sendable {
         checkpoint = CoreMetrics.Timer(label: Name.checkpoint, factory: factory)
         restore = CoreMetrics.Timer(label: Name.restore, factory: factory)
         epsilon = LabeledMetrics { _ in Gauge(label: Name.dpEpsilon, factory: factory) }
+        clamped = LabeledMetrics { Counter(label: Name.clampedClaims, dimensions: [("trainer", $0[0])], factory: factory) }
     }
 
     /// An update answered: `outcome` applied | buffered | duplicate | refused; `reason` the
@@ -73,6 +76,8 @@ public final class AggregatorMetrics: @unchecked Sendable {
     }
 
     public func received(bytes: Int) { received.increment(by: bytes) }
+    /// An update credited with fewer tokens than its sender claimed (`TokenClaimLimits`).
+    public func clampedClaim(trainer: String) { clamped[trainer].increment() }
     public func sent(bytes: Int) { sent.increment(by: bytes) }
     /// The global version (cluster "") or a personalized head's.
     public func version(_ v: Int, cluster: String = "") { versions[cluster].record(v) }

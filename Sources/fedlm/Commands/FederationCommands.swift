@@ -75,6 +75,8 @@ struct AggregatorCommand: AsyncParsableCommand {
                                       initialModel: try GPT2Model(config: file.model, seed: file.training.seed)) { logger.info("\($0)") }
         let monitoring = try RoleMonitoring.aggregator(t, core: core)
         if resuming { core.metrics.restored(seconds: Date().timeIntervalSince1970 - start) }
+        core.tokenClaims = TokenClaimLimits(level: t, batchSize: file.training.batchSize,
+                                            sequence: file.training.sequenceLength ?? file.model.context)
         core.releaseCompression = t.releaseCompression
         core.releaseStepCompression = t.releaseSteps
         let service = AggregatorService(core: core, endpoints: t.endpoints, logger: logger)

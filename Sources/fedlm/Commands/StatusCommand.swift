@@ -77,6 +77,11 @@ struct StatusCommand: ParsableCommand {
                              + "  " + pad(t.tokensPerSecond.map { String(format: "%.0f", $0) } ?? "-", 8, right: true)
                              + "  " + pad(String(format: "%.2f", t.meanStaleness), 9, right: true))
             }
+            let clamped = s.trainers.filter { $0.clampedClaims > 0 }
+            if !clamped.isEmpty {
+                lines.append("  claimed more tokens than their steps allow (credited less): "
+                             + clamped.map { "\($0.id) \($0.clampedClaims) update\($0.clampedClaims == 1 ? "" : "s")" }.joined(separator: ", "))
+            }
         }
         return lines.joined(separator: "\n")
     }
