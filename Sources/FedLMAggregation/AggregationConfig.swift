@@ -63,7 +63,7 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
             return FedBuff(bufferSize: bufferSize, weight: staleness, maxStaleness: maxStaleness, optimizer: serverOptimizer, layout: layout,
                            combination: combination, maxNorm: normPolicy == .clip ? maxUpdateNorm : nil, privacy: privacy,
                            directionDecay: directionDecay, fairShareWindow: fairShareWindow)
-        case .sync: return SynchronousFedAvg(participants: participants, optimizer: serverOptimizer, layout: layout)
+        case .sync: return SynchronousFedAvg(participants: participants, optimizer: serverOptimizer, layout: layout, combination: combination)
         }
     }
 }

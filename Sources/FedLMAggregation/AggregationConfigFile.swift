@@ -44,7 +44,7 @@ extension AggregationConfig {
             c.combination = .trimmedMean(fraction: f)
         case let other: throw a.fail("'aggregation.combination' is '\(other)', not mean, median or trimmed_mean")
         }
-        if c.combination != .mean, c.mode != .fedbuff { throw a.fail("'aggregation.combination' applies to mode = \"fedbuff\"") }
+        if c.combination != .mean, c.mode == .fedasync { throw a.fail("'aggregation.combination' applies to mode = \"fedbuff\" or \"sync\"") }
         if let clip = try a.double("dp_clip") {
             let z = try a.double("dp_noise_multiplier") ?? 1.0
             let delta = try a.double("dp_delta") ?? 1e-5

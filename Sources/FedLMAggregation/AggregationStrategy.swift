@@ -332,10 +332,18 @@ public final class FedBuff: AggregationStrategy {
 /// update on the round's version, then applies the data-weighted mean through the server
 /// optimizer (each tensor's mean over the updates that carry it). Updates on another version
 /// are refused.
+///
+/// With a robust combination (`median`, `trimmed_mean`) the round's updates are kept apart and
+/// combined per coordinate instead, without data weights (a member's claimed tokens do not move
+/// a median): one member's harmful update in a round of three is outvoted coordinate by
+/// coordinate. Rounds then take whole updates only.
 public final class SynchronousFedAvg: AggregationStrategy {
     public let optimizer: ServerOptimizer
     public private(set) var expected: Int
+    public let combination: RobustCombination
     private let sum: ParameterVector
+    /// The round's updates one by one (robust combinations only; one slot per participant).
+    private let slots: [ParameterVector]
     private var received = 0
     private var totalWeight = 0.0
     /// For each tensor, the data weight of the round's updates that carry it (partial updates).
@@ -347,7 +355,8 @@ public final class SynchronousFedAvg: AggregationStrategy {
     public var name: String { "sync" }
 
     public var stateVectors: [(name: String, vector: ParameterVector)] {
-        [("sum", sum)] + optimizer.stateVectors.map { ("optimizer.\($0.name)", $0.vector) }
+        [("sum", sum)] + slots.enumerated().map { ("slot.\($0.offset)", $0.element) }
+            + optimizer.stateVectors.map { ("optimizer.\($0.name)", $0.vector) }
     }
     public var stateScalars: [String: Double] {
         var scalars = ["received": Double(received), "totalWeight": totalWeight, "expected": Double(expected),
@@ -365,11 +374,13 @@ public final class SynchronousFedAvg: AggregationStrategy {
         optimizer.restore(steps: Int(scalars["optimizer.steps"] ?? 0))
     }
 
-    public init(participants: Int, optimizer: ServerOptimizerKind, layout: ParameterLayout) {
+    public init(participants: Int, optimizer: ServerOptimizerKind, layout: ParameterLayout, combination: RobustCombination = .mean) {
         precondition(participants >= 1)
         expected = participants
         self.optimizer = ServerOptimizer(optimizer, layout: layout)
+        self.combination = combination
         sum = ParameterVector(layout: layout)
+        slots = combination == .mean ? [] : (0..<participants).map { _ in ParameterVector(layout: layout) }
         tensorWeights = [Double](repeating: 0, count: layout.entries.count)
     }
 
@@ -386,8 +397,19 @@ public final class SynchronousFedAvg: AggregationStrategy {
         return .applied
     }
 
-    /// The data-weighted mean, each tensor among the round's updates that carry it.
+    /// The data-weighted mean, each tensor among the round's updates that carry it; or the
+    /// robust combination of the round's updates.
     private func completeRound(_ model: ParameterVector) {
+        if combination != .mean {
+            combination.combine(Array(slots[0..<received]), into: sum)
+            optimizer.apply(sum, scale: 1, to: model)
+            sum.zero()
+            received = 0
+            totalWeight = 0
+            tensorWeights = tensorWeights.map { _ in 0 }
+            contributors = []
+            return
+        }
         let partial = tensorWeights.contains { $0 != totalWeight }
         if partial {
             for (e, w) in zip(sum.layout.entries, tensorWeights) where w > 0 && w != totalWeight {
@@ -414,6 +436,17 @@ public final class SynchronousFedAvg: AggregationStrategy {
             return .refused("\(c.trainer) already contributed to this round; wait for the next version")
         }
         if let carried = c.carried, carried.model != model.layout { return .refused("the update's tensors do not match the model's names and shapes") }
+        if combination != .mean {
+            if c.carried != nil { return .refused("a synchronous round with a robust combination takes whole updates only") }
+            guard received < slots.count else { return .refused("the round already has \(received) updates") }
+            contributors.insert(c.trainer)
+            slots[received].copy(from: c.delta)
+            received += 1
+            totalWeight += c.dataWeight
+            guard received >= expected else { return .buffered(count: received, needed: expected) }
+            completeRound(model)
+            return .applied
+        }
         contributors.insert(c.trainer)
         let w = Float(c.dataWeight), s = sum.pointer, d = c.delta.pointer
         parallelFor(ranges: c.ranges) { r in for i in r { s[i] += w * d[i] } }

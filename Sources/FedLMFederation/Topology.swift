@@ -37,7 +37,7 @@ import TOMLKit
 ///     keep_best = true                      # optional: at each evaluation keep the best global model and each
 ///                                           #   cluster's best own model in <run_directory>/best/<name>
 ///     durability = "machine"                # machine (fsync before ack) | process (survives kill -9)
-///     combination = "mean"                  # fedbuff: mean | median | trimmed_mean (robust to a minority)
+///     combination = "mean"                  # fedbuff, sync: mean | median | trimmed_mean (robust to a minority)
 ///     trim_fraction = 0.2                   # trimmed_mean: share dropped at each end
 ///     max_update_norm = 5.0                 # optional bound on every update's L2 norm
 ///     norm_policy = "clip"                  #   above it: clip (fedbuff) | refuse (any mode; recorded with its reason)

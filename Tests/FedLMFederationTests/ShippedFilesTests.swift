@@ -76,7 +76,7 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base + "[aggregation]\nmode = \"sync\"\nparticipants = 3\n[[trainer]]\nname = \"a\"").contains("participants"))
         // Robust aggregation and attacks are checked by name too.
         XCTAssertTrue(error(base + "[aggregation]\ncombination = \"mode\"\n[[trainer]]\nname = \"a\"").contains("not mean, median or trimmed_mean"))
-        XCTAssertTrue(error(base + "[aggregation]\nmode = \"sync\"\ncombination = \"median\"\n[[trainer]]\nname = \"a\"").contains("applies to mode = \"fedbuff\""))
+        XCTAssertTrue(error(base + "[aggregation]\nmode = \"fedasync\"\ncombination = \"median\"\n[[trainer]]\nname = \"a\"").contains("applies to mode = \"fedbuff\" or \"sync\""))
         XCTAssertTrue(error(base + "[aggregation]\ncombination = \"trimmed_mean\"\ntrim_fraction = 0.5\n[[trainer]]\nname = \"a\"").contains("trim_fraction"))
         XCTAssertTrue(error(base + "[[trainer]]\nname = \"a\"\nattack = \"ddos\"").contains("not sign_flip, noise or nan"))
         XCTAssertTrue(error(base + "[aggregation]\ncombination = \"median\"\ndp_clip = 1.0\n[[trainer]]\nname = \"a\"").contains("combination = \"mean\""))

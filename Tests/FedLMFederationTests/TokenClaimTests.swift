@@ -87,3 +87,46 @@ final class TokenClaimTests: XCTestCase {
         XCTAssertEqual(reopened.model.parameters.storage.array.map(\.bitPattern), after.map(\.bitPattern))
     }
 }
+
+/// Robust combinations in synchronous rounds: the round's updates combined per coordinate,
+/// without data weights, and kept across a checkpoint taken mid-round.
+final class RobustRoundTests: XCTestCase {
+    var dir = ""
+    override func setUp() { dir = NSTemporaryDirectory() + "fedlm-robust-\(getpid())-\(UInt32.random(in: 0...UInt32.max))" }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func testAMedianRoundOutvotesOneMemberAndSurvivesARestartMidRound() throws {
+        var c = AggregationConfig()
+        c.mode = .sync
+        c.participants = 3
+        c.combination = .median
+        c.serverOptimizer = .sgd(learningRate: 1)
+        let modelConfig = GPT2Config(layers: 1, embedding: 8, heads: 2, context: 4, vocabulary: 11)
+        func open() throws -> AggregatorCore {
+            let core = try AggregatorCore(runDirectory: dir, config: c, initialModel: try GPT2Model(config: modelConfig, seed: 1))
+            for t in ["a", "b", "liar"] { _ = try core.handle(.hello(Hello(trainerID: t)), from: t) }
+            return core
+        }
+        var core = try open()
+        let initial = core.model.parameters.storage.array
+        let n = initial.count
+        let a = (0..<n).map { Float($0 % 7) * 0.01 }, b = (0..<n).map { Float($0 % 5) * 0.012 }
+        let liar = (0..<n).map { -Float($0 % 7) * 100 }
+        func send(_ id: String, _ trainer: String, _ values: [Float], tokens: Int) throws -> Message? {
+            let m = Message.update(UpdateInfo(updateID: id, trainerID: trainer, baseVersion: 0, tokens: tokens, localSteps: 1),
+                                   TensorPayload(specs: core.specs, values: values))
+            if case .reply(_, let r)? = try core.handle(m, from: trainer).first { return r }
+            return nil
+        }
+        XCTAssertEqual(try send("u1", "liar", liar, tokens: 1_000_000_000), .ack(Ack(updateID: "u1", outcome: .buffered, version: 0)))
+        XCTAssertEqual(try send("u2", "a", a, tokens: 10), .ack(Ack(updateID: "u2", outcome: .buffered, version: 0)))
+        try core.checkpoint()  // mid-round: the two updates so far live in the checkpoint's slots
+        core = try open()
+        XCTAssertEqual(try send("u3", "b", b, tokens: 10), .ack(Ack(updateID: "u3", outcome: .applied, version: 1)))
+        let after = core.model.parameters.storage.array
+        for i in 0..<n {
+            let median = [a[i], b[i], liar[i]].sorted()[1]
+            XCTAssertEqual(after[i], initial[i] - median, accuracy: 1e-6, "coordinate \(i): the median of the three, whatever the liar claims")
+        }
+    }
+}
