@@ -65,6 +65,7 @@ import TOMLKit
 ///     cluster = "en"                        # with [clusters]: the cluster it trains in, or "auto" (IFCA)
 ///     attack = "sign_flip"                  # robustness experiments only: sign_flip | noise | nan
 ///     attack_scale = 10.0                   #   (times the honest update, or noise of that many times its RMS)
+///     claim_tokens = 1000000000000          # robustness experiments only: the tokens it claims for every update
 ///     memory_budget = "300MiB"              # optional: a partial trainer training the most of the model that fits
 ///     train = ["transformer.h.{last}.*", "transformer.ln_f.*"]   # or: exactly these tensors (globs)
 ///     micro_batch = 4                       # optional: sequences per pass (gradients accumulated over the batch)
@@ -167,6 +168,8 @@ public struct Topology: Sendable {
         public var cluster: String?
         /// For robustness experiments: what this trainer does to its updates.
         public var attack: TrainerAttack?
+        /// For robustness experiments: the tokens it claims for every update, whatever it trained.
+        public var claimTokens: Int?
         /// A partial trainer: tensor patterns it trains, or a memory budget (bytes) the part it
         /// trains must fit; and its micro-batch.
         public var train: [String]? = nil
@@ -524,7 +527,7 @@ public struct Topology: Sendable {
     private static func parseTrainer(_ tt: TOMLReader, clusterNames: [String]?) throws -> Trainer {
         let p = tt.prefix
         try tt.allowOnly(["name", "clusters", "local_steps", "time_budget", "tokens", "slowdown", "ack_timeout", "cluster", "attack",
-                       "attack_scale", "fresh_base_wait", "train", "memory_budget", "micro_batch", "broker", "join_at_tokens"])
+                       "attack_scale", "fresh_base_wait", "train", "memory_budget", "micro_batch", "broker", "join_at_tokens", "claim_tokens"])
         var attack: TrainerAttack?
         if let kind = try tt.string("attack") {
             let scale = try tt.double("attack_scale") ?? 10
@@ -564,10 +567,14 @@ public struct Topology: Sendable {
         guard train == nil || budget == nil else { throw tt.fail("'\(p)train' and '\(p)memory_budget' exclude each other") }
         let micro = try tt.int("micro_batch")
         if let micro, micro < 1 { throw tt.fail("'\(p)micro_batch' must be >= 1") }
-        return Trainer(name: name, clusters: clusters, localSteps: steps, timeBudget: try tt.double("time_budget"),
+        let claim = try tt.int("claim_tokens")
+        if let claim, claim < 0 { throw tt.fail("'\(p)claim_tokens' must be >= 0") }
+        var trainer = Trainer(name: name, clusters: clusters, localSteps: steps, timeBudget: try tt.double("time_budget"),
                                   tokens: try tt.int("tokens"), slowdown: slowdown, freshBaseWait: freshBaseWait,
                                   ackTimeout: try tt.double("ack_timeout") ?? 30, cluster: cluster == "auto" ? nil : cluster,
                                   attack: attack, train: train, memoryBudget: budget, microBatch: micro, broker: try tt.string("broker"),
                                   joinAtTokens: joinAt)
+        trainer.claimTokens = claim
+        return trainer
     }
 }

@@ -65,6 +65,8 @@ public struct TrainerOptions: Sendable {
     public var microBatch: Int?
     /// Robustness experiments only: corrupt every update this way.
     public var attack: TrainerAttack?
+    /// For robustness experiments: the tokens claimed for every update, whatever was trained.
+    public var claimTokens: Int?
     /// Where the unacknowledged update is kept across restarts.
     public var stateDirectory: String
     /// Seconds to wait for an acknowledgement before sending the update again.

@@ -213,7 +213,8 @@ private final class TrainerSession {
             if (try? socket.send(codec.encode(.heartbeat), wait: false)) == true { core.sentAlive() }
         }
         updates[id] = SharedFrames(.update(UpdateInfo(updateID: id, trainerID: options.id, baseVersion: info.version, cluster: round.cluster,
-                                                      baseHeadVersion: info.headVersion, tokens: result.tokens, localSteps: round.steps),
+                                                      baseHeadVersion: info.headVersion, tokens: options.claimTokens ?? result.tokens,
+                                                      localSteps: round.steps),
                                            local.payload(of: result.delta)), codec: codec)
         service.count(tokens: result.tokens)
         logger.info("\(options.id): round \(round.number) on v\(info.version): \(round.steps) steps\(result.lastLoss.map { String(format: ", loss %.4f", $0) } ?? ""), \(service.tokensTrained) tokens")

@@ -159,6 +159,7 @@ struct TrainerCommand: AsyncParsableCommand {
             options.ackTimeout = entry.ackTimeout
             options.silenceWarning = t.supervision.trainerSilence
             options.attack = entry.attack
+            options.claimTokens = entry.claimTokens
             options.compression = t.updateCompression
             options.overlap = t.overlap
             options.overlapOwnWeight = t.overlapOwnWeight
