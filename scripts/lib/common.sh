@@ -55,7 +55,13 @@ demo_corpus_clusters() {
   py=$(ls -d /usr/lib/python3.[0-9]* 2>/dev/null | sort -V | tail -n 1)
   [ -n "$py" ] || { echo "no /usr/lib/python3.X found" >&2; return 1; }
   join() { paste -sd, -; }
-  echo "en=$(find "$f" -maxdepth 1 -type f ! -name '*.dat' | sort | join)"
+  # English: the files of Debian's `fortunes` and `fortunes-min`, named, since other fortune
+  # packages (Italian, Portuguese, Chinese, ...) put files in the same folder.
+  local english=(art ascii-art computers cookie debian definitions disclaimer drugs education ethnic food fortunes
+    goedel humorists kids knghtbrd law linux linuxcookie literature love magic medicine men-women miscellaneous news
+    paradoxum people perl pets platitudes politics pratchett riddles science songs-poems sports startrek tao
+    translate-me wisdom work zippy)
+  echo "en=$(for name in "${english[@]}"; do [ -f "$f/$name" ] && echo "$f/$name"; done | join)"
   for lang in de es it; do echo "$lang=$(find "$f/$lang" -type f ! -name '*.dat' | sort | join)"; done
   echo "code=$(find "$py" -maxdepth 1 -type f -name '*.py' | sort | join)"
 }
@@ -78,15 +84,20 @@ confirm_corpus_clusters() {
 # the clusters the function prints.
 prepare_corpus() {
   local dir=$1 clusters_of=$2
-  [ -f "$dir/shards/manifest.json" ] && return 0
-  mkdir -p "$dir"
   mapfile -t clusters < <("$clusters_of")
+  # Reused while it was prepared from the same files; prepared again when the list changed.
+  if [ -f "$dir/shards/manifest.json" ] && [ "$(cat "$dir/clusters.txt" 2>/dev/null)" = "$(printf '%s\n' "${clusters[@]}")" ]; then
+    return 0
+  fi
+  rm -rf "$dir"
+  mkdir -p "$dir"
   local files=()
   for c in "${clusters[@]}"; do IFS=, read -ra list <<< "${c#*=}"; files+=("${list[@]}"); done
   echo "==> training the tokenizer on ${#files[@]} files"
   .build/release/fedlm tokenizer train --vocab 4096 --out "$dir/tokenizer.json" "${files[@]}"
   echo "==> preparing token shards"
   .build/release/fedlm data prepare --tokenizer "$dir/tokenizer.json" --out "$dir/shards" "${clusters[@]}"
+  printf '%s\n' "${clusters[@]}" > "$dir/clusters.txt"
 }
 
 # prepare_demo_data DIR: the demo corpus's tokenizer and shards in DIR.
