@@ -121,7 +121,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
     }
 
     /// Sends the current release of `cluster` to one peer, streamed.
-    private func sendRelease(_ cluster: String?, to peer: [UInt8], on dealer: ZMQSocket) throws {
+    func sendRelease(_ cluster: String?, to peer: [UInt8], on dealer: ZMQSocket) throws {
         if cluster == nil, releasesLive {
             let release = liveRelease()
             try release.send(on: dealer, prefix: [peer])
@@ -134,7 +134,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
     }
 
     /// Publishes the current release of `cluster` on its topic.
-    private func publishRelease(_ cluster: String?, on publisher: ZMQSocket) throws {
+    func publishRelease(_ cluster: String?, on publisher: ZMQSocket) throws {
         if cluster == nil, releasesLive {
             let release = liveRelease()
             try release.publish(on: publisher, topic: Self.topic(cluster: nil))
@@ -147,7 +147,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
     }
 
     /// Sends a reply (small: ACK, ERROR, WELCOME) to one peer.
-    private func sendReply(_ reply: Message, to peer: [UInt8], on dealer: ZMQSocket) throws {
+    func sendReply(_ reply: Message, to peer: [UInt8], on dealer: ZMQSocket) throws {
         let frames = [peer] + codec.encode(reply)
         try dealer.send(frames)
         core.metrics.sent(bytes: frames.reduce(0) { $0 + $1.count })
@@ -155,7 +155,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
 
     /// An update's answer in the metrics: its outcome (or refusal code), staleness, size and
     /// the time from its first chunk to the answer.
-    private func recordAnswer(_ reply: Message, staleness: Int?, transfer: (bytes: Int, started: Double)) {
+    func recordAnswer(_ reply: Message, staleness: Int?, transfer: (bytes: Int, started: Double)) {
         let seconds = Date().timeIntervalSince1970 - transfer.started
         switch reply {
         case .ack(let a):
@@ -168,7 +168,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
     }
 
     /// The gauges that follow the model: versions (global and per cluster) and connected trainers.
-    private func recordVersions() {
+    func recordVersions() {
         core.metrics.version(core.version)
         if let heads = core.heads { for (name, head) in heads.heads { core.metrics.version(head.version, cluster: name) } }
         core.metrics.trainersConnected(core.connectedTrainers)
@@ -204,16 +204,10 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
             publisher.close()
         }
         logger.info("aggregator (\(core.config.mode.rawValue)) at version \(core.version), connected to \(endpoints.aggregator)")
-        var lastHeartbeat = 0.0
-        var transfers = IncomingTransfers(codec: codec)
+        var loop = LoopState(codec: codec)
         // Updates stream straight into their delta files (this loop is the only caller).
-        transfers.destinations = { [self] info, count in core.incomingUpdate(info, count: count) }
-        // Per peer, the message under way: when its first part arrived and its bytes so far.
-        var streamStarted: [String: Double] = [:]
-        var streamBytes: [String: Int] = [:]
+        loop.transfers.destinations = { [self] info, count in core.incomingUpdate(info, count: count) }
         recordVersions()
-        var published: [String: String] = [:]
-        var evaluated = -1
         let uplinkDone = startUplink()
         var uplinkRunning = uplinkDone != nil
         // Stopping, the uplink first sends what the region learned since its last update, and
@@ -230,95 +224,12 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         }
         defer { stopUplink() }
         while !stopFlag.isSet {
-            let now = Date().timeIntervalSince1970
-            if now - lastHeartbeat > 0.5 {
-                try dealer.send([[]] + codec.encode(.heartbeat))
-                lastHeartbeat = now
-                // Under the lock: a dropped transfer may take its folded values out of the buffer.
-                try withCore { core in
-                    try core.expireSilentTrainers(now: now)
-                    try core.adoptNewClusters()
-                    for peer in transfers.expire(now: now) {
-                        logger.warning("dropped the unfinished transfer from \(peer) after silence")
-                        streamStarted[peer] = nil
-                        streamBytes[peer] = nil
-                    }
-                    core.metrics.trainersConnected(core.connectedTrainers)
-                }
-            }
+            try tick(now: Date().timeIntervalSince1970, dealer: dealer, loop: &loop)
             let tPoll = Date().timeIntervalSince1970
             guard try dealer.poll(timeout: 100) else { continue }
             coreLock.lock()
-            do {
-                defer { coreLock.unlock() }
-                let tReady = Date().timeIntervalSince1970
-                // Frames stay in libzmq's buffers: a tensor chunk is checked and copied into place from there.
-                guard let message = try dealer.receiveInPlace(timeout: 0), message.count >= 2 else { continue }
-                let tReceived = Date().timeIntervalSince1970
-                let peer = Array(message.frame(0))
-                let peerName = String(decoding: peer, as: UTF8.self)
-                let bytes = message.frameSizes.reduce(0, +)
-                core.metrics.received(bytes: bytes)
-                if streamStarted[peerName] == nil { streamStarted[peerName] = tReady }
-                streamBytes[peerName, default: 0] += bytes
-                let transfer = (bytes: streamBytes[peerName] ?? 0, started: streamStarted[peerName] ?? tReady)
-                let decoded: Message
-                do {
-                    guard let complete = try transfers.accept(buffers: Array(message.frames.dropFirst()), from: peerName, now: tReceived) else { continue }
-                    decoded = complete
-                } catch let e as ProtocolError {
-                    logger.warning("refused a message from \(peerName): \(e)")
-                    streamStarted[peerName] = nil
-                    streamBytes[peerName] = nil
-                    // A refusal of an update's content is final: recorded under its id and answered
-                    // so the trainer knows which update it was. A broken transfer is not (no id: the
-                    // trainer resends the same update).
-                    let reply = if let info = e.update, e.refusesContent { try core.refuseUndecodable(info, e) } else { Message.error(ErrorReply(e)) }
-                    if let info = e.update { recordAnswer(reply, staleness: core.version - info.baseVersion, transfer: transfer) }
-                    try sendReply(reply, to: peer, on: dealer)
-                    continue
-                }
-                streamStarted[peerName] = nil
-                streamBytes[peerName] = nil
-                let staleness: Int? = if case .update(let info, _) = decoded { core.version - info.baseVersion } else { nil }
-                let tDecoded = Date().timeIntervalSince1970
-                let directives = try core.handle(decoded, from: peerName)
-                let tHandled = Date().timeIntervalSince1970
-                for directive in directives {
-                    switch directive {
-                    case .reply(let to, let reply):
-                        if staleness != nil, to == peerName { recordAnswer(reply, staleness: staleness, transfer: transfer) }
-                        try sendReply(reply, to: Array(to.utf8), on: dealer)
-                    // Release frames are encoded once per version (shared with the publication below) and streamed.
-                    case .sendRelease(let to, let cluster): try sendRelease(cluster, to: Array(to.utf8), on: dealer)
-                    case .sendReleaseSteps(let to, let held):
-                        for frames in stepFrames(from: held) {
-                            try dealer.sendStreamed(frames, prefix: [Array(to.utf8)])
-                            core.metrics.sent(bytes: frames.byteCount)
-                        }
-                    }
-                }
-                if traceTiming {
-                    let tSent = Date().timeIntervalSince1970
-                    let streamed = transfer.started < tReady ? "streamed in over \(ms(tReady - transfer.started)), " : ""
-                    logger.info("timing \(decoded.type): \(streamed)wait \(ms(tReady - tPoll)) receive \(ms(tReceived - tReady)) decode \(ms(tDecoded - tReceived)) handle \(ms(tHandled - tDecoded)) reply \(ms(tSent - tHandled))")
-                }
-                if case .update(let info, _) = decoded {
-                    logger.info("update \(info.updateID) from \(info.trainerID) on v\(info.baseVersion) -> version \(core.version)")
-                    recordVersions()
-                }
-                // Every release that changed goes out on its topic.
-                for cluster in [nil] + (core.heads?.names ?? []) as [String?] {
-                    let key = core.releaseKey(cluster: cluster)
-                    guard published[cluster ?? ""] != key else { continue }
-                    try? publishRelease(cluster, on: publisher)
-                    published[cluster ?? ""] = key
-                }
-                if let evaluate, core.version >= evaluated + evaluateEvery {
-                    try evaluateReleases(evaluate)
-                    evaluated = core.version
-                }
-            }
+            defer { coreLock.unlock() }
+            try receiveOne(dealer: dealer, publisher: publisher, polledAt: tPoll, loop: &loop)
         }
         stopUplink()
         try withCore { try $0.checkpoint() }
@@ -379,3 +290,130 @@ extension AggregatorService {
 }
 
 private func ms(_ seconds: Double) -> String { String(format: "%.1fms", seconds * 1000) }
+
+/// What the service loop keeps between messages.
+struct LoopState {
+    var transfers: IncomingTransfers
+    var lastHeartbeat = 0.0
+    /// Per peer, the message under way: when its first part arrived and its bytes so far.
+    var streamStarted: [String: Double] = [:]
+    var streamBytes: [String: Int] = [:]
+    /// The release key last published per cluster ("" for the global model).
+    var published: [String: String] = [:]
+    /// The version last evaluated.
+    var evaluated = -1
+
+    init(codec: WireCodec) { transfers = IncomingTransfers(codec: codec) }
+
+    /// Counts a part of `peer`'s message; returns the message's bytes so far and when it started.
+    mutating func arrived(_ peer: String, bytes: Int, at time: Double) -> (bytes: Int, started: Double) {
+        if streamStarted[peer] == nil { streamStarted[peer] = time }
+        streamBytes[peer, default: 0] += bytes
+        return (streamBytes[peer] ?? 0, streamStarted[peer] ?? time)
+    }
+
+    /// `peer`'s message is complete, refused or dropped.
+    mutating func ended(_ peer: String) {
+        streamStarted[peer] = nil
+        streamBytes[peer] = nil
+    }
+}
+
+extension AggregatorService {
+    /// Twice a second: a heartbeat to the broker, silent trainers forgotten, clusters created by
+    /// others adopted, transfers gone silent dropped.
+    func tick(now: Double, dealer: ZMQSocket, loop: inout LoopState) throws {
+        guard now - loop.lastHeartbeat > 0.5 else { return }
+        try dealer.send([[]] + codec.encode(.heartbeat))
+        loop.lastHeartbeat = now
+        // Under the lock: a dropped transfer may take its folded values out of the buffer.
+        try withCore { core in
+            try core.expireSilentTrainers(now: now)
+            try core.adoptNewClusters()
+            for peer in loop.transfers.expire(now: now) {
+                logger.warning("dropped the unfinished transfer from \(peer) after silence")
+                loop.ended(peer)
+            }
+            core.metrics.trainersConnected(core.connectedTrainers)
+        }
+    }
+
+    /// Receives one message part (under the core's lock); once a message is complete, hands it to
+    /// the core, performs what it decides, publishes changed releases and evaluates when due.
+    func receiveOne(dealer: ZMQSocket, publisher: ZMQSocket, polledAt tPoll: Double, loop: inout LoopState) throws {
+        let tReady = Date().timeIntervalSince1970
+        // Frames stay in libzmq's buffers: a tensor chunk is checked and copied into place from there.
+        guard let message = try dealer.receiveInPlace(timeout: 0), message.count >= 2 else { return }
+        let tReceived = Date().timeIntervalSince1970
+        let peer = Array(message.frame(0))
+        let peerName = String(decoding: peer, as: UTF8.self)
+        let bytes = message.frameSizes.reduce(0, +)
+        core.metrics.received(bytes: bytes)
+        let transfer = loop.arrived(peerName, bytes: bytes, at: tReady)
+        let decoded: Message
+        do {
+            guard let complete = try loop.transfers.accept(buffers: Array(message.frames.dropFirst()), from: peerName, now: tReceived) else { return }
+            decoded = complete
+        } catch let e as ProtocolError {
+            logger.warning("refused a message from \(peerName): \(e)")
+            loop.ended(peerName)
+            // A refusal of an update's content is final: recorded under its id and answered
+            // so the trainer knows which update it was. A broken transfer is not (no id: the
+            // trainer resends the same update).
+            let reply = if let info = e.update, e.refusesContent { try core.refuseUndecodable(info, e) } else { Message.error(ErrorReply(e)) }
+            if let info = e.update { recordAnswer(reply, staleness: core.version - info.baseVersion, transfer: transfer) }
+            try sendReply(reply, to: peer, on: dealer)
+            return
+        }
+        loop.ended(peerName)
+        let staleness: Int? = if case .update(let info, _) = decoded { core.version - info.baseVersion } else { nil }
+        let tDecoded = Date().timeIntervalSince1970
+        let directives = try core.handle(decoded, from: peerName)
+        let tHandled = Date().timeIntervalSince1970
+        try perform(directives, dealer: dealer) { to, reply in
+            if staleness != nil, to == peerName { recordAnswer(reply, staleness: staleness, transfer: transfer) }
+        }
+        if traceTiming {
+            let tSent = Date().timeIntervalSince1970
+            let streamed = transfer.started < tReady ? "streamed in over \(ms(tReady - transfer.started)), " : ""
+            logger.info("timing \(decoded.type): \(streamed)wait \(ms(tReady - tPoll)) receive \(ms(tReceived - tReady)) decode \(ms(tDecoded - tReceived)) handle \(ms(tHandled - tDecoded)) reply \(ms(tSent - tHandled))")
+        }
+        if case .update(let info, _) = decoded {
+            logger.info("update \(info.updateID) from \(info.trainerID) on v\(info.baseVersion) -> version \(core.version)")
+            recordVersions()
+        }
+        publishChangedReleases(on: publisher, published: &loop.published)
+        if let evaluate, core.version >= loop.evaluated + evaluateEvery {
+            try evaluateReleases(evaluate)
+            loop.evaluated = core.version
+        }
+    }
+
+    /// Does what the core decided; `replied` sees each reply before it is sent.
+    private func perform(_ directives: [AggregatorDirective], dealer: ZMQSocket, replied: (String, Message) -> Void) throws {
+        for directive in directives {
+            switch directive {
+            case .reply(let to, let reply):
+                replied(to, reply)
+                try sendReply(reply, to: Array(to.utf8), on: dealer)
+            // Release frames are encoded once per version (shared with the publication) and streamed.
+            case .sendRelease(let to, let cluster): try sendRelease(cluster, to: Array(to.utf8), on: dealer)
+            case .sendReleaseSteps(let to, let held):
+                for frames in stepFrames(from: held) {
+                    try dealer.sendStreamed(frames, prefix: [Array(to.utf8)])
+                    core.metrics.sent(bytes: frames.byteCount)
+                }
+            }
+        }
+    }
+
+    /// Every release that changed since it was last published goes out on its topic.
+    private func publishChangedReleases(on publisher: ZMQSocket, published: inout [String: String]) {
+        for cluster in [nil] + (core.heads?.names ?? []) as [String?] {
+            let key = core.releaseKey(cluster: cluster)
+            guard published[cluster ?? ""] != key else { continue }
+            try? publishRelease(cluster, on: publisher)
+            published[cluster ?? ""] = key
+        }
+    }
+}
