@@ -50,6 +50,9 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
     public var directionDecay: Double?
     /// FedBuff: equal shares among senders over this many recent updates (`FairShare`; nil: off).
     public var fairShareWindow: Int?
+    /// FedBuff and sync rounds (mean): updates that point against the server's recent direction,
+    /// an average of its steps with this decay, count with weight 0 (`UpdateTrust`; nil: off).
+    public var trustDecay: Double?
 
     /// Personalized heads per data cluster (nil: one global model).
     public var clusters: ClusterConfig?
@@ -62,8 +65,9 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
         case .fedbuff:
             return FedBuff(bufferSize: bufferSize, weight: staleness, maxStaleness: maxStaleness, optimizer: serverOptimizer, layout: layout,
                            combination: combination, maxNorm: normPolicy == .clip ? maxUpdateNorm : nil, privacy: privacy,
-                           directionDecay: directionDecay, fairShareWindow: fairShareWindow)
-        case .sync: return SynchronousFedAvg(participants: participants, optimizer: serverOptimizer, layout: layout, combination: combination)
+                           directionDecay: directionDecay, fairShareWindow: fairShareWindow, trustDecay: trustDecay)
+        case .sync: return SynchronousFedAvg(participants: participants, optimizer: serverOptimizer, layout: layout, combination: combination,
+                                             trustDecay: trustDecay)
         }
     }
 }

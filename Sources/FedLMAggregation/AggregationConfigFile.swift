@@ -10,7 +10,7 @@ extension AggregationConfig {
                       "max_staleness", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
                       "participants", "checkpoint_every", "keep_checkpoints", "keep_best", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
                       "trainer_timeout", "combination", "trim_fraction", "max_update_norm", "norm_policy", "dp_clip", "dp_noise_multiplier",
-                      "dp_delta", "staleness_correction", "direction_decay", "fair_share_window"])
+                      "dp_delta", "staleness_correction", "direction_decay", "fair_share_window", "trust", "trust_decay"])
         var c = AggregationConfig()
         if let m = try a.string("mode") {
             guard let mode = AggregationConfig.Mode(rawValue: m) else { throw a.fail("'aggregation.mode' is '\(m)', not fedasync, fedbuff or sync") }
@@ -97,6 +97,18 @@ extension AggregationConfig {
             guard w >= 1 else { throw a.fail("'aggregation.fair_share_window' must be >= 1 (recent updates counted)") }
             guard c.mode == .fedbuff else { throw a.fail("'aggregation.fair_share_window' applies to mode = \"fedbuff\"") }
             c.fairShareWindow = w
+        }
+        switch try a.string("trust") ?? "none" {
+        case "none":
+            if try a.double("trust_decay") != nil { throw a.fail("'aggregation.trust_decay' needs trust = \"direction\"") }
+        case "direction":
+            guard c.mode != .fedasync, c.combination == .mean else {
+                throw a.fail("'aggregation.trust' = \"direction\" applies to mode = \"fedbuff\" or \"sync\" with combination = \"mean\"")
+            }
+            let decay = try a.double("trust_decay") ?? 0.9
+            guard decay >= 0, decay < 1 else { throw a.fail("'aggregation.trust_decay' must be in [0, 1)") }
+            c.trustDecay = decay
+        case let other: throw a.fail("'aggregation.trust' is '\(other)', not none or direction")
         }
         c.serverOptimizer = try ServerOptimizerKind.parse(a, default: .nesterov(learningRate: 0.7, momentum: 0.9)) ?? c.serverOptimizer
         return (c, evaluateEvery)

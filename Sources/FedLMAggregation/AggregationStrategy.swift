@@ -55,6 +55,12 @@ public protocol AggregationStrategy: AnyObject {
     var stateVectors: [(name: String, vector: ParameterVector)] { get }
     var stateScalars: [String: Double] { get }
     func restore(scalars: [String: Double])
+    /// The trust weight of the last update received: 0 for one left out by `UpdateTrust`.
+    var lastTrust: Double { get }
+}
+
+extension AggregationStrategy {
+    public var lastTrust: Double { 1 }
 }
 
 extension Contribution {
@@ -139,6 +145,10 @@ public final class FedBuff: AggregationStrategy {
     public let correction: DirectionCorrection?
     /// Equal shares among senders over recent updates (nil: off).
     public private(set) var fairShare: FairShare?
+    /// Updates against the server's recent direction count with weight 0 (nil: off).
+    public let trust: UpdateTrust?
+    /// The trust weight of the last update received (1 without `trust`).
+    public private(set) var lastTrust = 1.0
     /// The noise's seed: secret to this aggregator, kept in its checkpoints so that a restart's
     /// replay adds exactly the noise the original run added.
     private var noiseSeed = UInt64.random(in: 0...UInt64.max)
@@ -157,6 +167,7 @@ public final class FedBuff: AggregationStrategy {
         [("buffer", buffer)] + slots.enumerated().map { ("slot\($0.offset)", $0.element) }
             + optimizer.stateVectors.map { ("optimizer.\($0.name)", $0.vector) }
             + (correction.map { [("direction", $0.direction)] } ?? [])
+            + (trust.map { [("trust.direction", $0.direction)] } ?? [])
     }
     public var stateScalars: [String: Double] {
         var scalars = ["buffered": Double(buffered), "optimizer.steps": Double(optimizer.steps), "aggregates": Double(aggregates),
@@ -187,7 +198,9 @@ public final class FedBuff: AggregationStrategy {
 
     public init(bufferSize: Int, weight: StalenessWeight = .inverseSquareRoot, maxStaleness: Int = 16,
                 optimizer: ServerOptimizerKind, layout: ParameterLayout, combination: RobustCombination = .mean, maxNorm: Double? = nil,
-                privacy: DifferentialPrivacy? = nil, directionDecay: Double? = nil, fairShareWindow: Int? = nil) {
+                privacy: DifferentialPrivacy? = nil, directionDecay: Double? = nil, fairShareWindow: Int? = nil, trustDecay: Double? = nil) {
+        precondition(trustDecay == nil || combination == .mean, "trust weights the mean of the buffer")
+        self.trust = trustDecay.map { UpdateTrust(decay: Float($0), layout: layout) }
         precondition(privacy == nil || combination == .mean, "differential privacy adds noise to the mean of the buffer")
         precondition(directionDecay == nil || combination == .mean, "the direction correction works on the mean of the buffer")
         self.correction = directionDecay.map { DirectionCorrection(decay: Float($0), layout: layout) }
@@ -211,6 +224,8 @@ public final class FedBuff: AggregationStrategy {
         var s = Float(weight.weight(staleness: c.staleness))
         let delta = correction?.correct(c.delta, weight: s, carries: { c.carries(entry: $0) }) ?? c.delta
         if fairShare != nil { s *= fairShare!.weight(for: c.trainer) }
+        lastTrust = trust?.weight(delta, over: c.ranges) ?? 1
+        s *= Float(lastTrust)
         if let bound = privacy?.clip ?? maxNorm {
             let norm = Double(GradientClipping.norm(delta))
             if norm > bound { s *= Float(bound / norm) }
@@ -232,6 +247,7 @@ public final class FedBuff: AggregationStrategy {
             // Nothing to buffer: step with s * delta directly (one pass instead of three).
             optimizer.apply(delta, scale: s, to: model, over: c.carried.map { _ in c.ranges })
             correction?.record(delta, scale: s, over: c.carried.map { _ in c.ranges })
+            trust?.record(delta, scale: s, over: c.carried.map { _ in c.ranges })
             return .applied
         }
         let b = buffer.pointer, d = delta.pointer
@@ -257,6 +273,7 @@ public final class FedBuff: AggregationStrategy {
         optimizer.apply(buffer, scale: 1 / Float(bufferSize), to: model,
                         over: partial ? carriedRanges() : nil)
         correction?.record(buffer, scale: 1 / Float(bufferSize), over: partial ? carriedRanges() : nil)
+        trust?.record(buffer, scale: 1 / Float(bufferSize), over: partial ? carriedRanges() : nil)
         buffer.zero()
         buffered = 0
         carriedCounts = carriedCounts.map { _ in 0 }
@@ -268,7 +285,9 @@ public final class FedBuff: AggregationStrategy {
     /// Whether a whole update may be added to the buffer chunk by chunk while it arrives, so the
     /// aggregator never holds it whole (`AggregatorCore`'s streaming application): the plain
     /// mean of K > 1 updates, without clipping or noise (which need the whole update's norm).
-    public var foldsWhileStreaming: Bool { combination == .mean && privacy == nil && maxNorm == nil && correction == nil && fairShare == nil && bufferSize > 1 }
+    public var foldsWhileStreaming: Bool {
+        combination == .mean && privacy == nil && maxNorm == nil && correction == nil && fairShare == nil && trust == nil && bufferSize > 1
+    }
 
     /// Adds `sign` · s(staleness) · `values` to the buffer from element `offset` on (sign −1 takes
     /// a fold back out).
@@ -344,6 +363,10 @@ public final class SynchronousFedAvg: AggregationStrategy {
     private let sum: ParameterVector
     /// The round's updates one by one (robust combinations only; one slot per participant).
     private let slots: [ParameterVector]
+    /// Updates against the server's recent direction count with weight 0 (nil: off).
+    public let trust: UpdateTrust?
+    /// The trust weight of the last update received (1 without `trust`).
+    public private(set) var lastTrust = 1.0
     private var received = 0
     private var totalWeight = 0.0
     /// For each tensor, the data weight of the round's updates that carry it (partial updates).
@@ -357,6 +380,7 @@ public final class SynchronousFedAvg: AggregationStrategy {
     public var stateVectors: [(name: String, vector: ParameterVector)] {
         [("sum", sum)] + slots.enumerated().map { ("slot.\($0.offset)", $0.element) }
             + optimizer.stateVectors.map { ("optimizer.\($0.name)", $0.vector) }
+            + (trust.map { [("trust.direction", $0.direction)] } ?? [])
     }
     public var stateScalars: [String: Double] {
         var scalars = ["received": Double(received), "totalWeight": totalWeight, "expected": Double(expected),
@@ -374,8 +398,11 @@ public final class SynchronousFedAvg: AggregationStrategy {
         optimizer.restore(steps: Int(scalars["optimizer.steps"] ?? 0))
     }
 
-    public init(participants: Int, optimizer: ServerOptimizerKind, layout: ParameterLayout, combination: RobustCombination = .mean) {
+    public init(participants: Int, optimizer: ServerOptimizerKind, layout: ParameterLayout, combination: RobustCombination = .mean,
+                trustDecay: Double? = nil) {
         precondition(participants >= 1)
+        precondition(trustDecay == nil || combination == .mean, "trust weights the mean of the round")
+        trust = trustDecay.map { UpdateTrust(decay: Float($0), layout: layout) }
         expected = participants
         self.optimizer = ServerOptimizer(optimizer, layout: layout)
         self.combination = combination
@@ -410,6 +437,13 @@ public final class SynchronousFedAvg: AggregationStrategy {
             contributors = []
             return
         }
+        guard totalWeight > 0 else {
+            // Every update of the round was distrusted: the model stays as it is.
+            received = 0
+            tensorWeights = tensorWeights.map { _ in 0 }
+            contributors = []
+            return
+        }
         let partial = tensorWeights.contains { $0 != totalWeight }
         if partial {
             for (e, w) in zip(sum.layout.entries, tensorWeights) where w > 0 && w != totalWeight {
@@ -417,8 +451,9 @@ public final class SynchronousFedAvg: AggregationStrategy {
                 parallelFor(ranges: [e.range]) { r in for i in r { p[i] *= factor } }
             }
         }
-        optimizer.apply(sum, scale: Float(1 / totalWeight), to: model,
-                        over: partial ? zip(sum.layout.entries, tensorWeights).filter { $0.1 > 0 }.map { $0.0.range } : nil)
+        let stepped = partial ? zip(sum.layout.entries, tensorWeights).filter { $0.1 > 0 }.map { $0.0.range } : nil
+        optimizer.apply(sum, scale: Float(1 / totalWeight), to: model, over: stepped)
+        trust?.record(sum, scale: Float(1 / totalWeight), over: stepped)
         sum.zero()
         received = 0
         totalWeight = 0
@@ -448,11 +483,13 @@ public final class SynchronousFedAvg: AggregationStrategy {
             return .applied
         }
         contributors.insert(c.trainer)
-        let w = Float(c.dataWeight), s = sum.pointer, d = c.delta.pointer
-        parallelFor(ranges: c.ranges) { r in for i in r { s[i] += w * d[i] } }
-        for i in tensorWeights.indices where c.carries(entry: i) { tensorWeights[i] += c.dataWeight }
+        lastTrust = trust?.weight(c.delta, over: c.ranges) ?? 1
+        let weight = c.dataWeight * lastTrust
+        let w = Float(weight), s = sum.pointer, d = c.delta.pointer
+        if weight > 0 { parallelFor(ranges: c.ranges) { r in for i in r { s[i] += w * d[i] } } }
+        for i in tensorWeights.indices where c.carries(entry: i) { tensorWeights[i] += weight }
         received += 1
-        totalWeight += c.dataWeight
+        totalWeight += weight
         guard received >= expected else { return .buffered(count: received, needed: expected) }
         completeRound(model)
         return .applied

@@ -329,8 +329,8 @@ public final class AggregatorCore {
                         deltaPath: String, now: Double, headStaleness: Int? = nil, headVersionAfter: Int? = nil) throws -> Message {
         let applied = decision == .applied
         try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster, baseVersion: info.baseVersion,
-                                      staleness: staleness, weight: StalenessWeightOf(config).weight(staleness), norm: norm,
-                                      tokens: credit.tokens, outcome: applied ? .applied : .buffered,
+                                      staleness: staleness, weight: StalenessWeightOf(config).weight(staleness) * strategy.lastTrust,
+                                      norm: norm, tokens: credit.tokens, outcome: applied ? .applied : .buffered,
                                       versionAfter: version, deltaPath: deltaPath, reason: nil, receivedAt: now,
                                       headStaleness: headStaleness, headVersionAfter: headVersionAfter,
                                       claimedTokens: credit.clamped ? info.tokens : nil))
@@ -431,6 +431,9 @@ public final class AggregatorCore {
         if case .refused(let why) = decision {
             deltas.retire([deltaPath])
             return try refuse(ProtocolError(.tooStale, why), staleness: staleness)
+        }
+        if strategy.lastTrust == 0 {
+            log("update \(info.updateID) from \(info.trainerID) points against the federation's recent direction: counted with weight 0")
         }
         var headVersionAfter: Int?
         if let heads, let c = info.cluster, let hs = headStaleness {

@@ -39,7 +39,7 @@ final class ShippedFilesTests: XCTestCase {
                 specs += 1
             } else {
                 XCTAssertFalse(try Topology.load(path: path).trainers.isEmpty, path)
-                XCTAssertFalse(text.contains("tokens ="), "\(path): the experiment's budget stops its runs")
+                XCTAssertFalse(text.split(separator: "\n").contains { $0.hasPrefix("tokens =") }, "\(path): the experiment's budget stops its runs")
             }
         }
         XCTAssertGreaterThanOrEqual(specs, 3)
@@ -123,6 +123,11 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base + "[aggregation]\ndirection_decay = 0.5\n[[trainer]]\nname = \"a\"").contains("needs staleness_correction"))
         XCTAssertTrue(error(base + "[aggregation]\nmode = \"sync\"\nstaleness_correction = \"direction\"\n[[trainer]]\nname = \"a\"").contains("applies to mode = \"fedbuff\""))
         XCTAssertTrue(error(base + "[aggregation]\nfair_share_window = 0\n[[trainer]]\nname = \"a\"").contains("'aggregation.fair_share_window' must be >= 1"))
+        XCTAssertTrue(error(base + "[aggregation]\ntrust = \"cosine\"\n[[trainer]]\nname = \"a\"").contains("'aggregation.trust' is 'cosine', not none or direction"))
+        XCTAssertTrue(error(base + "[aggregation]\nmode = \"fedasync\"\ntrust = \"direction\"\n[[trainer]]\nname = \"a\"").contains("applies to mode = \"fedbuff\" or \"sync\" with combination = \"mean\""))
+        XCTAssertTrue(error(base + "[aggregation]\ntrust_decay = 0.5\n[[trainer]]\nname = \"a\"").contains("'aggregation.trust_decay' needs trust = \"direction\""))
+        XCTAssertTrue(error(base + "[aggregation]\ntrust = \"direction\"\ntrust_decay = 1\n[[trainer]]\nname = \"a\"").contains("'aggregation.trust_decay' must be in [0, 1)"))
+        XCTAssertTrue(error(base + "[[trainer]]\nname = \"a\"\nclaim_tokens = -1").contains("'trainer[1].claim_tokens' must be >= 0"))
         XCTAssertTrue(error(base + "[[region]]\nname = \"r\"\nupstream_every = 2\nupstream_tokens = 100\n[region.broker]\ntrainers = \"tcp://127.0.0.1:1\"").contains("exclude each other"))
     }
 

@@ -1,0 +1,57 @@
+import FedLMModel
+import FedLMTensor
+
+/// Trust in an update by its direction, after FLTrust (Cao et al., NDSS 2021), with the server's
+/// own recent direction as the trusted reference instead of a root dataset.
+///
+/// The server keeps d, an exponential moving average of the mean steps it applied
+/// (d <- beta d + (1 - beta) g). An update Δ that points against it,
+///
+///     cos(Δ, d) = <Δ, d> / (||Δ|| ||d||) < 0,
+///
+/// would undo what the federation has been learning: it still counts as received (a synchronous
+/// round does not wait for its sender again, a buffer slot is used) but with weight 0. While d is
+/// zero (before the first step) every update is trusted. A sign-flipped honest update has the
+/// opposite cosine of the honest one and is left out; an honest update, which moves the model
+/// with the others, is kept whole. On data whose clusters pull apart, an honest organisation's
+/// update can point against the mean of the others': use it where members are not trusted and
+/// their data are alike.
+public final class UpdateTrust {
+    /// beta: how slowly the direction forgets older steps.
+    public let decay: Float
+    /// d, laid out like the model; saved in checkpoints.
+    public let direction: ParameterVector
+
+    public init(decay: Float, layout: ParameterLayout) {
+        precondition(decay >= 0 && decay < 1, "trust decay must be in [0, 1)")
+        self.decay = decay
+        direction = ParameterVector(layout: layout)
+    }
+
+    /// The cosine of `delta` with d over `ranges` (the tensors the update carries); nil while d is zero there.
+    public func cosine(_ delta: ParameterVector, over ranges: [Range<Int>]) -> Double? {
+        let d = direction.pointer, x = delta.pointer
+        var dot = 0.0, dd = 0.0, xx = 0.0
+        for r in ranges {
+            for i in r {
+                dot += Double(x[i]) * Double(d[i])
+                dd += Double(d[i]) * Double(d[i])
+                xx += Double(x[i]) * Double(x[i])
+            }
+        }
+        guard dd > 0, xx > 0 else { return nil }
+        return dot / (dd.squareRoot() * xx.squareRoot())
+    }
+
+    /// 1 for an update that does not point against d (or while d is zero), else 0.
+    public func weight(_ delta: ParameterVector, over ranges: [Range<Int>]) -> Double {
+        guard let c = cosine(delta, over: ranges) else { return 1 }
+        return c < 0 ? 0 : 1
+    }
+
+    /// Records a step the server applied: d <- beta d + (1 - beta) scale g, over `ranges` (nil: all).
+    public func record(_ g: ParameterVector, scale: Float, over ranges: [Range<Int>]? = nil) {
+        let d = direction.pointer, p = g.pointer, b = decay, k = (1 - decay) * scale
+        parallelFor(ranges: ranges ?? [0..<direction.count]) { r in for i in r { d[i] = b * d[i] + k * p[i] } }
+    }
+}
