@@ -548,7 +548,8 @@ public struct Topology: Sendable {
         let slowdown = try tt.double("slowdown") ?? 1
         guard slowdown >= 1 else { throw tt.fail("'\(p)slowdown' must be >= 1") }
         let freshBaseWait = try tt.double("fresh_base_wait") ?? 0
-        guard freshBaseWait >= 0, freshBaseWait <= 10 else { throw tt.fail("'\(p)fresh_base_wait' must be between 0 and 10") }
+        let range = TrainerOptions.freshBaseWaitRange
+        guard range.contains(freshBaseWait) else { throw tt.fail("'\(p)fresh_base_wait' must be between \(range.lowerBound) and \(range.upperBound)") }
         let joinAt = try tt.int("join_at_tokens")
         if let joinAt, joinAt < 1 { throw tt.fail("'\(p)join_at_tokens' must be >= 1 (tokens the federation accepted before it joins)") }
         let cluster = try tt.string("cluster")

@@ -45,6 +45,9 @@ public struct TrainerOptions: Sendable {
     /// fresh models instead of repeating work on the same base; a straggler never holds anyone
     /// up by more than this bound.
     public var freshBaseWait = 0.0
+    /// The values `freshBaseWait` may take (a fraction of the last round's time), checked by the
+    /// topology and the command line alike.
+    public static let freshBaseWaitRange = 0.0...10.0
     /// How updates travel; a lossy encoding keeps what it left out and adds it to the next
     /// update (error feedback).
     public var compression = Compression.none
@@ -113,5 +116,49 @@ extension TrainerOptions {
         trained = plan.trained.isWhole ? nil : plan.trained
         self.microBatch = plan.microBatch < batch ? plan.microBatch : nil
         return plan
+    }
+}
+
+extension TrainerOptions {
+    /// A trainer's options from its entry in a topology, at the level it belongs to: every setting
+    /// the topology gives a trainer, taken in this one place (the command line may then override).
+    public init(entry: Topology.Trainer, level t: Topology, training: TrainingConfig, modelConfig: GPT2Config, stateDirectory: String? = nil) {
+        self.init(id: entry.name, dataDirectory: t.dataDirectory, training: training, modelConfig: modelConfig,
+                  stateDirectory: stateDirectory ?? t.runDirectory + "/trainers/" + entry.name)
+        dataClusters = entry.clusters
+        if t.aggregation.clusters != nil {
+            cluster = entry.cluster
+            automaticCluster = entry.cluster == nil
+            reassignEvery = t.reassignEvery
+        }
+        maxLocalSteps = entry.localSteps
+        timeBudget = entry.timeBudget
+        tokenBudget = entry.tokens
+        slowdown = entry.slowdown
+        freshBaseWait = entry.freshBaseWait
+        ackTimeout = entry.ackTimeout
+        silenceWarning = t.supervision.trainerSilence
+        attack = entry.attack
+        claimTokens = entry.claimTokens
+        levelSettings(t)
+    }
+
+    /// The options of a regional aggregator's link to the level above (`t` is the region's level).
+    public init(uplinkOf t: Topology, upstream up: Topology.Upstream, training: TrainingConfig, modelConfig: GPT2Config) {
+        self.init(id: up.trainerID, dataDirectory: t.dataDirectory, training: training, modelConfig: modelConfig,
+                  stateDirectory: t.runDirectory + "/uplink")
+        cluster = up.cluster
+        maxLocalSteps = up.everyVersions
+        ackTimeout = up.ackTimeout
+        silenceWarning = t.supervision.trainerSilence
+        compression = t.updateCompression
+    }
+
+    /// What every trainer of a level shares: how updates travel and whether rounds overlap.
+    private mutating func levelSettings(_ t: Topology) {
+        compression = t.updateCompression
+        overlap = t.overlap
+        overlapOwnWeight = t.overlapOwnWeight
+        releaseSteps = t.releaseSteps != nil
     }
 }

@@ -88,13 +88,7 @@ struct AggregatorCommand: AsyncParsableCommand {
         service.evaluate = { model, cluster in try meanLoss(model, byName[cluster] ?? []) }
         service.evaluateEvery = t.evaluateEvery
         if let up = t.upstream {
-            var options = TrainerOptions(id: up.trainerID, dataDirectory: t.dataDirectory, training: file.training, modelConfig: file.model,
-                                         stateDirectory: t.runDirectory + "/uplink")
-            options.cluster = up.cluster
-            options.maxLocalSteps = up.everyVersions
-            options.ackTimeout = up.ackTimeout
-            options.silenceWarning = t.supervision.trainerSilence
-            options.compression = t.updateCompression
+            let options = TrainerOptions(uplinkOf: t, upstream: up, training: file.training, modelConfig: file.model)
             service.attachUplink(options: options, endpoints: up.endpoints, tokens: up.tokens, seconds: up.seconds)
         }
         try await runService(service, monitoring: monitoring, label: "fedlm.aggregator")
@@ -143,27 +137,7 @@ struct TrainerCommand: AsyncParsableCommand {
             let file = try ConfigResolution.load(t.modelConfigPath)
             endpoints = t.endpoints
             if let address = entry.broker { endpoints.trainers = address }
-            options = TrainerOptions(id: entry.name, dataDirectory: t.dataDirectory, training: file.training, modelConfig: file.model,
-                                     stateDirectory: state ?? t.runDirectory + "/trainers/" + entry.name)
-            options.dataClusters = entry.clusters
-            if t.aggregation.clusters != nil {
-                options.cluster = entry.cluster
-                options.automaticCluster = entry.cluster == nil
-                options.reassignEvery = t.reassignEvery
-            }
-            options.maxLocalSteps = entry.localSteps
-            options.timeBudget = entry.timeBudget
-            options.tokenBudget = entry.tokens
-            options.slowdown = entry.slowdown
-            options.freshBaseWait = entry.freshBaseWait
-            options.ackTimeout = entry.ackTimeout
-            options.silenceWarning = t.supervision.trainerSilence
-            options.attack = entry.attack
-            options.claimTokens = entry.claimTokens
-            options.compression = t.updateCompression
-            options.overlap = t.overlap
-            options.overlapOwnWeight = t.overlapOwnWeight
-            options.releaseSteps = t.releaseSteps != nil
+            options = TrainerOptions(entry: entry, level: t, training: file.training, modelConfig: file.model, stateDirectory: state)
         } else {
             guard let broker, let data else { throw ValidationError("give --topology and --name, or --broker and --data") }
             let file = try ConfigResolution.load(config)
@@ -179,7 +153,10 @@ struct TrainerCommand: AsyncParsableCommand {
             options.tokenBudget = tokens
         }
         if let freshBaseWait {
-            guard freshBaseWait >= 0, freshBaseWait <= 10 else { throw ValidationError("--fresh-base-wait must be between 0 and 10") }
+            let range = TrainerOptions.freshBaseWaitRange
+            guard range.contains(freshBaseWait) else {
+                throw ValidationError("--fresh-base-wait must be between \(range.lowerBound) and \(range.upperBound)")
+            }
             options.freshBaseWait = freshBaseWait
         }
         if let ackTimeout {
