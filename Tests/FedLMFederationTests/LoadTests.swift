@@ -20,7 +20,7 @@ final class LoadTests: XCTestCase {
         threads.forEach { $0.start() }
         let report = try LoadGenerator(endpoints: endpoints, trainers: 60, specs: core.specs, seconds: 3).run()
         services.forEach { $0.stop() }
-        while threads.contains(where: \.isExecuting) { usleep(1000) }
+        XCTAssertTrue(Thread.join(threads, timeout: 60), "the services stopped")
         XCTAssertGreaterThan(report.sent, 100)
         XCTAssertEqual(report.acknowledged, report.sent, "every update acknowledged")
         XCTAssertEqual(report.unacknowledged, 0)

@@ -28,7 +28,7 @@ final class SecurityTests: XCTestCase {
 
     override func tearDown() {
         stops.forEach { $0() }
-        while threads.contains(where: \.isExecuting) { usleep(1000) }
+        XCTAssertTrue(Thread.join(threads, timeout: 60), "the services stopped")
         try? FileManager.default.removeItem(atPath: dir)
     }
 
@@ -218,7 +218,7 @@ final class SecurityTests: XCTestCase {
             XCTAssertGreaterThanOrEqual(broker!.counters.refused["forbidden"] ?? 0, expected, "\(membership): the broker counts its refusals")
             stops.forEach { $0() }
             stops = []
-            while threads.contains(where: \.isExecuting) { usleep(1000) }
+            XCTAssertTrue(Thread.join(threads, timeout: 60), "the services stopped")
         }
     }
 
@@ -345,7 +345,7 @@ final class TCPRelay: @unchecked Sendable {
 
     func stop() {
         lock.lock(); stopped = true; lock.unlock()
-        while thread.isExecuting { usleep(1000) }
+        XCTAssertTrue(Thread.join([thread], timeout: 60), "the service stopped")
         close(listener)
     }
 }

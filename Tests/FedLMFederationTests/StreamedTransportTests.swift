@@ -50,7 +50,7 @@ class StreamedTransportTests: XCTestCase {
         trainer?.close()
         service?.stop()
         broker?.stop()
-        while threads.contains(where: \.isExecuting) { usleep(1000) }
+        XCTAssertTrue(Thread.join(threads, timeout: 60), "the services stopped")
         try? FileManager.default.removeItem(atPath: dir)
     }
 

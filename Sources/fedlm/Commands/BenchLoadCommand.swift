@@ -78,7 +78,7 @@ struct BenchLoadCommand: ParsableCommand {
             try watching.run(generator, rounds: rounds)
             samples.stop = true
             services.forEach { $0.stop() }
-            while threadsRunning.contains(where: \.isExecuting) || monitor.isExecuting { usleep(1000) }
+            Thread.join(threadsRunning + [monitor])
             print("\(trainers) simulated trainers, \(Int(seconds)) s of sending per phase (+ drain), durability \(durability):")
             watching.printReport()
             if try watching.lost(in: directory + "/run/ledger.sqlite") > 0 { throw RunFailure("acknowledged updates missing from the ledger") }
@@ -103,7 +103,7 @@ struct BenchLoadCommand: ParsableCommand {
         samples.stop = true
         let refused = broker.counters.refused
         services.forEach { $0.stop() }
-        while threadsRunning.contains(where: \.isExecuting) || monitor.isExecuting { usleep(1000) }
+        Thread.join(threadsRunning + [monitor])
         let ledger = try Ledger(path: directory + "/run/ledger.sqlite")
         let recorded = try ledger.acceptedUpdateIDs()
         var acknowledged = Set<String>()

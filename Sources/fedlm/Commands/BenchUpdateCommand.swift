@@ -231,7 +231,7 @@ final class UpdateBench {
         x.pipelinedGBs = Double(x.pipelinedUpdates) * bytes / (now() - t0) / 1e9
         service.stop()
         broker.stop()
-        while aggregatorThread.isExecuting || brokerThread.isExecuting { usleep(1000) }
+        Thread.join([aggregatorThread, brokerThread])
         return x
     }
 
@@ -361,7 +361,7 @@ final class Sink: @unchecked Sendable {
 
     func stop() {
         stopFlag.stop = true
-        while thread.isExecuting { usleep(1000) }
+        Thread.join([thread])
     }
 }
 

@@ -40,7 +40,7 @@ final class MonitoringWatchers: @unchecked Sendable {
         lock.lock()
         stopping = true
         lock.unlock()
-        while threads.contains(where: \.isExecuting) { usleep(1000) }
+        Thread.join(threads)
         lock.lock()
         defer { lock.unlock() }
         return report
