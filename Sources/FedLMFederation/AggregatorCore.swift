@@ -36,7 +36,7 @@ public final class AggregatorCore {
     public var releaseCompression = Compression.none
     /// Releases as compressed steps from a version the trainer holds (`PublishedModel`; global
     /// model only): nil for whole releases.
-    public var releaseStepCompression: Compression? {
+    public var releaseSteps: Compression? {
         didSet { published = nil }
     }
     private var published: PublishedModel?
@@ -145,7 +145,7 @@ public final class AggregatorCore {
 
     // MARK: Messages
 
-    public func handle(_ message: Message, from peer: String, now: Double = Date().timeIntervalSince1970) throws -> [AggregatorDirective] {
+    public func handle(_ message: Message, from peer: String, now: Double = Date().timeIntervalSince1970) throws -> [AggregatorCore.Action] {
         if knownTrainers[peer] != nil { lastSeen[peer] = now }
         switch message {
         case .hello(let h):
@@ -245,7 +245,7 @@ public final class AggregatorCore {
     /// The published model, moved to the current version (with release steps on, and no
     /// personalized heads).
     private func publishedModel() -> PublishedModel? {
-        guard let compression = releaseStepCompression, heads == nil else { return nil }
+        guard let compression = releaseSteps, heads == nil else { return nil }
         let current = UnsafeBufferPointer(model.parameters.storage.buffer)
         if published == nil { published = PublishedModel(weights: current, version: version, compression: compression) }
         published!.advance(to: current, version: version)

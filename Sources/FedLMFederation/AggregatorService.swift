@@ -105,7 +105,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
 
     /// The global model's release is sent live: a large model in F32, without release steps.
     var releasesLive: Bool {
-        core.model.parameters.count * 4 >= liveReleaseBytes && core.releaseCompression.encoding == .f32 && core.releaseStepCompression == nil
+        core.model.parameters.count * 4 >= liveReleaseBytes && core.releaseCompression.encoding == .f32 && core.releaseSteps == nil
     }
 
     private var cachedLiveRelease: (key: String, release: LiveRelease)?
@@ -368,9 +368,9 @@ extension AggregatorService {
         loop.ended(peerName)
         let staleness: Int? = if case .update(let info, _) = decoded { core.version - info.baseVersion } else { nil }
         let tDecoded = Date().timeIntervalSince1970
-        let directives = try core.handle(decoded, from: peerName)
+        let actions = try core.handle(decoded, from: peerName)
         let tHandled = Date().timeIntervalSince1970
-        try perform(directives, dealer: dealer) { to, reply in
+        try perform(actions, dealer: dealer) { to, reply in
             if staleness != nil, to == peerName { recordAnswer(reply, staleness: staleness, transfer: transfer) }
         }
         if traceTiming {
@@ -390,9 +390,9 @@ extension AggregatorService {
     }
 
     /// Does what the core decided; `replied` sees each reply before it is sent.
-    private func perform(_ directives: [AggregatorDirective], dealer: ZMQSocket, replied: (String, Message) -> Void) throws {
-        for directive in directives {
-            switch directive {
+    private func perform(_ actions: [AggregatorCore.Action], dealer: ZMQSocket, replied: (String, Message) -> Void) throws {
+        for action in actions {
+            switch action {
             case .reply(let to, let reply):
                 replied(to, reply)
                 try sendReply(reply, to: Array(to.utf8), on: dealer)

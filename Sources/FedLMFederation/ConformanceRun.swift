@@ -87,8 +87,8 @@ public final class ConformanceRun {
         let to = [Array(peer.utf8)]
         switch action {
         case .handle:
-            for directive in try core.handle(message, from: peer) {
-                switch directive {
+            for action in try core.handle(message, from: peer) {
+                switch action {
                 case .reply(_, let reply):
                     script.answered(reply)
                     try router.sendStreamed(codec.encode(reply), prefix: to)
@@ -123,7 +123,7 @@ public final class ConformanceRun {
             let address = "tcp://127.0.0.1:\(Int.random(in: 20_000...32_000))"
             if (try? socket.bind(address)) != nil { return address }
         }
-        throw FederationError.peer("conformance: no free loopback port to bind")
+        throw FederationError.local("conformance: no free loopback port to bind")
     }
 
     private func startClient(address: String) throws {

@@ -22,21 +22,21 @@ struct PendingUpdate {
     static func load(_ path: String) throws -> PendingUpdate {
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
         let bytes = [UInt8](data)
-        guard let zero = bytes.firstIndex(of: 0) else { throw FederationError.peer("\(path): corrupt pending update") }
+        guard let zero = bytes.firstIndex(of: 0) else { throw FederationError.local("\(path): corrupt pending update") }
         let id = String(decoding: bytes[..<zero], as: UTF8.self)
         var offset = zero + 1
         func read64() throws -> Int {
-            guard offset + 8 <= bytes.count else { throw FederationError.peer("\(path): truncated pending update") }
+            guard offset + 8 <= bytes.count else { throw FederationError.local("\(path): truncated pending update") }
             let v = bytes[offset..<(offset + 8)].withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
             offset += 8
             return v
         }
         let count = try read64()
-        guard count >= 3, count < 1 << 20 else { throw FederationError.peer("\(path): corrupt pending update") }
+        guard count >= 3, count < 1 << 20 else { throw FederationError.local("\(path): corrupt pending update") }
         let sizes = try (0..<count).map { _ in try read64() }
         var frames: [[UInt8]] = []
         for s in sizes {
-            guard s >= 0, offset + s <= bytes.count else { throw FederationError.peer("\(path): truncated pending update") }
+            guard s >= 0, offset + s <= bytes.count else { throw FederationError.local("\(path): truncated pending update") }
             frames.append(Array(bytes[offset..<(offset + s)]))
             offset += s
         }

@@ -317,7 +317,7 @@ public struct TrainerCore: Sendable {
     /// A FETCH for a version newer than `version` (nil: any), saying which global release the
     /// trainer holds when release steps are on.
     private func fetch(cluster: String?, newerThan version: Int?) -> Message {
-        .fetch(Fetch(cluster: cluster, haveVersion: version, holds: options.releaseSteps ? holds : nil))
+        .fetch(Fetch(cluster: cluster, haveVersion: version, holds: options.asksForReleaseSteps ? holds : nil))
     }
 
     // MARK: Overlap

@@ -53,7 +53,7 @@ public struct TrainerOptions: Sendable {
     public var compression = Compression.none
     /// The aggregator sends releases as steps from the version the trainer holds: say which in
     /// every FETCH.
-    public var releaseSteps = false
+    public var asksForReleaseSteps = false
     /// Start the next round while the update uploads (see `TrainerCore`'s overlap rule).
     public var overlap = false
     /// λ in overlap's merge rule S = R − λ·Δ_own: how much of its own latest update a trainer
@@ -159,6 +159,6 @@ extension TrainerOptions {
         compression = t.updateCompression
         overlap = t.overlap
         overlapOwnWeight = t.overlapOwnWeight
-        releaseSteps = t.releaseSteps != nil
+        asksForReleaseSteps = t.releaseSteps != nil
     }
 }

@@ -33,7 +33,7 @@ final class AggregatorCoreTests: XCTestCase {
                        TensorPayload(specs: specs, values: (0..<n).map { Float($0 % 7) * scale }))
     }
 
-    func reply(_ d: [AggregatorDirective]) -> Message? {
+    func reply(_ d: [AggregatorCore.Action]) -> Message? {
         if case .reply(_, let m)? = d.first { return m }
         return nil
     }
@@ -289,7 +289,7 @@ final class AggregatorCoreTests: XCTestCase {
         var c1 = config
         c1.bufferSize = 1
         let c = try core(c1)
-        c.releaseStepCompression = Compression(.topk, density: 0.1, bits: 4)
+        c.releaseSteps = Compression(.topk, density: 0.1, bits: 4)
         let codec = WireCodec()
         _ = try c.handle(.hello(Hello(trainerID: "t1")), from: "p")
         guard case .release(let first, let whole) = c.release() else { return XCTFail() }

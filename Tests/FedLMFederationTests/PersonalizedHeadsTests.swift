@@ -45,7 +45,7 @@ final class PersonalizedHeadsTests: XCTestCase {
         return (info, p.values)
     }
 
-    func reply(_ d: [AggregatorDirective]) -> Message? {
+    func reply(_ d: [AggregatorCore.Action]) -> Message? {
         if case .reply(_, let m)? = d.first { return m }
         return nil
     }

@@ -261,7 +261,7 @@ final class TrainerCoreTests: XCTestCase {
     func step(_ from: Int, _ to: Int, through: Int) -> Message { .release(ReleaseInfo(version: to, stepFrom: from, through: through), payload) }
 
     func testReleaseStepsFromTheHeldVersionAreAddedInOrderAndAStepFromElsewhereAsksForTheWholeRelease() {
-        var c = core { $0.releaseSteps = true; $0.freshBaseWait = 0 }
+        var c = core { $0.asksForReleaseSteps = true; $0.freshBaseWait = 0 }
         _ = c.start(now: 0)
         XCTAssertEqual(c.received(welcome(), now: 0).last, .send(.fetch(Fetch())), "holds nothing yet")
         XCTAssertEqual(c.received(release(3), now: 0).first, .hold(ReleaseInfo(version: 3), payload))
@@ -273,7 +273,7 @@ final class TrainerCoreTests: XCTestCase {
                        "the first of two steps: add it and wait for the next")
         XCTAssertNil(round(of: c.received(step(3, 4, through: 5), now: 2)), "a step from a version it no longer holds is not trained on")
         XCTAssertNil(c.holds)
-        var d = core { $0.releaseSteps = true }
+        var d = core { $0.asksForReleaseSteps = true }
         _ = d.start(now: 0)
         _ = d.received(welcome(), now: 0)
         _ = d.received(release(3), now: 0)

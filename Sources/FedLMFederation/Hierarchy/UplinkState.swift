@@ -42,16 +42,16 @@ struct UplinkState: Equatable {
         func vector(_ name: String) throws -> [Float]? {
             guard file.tensor(name) != nil else { return nil }
             let v = try file.floats(name)
-            guard v.count == count else { throw FederationError.peer("\(path): '\(name)' has \(v.count) values, the model \(count)") }
+            guard v.count == count else { throw FederationError.local("\(path): '\(name)' has \(v.count) values, the model \(count)") }
             return v
         }
         func integer(_ key: String) throws -> Int? {
             guard let text = file.metadata[key] else { return nil }
-            guard let v = Int(text) else { throw FederationError.peer("\(path): '\(key)' is '\(text)', not an integer") }
+            guard let v = Int(text) else { throw FederationError.local("\(path): '\(key)' is '\(text)', not an integer") }
             return v
         }
         guard let anchor = try vector("anchor"), let anchorVersion = try integer("anchor_version") else {
-            throw FederationError.peer("\(path): no anchor (the release adopted from above)")
+            throw FederationError.local("\(path): no anchor (the release adopted from above)")
         }
         return UplinkState(anchor: anchor, anchorVersion: anchorVersion, anchorHeadVersion: try integer("anchor_head_version"),
                            sent: try vector("sent"), pendingUpdate: file.metadata["pending_update"],

@@ -78,7 +78,7 @@ struct AggregatorCommand: AsyncParsableCommand {
         core.tokenClaims = TokenClaimLimits(level: t, batchSize: file.training.batchSize,
                                             sequence: file.training.sequenceLength ?? file.model.context)
         core.releaseCompression = t.releaseCompression
-        core.releaseStepCompression = t.releaseSteps
+        core.releaseSteps = t.releaseSteps
         let service = AggregatorService(core: core, endpoints: t.endpoints, logger: logger)
         service.curve = try t.keysDirectory.map { try CurveClient.load(directory: $0, name: "aggregator") }
         let data = PreparedData(dataset: try TokenDataset(directory: t.dataDirectory))
