@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-FEDLM = ".build/release/fedlm"
+FEDLM = os.environ.get("FEDLM_BIN", ".build/release/fedlm")
 MODEL = "Config/experiments/small-federated.toml"
 DATA = "runs/demo-data/shards"
 
@@ -28,6 +28,7 @@ DATA = "runs/demo-data/shards"
 SERVER = {"sgd": ['server_optimizer = "sgd"', "server_learning_rate = 1.0"],
           "nesterov": ['server_optimizer = "nesterov"', "server_learning_rate = 0.7", "server_momentum = 0.9"]}
 server = "sgd"
+extra_aggregation = []
 
 
 def topology(path, run, port, trainers, buffer_size=2):
@@ -35,6 +36,7 @@ def topology(path, run, port, trainers, buffer_size=2):
     for i, key in enumerate(["trainers", "aggregator", "publish", "releases"]):
         lines.append(f'{key} = "tcp://127.0.0.1:{port + i}"')
     lines += ["[aggregation]", 'mode = "fedbuff"', f"buffer_size = {buffer_size}"] + SERVER[server] + ["checkpoint_every = 1", "keep_checkpoints = 2", "evaluate_every = 1000"]
+    lines += extra_aggregation
     for t in trainers:
         lines.append("[[trainer]]")
         for k, v in t.items():
@@ -128,10 +130,13 @@ def main():
     p.add_argument("--only", choices=["memory", "value"])
     p.add_argument("--buffer-size", type=int, help="FedBuff's K in the value runs (default: the number of trainers)")
     p.add_argument("--server", choices=sorted(SERVER), default="sgd", help="the aggregator's outer optimizer (default sgd at 1.0)")
+    p.add_argument("--aggregation", action="append", default=[],
+                   help="an extra [aggregation] line for the value runs, e.g. 'partial_updates = \"immediate\"' (repeatable)")
     p.add_argument("--variants", help="value runs to make, comma-separated: two-full, '+3 at budget F/2', '+3 at budget F/4' (default: all)")
     a = p.parse_args()
-    global server
+    global server, extra_aggregation
     server = a.server
+    extra_aggregation = a.aggregation
     os.makedirs(a.out, exist_ok=True)
     report = {}
     if a.only != "value":
@@ -150,6 +155,7 @@ def main():
                                 a.variants.split(",") if a.variants else None)
         report["value"] = {"budget": budget, "results": results}
         k = (f"K = {a.buffer_size}" if a.buffer_size else "K = the number of trainers") + f", server {a.server}"
+        k += "".join(f", {line}" for line in a.aggregation)
         print(f"\nTwo full trainers ({a.tokens:,} tokens each), alone and joined by three partial trainers "
               f"({a.partial_tokens:,} tokens each; {budget}; FedBuff {k}):\n")
         print("| run | held-out loss (mean of clusters) | per cluster | wall time (s) | tokens |")
