@@ -150,6 +150,9 @@ public struct Topology: Sendable {
         public var tokens: Int? = nil
         public var seconds: Double?
         public var ackTimeout: Double
+        /// With [security]: the keys directory of the level above, where the region's own pair
+        /// (`region-<name>`) and that level's broker key are.
+        public var keysDirectory: String? = nil
         /// Its trainer id above.
         public var trainerID: String { "region-" + region }
     }
@@ -229,6 +232,9 @@ public struct Topology: Sendable {
         }
         return r
     }
+
+    /// Where a region's keys live below its level's keys directory.
+    public static func regionKeysDirectory(_ keys: String, region: String) -> String { keys + "/regions/" + region }
 
     /// The level trainer `name` belongs to.
     public func level(ofTrainer name: String) -> Topology? {
@@ -321,7 +327,12 @@ public struct Topology: Sendable {
         var upstreamEndpoints = above.endpoints
         if let address = try rt.string("upstream") { upstreamEndpoints.trainers = address }
         r.upstream = Upstream(region: name, endpoints: upstreamEndpoints, cluster: cluster, everyVersions: every, tokens: tokens,
-                              seconds: seconds, ackTimeout: ackTimeout)
+                              seconds: seconds, ackTimeout: ackTimeout, keysDirectory: above.keysDirectory)
+        // With [security], every level is secured: a region's broker, aggregator and trainers have
+        // their own pairs and allow-list in <keys>/regions/<name>; its aggregator is the member
+        // `region-<name>` of the level above with a pair in that level's directory.
+        r.keysDirectory = above.keysDirectory.map { Self.regionKeysDirectory($0, region: name) }
+        r.allowedKeys = r.keysDirectory.map { $0 + "/allowed.toml" }
         guard let b = try rt.table("broker") else { throw rt.fail("'\(p)broker' is required: the region's own broker endpoints") }
         try b.allowOnly(["trainers", "aggregator", "publish", "releases"])
         func endpoint(_ key: String) throws -> String {
@@ -370,7 +381,6 @@ public struct Topology: Sendable {
         if let twice = Dictionary(grouping: endpoints, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
             throw bad("endpoint \(twice) is used twice: every level has its own broker")
         }
-        if t.keysDirectory != nil { throw bad("[security] does not cover [[region]] yet: run regions on trusted links, or one level with [security]") }
         if t.releaseSteps != nil { throw bad("'wire.release_steps' does not work with [[region]] (regions adopt whole releases)") }
     }
 

@@ -142,4 +142,75 @@ final class HierarchyTests: XCTestCase {
         XCTAssertTrue(text.contains("region north") && text.contains("adopted version"), text)
         print("hierarchy: \(sentUp("north")) + \(sentUp("south")) regional updates at the top, versions \(regionalAfterCut) during the cut")
     }
+
+    /// CURVE at every level: `fedlm keys generate --topology` makes each level's pairs and
+    /// allow-list (a region's in <keys>/regions/<name>, its aggregator's member key region-<name>
+    /// at the top), `fedlm up` runs the secured hierarchy to the end, and a region's trainer key
+    /// gets nothing at the top (keys work only at their level).
+    func testASecuredHierarchyRunsUnderUpAndKeysWorkOnlyAtTheirLevel() throws {
+        let keys = NSTemporaryDirectory() + "fedlm-keys-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: keys) }
+        let f = try SmallFederation("[security]\nkeys = \"\(keys)\"\n" + SmallFederation.fedbuff("durability = \"process\""))
+        defer { f.scratch.remove() }
+        let port = Int(f.trainersAddress.split(separator: ":").last!)!
+        let trainers = ["n1", "n2"].map {
+            SmallFederation.trainer($0, "local_steps = 3", "tokens = 3000").replacingOccurrences(of: "[[trainer]]", with: "[[region.trainer]]")
+        }
+        try f.append("""
+
+            [[region]]
+            name = "north"
+            upstream_every = 2
+            [region.broker]
+            trainers = "tcp://127.0.0.1:\(port + 4)"
+            aggregator = "tcp://127.0.0.1:\(port + 5)"
+            publish = "tcp://127.0.0.1:\(port + 6)"
+            releases = "tcp://127.0.0.1:\(port + 7)"
+            [region.aggregation]
+            mode = "fedbuff"
+            buffer_size = 2
+            server_optimizer = "sgd"
+            server_learning_rate = 1.0
+            durability = "process"
+            """ + trainers.joined())
+        let (generated, output) = try FedLMProcess.run(["keys", "generate", "--topology", f.topology])
+        XCTAssertEqual(generated, 0, output)
+        let fm = FileManager.default
+        for file in ["broker", "aggregator", "region-north"].map({ "\(keys)/\($0).secret" })
+            + ["broker", "aggregator", "n1", "n2"].map({ "\(keys)/regions/north/\($0).secret" }) + ["\(keys)/allowed.toml", "\(keys)/regions/north/allowed.toml"] {
+            XCTAssertTrue(fm.fileExists(atPath: file), "\(file): \(output)")
+        }
+        XCTAssertFalse(fm.fileExists(atPath: "\(keys)/n1.secret"), "a region's trainer has no key at the top")
+        let up = try FedLMProcess(["up", f.topology])
+        defer { up.signal(SIGKILL) }
+        XCTAssertTrue(up.exits(by: Date().addingTimeInterval(240)), up.output)
+        XCTAssertEqual(up.wait(), 0, up.output)
+        let logs = f.scratch.dir + "/run/logs/"
+        for broker in ["broker", "broker-north"] {
+            let log = (try? String(contentsOfFile: logs + broker + ".log", encoding: .utf8)) ?? ""
+            XCTAssertTrue(log.contains("CURVE on every socket"), "\(broker): \(log)")
+        }
+        XCTAssertGreaterThanOrEqual(f.ledger("SELECT COUNT(*) FROM updates WHERE trainer = 'region-north' AND outcome != 'refused'"), 1,
+                                    "the region reached the top as its member region-north")
+        XCTAssertEqual(SmallFederation.query(f.scratch.dir + "/run/regions/north/ledger.sqlite",
+                                             "SELECT COUNT(DISTINCT trainer) FROM updates WHERE outcome != 'refused'"), 2)
+
+        // A region's trainer key at the top broker: refused at the handshake, nothing recorded.
+        let topBroker = try f.start("broker")
+        let topAggregator = try f.start("aggregator", ["--threads", "1"])
+        defer { for p in [topBroker, topAggregator] { p.signal(SIGKILL) } }
+        let before = f.ledger("SELECT COUNT(*) FROM updates")
+        let wrongLevel = try FedLMProcess(["trainer", "--broker", f.trainersAddress, "--data", f.scratch.dir + "/data",
+                                           "--config", f.scratch.dir + "/model.toml", "--name", "n1", "--max-local-steps", "1",
+                                           "--tokens", "200", "--threads", "1", "--state", f.scratch.dir + "/n1-above",
+                                           "--key", keys + "/regions/north/n1", "--broker-key", keys + "/broker.public"])
+        defer { wrongLevel.signal(SIGKILL) }
+        SmallFederation.waitFor("the top broker to refuse the region's key", seconds: 30) {
+            (try? String(contentsOfFile: f.scratch.dir + "/run/logs/broker.log", encoding: .utf8))?.contains("refused key") == true
+                || topBroker.output.contains("refused key")
+        }
+        XCTAssertFalse(wrongLevel.output.contains("registered"), wrongLevel.output)
+        XCTAssertEqual(f.ledger("SELECT COUNT(*) FROM updates"), before, "nothing from a key of another level")
+    }
+
 }

@@ -89,7 +89,9 @@ struct AggregatorCommand: AsyncParsableCommand {
         service.evaluateEvery = t.evaluateEvery
         if let up = t.upstream {
             let options = TrainerOptions(uplinkOf: t, upstream: up, training: file.training, modelConfig: file.model)
-            service.attachUplink(options: options, endpoints: up.endpoints, tokens: up.tokens, seconds: up.seconds)
+            // Secured: up there it is the member region-<name>, with its pair in that level's keys.
+            let curve = try up.keysDirectory.map { try CurveClient.load(directory: $0, name: up.trainerID) }
+            service.attachUplink(options: options, endpoints: up.endpoints, tokens: up.tokens, seconds: up.seconds, curve: curve)
         }
         try await runService(service, monitoring: monitoring, label: "fedlm.aggregator")
     }
