@@ -10,8 +10,8 @@
 //     -> FedLMAggregation, FedLMLedger, FedLMProtocol, FedLMZeroMQ, FedLMCheckpoint, FedLMData
 //     -> FedLMModel, FedLMTokenizer, FedLMHashing
 //     -> FedLMTensor
-//     -> CFedLMRuntime, COpenBLAS, CZeroMQ, CSQLite, CCrypto
-// The C system libraries (libzmq, OpenBLAS, SQLite, OpenSSL's libcrypto) are SwiftPM system-library targets with
+//     -> CFedLMRuntime, COpenBLAS, CZeroMQ, CSQLite, CCrypto, CZlib
+// The C system libraries (libzmq, OpenBLAS, SQLite, OpenSSL's libcrypto, zlib) are SwiftPM system-library targets with
 // hand-written module maps; libzmq's pkg-config file is deliberately not used (it adds a krb5
 // flag SwiftPM rejects).
 import PackageDescription
@@ -41,6 +41,7 @@ let package = Package(
                        providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // A few lines of C for what Swift cannot reach: the MXCSR register and CPUID.
         .target(name: "CFedLMRuntime", path: "Sources/CFedLMRuntime"),
@@ -59,7 +60,7 @@ let package = Package(
         .target(name: "FedLMTokenizer", dependencies: ["FedLMTensor"], swiftSettings: optimize),
         // Token shards, manifests, preparing text into shards, sampling training windows.
         .target(name: "FedLMData",
-                dependencies: ["FedLMTokenizer", "FedLMModel", "FedLMTensor", "FedLMHashing"],
+                dependencies: ["FedLMTokenizer", "FedLMModel", "FedLMTensor", "FedLMHashing", "CZlib"],
                 swiftSettings: optimize),
         // A small Swift layer over libzmq: sockets, options, multipart messages, poller, relay.
         .target(name: "FedLMZeroMQ", dependencies: ["CZeroMQ"]),

@@ -1,7 +1,8 @@
 import Foundation
 
 /// Text inputs: plain files, folders (their regular files, sorted; symbolic links and `.dat`
-/// files skipped), and `.jsonl` files whose lines are objects with a string field `text`.
+/// files skipped), and `.jsonl` files whose lines are objects with a string field `text`; any of
+/// them gzip-compressed (`.gz`, e.g. `.jsonl.gz`).
 public enum TextInputs {
     public static func files(_ inputs: [String]) throws -> [String] {
         let fm = FileManager.default
@@ -35,9 +36,19 @@ public enum TextInputs {
             throw DataError.io(path: file, reason: "cannot read: \(error.localizedDescription)")
         }
         hasher?.update(data)
-        guard file.hasSuffix(".jsonl") else {
+        let compressed = file.hasSuffix(".gz")
+        let text = compressed ? try Gzip.decompress(data, path: file) : data
+        let name = compressed ? String(file.dropLast(3)) : file
+        try forEachDocument(in: text, name: name, file: file, onBadLine: onBadLine, body)
+        return data.count
+    }
+
+    /// The documents of `data`: the whole text, or one per JSONL line (`name` ends in `.jsonl`).
+    private static func forEachDocument(in data: Data, name: String, file: String, onBadLine: (String, String) throws -> Void,
+                                        _ body: ([UInt8]) throws -> Void) throws {
+        guard name.hasSuffix(".jsonl") else {
             try body(Array(data))
-            return data.count
+            return
         }
         var lineNumber = 0
         var start = data.startIndex
@@ -57,6 +68,5 @@ public enum TextInputs {
             }
             try body(Array(text.utf8))
         }
-        return data.count
     }
 }

@@ -76,6 +76,36 @@ final class DataPipelineTests: XCTestCase {
         }
     }
 
+    /// Text compressed by the gzip tool gives the same documents as the plain file, for plain
+    /// text and JSONL; a truncated or foreign file is refused naming it.
+    func testGzipCompressedTextAndJSONLGiveTheSameDocuments() throws {
+        for name in ["c0-0.txt", "docs.jsonl"] {
+            let plain = dir + "/in/" + name
+            let gzip = Process()
+            gzip.executableURL = URL(fileURLWithPath: "/bin/sh")
+            gzip.arguments = ["-c", "gzip -c '\(plain)' > '\(plain).gz'"]
+            try gzip.run()
+            gzip.waitUntilExit()
+            XCTAssertEqual(gzip.terminationStatus, 0)
+            func documents(_ file: String) throws -> [[UInt8]] {
+                var out: [[UInt8]] = []
+                try TextInputs.forEachDocument(file, onBadLine: { _, _ in }) { out.append($0) }
+                return out
+            }
+            XCTAssertEqual(try documents(plain + ".gz"), try documents(plain), name)
+            XCTAssertGreaterThan(try documents(plain).count, 0)
+        }
+        let whole = try Data(contentsOf: URL(fileURLWithPath: dir + "/in/c0-0.txt.gz"))
+        try whole.prefix(whole.count / 2).write(to: URL(fileURLWithPath: dir + "/in/cut.txt.gz"))
+        XCTAssertThrowsError(try TextInputs.forEachDocument(dir + "/in/cut.txt.gz", onBadLine: { _, _ in }) { _ in }) {
+            XCTAssertTrue("\($0)".contains("cut.txt.gz") && "\($0)".contains("truncated"), "\($0)")
+        }
+        try Data("not gzip at all".utf8).write(to: URL(fileURLWithPath: dir + "/in/fake.txt.gz"))
+        XCTAssertThrowsError(try TextInputs.forEachDocument(dir + "/in/fake.txt.gz", onBadLine: { _, _ in }) { _ in }) {
+            XCTAssertTrue("\($0)".contains("fake.txt.gz") && "\($0)".contains("not valid gzip"), "\($0)")
+        }
+    }
+
     func testBadJSONLLinesAreReportedWithPathAndLineOrStopTheRun() throws {
         var logged: [String] = []
         let m = try prepare(dir + "/skip", clusters: [("docs", [dir + "/in/docs.jsonl"])], onError: .skip) { logged.append($0) }

@@ -15,7 +15,7 @@ ensure_apt_packages() {
 }
 
 # The C libraries every build links (module maps in Sources/C*).
-FEDLM_BUILD_PACKAGES=(libzmq3-dev libopenblas-dev libsqlite3-dev libssl-dev pkg-config)
+FEDLM_BUILD_PACKAGES=(libzmq3-dev libopenblas-dev libsqlite3-dev libssl-dev zlib1g-dev pkg-config)
 
 # ensure_python_venv DIR PACKAGE...: a virtualenv at DIR with the given pip packages.
 ensure_python_venv() {
