@@ -77,7 +77,7 @@ let package = Package(
         // The federation's roles: broker, aggregator (core + service), trainer, subscriber, topologies.
         .target(name: "FedLMFederation",
                 dependencies: ["FedLMAggregation", "FedLMLedger", "FedLMProtocol", "FedLMZeroMQ", "FedLMCheckpoint",
-                               "FedLMData", "FedLMModel", "FedLMTensor",
+                               "FedLMData", "FedLMModel", "FedLMTensor", "FedLMHashing",
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -123,6 +123,6 @@ let package = Package(
         .testTarget(name: "FedLMCheckpointTests", dependencies: ["FedLMCheckpoint", "FedLMModel"]),
         .testTarget(name: "FedLMExperimentTests", dependencies: ["FedLMExperiment", "FedLMLedger"]),
         // Runs the built `fedlm` binary as a separate process (crash, signal and re-exec tests).
-        .testTarget(name: "FedLMCLITests", dependencies: ["FedLMCheckpoint", "FedLMModel", "FedLMLedger", "FedLMTestSupport"]),
+        .testTarget(name: "FedLMCLITests", dependencies: ["FedLMCheckpoint", "FedLMModel", "FedLMLedger", "FedLMFederation", "FedLMTestSupport"]),
     ]
 )

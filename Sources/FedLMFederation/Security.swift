@@ -34,7 +34,7 @@ public final class AllowList: @unchecked Sendable {
     public let path: String
     private let lock = NSLock()
     private var members: [String: Member] = [:]
-    private var loadedStamp: Date?
+    private var loadedStamp: FileStamp?
     private var checkedAt = 0.0
 
     public static let roleNames: [String: Member.Role] = ["trainers": .trainer, "subscribers": .subscriber, "aggregators": .aggregator]
@@ -55,9 +55,17 @@ public final class AllowList: @unchecked Sendable {
         }
     }
 
-    /// The member `key` belongs to now (nil: not, or no longer, allowed).
+    /// The member `key` belongs to now (nil: not, or no longer, allowed). A key not in the list
+    /// makes the file be looked at again at once (a stat; parsed only if it changed), so a member
+    /// added a moment ago (`fedlm invite`) is let in at its first handshake.
     public func member(key: String) -> Member? {
         try? reloadIfChanged(force: false)
+        if let found = lookUp(key) { return found }
+        try? reloadIfChanged(force: false, now: true)
+        return lookUp(key)
+    }
+
+    private func lookUp(_ key: String) -> Member? {
         lock.lock(); defer { lock.unlock() }
         return members[key]
     }
@@ -69,14 +77,15 @@ public final class AllowList: @unchecked Sendable {
         return members.values.reduce(into: Set<String>()) { $0.formUnion($1.names) }
     }
 
-    func reloadIfChanged(force: Bool) throws {
+    /// Parses the file again if it changed; looks at most once a second unless `now`.
+    func reloadIfChanged(force: Bool, now checkNow: Bool = false) throws {
         let now = Date().timeIntervalSince1970
         lock.lock()
-        let recent = !force && now - checkedAt < 1
+        let recent = !force && !checkNow && now - checkedAt < 1
         if !recent { checkedAt = now }
         lock.unlock()
         if recent { return }
-        let stamp = (try? FileManager.default.attributesOfItem(atPath: path)[.modificationDate]) as? Date
+        let stamp = FileStamp(path: path)
         lock.lock()
         let unchanged = !force && stamp == loadedStamp
         lock.unlock()
@@ -119,6 +128,51 @@ public final class AllowList: @unchecked Sendable {
             }
         }
         return members
+    }
+
+    /// Adds `name` = `key` to the trainers of the allow-list file at `path` (rewritten atomically;
+    /// the broker picks the change up within a second). Refused if the name or the key is taken.
+    public static func addTrainer(_ name: String, key: String, toFile path: String) throws {
+        var members = try parse(path: path)
+        if let holder = members.values.first(where: { $0.names.contains(name) }) {
+            throw FederationError.local("\(path): the name '\(name)' is already bound to a key (\(holder.role.rawValue))")
+        }
+        guard members[key] == nil else { throw FederationError.local("\(path): that key is already listed") }
+        members[key] = Member(role: .trainer, names: [name], key: key)
+        try text(members: Array(members.values)).write(toFile: path, atomically: true, encoding: .utf8)
+    }
+
+    /// Removes every key bound to `name` from the allow-list file at `path` (atomically): its
+    /// handshakes are refused from the broker's next look at the file. Returns the keys removed.
+    @discardableResult
+    public static func revoke(_ name: String, inFile path: String) throws -> [String] {
+        var members = try parse(path: path)
+        let revoked = members.values.filter { $0.names.contains(name) }.map(\.key)
+        guard !revoked.isEmpty else { throw FederationError.local("\(path): no key is bound to '\(name)'") }
+        for key in revoked {
+            members[key]!.names.remove(name)
+            if members[key]!.names.isEmpty { members[key] = nil }
+        }
+        try text(members: Array(members.values)).write(toFile: path, atomically: true, encoding: .utf8)
+        return revoked
+    }
+
+    /// The text of an allow-list holding `members` (a name bound to several keys: a list).
+    static func text(members: [Member]) -> String {
+        func entries(_ role: Member.Role) -> [String] {
+            var keysByName: [String: [String]] = [:]
+            for m in members where m.role == role { for n in m.names { keysByName[n, default: []].append(m.key) } }
+            return keysByName.keys.sorted().map { name in
+                let keys = keysByName[name]!.sorted()
+                return "\"\(name)\" = " + (keys.count == 1 ? "\"\(keys[0])\"" : "[" + keys.map { "\"\($0)\"" }.joined(separator: ", ") + "]")
+            }
+        }
+        var text = "# Who may connect to the broker, by role: name = \"public key\". A key may use only its own names.\n"
+        text += "# Delete a line to revoke a key (the broker re-reads this file).\n"
+        for (section, role) in [("trainers", Member.Role.trainer), ("subscribers", .subscriber), ("aggregators", .aggregator)] {
+            text += "\n[\(section)]\n" + entries(role).map { $0 + "\n" }.joined()
+        }
+        return text
     }
 
     /// The text of an allow-list naming each member's key, by role.
@@ -199,5 +253,19 @@ public final class Suspensions: @unchecked Sendable {
         guard let t = until[key] else { return false }
         if t <= now { until[key] = nil }
         return t > now
+    }
+}
+
+/// What tells a file changed: its inode (an atomic rewrite makes a new one), size and
+/// modification time to the nanosecond (a second's resolution would miss two writes in one second).
+struct FileStamp: Equatable {
+    let inode: UInt64, size: Int64, seconds: Int, nanoseconds: Int
+    init?(path: String) {
+        var s = stat()
+        guard stat(path, &s) == 0 else { return nil }
+        inode = UInt64(s.st_ino)
+        size = Int64(s.st_size)
+        seconds = Int(s.st_mtim.tv_sec)
+        nanoseconds = Int(s.st_mtim.tv_nsec)
     }
 }

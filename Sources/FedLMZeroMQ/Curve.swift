@@ -21,6 +21,14 @@ public struct CurveKeyPair: Equatable, Sendable {
         return try CurveKeyPair(publicKey: String(cString: pub), secretKey: String(cString: sec))
     }
 
+    /// The public key that belongs to `secretKey` (nil: not a key).
+    public static func publicKey(ofSecret secretKey: String) -> String? {
+        guard isKey(secretKey) else { return nil }
+        var pub = [CChar](repeating: 0, count: 41)
+        guard secretKey.withCString({ zmq_curve_public(&pub, $0) }) == 0 else { return nil }
+        return String(cString: pub)
+    }
+
     /// Is this 40 characters of Z85 that decode to 32 bytes?
     public static func isKey(_ z85: String) -> Bool {
         guard z85.utf8.count == 40 else { return false }

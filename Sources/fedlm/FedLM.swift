@@ -12,7 +12,7 @@ struct FedLM: AsyncParsableCommand {
         abstract: "Asynchronous federated pre-training of GPT-2-style language models.",
         subcommands: [UpCommand.self, StatusCommand.self, DashboardCommand.self, BrokerCommand.self, AggregatorCommand.self, TrainerCommand.self, SubscribeCommand.self,
                       TrainCommand.self, EvalCommand.self, SampleCommand.self, TokenizerCommand.self, DataCommand.self, BenchCommand.self, ConfigCommand.self,
-                      CheckpointCommand.self, ClusterCommand.self, ExperimentCommand.self, CompareCommand.self, KeysCommand.self,
+                      CheckpointCommand.self, ClusterCommand.self, ExperimentCommand.self, CompareCommand.self, KeysCommand.self, InviteCommand.self,
                       ConformanceCommand.self])
 
     static func main() async {

@@ -121,6 +121,20 @@ struct TrainerCommand: AsyncParsableCommand {
     @Option(help: "Train only the tensors matching these comma-separated globs (e.g. 'transformer.h.5.*,transformer.ln_f.*').") var train: String?
     @Option(help: "Sequences per forward/backward pass; gradients are accumulated over the batch.") var microBatch: Int?
     @Option(help: "Seconds before an unacknowledged update is sent again (default: the topology's, else 30).") var ackTimeout: Double?
+    @Option(help: "Join with an invitation file (`fedlm invite`): broker, keys, model, tokenizer and recipe come from it.") var join: String?
+    @Option(parsing: .upToNextOption, help: "With --join: the member's text (files or folders; .txt, .jsonl, .gz), tokenized with the federation's tokenizer.")
+    var text: [String] = []
+
+    func validate() throws {
+        if join != nil {
+            guard topology == nil, broker == nil, data == nil, key == nil else {
+                throw ValidationError("--join takes the broker, data and keys from the invitation: leave out --topology, --broker, --data and --key")
+            }
+            guard !text.isEmpty else { throw ValidationError("--join needs --text PATH... (the member's own text)") }
+        } else if !text.isEmpty {
+            throw ValidationError("--text goes with --join")
+        }
+    }
 
     func run() async throws {
         if let threads { ComputeThreads.set(max(1, threads)) }
@@ -129,7 +143,12 @@ struct TrainerCommand: AsyncParsableCommand {
         var options: TrainerOptions
         var keysDirectory: String?
         var topologyEntry: Topology.Trainer?
-        if let topology {
+        var invitedKeys: CurveClient?
+        if let join {
+            let member = try MemberSetup(invitation: try Invitation.read(path: join), directory: state, text: text)
+            try member.prepare()
+            (options, endpoints, invitedKeys) = try member.trainerOptions()
+        } else if let topology {
             let top = try Topology.load(path: topology)
             guard let name, let t = top.level(ofTrainer: name), let entry = t.trainers.first(where: { $0.name == name }) else {
                 throw ValidationError("--name must be one of: \(top.allTrainers.map(\.name).joined(separator: ", "))")
@@ -168,7 +187,9 @@ struct TrainerCommand: AsyncParsableCommand {
         try choosePart(&options, entry: topologyEntry)
         guard options.maxLocalSteps >= 1 else { throw ValidationError("--max-local-steps must be >= 1") }
         let service = TrainerService(options: options, endpoints: endpoints)
-        if let keysDirectory {
+        if let invitedKeys {
+            service.curve = invitedKeys
+        } else if let keysDirectory {
             service.curve = try CurveClient.load(directory: keysDirectory, name: options.id)
         } else if let key {
             guard let brokerKey else { throw ValidationError("--key needs --broker-key (the broker's public key file)") }
