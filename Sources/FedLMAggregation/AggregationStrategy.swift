@@ -235,7 +235,8 @@ public final class FedBuff: AggregationStrategy {
         let delta = correction?.correct(c.delta, weight: s, carries: { c.carries(entry: $0) }) ?? c.delta
         if fairShare != nil { s *= fairShare!.weight(for: c.trainer) }
         lastTrust = trust?.weight(delta, over: c.ranges) ?? 1
-        s *= Float(lastTrust)
+        // Distrusted: it takes no slot, the buffer waits for K trusted updates.
+        if lastTrust == 0 { return .buffered(count: buffered, needed: bufferSize) }
         if let bound = privacy?.clip ?? maxNorm {
             let norm = Double(GradientClipping.norm(delta))
             if norm > bound { s *= Float(bound / norm) }

@@ -9,8 +9,9 @@ import FedLMTensor
 ///
 ///     cos(Δ, d) = <Δ, d> / (||Δ|| ||d||) < 0,
 ///
-/// would undo what the federation has been learning: it still counts as received (a synchronous
-/// round does not wait for its sender again, a buffer slot is used) but with weight 0. While d is
+/// would undo what the federation has been learning: it counts with weight 0. In a synchronous
+/// round it still completes its sender's part of the round (the round does not wait for it
+/// again); in FedBuff it takes no buffer slot (the buffer waits for K trusted updates). While d is
 /// zero (before the first step) every update is trusted. A sign-flipped honest update has the
 /// opposite cosine of the honest one and is left out; an honest update, which moves the model
 /// with the others, is kept whole. On data whose clusters pull apart, an honest organisation's

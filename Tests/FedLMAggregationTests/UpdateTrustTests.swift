@@ -56,7 +56,7 @@ final class UpdateTrustTests: XCTestCase {
         XCTAssertTrue(round.stateVectors.contains { $0.name == "trust.direction" })
     }
 
-    func testFedBuffCountsADistrustedUpdateWithWeightZero() {
+    func testFedBuffLeavesADistrustedUpdateOutOfTheBuffer() {
         let s = FedBuff(bufferSize: 2, weight: .constant, optimizer: .sgd(learningRate: 1), layout: layout, trustDecay: 0.5)
         XCTAssertFalse(s.foldsWhileStreaming, "trust needs the whole update")
         let model = vector(0)
@@ -64,9 +64,11 @@ final class UpdateTrustTests: XCTestCase {
         XCTAssertEqual(s.receive(Contribution(delta: vector(3), staleness: 0), model: model), .applied)
         assertAll(model, -2, "mean of 1 and 3")
         assertAll(s.trust!.direction, 1, "0.5 * the mean 2")
-        _ = s.receive(Contribution(delta: vector(-5), staleness: 0), model: model)
+        XCTAssertEqual(s.receive(Contribution(delta: vector(-5), staleness: 0), model: model), .buffered(count: 0, needed: 2))
         XCTAssertEqual(s.lastTrust, 0)
-        XCTAssertEqual(s.receive(Contribution(delta: vector(4), staleness: 0), model: model), .applied)
-        assertAll(model, -2 - (0 + 4) / 2.0, "the buffer of two: 0 (distrusted) and 4, over K = 2")
+        XCTAssertEqual(s.buffered, 0, "no slot for it")
+        XCTAssertEqual(s.receive(Contribution(delta: vector(4), staleness: 0), model: model), .buffered(count: 1, needed: 2))
+        XCTAssertEqual(s.receive(Contribution(delta: vector(2), staleness: 0), model: model), .applied)
+        assertAll(model, -2 - (4 + 2) / 2.0, "the mean of the two trusted updates")
     }
 }
