@@ -53,9 +53,6 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
     /// FedBuff and sync rounds (mean): updates that point against the server's recent direction,
     /// an average of its steps with this decay, count with weight 0 (`UpdateTrust`; nil: off).
     public var trustDecay: Double?
-    /// FedBuff (mean): a partial update steps the tensors it carries at once instead of waiting in
-    /// the buffer (`FedBuff.partialImmediately`).
-    public var partialImmediately = false
 
     /// Personalized heads per data cluster (nil: one global model).
     public var clusters: ClusterConfig?
@@ -68,8 +65,7 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
         case .fedbuff:
             return FedBuff(bufferSize: bufferSize, weight: staleness, maxStaleness: maxStaleness, optimizer: serverOptimizer, layout: layout,
                            combination: combination, maxNorm: normPolicy == .clip ? maxUpdateNorm : nil, privacy: privacy,
-                           directionDecay: directionDecay, fairShareWindow: fairShareWindow, trustDecay: trustDecay,
-                           partialImmediately: partialImmediately)
+                           directionDecay: directionDecay, fairShareWindow: fairShareWindow, trustDecay: trustDecay)
         case .sync: return SynchronousFedAvg(participants: participants, optimizer: serverOptimizer, layout: layout, combination: combination,
                                              trustDecay: trustDecay)
         }

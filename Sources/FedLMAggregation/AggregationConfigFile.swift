@@ -10,8 +10,7 @@ extension AggregationConfig {
                       "max_staleness", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
                       "participants", "checkpoint_every", "keep_checkpoints", "keep_best", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
                       "trainer_timeout", "combination", "trim_fraction", "max_update_norm", "norm_policy", "dp_clip", "dp_noise_multiplier",
-                      "dp_delta", "staleness_correction", "direction_decay", "fair_share_window", "trust", "trust_decay",
-                      "partial_updates"])
+                      "dp_delta", "staleness_correction", "direction_decay", "fair_share_window", "trust", "trust_decay"])
         var c = AggregationConfig()
         if let m = try a.string("mode") {
             guard let mode = AggregationConfig.Mode(rawValue: m) else { throw a.fail("'aggregation.mode' is '\(m)', not fedasync, fedbuff or sync") }
@@ -98,15 +97,6 @@ extension AggregationConfig {
             guard w >= 1 else { throw a.fail("'aggregation.fair_share_window' must be >= 1 (recent updates counted)") }
             guard c.mode == .fedbuff else { throw a.fail("'aggregation.fair_share_window' applies to mode = \"fedbuff\"") }
             c.fairShareWindow = w
-        }
-        switch try a.string("partial_updates") ?? "buffered" {
-        case "buffered": break
-        case "immediate":
-            guard c.mode == .fedbuff, c.combination == .mean, c.privacy == nil else {
-                throw a.fail("'aggregation.partial_updates' = \"immediate\" applies to mode = \"fedbuff\" with combination = \"mean\" and no dp_clip")
-            }
-            c.partialImmediately = true
-        case let other: throw a.fail("'aggregation.partial_updates' is '\(other)', not buffered or immediate")
         }
         switch try a.string("trust") ?? "none" {
         case "none":

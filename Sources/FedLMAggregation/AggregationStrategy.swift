@@ -149,13 +149,6 @@ public final class FedBuff: AggregationStrategy {
     public let trust: UpdateTrust?
     /// The trust weight of the last update received (1 without `trust`).
     public private(set) var lastTrust = 1.0
-    /// A partial update (a trainer that trains part of the model) steps the tensors it carries at
-    /// once, through the server optimizer and scaled by its weight, instead of waiting in the
-    /// buffer: the part of the model that partial trainers train then takes a step per update
-    /// they send (each parameter moved by those who hold it, as in HeteroFL), and their extra
-    /// compute becomes extra outer steps on that part instead of more updates averaged into the
-    /// steps the whole-model trainers set.
-    public let partialImmediately: Bool
     /// The noise's seed: secret to this aggregator, kept in its checkpoints so that a restart's
     /// replay adds exactly the noise the original run added.
     private var noiseSeed = UInt64.random(in: 0...UInt64.max)
@@ -205,10 +198,7 @@ public final class FedBuff: AggregationStrategy {
 
     public init(bufferSize: Int, weight: StalenessWeight = .inverseSquareRoot, maxStaleness: Int = 16,
                 optimizer: ServerOptimizerKind, layout: ParameterLayout, combination: RobustCombination = .mean, maxNorm: Double? = nil,
-                privacy: DifferentialPrivacy? = nil, directionDecay: Double? = nil, fairShareWindow: Int? = nil, trustDecay: Double? = nil,
-                partialImmediately: Bool = false) {
-        precondition(!partialImmediately || (combination == .mean && privacy == nil), "partial updates step at once only with the plain mean")
-        self.partialImmediately = partialImmediately
+                privacy: DifferentialPrivacy? = nil, directionDecay: Double? = nil, fairShareWindow: Int? = nil, trustDecay: Double? = nil) {
         precondition(trustDecay == nil || combination == .mean, "trust weights the mean of the buffer")
         self.trust = trustDecay.map { UpdateTrust(decay: Float($0), layout: layout) }
         precondition(privacy == nil || combination == .mean, "differential privacy adds noise to the mean of the buffer")
@@ -254,8 +244,8 @@ public final class FedBuff: AggregationStrategy {
             buffered = 0
             return .applied
         }
-        if bufferSize == 1 && privacy == nil || partialImmediately && c.carried != nil {
-            // Nothing to buffer (K = 1, or a partial update that steps at once): step with s * delta directly.
+        if bufferSize == 1, privacy == nil {
+            // Nothing to buffer: step with s * delta directly (one pass instead of three).
             optimizer.apply(delta, scale: s, to: model, over: c.carried.map { _ in c.ranges })
             correction?.record(delta, scale: s, over: c.carried.map { _ in c.ranges })
             trust?.record(delta, scale: s, over: c.carried.map { _ in c.ranges })

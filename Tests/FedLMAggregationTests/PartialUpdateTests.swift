@@ -35,21 +35,6 @@ final class PartialUpdateTests: XCTestCase {
         assertSplit(model, inTop: 0.7, elsewhere: 0.8)
     }
 
-    /// `partial_updates = "immediate"`: a partial update steps its tensors at once (scaled by its
-    /// staleness weight); whole updates fill the buffer as before.
-    func testAPartialUpdateStepsItsTensorsAtOnceWhenToldTo() {
-        let model = vector(1)
-        let s = FedBuff(bufferSize: 2, weight: .inverseSquareRoot, optimizer: .sgd(learningRate: 1), layout: layout, partialImmediately: true)
-        XCTAssertEqual(s.receive(Contribution(delta: vector(0.2), staleness: 0), model: model), .buffered(count: 1, needed: 2))
-        // Staleness 3: weight 1/sqrt(4) = 0.5; the top tensors move by 0.5 * 0.4 now, the rest not at all.
-        XCTAssertEqual(s.receive(Contribution(delta: vector(0.4, only: top), carried: top, staleness: 3), model: model), .applied)
-        assertSplit(model, inTop: 0.8, elsewhere: 1)
-        XCTAssertEqual(s.buffered, 1, "the whole update still waits in the buffer")
-        XCTAssertEqual(s.receive(Contribution(delta: vector(0.6), staleness: 0), model: model), .applied)
-        // The buffer's mean of the two whole updates, 0.4, everywhere.
-        assertSplit(model, inTop: 0.4, elsewhere: 0.6)
-    }
-
     func testATensorNoBufferedUpdateCarriesIsNotSteppedEvenWithMomentum() {
         let model = vector(1)
         let s = FedBuff(bufferSize: 2, weight: .constant, optimizer: .nesterov(learningRate: 1, momentum: 0.5), layout: layout)

@@ -123,8 +123,6 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base + "[aggregation]\ndirection_decay = 0.5\n[[trainer]]\nname = \"a\"").contains("needs staleness_correction"))
         XCTAssertTrue(error(base + "[aggregation]\nmode = \"sync\"\nstaleness_correction = \"direction\"\n[[trainer]]\nname = \"a\"").contains("applies to mode = \"fedbuff\""))
         XCTAssertTrue(error(base + "[aggregation]\nfair_share_window = 0\n[[trainer]]\nname = \"a\"").contains("'aggregation.fair_share_window' must be >= 1"))
-        XCTAssertTrue(error(base + "[aggregation]\npartial_updates = \"now\"\n[[trainer]]\nname = \"a\"").contains("'aggregation.partial_updates' is 'now', not buffered or immediate"))
-        XCTAssertTrue(error(base + "[aggregation]\nmode = \"sync\"\npartial_updates = \"immediate\"\n[[trainer]]\nname = \"a\"").contains("applies to mode = \"fedbuff\""))
         XCTAssertTrue(error(base + "[aggregation]\ntrust = \"cosine\"\n[[trainer]]\nname = \"a\"").contains("'aggregation.trust' is 'cosine', not none or direction"))
         XCTAssertTrue(error(base + "[aggregation]\nmode = \"fedasync\"\ntrust = \"direction\"\n[[trainer]]\nname = \"a\"").contains("applies to mode = \"fedbuff\" or \"sync\" with combination = \"mean\""))
         XCTAssertTrue(error(base + "[aggregation]\ntrust_decay = 0.5\n[[trainer]]\nname = \"a\"").contains("'aggregation.trust_decay' needs trust = \"direction\""))
