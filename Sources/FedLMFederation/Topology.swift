@@ -48,6 +48,8 @@ import TOMLKit
 ///     direction_decay = 0.9                 #   the server's recent steps shrink by its staleness weight; HeLoCo)
 ///     fair_share_window = 9                 # fedbuff, optional: a sender of more than its share of the last N updates
 ///                                           #   counts less (N / (senders x its count)): nobody dominates alone
+///     trust = "none"                        # fedbuff, sync (mean): none | direction (an update against the server's
+///     trust_decay = 0.9                     #   recent direction counts with weight 0; FLTrust with the server's own steps)
 ///     evaluate_every = 5
 ///
 ///     [[trainer]]
