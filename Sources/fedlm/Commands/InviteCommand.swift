@@ -72,6 +72,10 @@ struct InviteCommand: ParsableCommand {
         } else if cluster != nil {
             throw ValidationError("--cluster: this federation has no [clusters]")
         }
+        let levelSteps = t.trainers.map(\.localSteps).max() ?? 20
+        if let localSteps, localSteps > levelSteps {
+            throw ValidationError("--local-steps \(localSteps) exceeds the level's largest local_steps (\(levelSteps)): the aggregator credits a member it does not know at most that many steps' tokens")
+        }
         let configPath = ConfigResolution.resolve(t.modelConfigPath)
         let tokenizerPath = t.dataDirectory + "/tokenizer.json"
         guard let modelConfig = try? String(contentsOfFile: configPath, encoding: .utf8) else {
@@ -83,7 +87,7 @@ struct InviteCommand: ParsableCommand {
         }
         let now = Int(Date().timeIntervalSince1970)
         return Invitation(federation: t.name, member: name, cluster: cluster, tokens: tokens,
-                          localSteps: localSteps ?? t.trainers.map(\.localSteps).max() ?? 20,
+                          localSteps: localSteps ?? levelSteps,
                           broker: BrokerEndpoints.connectable(broker ?? t.endpoints.trainers),
                           brokerPublicKey: try CurveKeyPair.readKey(keys + "/broker.public"), keys: try CurveKeyPair.generate(),
                           modelConfig: modelConfig, tokenizer: tokenizer, issued: now, expires: now + Int(validDays * 86_400))
