@@ -1,4 +1,5 @@
 import FedLMFederation
+import FedLMTestSupport
 import Foundation
 import XCTest
 
@@ -60,6 +61,9 @@ final class InvitationTests: XCTestCase {
         XCTAssertEqual(f.ledger("SELECT SUM(tokens) FROM updates WHERE trainer = 'vol' AND outcome != 'refused'"), 416)
         XCTAssertTrue(FileManager.default.fileExists(atPath: f.scratch.dir + "/vol/data/manifest.json"))
 
+        // The PyTorch trainer joins from an invitation the same way (JSONL and gzip text here).
+        try joinWithPyTorch(f, text: text)
+
         // An expired invitation.
         let short = f.scratch.dir + "/short.invitation"
         XCTAssertEqual(try FedLMProcess.run(["invite", "--topology", f.topology, "--name", "brief", "--valid-days", "0.00001", "--out", short]).0, 0)
@@ -77,5 +81,41 @@ final class InvitationTests: XCTestCase {
         defer { again.signal(SIGKILL) }
         SmallFederation.waitFor("the broker to refuse the revoked key", seconds: 30) { broker.output.contains("refused key") }
         XCTAssertEqual(f.ledger("SELECT COUNT(*) FROM updates WHERE trainer = 'vol'"), before, "nothing more from a revoked member")
+    }
+
+    /// `fedlm-torch-trainer --join FILE --text PATH...`: nothing else on its command line; an edited
+    /// copy is refused as tampered.
+    func joinWithPyTorch(_ f: SmallFederation, text: String) throws {
+        let python = try ClientPython.interpreter()
+        let invitation = f.scratch.dir + "/torch.invitation"
+        let (invited, output) = try FedLMProcess.run(["invite", "--topology", f.topology, "--name", "torch-vol", "--tokens", "256",
+                                                      "--local-steps", "2", "--out", invitation])
+        XCTAssertEqual(invited, 0, output)
+        try ([#"{"text": "the cat sat on the mat"}"#, #"{"text": "a second document of the member"}"#].joined(separator: "\n") + "\n")
+            .write(toFile: text + "/notes.jsonl", atomically: true, encoding: .utf8)
+        func torch(_ file: String) throws -> (Int32, String) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: python)
+            p.arguments = ["-m", "fedlm_client", "--join", file, "--text", text, "--threads", "1", "--state", f.scratch.dir + "/torch-vol"]
+            p.environment = ProcessInfo.processInfo.environment.merging(["PYTHONPATH": ClientPython.clientDirectory]) { _, new in new }
+            let log = f.scratch.dir + "/torch-\(UInt32.random(in: 0...UInt32.max)).log"
+            FileManager.default.createFile(atPath: log, contents: nil)
+            p.standardOutput = FileHandle(forWritingAtPath: log)
+            p.standardError = p.standardOutput
+            try p.run()
+            let deadline = Date().addingTimeInterval(240)
+            while p.isRunning, Date() < deadline { usleep(200_000) }
+            if p.isRunning { p.terminate(); p.waitUntilExit() }
+            return (p.terminationStatus, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+        }
+        var edited = try String(contentsOfFile: invitation, encoding: .utf8)
+        edited = edited.replacingOccurrences(of: "torch-vol", with: "torch-vo1")
+        try edited.write(toFile: invitation + ".edited", atomically: true, encoding: .utf8)
+        let (refused, refusal) = try torch(invitation + ".edited")
+        XCTAssertNotEqual(refused, 0)
+        XCTAssertTrue(refusal.contains("(tampered)"), refusal)
+        let (status, log) = try torch(invitation)
+        XCTAssertEqual(status, 0, log)
+        XCTAssertGreaterThanOrEqual(f.ledger("SELECT SUM(tokens) FROM updates WHERE trainer = 'torch-vol' AND outcome != 'refused'"), 256, log)
     }
 }

@@ -14,11 +14,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedlm-torch-trainer",
                                 description="Train a transformers GPT2LMHeadModel on FedLM token shards and send "
                                             "pseudo-gradients to a FedLM aggregator (protocol v2).")
-    p.add_argument("--broker", required=True, help="the broker's address for trainers, e.g. tcp://10.0.0.5:5555")
+    p.add_argument("--join", metavar="FILE", help="an invitation file (fedlm invite): broker, keys, model config, tokenizer and "
+                                                  "recipe come from it; give your text with --text")
+    p.add_argument("--broker", help="the broker's address for trainers, e.g. tcp://10.0.0.5:5555")
     p.add_argument("--data", help="prepared data directory (fedlm data prepare): manifest.json and shards")
-    p.add_argument("--text", nargs="+", metavar="PATH", help="instead of --data: text files or folders, tokenized with --tokenizer")
+    p.add_argument("--text", nargs="+", metavar="PATH",
+                   help="instead of --data: text files or folders (plain, .jsonl with a text field, .gz), tokenized with --tokenizer")
     p.add_argument("--tokenizer", help="the federation's tokenizer.json, with --text")
-    p.add_argument("--config", required=True, help="the federation's model config file (FedLM TOML, e.g. Config/small.toml)")
+    p.add_argument("--config", help="the federation's model config file (FedLM TOML, e.g. Config/small.toml)")
     p.add_argument("--name", help="trainer id (default: torch-<host>-<pid>); with CURVE one of the key's names")
     p.add_argument("--clusters", help="clusters of the data to train on, comma-separated (default: all)")
     p.add_argument("--cluster", help="with personalized heads: the cluster this trainer trains in")
@@ -42,6 +45,30 @@ def main(argv=None) -> int:
     from .shards import DataError
     from .trainer import Curve, Options, Trainer
 
+    curve = None
+    if args.join:
+        if args.broker or args.config or args.data or args.key or args.tokenizer:
+            parser().error("--join takes the broker, config, tokenizer and keys from the invitation: leave out --broker, --config, --data, --tokenizer and --key")
+        if not args.text:
+            parser().error("--join needs --text PATH... (your own text)")
+        from .invitation import InvitationError, read
+        try:
+            invitation = read(args.join)
+        except InvitationError as e:
+            print(f"fedlm-torch-trainer: {e}", file=sys.stderr)
+            return 2
+        member = args.state or os.path.join("runs", "members", invitation["member"])
+        os.makedirs(member, exist_ok=True)
+        for name, key in (("model.toml", "modelConfig"), ("tokenizer.json", "tokenizer")):
+            with open(os.path.join(member, name), "w", encoding="utf-8") as f:
+                f.write(invitation[key])
+        args.broker, args.name, args.cluster = invitation["broker"], invitation["member"], invitation.get("cluster")
+        args.config, args.tokenizer = os.path.join(member, "model.toml"), os.path.join(member, "tokenizer.json")
+        args.local_steps, args.tokens = invitation["localSteps"], invitation.get("tokens")
+        args.state = os.path.join(member, "state")
+        curve = Curve(public=invitation["publicKey"], secret=invitation["secretKey"], server=invitation["brokerPublicKey"])
+    if not args.broker or not args.config:
+        parser().error("give --broker and --config, or --join FILE")
     if bool(args.data) == bool(args.text):
         parser().error("give --data (prepared shards) or --text with --tokenizer")
     if args.text and not args.tokenizer:
@@ -69,7 +96,7 @@ def main(argv=None) -> int:
                           device=args.device, clusters=args.clusters.split(",") if args.clusters else None,
                           cluster=args.cluster, local_steps=args.local_steps, tokens=args.tokens,
                           state=args.state or os.path.join("runs", "trainers", name), ack_timeout=args.ack_timeout,
-                          curve=Curve.load(args.key, args.broker_key) if args.key else None)
+                          curve=curve or (Curve.load(args.key, args.broker_key) if args.key else None))
         stats = Trainer(options).run()
     except (ConfigError, DataError) as e:
         print(f"fedlm-torch-trainer: {e}", file=sys.stderr)

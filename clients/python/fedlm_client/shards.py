@@ -80,10 +80,44 @@ class TokenData:
         return windows[:, :-1], windows[:, 1:]
 
 
+def documents(path: str):
+    """The documents of a text file: the whole file, or one per line of a `.jsonl` file (its
+    `text` field); either may be gzip-compressed (`.gz`). A file that is not UTF-8 text is skipped."""
+    import gzip
+    import json
+    name = path[:-3] if path.endswith(".gz") else path
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                text = handle.read()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        if isinstance(e, UnicodeDecodeError):
+            return []  # not text
+        raise DataError(f"{path}: {e}")
+    if not name.endswith(".jsonl"):
+        return [text]
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise DataError(f"{path}:{number}: not a JSON object")
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(f"{path}:{number}: no string field 'text'")
+        out.append(record["text"])
+    return out
+
+
 class TextData:
     """Plain text files tokenized with the federation's tokenizer (`tokenizer.json`, which the
     `tokenizers` library reads exactly as FedLM's tokenizer does): for a member that has text but
-    no FedLM installation. Files are read whole (folders recursively), one document each."""
+    no FedLM installation. Files are read whole (folders recursively), one document each, or a
+    document per line of a JSONL file; gzip-compressed files too."""
 
     def __init__(self, tokenizer_path: str, paths: list):
         from tokenizers import Tokenizer
@@ -102,14 +136,10 @@ class TextData:
                 raise DataError(f"{p}: no such file or folder")
         self.shards = []
         for f in files:
-            try:
-                with open(f, encoding="utf-8") as handle:
-                    text = handle.read()
-            except UnicodeDecodeError:
-                continue  # not text
-            ids = tokenizer.encode(text).ids
-            if ids:
-                self.shards.append(np.asarray(ids, dtype=np.uint32))
+            for text in documents(f):
+                ids = tokenizer.encode(text).ids
+                if ids:
+                    self.shards.append(np.asarray(ids, dtype=np.uint32))
         if not self.shards:
             raise DataError(f"no text in {', '.join(paths)}")
 
