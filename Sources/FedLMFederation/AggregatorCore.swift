@@ -24,10 +24,10 @@ public final class AggregatorCore {
     /// Personalized heads per data cluster (nil: one global model).
     public private(set) var heads: PersonalizedHeads?
     public let specs: [TensorSpec]
-    private var lastCheckpointedVersion: Int
+    var lastCheckpointedVersion: Int
     /// Weights of recent versions (FedAsync mixes with the trainer's starting weights).
     private var recentVersions: [Int: ParameterVector] = [:]
-    private var knownTrainers: [String: String?] = [:]
+    var knownTrainers: [String: String?] = [:]
     /// When each known trainer was last heard from.
     private var lastSeen: [String: Double] = [:]
     public var log: (String) -> Void = { _ in }
@@ -39,11 +39,11 @@ public final class AggregatorCore {
     public var releaseSteps: Compression? {
         didSet { published = nil }
     }
-    private var published: PublishedModel?
+    var published: PublishedModel?
     /// Bounds on the tokens an update is credited with (nil: every claim credited whole).
     public var tokenClaims: TokenClaimLimits?
     /// Tokens credited to each sender so far (for its budget), read from the ledger once.
-    private lazy var credited: [String: Int] = (try? ledger.creditedTokens()) ?? [:]
+    lazy var credited: [String: Int] = (try? ledger.creditedTokens()) ?? [:]
     /// The pseudo-gradient being handled, reused from update to update (no strategy keeps it),
     /// so a 40 MB update does not fault in 40 MB of fresh pages each time.
     private lazy var deltaScratch = ParameterVector(layout: model.layout)
@@ -224,137 +224,6 @@ public final class AggregatorCore {
         fold.unfold()
         defer { fold.refold(staleness: version - fold.info.baseVersion) }
         return try change()
-    }
-
-    /// The current model as a RELEASE: the global model, or a cluster's (global trunk, its head).
-    public func release(cluster: String? = nil) -> Message {
-        if cluster == nil, let p = publishedModel() {
-            return .release(ReleaseInfo(version: p.version), p.weights.withUnsafeBufferPointer { TensorPayload(specs: specs, copying: $0) })
-        }
-        guard let cluster, let heads, let head = heads.heads[cluster] else {
-            return .release(ReleaseInfo(version: version), encodedRelease(UnsafeBufferPointer(model.parameters.storage.buffer)))
-        }
-        let values = [Float](unsafeUninitializedCapacity: model.parameters.count) { out, n in
-            heads.release(cluster, model: model.parameters, into: out.baseAddress!)
-            n = model.parameters.count
-        }
-        return .release(ReleaseInfo(version: version, cluster: cluster, headVersion: head.version),
-                        values.withUnsafeBufferPointer { encodedRelease($0) })
-    }
-
-    /// The published model, moved to the current version (with release steps on, and no
-    /// personalized heads).
-    private func publishedModel() -> PublishedModel? {
-        guard let compression = releaseSteps, heads == nil else { return nil }
-        let current = UnsafeBufferPointer(model.parameters.storage.buffer)
-        if published == nil { published = PublishedModel(weights: current, version: version, compression: compression) }
-        published!.advance(to: current, version: version)
-        return published
-    }
-
-    /// The release steps from version `held` to the current one, oldest first (empty when they
-    /// are no longer kept).
-    public func releaseSteps(from held: Int) -> [Message] {
-        guard let p = publishedModel(), let steps = p.steps(from: held) else { return [] }
-        return steps.map { .release(ReleaseInfo(version: $0.to, stepFrom: $0.from, through: p.version), TensorPayload(specs: specs, encoded: $0.encoded)) }
-    }
-
-    private func encodedRelease(_ values: UnsafeBufferPointer<Float>) -> TensorPayload {
-        guard releaseCompression.encoding != .f32 else { return TensorPayload(specs: specs, copying: values) }
-        return TensorPayload(specs: specs, encoded: releaseCompression.encode(values))
-    }
-
-    /// The identity of what a release of `cluster` would carry now (changes when it must be re-sent).
-    public func releaseKey(cluster: String?) -> String {
-        guard let cluster, let head = heads?.heads[cluster] else { return "v\(version)" }
-        return "v\(version)/\(cluster)/h\(head.version).\(head.shared)"
-    }
-
-    /// The verdict already given to an update id (a resend, or a replay): its ack repeated, or
-    /// its refusal; nil for an id never seen.
-    private func earlierVerdict(_ info: UpdateInfo) throws -> Message? {
-        guard let earlier = try ledger.update(id: info.updateID) else { return nil }
-        if earlier.outcome == .refused {
-            return .error(ErrorReply(code: .duplicate, detail: earlier.reason ?? "refused before", refersTo: info.updateID))
-        }
-        return .ack(Ack(updateID: info.updateID, outcome: .duplicate, version: earlier.versionAfter))
-    }
-
-    /// Records a refusal in the ledger (the model unchanged) and answers it with its reason.
-    private func refuse(_ info: UpdateInfo, _ e: ProtocolError, staleness: Int = 0, norm: Double = 0, now: Double) throws -> Message {
-        try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster,
-                                      baseVersion: info.baseVersion, staleness: staleness, weight: 0, norm: norm, tokens: info.tokens,
-                                      outcome: .refused, versionAfter: version, deltaPath: nil, reason: e.description,
-                                      receivedAt: now))
-        log("refused update \(info.updateID) from \(info.trainerID): \(e)")
-        return .error(ErrorReply(e, refersTo: info.updateID))
-    }
-
-    /// An UPDATE whose header was readable but whose content the decoder refused (non-finite
-    /// values, another dtype, too many values: `ProtocolError.refusesContent`): recorded and
-    /// answered like any other refusal, so the trainer learns which update was refused and why,
-    /// and a resend gets the same answer.
-    public func refuseUndecodable(_ info: UpdateInfo, _ e: ProtocolError, now: Double = Date().timeIntervalSince1970) throws -> Message {
-        if let earlier = try earlierVerdict(info) { return earlier }
-        return try refuse(info, e, now: now)
-    }
-
-    /// The answer to an update that needs no further look: the verdict on an id seen before, or
-    /// UNKNOWN_TRAINER for a sender that has not said HELLO (nothing recorded: it registers and resends).
-    private func answerBeforeChecks(_ info: UpdateInfo) throws -> Message? {
-        if let earlier = try earlierVerdict(info) { return earlier }
-        guard knownTrainers[info.trainerID] != nil else {
-            return .error(ErrorReply(code: .unknownTrainer, detail: "say HELLO first", refersTo: info.updateID))
-        }
-        return nil
-    }
-
-    /// Why an update `staleness` versions old is refused (nil: it is not).
-    private func stalenessRefusal(_ staleness: Int, strategyRefusal: String? = nil) -> ProtocolError? {
-        if staleness > config.maxStaleness {
-            return ProtocolError(.tooStale, "staleness \(staleness) exceeds \(config.maxStaleness); fetch the latest release")
-        }
-        return strategyRefusal.map { ProtocolError(.tooStale, $0) }
-    }
-
-    /// Why an update of this norm is refused under `norm_policy = "refuse"` (nil: it is not).
-    private func normRefusal(_ norm: Double) -> ProtocolError? {
-        guard config.normPolicy == .refuse, let bound = config.maxUpdateNorm, norm > bound else { return nil }
-        return ProtocolError(.normTooLarge, "update norm \(String(format: "%.4g", norm)) exceeds max_update_norm \(bound)")
-    }
-
-    /// Records an accepted update (applied or buffered) in the ledger, checkpoints when its
-    /// cadence is due, and acknowledges it: the last steps of every update, whole or folded.
-    private func accept(_ info: UpdateInfo, credit: TokenClaimLimits.Credit, decision: AggregationDecision, staleness: Int, norm: Double,
-                        deltaPath: String, now: Double, headStaleness: Int? = nil, headVersionAfter: Int? = nil) throws -> Message {
-        let applied = decision == .applied
-        try ledger.recordUpdate(.init(id: info.updateID, trainer: info.trainerID, cluster: info.cluster, baseVersion: info.baseVersion,
-                                      staleness: staleness, weight: StalenessWeightOf(config).weight(staleness) * strategy.lastTrust,
-                                      norm: norm, tokens: credit.tokens, outcome: applied ? .applied : .buffered,
-                                      versionAfter: version, deltaPath: deltaPath, reason: nil, receivedAt: now,
-                                      headStaleness: headStaleness, headVersionAfter: headVersionAfter,
-                                      claimedTokens: credit.clamped ? info.tokens : nil))
-        credited[info.trainerID, default: 0] += credit.tokens
-        if let why = credit.reason {
-            log("update \(info.updateID) from \(info.trainerID) claimed \(info.tokens) tokens, credited \(credit.tokens): \(why)")
-            metrics.clampedClaim(trainer: info.trainerID)
-        }
-        if applied {
-            rememberVersion()
-            if version - lastCheckpointedVersion >= checkpointInterval { try checkpoint() }
-        } else if let headVersionAfter, headVersionAfter % (checkpointInterval * 4) == 0 {
-            // Heads also change between global versions (a buffered trunk update still moves its
-            // head): checkpoint now and then so replays stay short.
-            try checkpoint()
-        }
-        return .ack(Ack(updateID: info.updateID, outcome: applied ? .applied : .buffered, version: version))
-    }
-
-    /// What `info` is credited with under `tokenClaims`.
-    private func credit(_ info: UpdateInfo) -> TokenClaimLimits.Credit {
-        guard let tokenClaims else { return .init(tokens: info.tokens, reason: nil) }
-        return tokenClaims.credit(claimed: info.tokens, localSteps: info.localSteps, trainer: info.trainerID,
-                                  creditedSoFar: credited[info.trainerID] ?? 0)
     }
 
     private func handleUpdate(_ info: UpdateInfo, _ payload: TensorPayload, now: Double) throws -> Message {
@@ -551,7 +420,7 @@ public final class AggregatorCore {
         lastCheckpointedVersion = version
     }
 
-    private func rememberVersion() {
+    func rememberVersion() {
         guard config.mode == .fedasync else { return }
         let copy = ParameterVector(layout: model.layout)
         copy.copy(from: model.parameters)
