@@ -72,6 +72,9 @@ extension AggregatorCore {
                                       versionAfter: version, deltaPath: deltaPath, reason: nil, receivedAt: now,
                                       headStaleness: headStaleness, headVersionAfter: headVersionAfter,
                                       claimedTokens: credit.clamped ? info.tokens : nil))
+        if strategy.lastTrust == 0 {
+            log("update \(info.updateID) from \(info.trainerID) points against the federation's recent direction: counted with weight 0")
+        }
         credited[info.trainerID, default: 0] += credit.tokens
         if let why = credit.reason {
             log("update \(info.updateID) from \(info.trainerID) claimed \(info.tokens) tokens, credited \(credit.tokens): \(why)")

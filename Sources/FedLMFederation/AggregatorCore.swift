@@ -241,21 +241,10 @@ public final class AggregatorCore {
         let staleness = version - info.baseVersion
         if staleness < 0 { return try refuse(ProtocolError(.malformed, "base version \(info.baseVersion) is newer than \(version)")) }
         if let e = stalenessRefusal(staleness) { return try refuse(e, staleness: staleness) }
-        // With clusters, the update's head part goes to its cluster's head: it must name one,
-        // and its head must not be too stale either.
-        var headStaleness: Int?
-        if let heads {
-            guard let c = info.cluster, let head = heads.heads[c] else {
-                return try refuse(ProtocolError(.unknownCluster, info.cluster.map { "no cluster named '\($0)'" } ?? "an update must name its cluster"))
-            }
-            let hs = head.version - (info.baseHeadVersion ?? head.version)
-            guard hs >= 0 else { return try refuse(ProtocolError(.malformed, "base head version \(info.baseHeadVersion!) is newer than \(head.version)")) }
-            guard hs <= config.maxStaleness else {
-                return try refuse(ProtocolError(.tooStale, "cluster \(c)'s head staleness \(hs) exceeds \(config.maxStaleness)"), staleness: staleness)
-            }
-            headStaleness = hs
-        } else if let c = info.cluster {
-            return try refuse(ProtocolError(.unknownCluster, "this federation has no clusters (the update names '\(c)')"))
+        let headStaleness: Int?
+        switch headStalenessOf(info) {
+        case .success(let hs): headStaleness = hs
+        case .failure(let e): return try refuse(e, staleness: e.code == .tooStale ? staleness : 0)
         }
         var marks: [(String, Double)] = [("start", Date().timeIntervalSince1970)]
         func mark(_ name: String) { marks.append((name, Date().timeIntervalSince1970)) }
@@ -264,31 +253,14 @@ public final class AggregatorCore {
                 log("timing update: " + zip(marks.dropFirst(), marks).map { String(format: "%@ %.1fms", $0.0, ($0.1 - $1.1) * 1000) }.joined(separator: ", "))
             }
         }
-        // Durable first: the pseudo-gradient goes to a file (fsynced unless durability = process)
-        // before anything changes. A streamed update is already in its file and its buffer
-        // (`IncomingDelta`): applied from there, without copies.
-        let incoming = (payload.destination as? IncomingDelta).flatMap { $0.storage.count == model.parameters.count ? $0 : nil }
-        let delta: ParameterVector
-        if let incoming {
-            delta = ParameterVector(layout: model.layout, storage: incoming.storage)
-        } else if let carried {
-            delta = deltaScratch
-            delta.zero()
-            payload.withValues { carried.scatter($0.baseAddress!, into: delta.pointer) }
-        } else {
-            delta = deltaScratch
-            payload.withValues { delta.pointer.update(from: $0.baseAddress!, count: delta.count) }
-        }
+        let (delta, incoming) = deltaOf(payload, carried: carried)
         mark("copy")
         // Recorded in the ledger; neither the strategy nor the heads change the delta.
         // Added up as the chunks arrived when the update was streamed.
         let norm = Double(payload.sumOfSquares.map { Float($0.squareRoot()) } ?? GradientClipping.norm(delta))
         mark("norm")
         if let e = normRefusal(norm) { return try refuse(e, staleness: staleness, norm: norm) }
-        let sync = config.durability == .machine
-        let deltaPath = if let incoming { try deltas.commit(incoming, updateID: info.updateID, sync: sync) }
-            else if let carried { try deltas.write(delta, carried: carried, updateID: info.updateID, sync: sync) }
-            else { try deltas.write(UnsafeBufferPointer(start: delta.pointer, count: delta.count), updateID: info.updateID, sync: sync) }
+        let deltaPath = try keep(delta, incoming: incoming, carried: carried, updateID: info.updateID)
         mark("write delta")
         let decision = withoutActiveFold {
             let d = strategy.receive(Contribution(delta: delta, carried: carried, base: recentVersions[info.baseVersion], staleness: staleness,
@@ -301,9 +273,6 @@ public final class AggregatorCore {
             deltas.retire([deltaPath])
             return try refuse(ProtocolError(.tooStale, why), staleness: staleness)
         }
-        if strategy.lastTrust == 0 {
-            log("update \(info.updateID) from \(info.trainerID) points against the federation's recent direction: counted with weight 0")
-        }
         var headVersionAfter: Int?
         if let heads, let c = info.cluster, let hs = headStaleness {
             _ = heads.receive(delta: delta, carried: carried, cluster: c, staleness: hs, dataWeight: dataWeight, trainer: info.trainerID)
@@ -314,6 +283,49 @@ public final class AggregatorCore {
         defer { mark("ledger and version") }
         return try accept(info, credit: credit, decision: decision, staleness: staleness, norm: norm, deltaPath: deltaPath, now: now,
                           headStaleness: headStaleness, headVersionAfter: headVersionAfter)
+    }
+
+    /// With clusters, the update's head part goes to its cluster's head: it must name one, and
+    /// its head must not be too stale either. The head's staleness (nil without clusters), or why
+    /// the update is refused.
+    private func headStalenessOf(_ info: UpdateInfo) -> Result<Int?, ProtocolError> {
+        guard let heads else {
+            guard let c = info.cluster else { return .success(nil) }
+            return .failure(ProtocolError(.unknownCluster, "this federation has no clusters (the update names '\(c)')"))
+        }
+        guard let c = info.cluster, let head = heads.heads[c] else {
+            return .failure(ProtocolError(.unknownCluster, info.cluster.map { "no cluster named '\($0)'" } ?? "an update must name its cluster"))
+        }
+        let hs = head.version - (info.baseHeadVersion ?? head.version)
+        guard hs >= 0 else { return .failure(ProtocolError(.malformed, "base head version \(info.baseHeadVersion!) is newer than \(head.version)")) }
+        guard hs <= config.maxStaleness else {
+            return .failure(ProtocolError(.tooStale, "cluster \(c)'s head staleness \(hs) exceeds \(config.maxStaleness)"))
+        }
+        return .success(hs)
+    }
+
+    /// The update's pseudo-gradient as a model-shaped vector. A streamed update is already in its
+    /// buffer (`IncomingDelta`, returned too): used from there, without copies.
+    private func deltaOf(_ payload: TensorPayload, carried: TensorSubset?) -> (ParameterVector, IncomingDelta?) {
+        let incoming = (payload.destination as? IncomingDelta).flatMap { $0.storage.count == model.parameters.count ? $0 : nil }
+        if let incoming { return (ParameterVector(layout: model.layout, storage: incoming.storage), incoming) }
+        let delta = deltaScratch
+        if let carried {
+            delta.zero()
+            payload.withValues { carried.scatter($0.baseAddress!, into: delta.pointer) }
+        } else {
+            payload.withValues { delta.pointer.update(from: $0.baseAddress!, count: delta.count) }
+        }
+        return (delta, nil)
+    }
+
+    /// Durable first: the pseudo-gradient goes to a file (fsynced unless durability = process)
+    /// before anything changes; a streamed update's file is already written and is committed.
+    private func keep(_ delta: ParameterVector, incoming: IncomingDelta?, carried: TensorSubset?, updateID: String) throws -> String {
+        let sync = config.durability == .machine
+        if let incoming { return try deltas.commit(incoming, updateID: updateID, sync: sync) }
+        if let carried { return try deltas.write(delta, carried: carried, updateID: updateID, sync: sync) }
+        return try deltas.write(UnsafeBufferPointer(start: delta.pointer, count: delta.count), updateID: updateID, sync: sync)
     }
 
     // MARK: The level above
