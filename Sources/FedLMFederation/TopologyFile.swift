@@ -149,8 +149,7 @@ extension Topology {
 
     /// `[wire]`: encodings of updates and releases, overlap.
     static func parseWire(_ w: TOMLReader, into t: inout Topology) throws {
-        try w.allowOnly(["updates", "releases", "density", "bits", "overlap", "release_steps", "step_density", "step_bits", "overlap_own",
-                           "error_decay"])
+        try w.allowOnly(["updates", "releases", "density", "bits", "overlap", "release_steps", "step_density", "step_bits", "overlap_own"])
         func encoding(_ key: String, allowed: [TensorEncoding]) throws -> TensorEncoding {
             guard let name = try w.string(key) else { return .f32 }
             guard let e = TensorEncoding(configName: name), allowed.contains(e) else {
@@ -161,10 +160,6 @@ extension Topology {
         t.updateCompression = Compression(try encoding("updates", allowed: TensorEncoding.allCases),
                                           density: try w.double("density") ?? 0.01, bits: try w.int("bits") ?? 2)
         if let problem = t.updateCompression.problem { throw w.fail("[wire]: \(problem)") }
-        if let decay = try w.double("error_decay") {
-            guard decay > 0, decay <= 1 else { throw w.fail("'wire.error_decay' is \(decay), not in (0, 1]") }
-            t.updateCompression.errorDecay = Float(decay)
-        }
         t.releaseCompression = Compression(try encoding("releases", allowed: [.f32, .f16, .bf16, .int8]))
         t.overlap = try w.bool("overlap") ?? false
         if let own = try w.double("overlap_own") {

@@ -51,9 +51,6 @@ public struct Compression: Equatable, Sendable {
     public var density: Double
     /// TOPK: bits per value sent (2 to 8).
     public var bits: Int
-    /// Error feedback's decay β (sender side only, not on the wire): what an update left out is
-    /// added to the next one times β (1: kept whole; SparseLoCo decays it).
-    public var errorDecay: Float = 1
 
     public init(_ encoding: TensorEncoding = .f32, density: Double = 0.01, bits: Int = 2) {
         self.encoding = encoding
@@ -357,9 +354,8 @@ public struct EncodedTensors: Sendable {
 
 extension Compression {
     /// Encodes `values` chunk by chunk. With `residual` (error feedback, as in SparseLoCo and
-    /// 1-bit Adam: e ← v − D(Q(v)) with v = Δ + β e), the residual is added to the values before
-    /// encoding and replaced by what the encoding left out, so with β = 1 nothing is lost, only
-    /// delayed; β < 1 (`errorDecay`) lets what stays unsent fade.
+    /// 1-bit Adam: e ← v − D(Q(v)) with v = Δ + e), the residual is added to the values before
+    /// encoding and replaced by what the encoding left out, so nothing is lost, only delayed.
     public func encode(_ values: UnsafeBufferPointer<Float>, chunkBytes: Int = TensorPayload.defaultChunkBytes,
                        residual: UnsafeMutableBufferPointer<Float>? = nil) -> EncodedTensors {
         precondition(residual == nil || residual!.count == values.count, "residual of \(residual!.count) for \(values.count) values")
@@ -371,8 +367,7 @@ extension Compression {
             let n = min(perChunk, values.count - start)
             let bytes: [UInt8] = v.withUnsafeMutableBufferPointer { vb in
                 let chunk = UnsafeMutableBufferPointer(rebasing: vb[0..<n])
-                let beta = errorDecay
-                for i in 0..<n { chunk[i] = values[start + i] + beta * (residual?[start + i] ?? 0) }
+                for i in 0..<n { chunk[i] = values[start + i] + (residual?[start + i] ?? 0) }
                 return encode(UnsafeBufferPointer(chunk))
             }
             if let residual, encoding.isLossless {
