@@ -177,12 +177,8 @@ public final class AllowList: @unchecked Sendable {
 
     /// The text of an allow-list naming each member's key, by role.
     public static func text(trainers: [(String, String)], subscribers: [(String, String)], aggregators: [(String, String)]) -> String {
-        var text = "# Who may connect to the broker, by role: name = \"public key\". A key may use only its own names.\n"
-        text += "# Delete a line to revoke a key (the broker re-reads this file).\n"
-        for (section, entries) in [("trainers", trainers), ("subscribers", subscribers), ("aggregators", aggregators)] {
-            text += "\n[\(section)]\n" + entries.map { "\"\($0.0)\" = \"\($0.1)\"\n" }.joined()
-        }
-        return text
+        let byRole: [(Member.Role, [(String, String)])] = [(.trainer, trainers), (.subscriber, subscribers), (.aggregator, aggregators)]
+        return text(members: byRole.flatMap { role, entries in entries.map { Member(role: role, names: [$0.0], key: $0.1) } })
     }
 }
 
