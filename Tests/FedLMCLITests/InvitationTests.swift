@@ -86,7 +86,7 @@ final class InvitationTests: XCTestCase {
     /// `fedlm-torch-trainer --join FILE --text PATH...`: nothing else on its command line; an edited
     /// copy is refused as tampered.
     func joinWithPyTorch(_ f: SmallFederation, text: String) throws {
-        let python = try ClientPython.interpreter()
+        _ = try ClientPython.interpreter()  // skip or fail before any federation starts
         let invitation = f.scratch.dir + "/torch.invitation"
         let (invited, output) = try FedLMProcess.run(["invite", "--topology", f.topology, "--name", "torch-vol", "--tokens", "256",
                                                       "--local-steps", "2", "--out", invitation])
@@ -94,15 +94,9 @@ final class InvitationTests: XCTestCase {
         try ([#"{"text": "the cat sat on the mat"}"#, #"{"text": "a second document of the member"}"#].joined(separator: "\n") + "\n")
             .write(toFile: text + "/notes.jsonl", atomically: true, encoding: .utf8)
         func torch(_ file: String) throws -> (Int32, String) {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: python)
-            p.arguments = ["-m", "fedlm_client", "--join", file, "--text", text, "--threads", "1", "--state", f.scratch.dir + "/torch-vol"]
-            p.environment = ProcessInfo.processInfo.environment.merging(["PYTHONPATH": ClientPython.clientDirectory]) { _, new in new }
             let log = f.scratch.dir + "/torch-\(UInt32.random(in: 0...UInt32.max)).log"
-            FileManager.default.createFile(atPath: log, contents: nil)
-            p.standardOutput = FileHandle(forWritingAtPath: log)
-            p.standardError = p.standardOutput
-            try p.run()
+            let p = try ClientPython.startTrainer(["--join", file, "--text", text, "--threads", "1", "--state", f.scratch.dir + "/torch-vol"],
+                                                  log: log)
             let deadline = Date().addingTimeInterval(240)
             while p.isRunning, Date() < deadline { usleep(200_000) }
             if p.isRunning { p.terminate(); p.waitUntilExit() }

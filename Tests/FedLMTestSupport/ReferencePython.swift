@@ -66,4 +66,17 @@ public enum ClientPython {
 
     /// `clients/python`, for PYTHONPATH.
     public static var clientDirectory: String { ReferencePython.packageRoot.appendingPathComponent("clients/python").path }
+
+    /// Starts the PyTorch trainer (`python -m fedlm_client ARGUMENTS`) with its output in `log`.
+    public static func startTrainer(_ arguments: [String], log: String) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try interpreter())
+        p.arguments = ["-m", "fedlm_client"] + arguments
+        p.environment = ProcessInfo.processInfo.environment.merging(["PYTHONPATH": clientDirectory]) { _, new in new }
+        FileManager.default.createFile(atPath: log, contents: nil)
+        p.standardOutput = FileHandle(forWritingAtPath: log)
+        p.standardError = p.standardOutput
+        try p.run()
+        return p
+    }
 }
