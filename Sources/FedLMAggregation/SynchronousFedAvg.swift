@@ -81,23 +81,14 @@ public final class SynchronousFedAvg: AggregationStrategy {
     /// The data-weighted mean, each tensor among the round's updates that carry it; or the
     /// robust combination of the round's updates.
     private func completeRound(_ model: ParameterVector) {
+        defer { startNextRound() }
         if combination != .mean {
             combination.combine(Array(slots[0..<received]), into: sum)
             optimizer.apply(sum, scale: 1, to: model)
-            sum.zero()
-            received = 0
-            totalWeight = 0
-            tensorWeights = tensorWeights.map { _ in 0 }
-            contributors = []
             return
         }
-        guard totalWeight > 0 else {
-            // Every update of the round was distrusted: the model stays as it is.
-            received = 0
-            tensorWeights = tensorWeights.map { _ in 0 }
-            contributors = []
-            return
-        }
+        // Every update of the round was distrusted: the model stays as it is.
+        guard totalWeight > 0 else { return }
         let partial = tensorWeights.contains { $0 != totalWeight }
         if partial {
             for (e, w) in zip(sum.layout.entries, tensorWeights) where w > 0 && w != totalWeight {
@@ -108,6 +99,10 @@ public final class SynchronousFedAvg: AggregationStrategy {
         let stepped = partial ? zip(sum.layout.entries, tensorWeights).filter { $0.1 > 0 }.map { $0.0.range } : nil
         optimizer.apply(sum, scale: Float(1 / totalWeight), to: model, over: stepped)
         trust?.record(sum, scale: Float(1 / totalWeight), over: stepped)
+    }
+
+    /// Empties the round: no updates, no weights, no contributors.
+    private func startNextRound() {
         sum.zero()
         received = 0
         totalWeight = 0
