@@ -21,17 +21,15 @@ import FedLMTensor
 /// update adds that the others did not) is always kept. The aggregation's own staleness weight
 /// still scales the result (choose `staleness = "constant"` for the correction alone).
 public final class DirectionCorrection {
-    /// beta: how slowly the recorded direction forgets older steps.
-    public let decay: Float
+    /// d and its decay.
+    public let recent: RecentDirection
     /// d, laid out like the model; saved in checkpoints.
-    public let direction: ParameterVector
+    public var direction: ParameterVector { recent.vector }
     /// The corrected update, reused.
     let corrected: ParameterVector
 
     public init(decay: Float, layout: ParameterLayout) {
-        precondition(decay >= 0 && decay < 1, "direction decay must be in [0, 1)")
-        self.decay = decay
-        direction = ParameterVector(layout: layout)
+        recent = RecentDirection(decay: decay, layout: layout)
         corrected = ParameterVector(layout: layout)
     }
 
@@ -54,9 +52,6 @@ public final class DirectionCorrection {
         return corrected
     }
 
-    /// Records a step the server applied: d <- beta d + (1 - beta) scale g, over `ranges` (nil: all).
-    public func record(_ g: ParameterVector, scale: Float, over ranges: [Range<Int>]? = nil) {
-        let d = direction.pointer, p = g.pointer, b = decay, k = (1 - decay) * scale
-        parallelFor(ranges: ranges ?? [0..<direction.count]) { r in for i in r { d[i] = b * d[i] + k * p[i] } }
-    }
+    /// Records a step the server applied (`RecentDirection.record`).
+    public func record(_ g: ParameterVector, scale: Float, over ranges: [Range<Int>]? = nil) { recent.record(g, scale: scale, over: ranges) }
 }

@@ -18,15 +18,13 @@ import FedLMTensor
 /// update can point against the mean of the others': use it where members are not trusted and
 /// their data are alike.
 public final class UpdateTrust {
-    /// beta: how slowly the direction forgets older steps.
-    public let decay: Float
+    /// d and its decay.
+    public let recent: RecentDirection
     /// d, laid out like the model; saved in checkpoints.
-    public let direction: ParameterVector
+    public var direction: ParameterVector { recent.vector }
 
     public init(decay: Float, layout: ParameterLayout) {
-        precondition(decay >= 0 && decay < 1, "trust decay must be in [0, 1)")
-        self.decay = decay
-        direction = ParameterVector(layout: layout)
+        recent = RecentDirection(decay: decay, layout: layout)
     }
 
     /// The cosine of `delta` with d over `ranges` (the tensors the update carries); nil while d is zero there.
@@ -50,9 +48,6 @@ public final class UpdateTrust {
         return c < 0 ? 0 : 1
     }
 
-    /// Records a step the server applied: d <- beta d + (1 - beta) scale g, over `ranges` (nil: all).
-    public func record(_ g: ParameterVector, scale: Float, over ranges: [Range<Int>]? = nil) {
-        let d = direction.pointer, p = g.pointer, b = decay, k = (1 - decay) * scale
-        parallelFor(ranges: ranges ?? [0..<direction.count]) { r in for i in r { d[i] = b * d[i] + k * p[i] } }
-    }
+    /// Records a step the server applied (`RecentDirection.record`).
+    public func record(_ g: ParameterVector, scale: Float, over ranges: [Range<Int>]? = nil) { recent.record(g, scale: scale, over: ranges) }
 }
