@@ -81,6 +81,12 @@ extension AggregationConfig {
         case "inverse_sqrt": c.staleness = .inverseSquareRoot
         case let other: throw a.fail("'aggregation.staleness' is '\(other)', not constant, polynomial, hinge or inverse_sqrt")
         }
+        /// The decay of a moving average of the server's steps (`RecentDirection`): in [0, 1), default 0.9.
+        func decay(_ key: String) throws -> Double {
+            let value = try a.double(key) ?? 0.9
+            guard value >= 0, value < 1 else { throw a.fail("'aggregation.\(key)' must be in [0, 1)") }
+            return value
+        }
         switch try a.string("staleness_correction") ?? "none" {
         case "none":
             if try a.double("direction_decay") != nil { throw a.fail("'aggregation.direction_decay' needs staleness_correction = \"direction\"") }
@@ -88,9 +94,7 @@ extension AggregationConfig {
             guard c.mode == .fedbuff, c.combination == .mean else {
                 throw a.fail("'aggregation.staleness_correction' = \"direction\" applies to mode = \"fedbuff\" with combination = \"mean\"")
             }
-            let decay = try a.double("direction_decay") ?? 0.9
-            guard decay >= 0, decay < 1 else { throw a.fail("'aggregation.direction_decay' must be in [0, 1)") }
-            c.directionDecay = decay
+            c.directionDecay = try decay("direction_decay")
         case let other: throw a.fail("'aggregation.staleness_correction' is '\(other)', not none or direction")
         }
         if let w = try a.int("fair_share_window") {
@@ -105,9 +109,7 @@ extension AggregationConfig {
             guard c.mode != .fedasync, c.combination == .mean else {
                 throw a.fail("'aggregation.trust' = \"direction\" applies to mode = \"fedbuff\" or \"sync\" with combination = \"mean\"")
             }
-            let decay = try a.double("trust_decay") ?? 0.9
-            guard decay >= 0, decay < 1 else { throw a.fail("'aggregation.trust_decay' must be in [0, 1)") }
-            c.trustDecay = decay
+            c.trustDecay = try decay("trust_decay")
         case let other: throw a.fail("'aggregation.trust' is '\(other)', not none or direction")
         }
         c.serverOptimizer = try ServerOptimizerKind.parse(a, default: .nesterov(learningRate: 0.7, momentum: 0.9)) ?? c.serverOptimizer
