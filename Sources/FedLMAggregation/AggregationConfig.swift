@@ -12,6 +12,11 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
     public var mixing = 0.5
     public var staleness: StalenessWeight = .inverseSquareRoot
     public var maxStaleness = 8
+    /// FedBuff: what staleness counts. `tensor`: for each tensor, the server's steps since the
+    /// update's base that changed it (`TensorStaleness`; the same as `model` unless partial
+    /// updates step only some tensors). `model`: versions since the base, for every tensor.
+    public enum StalenessScope: String, Sendable, Codable, CaseIterable { case tensor, model }
+    public var stalenessScope: StalenessScope = .tensor
     public var serverOptimizer: ServerOptimizerKind = .nesterov(learningRate: 0.7, momentum: 0.9)
     /// Sync: trainers per round (fewer while fewer are alive).
     public var participants = 2
@@ -65,7 +70,8 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
         case .fedbuff:
             return FedBuff(bufferSize: bufferSize, weight: staleness, maxStaleness: maxStaleness, optimizer: serverOptimizer, layout: layout,
                            combination: combination, maxNorm: normPolicy == .clip ? maxUpdateNorm : nil, privacy: privacy,
-                           directionDecay: directionDecay, fairShareWindow: fairShareWindow, trustDecay: trustDecay)
+                           directionDecay: directionDecay, fairShareWindow: fairShareWindow, trustDecay: trustDecay,
+                           stalenessPerTensor: stalenessScope == .tensor)
         case .sync: return SynchronousFedAvg(participants: participants, optimizer: serverOptimizer, layout: layout, combination: combination,
                                              trustDecay: trustDecay)
         }

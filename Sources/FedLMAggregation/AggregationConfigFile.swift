@@ -7,7 +7,7 @@ extension AggregationConfig {
     public static func parse(_ a: TOMLReader) throws -> (config: AggregationConfig, evaluateEvery: Int?) {
         var evaluateEvery: Int?
         try a.allowOnly(["mode", "buffer_size", "mixing", "staleness", "staleness_exponent", "hinge_slope", "hinge_cutoff",
-                      "max_staleness", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
+                      "max_staleness", "staleness_scope", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
                       "participants", "checkpoint_every", "keep_checkpoints", "keep_best", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
                       "trainer_timeout", "combination", "trim_fraction", "max_update_norm", "norm_policy", "dp_clip", "dp_noise_multiplier",
                       "dp_delta", "staleness_correction", "direction_decay", "fair_share_window", "trust", "trust_decay"])
@@ -80,6 +80,12 @@ extension AggregationConfig {
         case "hinge": c.staleness = .hinge(slope: try a.double("hinge_slope") ?? 0.5, cutoff: try a.int("hinge_cutoff") ?? 2)
         case "inverse_sqrt": c.staleness = .inverseSquareRoot
         case let other: throw a.fail("'aggregation.staleness' is '\(other)', not constant, polynomial, hinge or inverse_sqrt")
+        }
+        if let scope = try a.string("staleness_scope") {
+            guard let v = AggregationConfig.StalenessScope(rawValue: scope) else {
+                throw a.fail("'aggregation.staleness_scope' is '\(scope)', not tensor or model")
+            }
+            c.stalenessScope = v
         }
         /// The decay of a moving average of the server's steps (`RecentDirection`): in [0, 1), default 0.9.
         func decay(_ key: String) throws -> Double {

@@ -6,8 +6,9 @@ import FedLMTensor
 /// With a robust combination the K scaled updates are kept apart and combined per coordinate by
 /// median or trimmed mean instead; with `maxNorm`, each update is first clipped to that norm.
 /// Partial updates are merged tensor by tensor: a tensor's mean is over the k_t <= K buffered
-/// updates that carry it, g_t = (1/k_t) sum_(i carries t) s(tau_i) delta_i,t, and a tensor no
-/// buffered update carries is not stepped at all.
+/// updates that carry it, g_t = (1/k_t) sum_(i carries t) s(tau_i,t) delta_i,t, and a tensor no
+/// buffered update carries is not stepped at all. With `stalenessPerTensor`, tau_i,t counts only
+/// the steps since update i's base that changed tensor t (`TensorStaleness`); else tau_i,t = tau_i.
 public final class FedBuff: AggregationStrategy {
     public let bufferSize: Int
     public let weight: StalenessWeight
@@ -38,6 +39,8 @@ public final class FedBuff: AggregationStrategy {
     /// For each slot, the tensors its update carries (nil: all).
     private var slotCarried: [TensorSubset?]
     public private(set) var buffered = 0
+    /// Which tensors the recent steps changed (nil: staleness counted per model).
+    public private(set) var tensorStaleness: TensorStaleness?
     public var name: String { "fedbuff" }
 
     public var stateVectors: [(name: String, vector: ParameterVector)] {
@@ -50,6 +53,7 @@ public final class FedBuff: AggregationStrategy {
         var scalars = ["buffered": Double(buffered), "optimizer.steps": Double(optimizer.steps), "aggregates": Double(aggregates),
                        "noise.seed.high": Double(noiseSeed >> 32), "noise.seed.low": Double(noiseSeed & 0xFFFF_FFFF)]
         if let fairShare { scalars.merge(fairShare.scalars) { a, _ in a } }
+        if let tensorStaleness { scalars.merge(tensorStaleness.scalars(prefix: "steps.")) { a, _ in a } }
         // Partial updates in the buffer: the counts that differ from `buffered`, and which
         // tensors each slot's update left out.
         for (i, k) in carriedCounts.enumerated() where combination == .mean && k != buffered { scalars["carried.\(i)"] = Double(k) }
@@ -65,6 +69,7 @@ public final class FedBuff: AggregationStrategy {
         aggregates = Int(scalars["aggregates"] ?? 0)
         if let high = scalars["noise.seed.high"], let low = scalars["noise.seed.low"] { noiseSeed = UInt64(high) << 32 | UInt64(low) }
         fairShare?.restore(scalars)
+        tensorStaleness?.restore(scalars, prefix: "steps.", entries: buffer.layout.entries.count)
         carriedCounts = carriedCounts.indices.map { Int(scalars["carried.\($0)"] ?? Double(buffered)) }
         let entries = buffer.layout.entries.indices
         slotCarried = slotCarried.indices.map { j in
@@ -75,7 +80,9 @@ public final class FedBuff: AggregationStrategy {
 
     public init(bufferSize: Int, weight: StalenessWeight = .inverseSquareRoot, maxStaleness: Int = 16,
                 optimizer: ServerOptimizerKind, layout: ParameterLayout, combination: RobustCombination = .mean, maxNorm: Double? = nil,
-                privacy: DifferentialPrivacy? = nil, directionDecay: Double? = nil, fairShareWindow: Int? = nil, trustDecay: Double? = nil) {
+                privacy: DifferentialPrivacy? = nil, directionDecay: Double? = nil, fairShareWindow: Int? = nil, trustDecay: Double? = nil,
+                stalenessPerTensor: Bool = false) {
+        self.tensorStaleness = stalenessPerTensor ? TensorStaleness(window: maxStaleness) : nil
         precondition(trustDecay == nil || combination == .mean, "trust weights the mean of the buffer")
         self.trust = trustDecay.map { UpdateTrust(decay: Float($0), layout: layout) }
         precondition(privacy == nil || combination == .mean, "differential privacy adds noise to the mean of the buffer")
@@ -108,28 +115,35 @@ public final class FedBuff: AggregationStrategy {
             let norm = Double(GradientClipping.norm(delta))
             if norm > bound { s *= Float(bound / norm) }
         }
+        let perTensor = tensorFactors(staleness: c.staleness)
         if combination != .mean {
             let slot = slots[buffered].pointer, d = delta.pointer
-            parallelFor(buffer.count, granularity: 4096) { r in for i in r { slot[i] = s * d[i] } }
+            if let perTensor {
+                for (e, f) in zip(buffer.layout.entries, perTensor) { parallelFor(ranges: [e.range]) { r in for i in r { slot[i] = s * f * d[i] } } }
+            } else {
+                parallelFor(buffer.count, granularity: 4096) { r in for i in r { slot[i] = s * d[i] } }
+            }
             slotCarried[buffered] = c.carried
             buffered += 1
             guard buffered == bufferSize else { return .buffered(count: buffered, needed: bufferSize) }
             let stepped = steppedRanges(slotCarried)
+            recordStep(unchanged: unchangedEntries(slotCarried))
             combineSlots()
             optimizer.apply(buffer, scale: 1, to: model, over: stepped)
             buffer.zero()
             buffered = 0
             return .applied
         }
-        if bufferSize == 1, privacy == nil {
+        if bufferSize == 1, privacy == nil, perTensor == nil {
             // Nothing to buffer: step with s * delta directly (one pass instead of three).
             optimizer.apply(delta, scale: s, to: model, over: c.carried.map { _ in c.ranges })
             correction?.record(delta, scale: s, over: c.carried.map { _ in c.ranges })
             trust?.record(delta, scale: s, over: c.carried.map { _ in c.ranges })
+            recordStep(unchanged: unchangedEntries([c.carried]))
             return .applied
         }
         let b = buffer.pointer, d = delta.pointer
-        parallelFor(ranges: c.ranges) { r in for i in r { b[i] += s * d[i] } }
+        forEachCarried(c, factors: perTensor) { r, f in for i in r { b[i] += s * f * d[i] } }
         for i in carriedCounts.indices where c.carries(entry: i) { carriedCounts[i] += 1 }
         buffered += 1
         guard buffered == bufferSize else { return .buffered(count: buffered, needed: bufferSize) }
@@ -147,6 +161,7 @@ public final class FedBuff: AggregationStrategy {
         }
         aggregates += 1
         let partial = carriedCounts.contains { $0 != bufferSize }
+        recordStep(unchanged: carriedCounts.indices.filter { carriedCounts[$0] == 0 })
         if partial { scaleToCarriedMeans() }
         optimizer.apply(buffer, scale: 1 / Float(bufferSize), to: model,
                         over: partial ? carriedRanges() : nil)
@@ -172,7 +187,15 @@ public final class FedBuff: AggregationStrategy {
     public func fold(_ values: UnsafeBufferPointer<Float>, at offset: Int, staleness: Int, sign: Float = 1) {
         precondition(foldsWhileStreaming, "folding needs the mean of K > 1 updates without clipping or noise")
         let s = sign * Float(weight.weight(staleness: staleness)), b = buffer.pointer + offset, d = values.baseAddress!
-        parallelFor(values.count, granularity: 16384) { r in for i in r { b[i] += s * d[i] } }
+        guard let factors = tensorFactors(staleness: staleness) else {
+            return parallelFor(values.count, granularity: 16384) { r in for i in r { b[i] += s * d[i] } }
+        }
+        // Each tensor the piece overlaps, with its own factor (r relative to `offset`).
+        let piece = offset..<(offset + values.count)
+        for (e, f) in zip(buffer.layout.entries, factors) where e.range.overlaps(piece) {
+            let part = e.range.clamped(to: piece)
+            parallelFor(ranges: [(part.lowerBound - offset)..<(part.upperBound - offset)]) { r in for i in r { b[i] += s * f * d[i] } }
+        }
     }
 
     /// Why an update of `staleness` would be refused, if it would (checked before and after folding).
@@ -202,6 +225,38 @@ public final class FedBuff: AggregationStrategy {
             parallelFor(ranges: [e.range]) { r in for i in r { b[i] *= factor } }
         }
     }
+
+    // MARK: Staleness per tensor
+
+    /// s(τ_t) / s(τ) for each tensor (`TensorStaleness`), or nil where every tensor's staleness
+    /// is the version staleness τ (per-model staleness, or no recent step left a tensor unchanged).
+    private func tensorFactors(staleness: Int) -> [Float]? {
+        guard let tensorStaleness, !tensorStaleness.isUniform, staleness > 0 else { return nil }
+        let whole = weight.weight(staleness: staleness)
+        guard whole > 0 else { return nil }
+        return tensorStaleness.staleness(entries: buffer.layout.entries.count, versionStaleness: staleness)
+            .map { Float(weight.weight(staleness: $0) / whole) }
+    }
+
+    /// Runs `body` over the ranges of the tensors `c` carries, each with its factor (1 without).
+    private func forEachCarried(_ c: Contribution, factors: [Float]?, _ body: (Range<Int>, Float) -> Void) {
+        guard let factors else { return parallelFor(ranges: c.ranges) { body($0, 1) } }
+        for (i, e) in buffer.layout.entries.enumerated() where c.carries(entry: i) {
+            parallelFor(ranges: [e.range]) { body($0, factors[i]) }
+        }
+    }
+
+    /// The entries none of `carried` carries (a nil in it: a whole update, which carries all).
+    private func unchangedEntries(_ carried: [TensorSubset?]) -> [Int] {
+        guard !carried.contains(where: { $0 == nil }) else { return [] }
+        return buffer.layout.entries.indices.filter { i in !carried.contains { $0!.modelIndices.contains(i) } }
+    }
+
+    private func recordStep(unchanged: [Int]) { tensorStaleness?.record(unchanged: unchanged) }
+
+    /// A new version that no step of this strategy made (a release adopted from above): every
+    /// tensor changed.
+    public func recordOutsideStep() { tensorStaleness?.record() }
 
     /// The tensors at least one buffered update carried.
     private func carriedRanges() -> [Range<Int>] {

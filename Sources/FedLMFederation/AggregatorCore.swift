@@ -337,6 +337,7 @@ public final class AggregatorCore {
     public func adopt(from above: Int, _ move: (UnsafeMutablePointer<Float>) -> Void) throws {
         withoutActiveFold {
             move(model.parameters.pointer)
+            (strategy as? FedBuff)?.recordOutsideStep()
             version += 1
         }
         try ledger.recordMetric("adopted_from_above", Double(above), version: version)

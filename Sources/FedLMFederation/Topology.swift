@@ -26,6 +26,7 @@ import TOMLKit
 ///     hinge_slope = 0.5                     # hinge
 ///     hinge_cutoff = 2                      # hinge
 ///     max_staleness = 8
+///     staleness_scope = "tensor"            # fedbuff: tensor (steps that changed each tensor) | model (versions)
 ///     server_optimizer = "nesterov"         # sgd | nesterov | adam | delayed_nesterov
 ///     server_learning_rate = 0.7
 ///     server_momentum = 0.9

@@ -101,4 +101,84 @@ final class PartialUpdateTests: XCTestCase {
         }
         assertSplit(model, inTop: 1, elsewhere: 1)
     }
+
+    // MARK: Staleness per tensor
+
+    func testAWholeUpdateIsStaleOnlyInTheTensorsThatStepsSinceItsBaseChanged() {
+        let model = vector(1)
+        let s = FedBuff(bufferSize: 1, weight: .inverseSquareRoot, optimizer: .sgd(learningRate: 1), layout: layout, stalenessPerTensor: true)
+        // Three steps of partial updates move the top tensors only: 1 - 3 * 0.1 = 0.7 there.
+        for _ in 0..<3 { XCTAssertEqual(s.receive(Contribution(delta: vector(0.1, only: top), carried: top, staleness: 0), model: model), .applied) }
+        assertSplit(model, inTop: 0.7, elsewhere: 1)
+        // A whole update based three versions back: top tensors 3 steps stale (1/sqrt(4) = 0.5),
+        // the rest none (weight 1).
+        XCTAssertEqual(s.receive(Contribution(delta: vector(0.2), staleness: 3), model: model), .applied)
+        assertSplit(model, inTop: 0.7 - 0.5 * 0.2, elsewhere: 1 - 0.2)
+        // Counted per model, the same update would weigh 0.5 everywhere.
+        let perModel = FedBuff(bufferSize: 1, weight: .inverseSquareRoot, optimizer: .sgd(learningRate: 1), layout: layout)
+        let other = vector(1)
+        for _ in 0..<3 { _ = perModel.receive(Contribution(delta: vector(0.1, only: top), carried: top, staleness: 0), model: other) }
+        _ = perModel.receive(Contribution(delta: vector(0.2), staleness: 3), model: other)
+        assertSplit(other, inTop: 0.6, elsewhere: 0.9)
+    }
+
+    func testStepsOfWholeUpdatesCountForEveryTensorAsBefore() {
+        let a = vector(1), b = vector(1)
+        let perTensor = FedBuff(bufferSize: 2, weight: .inverseSquareRoot, optimizer: .sgd(learningRate: 1), layout: layout, stalenessPerTensor: true)
+        let perModel = FedBuff(bufferSize: 2, weight: .inverseSquareRoot, optimizer: .sgd(learningRate: 1), layout: layout)
+        for (k, staleness) in [0, 0, 1, 2, 1, 3].enumerated() {
+            let delta = vector(Float(k + 1) * 0.01)
+            XCTAssertEqual(perTensor.receive(Contribution(delta: delta, staleness: staleness), model: a),
+                           perModel.receive(Contribution(delta: delta, staleness: staleness), model: b))
+        }
+        for i in 0..<a.count { XCTAssertEqual(a.pointer[i], b.pointer[i], "coordinate \(i)") }
+    }
+
+    func testTheRecordOfStepsSurvivesACheckpoint() {
+        let model = vector(1)
+        let s = FedBuff(bufferSize: 1, weight: .inverseSquareRoot, optimizer: .sgd(learningRate: 1), layout: layout, stalenessPerTensor: true)
+        _ = s.receive(Contribution(delta: vector(0.1), staleness: 0), model: model)
+        for _ in 0..<2 { _ = s.receive(Contribution(delta: vector(0.1, only: top), carried: top, staleness: 0), model: model) }
+        let restored = FedBuff(bufferSize: 1, weight: .inverseSquareRoot, optimizer: .sgd(learningRate: 1), layout: layout, stalenessPerTensor: true)
+        restored.restore(scalars: s.stateScalars)
+        XCTAssertEqual(restored.tensorStaleness, s.tensorStaleness)
+        // Based three versions back: top 3 steps stale (0.5), the rest 1 step (1/sqrt(2)).
+        _ = restored.receive(Contribution(delta: vector(0.2), staleness: 3), model: model)
+        assertSplit(model, inTop: 0.9 - 0.2 - 0.5 * 0.2, elsewhere: 0.9 - Float(0.2 / 2.0.squareRoot()))
+    }
+
+    func testARecordedStepFromElsewhereMovesEveryTensor() {
+        var history = TensorStaleness(window: 3)
+        history.record(unchanged: [4, 1])
+        XCTAssertEqual(history.staleness(of: 1, versionStaleness: 1), 0)
+        history.record()
+        XCTAssertEqual(history.staleness(of: 1, versionStaleness: 1), 1)
+        XCTAssertEqual(history.staleness(of: 1, versionStaleness: 2), 1)
+        XCTAssertEqual(history.staleness(of: 2, versionStaleness: 2), 2)
+        // Older than the window: counted as moving everything.
+        history.record(unchanged: [1])
+        history.record(unchanged: [1])
+        XCTAssertEqual(history.staleness(of: 1, versionStaleness: 5), 3)
+        XCTAssertFalse(history.isUniform)
+    }
+
+    func testAFoldedWholeUpdateIsWeightedTensorByTensorAsAReceivedOne() {
+        let folded = vector(1), received = vector(1)
+        let a = FedBuff(bufferSize: 2, weight: .inverseSquareRoot, optimizer: .sgd(learningRate: 1), layout: layout, stalenessPerTensor: true)
+        let b = FedBuff(bufferSize: 2, weight: .inverseSquareRoot, optimizer: .sgd(learningRate: 1), layout: layout, stalenessPerTensor: true)
+        for s in [a, b] {
+            let m = s === a ? folded : received
+            for _ in 0..<2 { _ = s.receive(Contribution(delta: vector(0.1, only: top), carried: top, staleness: 0), model: m) }
+        }
+        let delta = vector(0.3)
+        // Folded in three pieces that cut across tensors, then completed.
+        let cuts = [0, 5, 17, delta.count]
+        for (lo, hi) in zip(cuts, cuts.dropFirst()) {
+            a.fold(UnsafeBufferPointer(start: delta.pointer + lo, count: hi - lo), at: lo, staleness: 1)
+        }
+        XCTAssertEqual(a.completeFolded(model: folded), .buffered(count: 1, needed: 2))
+        XCTAssertEqual(b.receive(Contribution(delta: delta, staleness: 1), model: received), .buffered(count: 1, needed: 2))
+        for (s, m) in [(a, folded), (b, received)] { XCTAssertEqual(s.receive(Contribution(delta: vector(0.1), staleness: 0), model: m), .applied) }
+        for i in 0..<folded.count { XCTAssertEqual(folded.pointer[i], received.pointer[i], accuracy: 1e-7, "coordinate \(i)") }
+    }
 }
