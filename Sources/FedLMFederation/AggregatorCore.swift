@@ -174,7 +174,7 @@ public final class AggregatorCore {
             if f.cluster == nil, let held = f.holds, publishedModel()?.steps(from: held) != nil {
                 return [.sendReleaseSteps(to: peer, from: held)]
             }
-            return [.sendRelease(to: peer, cluster: f.cluster)]
+            return [.sendRelease(to: peer, cluster: f.cluster, window: f.window, resume: f.resume)]
         case .update(let info, let payload):
             return [.reply(to: peer, try handleUpdate(info, payload, now: now))]
         case .heartbeat:

@@ -120,16 +120,16 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
         return release
     }
 
-    /// Sends the current release of `cluster` to one peer, streamed.
-    func sendRelease(_ cluster: String?, to peer: [UInt8], on dealer: ZMQSocket) throws {
+    /// Sends the current release of `cluster` to one peer, streamed: all of it, or one window.
+    func sendRelease(_ cluster: String?, to peer: [UInt8], on dealer: ZMQSocket, window: ReleaseWindow? = nil) throws {
         if cluster == nil, releasesLive {
             let release = liveRelease()
-            try release.send(on: dealer, prefix: [peer])
-            core.metrics.sent(bytes: release.byteCount)
+            let chunks = window?.chunks(head: release.head[2], count: release.chunks.count) ?? release.chunks.indices
+            core.metrics.sent(bytes: try release.send(on: dealer, prefix: [peer], chunks: chunks))
         } else {
             let frames = releaseFrames(cluster: cluster)
-            try dealer.sendStreamed(frames, prefix: [peer])
-            core.metrics.sent(bytes: frames.byteCount)
+            let chunks = window?.chunks(head: frames.arrays(prefix: 3)[2], count: frames.count - 3) ?? 0..<(frames.count - 3)
+            core.metrics.sent(bytes: try dealer.sendStreamed(frames, prefix: [peer], chunks: chunks))
         }
     }
 
@@ -397,7 +397,8 @@ extension AggregatorService {
                 replied(to, reply)
                 try sendReply(reply, to: Array(to.utf8), on: dealer)
             // Release frames are encoded once per version (shared with the publication) and streamed.
-            case .sendRelease(let to, let cluster): try sendRelease(cluster, to: Array(to.utf8), on: dealer)
+            case .sendRelease(let to, let cluster, let window, let resume):
+                try sendRelease(cluster, to: Array(to.utf8), on: dealer, window: window.map { ReleaseWindow(size: $0, resume: resume) })
             case .sendReleaseSteps(let to, let held):
                 for frames in stepFrames(from: held) {
                     try dealer.sendStreamed(frames, prefix: [Array(to.utf8)])

@@ -92,7 +92,7 @@ public final class ConformanceRun {
                 case .reply(_, let reply):
                     script.answered(reply)
                     try router.sendStreamed(codec.encode(reply), prefix: to)
-                case .sendRelease(_, let cluster):
+                case .sendRelease(_, let cluster, _, _):
                     try router.sendStreamed(codec.encode(core.release(cluster: cluster)), prefix: to)
                     script.releaseSent(now: Date().timeIntervalSince1970)
                 case .sendReleaseSteps(_, let held):

@@ -28,12 +28,17 @@ struct LiveRelease {
     /// Bytes of one release sent.
     var byteCount: Int { head.reduce(0) { $0 + $1.count } + chunks.reduce(0) { $0 + $1.count } }
 
-    /// The streamed form (`MessageStream`): the head, then one message per chunk.
-    func send(on socket: ZMQSocket, prefix: [[UInt8]]) throws {
+    /// The streamed form (`MessageStream`): the head, then one message per chunk of `range` (nil:
+    /// all). Returns the bytes sent.
+    @discardableResult
+    func send(on socket: ZMQSocket, prefix: [[UInt8]], chunks range: Range<Int>? = nil) throws -> Int {
         try socket.send(prefix + head)
-        for (i, chunk) in chunks.enumerated() {
-            try socket.send(prefix + MessageStream.chunkPrefix(index: i, count: chunks.count), copying: [chunk])
+        var bytes = head.reduce(0) { $0 + $1.count }
+        for i in range ?? chunks.indices {
+            try socket.send(prefix + MessageStream.chunkPrefix(index: i, count: chunks.count), copying: [chunks[i]])
+            bytes += chunks[i].count
         }
+        return bytes
     }
 
     /// One message under `topic` (subscribers' form).

@@ -9,14 +9,24 @@ extension ZMQSocket {
         for message in MessageStream.split(frames) { try send(prefix + message) }
     }
 
-    /// Streams an encoded tensor message held in `shared` without copying its chunks.
-    public func sendStreamed(_ shared: SharedFrames, prefix: [[UInt8]] = []) throws {
-        guard shared.count > 3 else { try send(prefix + shared.arrays(prefix: shared.count)); return }
-        try send(prefix + shared.arrays(prefix: 3))
-        let count = shared.count - 3
-        for i in 0..<count {
-            try send(prefix + MessageStream.chunkPrefix(index: i, count: count), shared: shared, range: (3 + i)..<(4 + i))
+    /// Streams an encoded tensor message held in `shared` without copying its chunks: its head
+    /// and the chunks of `range` (nil: all). Returns the bytes sent.
+    @discardableResult
+    public func sendStreamed(_ shared: SharedFrames, prefix: [[UInt8]] = [], chunks range: Range<Int>? = nil) throws -> Int {
+        guard shared.count > 3 else {
+            let frames = shared.arrays(prefix: shared.count)
+            try send(prefix + frames)
+            return frames.reduce(0) { $0 + $1.count }
         }
+        let head = shared.arrays(prefix: 3)
+        try send(prefix + head)
+        var bytes = head.reduce(0) { $0 + $1.count }
+        let count = shared.count - 3
+        for i in range ?? 0..<count {
+            try send(prefix + MessageStream.chunkPrefix(index: i, count: count), shared: shared, range: (3 + i)..<(4 + i))
+            bytes += shared[3 + i].count
+        }
+        return bytes
     }
 
     /// Publishes an encoded message held in `shared` as one message under `topic`, without
@@ -36,5 +46,21 @@ extension SharedFrames {
         case (let head, .chunks(let chunks)?): self.init(head + chunks)
         case (let head, nil): self.init(head)
         }
+    }
+}
+
+/// One window of a release stream (a windowed FETCH): the stream's head, then at most `size`
+/// chunks, from where `resume` says while it names that head, else from the first. The head
+/// goes with every window: it is the answer the broker counts (`BrokerGate.answered`), and a
+/// receiver holding the same head continues its transfer.
+struct ReleaseWindow: Equatable {
+    let size: Int
+    let resume: ResumePoint?
+
+    /// The chunks to send of a stream with this header frame and chunk count.
+    func chunks(head header: [UInt8], count: Int) -> Range<Int> {
+        let continues = resume.map { $0.head == WireCodec.headDigest(header) } ?? false
+        let start = continues ? min(max(resume!.next, 0), count) : 0
+        return start..<min(count, start + size)
     }
 }

@@ -99,6 +99,8 @@ import TOMLKit
 ///     step_bits = 4
 ///     overlap = true                        # trainers start their next round while their update uploads
 ///     overlap_own = 1.0                     #   merge rule: a fresh release minus this share of the trainer's own latest update
+///     fetch_window = 64                     # trainers fetch releases this many chunks (1 MiB each) at a time, resuming
+///                                           #   after a loss (default 64; 0: the whole release at once)
 ///
 ///     [monitoring]                          # optional: metrics and the dashboard over HTTP (default: off)
 ///     aggregator = "127.0.0.1:9464"         #   /metrics (Prometheus), / (live dashboard), /api/status (JSON)
@@ -219,6 +221,8 @@ public struct Topology: Sendable {
     public var overlap = false
     /// λ of overlap's merge rule (`TrainerOptions.overlapOwnWeight`).
     public var overlapOwnWeight = 1.0
+    /// Chunks per window of a trainer's release fetch (`TrainerOptions.fetchWindow`; nil: whole).
+    public var fetchWindow: Int? = TrainerOptions.defaultFetchWindow
     /// `[[region]]`: the regional federations below this level, each a topology of its own
     /// with `upstream` set (empty in a region).
     public var regions: [Topology] = []

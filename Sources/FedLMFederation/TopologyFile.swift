@@ -149,7 +149,8 @@ extension Topology {
 
     /// `[wire]`: encodings of updates and releases, overlap.
     static func parseWire(_ w: TOMLReader, into t: inout Topology) throws {
-        try w.allowOnly(["updates", "releases", "density", "bits", "overlap", "release_steps", "step_density", "step_bits", "overlap_own"])
+        try w.allowOnly(["updates", "releases", "density", "bits", "overlap", "release_steps", "step_density", "step_bits", "overlap_own",
+                        "fetch_window"])
         func encoding(_ key: String, allowed: [TensorEncoding]) throws -> TensorEncoding {
             guard let name = try w.string(key) else { return .f32 }
             guard let e = TensorEncoding(configName: name), allowed.contains(e) else {
@@ -165,6 +166,10 @@ extension Topology {
         if let own = try w.double("overlap_own") {
             guard (0...1).contains(own) else { throw w.fail("'wire.overlap_own' is \(own), not between 0 and 1") }
             t.overlapOwnWeight = own
+        }
+        if let window = try w.int("fetch_window") {
+            guard window >= 0 else { throw w.fail("'wire.fetch_window' is \(window), not a chunk count (0: whole releases)") }
+            t.fetchWindow = window == 0 ? nil : window
         }
         if w.has("release_steps") {
             let steps = Compression(try encoding("release_steps", allowed: [.f16, .bf16, .int8, .topk]),

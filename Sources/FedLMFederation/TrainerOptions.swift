@@ -54,6 +54,14 @@ public struct TrainerOptions: Sendable {
     /// The aggregator sends releases as steps from the version the trainer holds: say which in
     /// every FETCH.
     public var asksForReleaseSteps = false
+    /// Fetch releases this many chunks at a time (`Fetch.window`): the next window is asked for
+    /// while the current one arrives, and a stream that stalls or loses a chunk resumes from the
+    /// first chunk missing, so a release of any size arrives through bounded socket queues.
+    /// nil: the whole release in one answer.
+    public var fetchWindow: Int? = defaultFetchWindow
+    /// 64 chunks (64 MiB at the default chunk size): two windows in flight stay well under the
+    /// broker's and the trainer's socket queues (1,000 messages each).
+    public static let defaultFetchWindow: Int? = 64
     /// Start the next round while the update uploads (see `TrainerCore`'s overlap rule).
     public var overlap = false
     /// λ in overlap's merge rule S = R − λ·Δ_own: how much of its own latest update a trainer
@@ -152,6 +160,7 @@ extension TrainerOptions {
         ackTimeout = up.ackTimeout
         silenceWarning = t.supervision.trainerSilence
         compression = t.updateCompression
+        fetchWindow = t.fetchWindow
     }
 
     /// What every trainer of a level shares: how updates travel and whether rounds overlap.
@@ -160,5 +169,6 @@ extension TrainerOptions {
         overlap = t.overlap
         overlapOwnWeight = t.overlapOwnWeight
         asksForReleaseSteps = t.releaseSteps != nil
+        fetchWindow = t.fetchWindow
     }
 }

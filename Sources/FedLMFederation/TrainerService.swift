@@ -71,6 +71,8 @@ private final class TrainerSession {
     let local: any RoundWork
     var core: TrainerCore
     var assembler: StreamAssembler
+    /// Release fetches in windows (nil: whole releases).
+    var windows: WindowedFetch?
     var silence: SilenceWatch
     /// The request `resend` sends again; the trained updates not yet settled, by id; and the
     /// one kept on disk (the update in flight).
@@ -79,6 +81,8 @@ private final class TrainerSession {
     var persisted: String?
     /// Bytes sent and received (every frame, resends included), for the bytes per token.
     var bytesSent = 0, bytesReceived = 0
+    /// The assembler's gap count when the stream was last looked at.
+    var gapsSeen = 0
     var joiningBytes: Int?
 
     init(service: TrainerService) throws {
@@ -89,6 +93,8 @@ private final class TrainerSession {
         local = try service.makeWork(options)
         core = TrainerCore(options: options, tokensPerStep: local.tokensPerStep)
         assembler = StreamAssembler(codec: codec)
+        windows = options.fetchWindow.map { WindowedFetch(window: $0) }
+        assembler.resumesReleases = windows != nil
         silence = SilenceWatch(warnAfter: options.silenceWarning, now: Self.now)
         socket = try ZMQSocket(context, .dealer)
         try socket.setRoutingID(Array(options.id.utf8))
@@ -133,6 +139,7 @@ private final class TrainerSession {
             bytesReceived += reply.frames.reduce(0) { $0 + $1.count }
             guard let message else {
                 core.streaming(now: Self.now)
+                try askForMoreOfTheRelease()
                 continue
             }
             try perform(core.received(message, now: Self.now))
@@ -160,13 +167,20 @@ private final class TrainerSession {
 
     private func perform(_ action: TrainerCore.Action) throws -> [TrainerCore.Action] {
         switch action {
+        case .send(.fetch(let fetch)) where windows != nil:
+            try send(SharedFrames(.fetch(windows!.outgoing(fetch)), codec: codec))
         case .send(let message):
             try send(SharedFrames(message, codec: codec))
         case .sendAfter(let seconds, let message):
             Thread.sleep(forTimeInterval: seconds)
             try send(SharedFrames(message, codec: codec))
         case .resend:
-            if let lastRequest { try transmit(lastRequest) }
+            if let p = assembler.releaseProgress, let more = windows?.stalled(head: p.head, received: p.received, count: p.count) {
+                logger.info("\(options.id): the release stream stalled at chunk \(p.received) of \(p.count); resuming from there")
+                try transmit(SharedFrames(.fetch(more), codec: codec))
+            } else if let lastRequest {
+                try transmit(lastRequest)
+            }
         case .sendUpdate(let id):
             guard let frames = updates[id] else { break }
             if persisted != id {
@@ -196,6 +210,19 @@ private final class TrainerSession {
         lastRequest = frames
         silence.waiting(since: Self.now)
         try transmit(frames)
+    }
+
+    /// Windowed fetches: asks for the release stream's next window when half of the last is in,
+    /// or again from the first chunk missing after a gap.
+    private func askForMoreOfTheRelease() throws {
+        guard windows != nil, let p = assembler.releaseProgress else { return }
+        let gaps = assembler.gaps
+        defer { gapsSeen = gaps }
+        let gap = gaps > gapsSeen
+        if let more = windows!.progress(head: p.head, received: p.received, count: p.count, gap: gap) {
+            if gap { logger.info("\(options.id): release chunk \(p.received) of \(p.count) lost; asking again from there") }
+            try transmit(SharedFrames(.fetch(more), codec: codec))
+        }
     }
 
     private func transmit(_ frames: SharedFrames) throws {

@@ -55,6 +55,14 @@ public struct StreamAssembler: Sendable {
     public private(set) var abandoned = 0
     /// CHUNK messages that belonged to no transfer in progress (dropped silently).
     public private(set) var discarded = 0
+    /// Windowed fetches: a RELEASE stream survives a gap. A chunk after a missing one (counted in
+    /// `gaps`), or one already received (in `duplicates`), is dropped instead of ending the
+    /// transfer, and a head identical to the one in progress continues it; the receiver asks for
+    /// the missing chunks again with a `ResumePoint` (`releaseProgress`). Off: a gap ends the
+    /// transfer with an error.
+    public var resumesReleases = false
+    public private(set) var gaps = 0
+    public private(set) var duplicates = 0
     /// Where an UPDATE's values are assembled, given its header and value count (nil, or a
     /// destination that gives nil: a new array). Asked when the update's head arrives.
     public var destinations: (@Sendable (UpdateInfo, Int) -> PayloadDestination?)?
@@ -63,6 +71,13 @@ public struct StreamAssembler: Sendable {
 
     /// True while a transfer has started and not finished.
     public var inProgress: Bool { head != nil }
+
+    /// The RELEASE stream in progress: its head's digest (`WireCodec.headDigest`), the chunks
+    /// received so far and the stream's chunk count.
+    public var releaseProgress: (head: UInt32, received: Int, count: Int)? {
+        guard let head, head[1] == [MessageType.release.rawValue], let receiver else { return nil }
+        return (WireCodec.headDigest(head[2]), receiver.received, receiver.chunkCount)
+    }
 
     /// Takes one received message; returns the message it completes, or nil while a stream is
     /// still arriving.
@@ -74,6 +89,7 @@ public struct StreamAssembler: Sendable {
         }
         if frames.count == 3, type == MessageType.release.rawValue || type == MessageType.update.rawValue {
             try codec.checkMarker(frames)
+            if resumesReleases, let head, head == frames { return nil }  // the same release again: continue it
             if head != nil { abandoned += 1 }
             reset()
             let update = codec.streamUpdateInfo(head: frames)
@@ -128,6 +144,10 @@ public struct StreamAssembler: Sendable {
         let (index, count) = frames[2].withUnsafeBytes {
             (Int(UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self))),
              Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self))))
+        }
+        if resumesReleases, head[1] == [MessageType.release.rawValue], count == receiver.chunkCount, index != receiver.received {
+            if index > receiver.received { gaps += 1 } else { duplicates += 1 }
+            return nil
         }
         guard count == receiver.chunkCount, index == receiver.received else {
             throw fail(.malformed, "CHUNK \(index) of \(count) arrived; expected chunk \(receiver.received) of \(receiver.chunkCount) (lost or reordered)")

@@ -54,10 +54,30 @@ public struct Fetch: Codable, Equatable, Sendable {
     /// The version of the global release the sender holds exactly (as received): with release
     /// steps on, the aggregator may answer with the steps from it instead of the whole model.
     public var holds: Int?
-    public init(cluster: String? = nil, haveVersion: Int? = nil, holds: Int? = nil) {
+    /// Windowed fetch: send the release stream's head and at most this many of its chunks, then
+    /// wait for a FETCH that resumes it (nil: the whole stream at once).
+    public var window: Int?
+    /// Windowed fetch: continue the release stream whose head the sender holds, from a chunk on.
+    public var resume: ResumePoint?
+    public init(cluster: String? = nil, haveVersion: Int? = nil, holds: Int? = nil, window: Int? = nil, resume: ResumePoint? = nil) {
         self.cluster = cluster
         self.haveVersion = haveVersion
         self.holds = holds
+        self.window = window
+        self.resume = resume
+    }
+}
+
+/// Where a windowed release stream stopped: its head, named by the CRC-32C of the head's header
+/// frame (which lists every chunk's CRC-32C, so it changes with the release's content), and the
+/// index of the next chunk wanted. The aggregator continues from `next` only while its current
+/// release has that header; otherwise it starts the current release's stream afresh.
+public struct ResumePoint: Codable, Equatable, Sendable {
+    public var head: UInt32
+    public var next: Int
+    public init(head: UInt32, next: Int) {
+        self.head = head
+        self.next = next
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import CFedLMRuntime
 
 /// Messages to and from ZeroMQ frames (after any ROUTER routing-id frames):
 ///
@@ -171,7 +172,14 @@ public struct WireCodec: Sendable {
         switch type {
         case .hello: return .hello(try parse(Hello.self))
         case .welcome: return .welcome(try parse(Welcome.self))
-        case .fetch: return .fetch(try parse(Fetch.self))
+        case .fetch:
+            let f = try parse(Fetch.self)
+            if let w = f.window, w < 1 { throw ProtocolError(.malformed, "FETCH window \(w) is not a positive chunk count") }
+            if let r = f.resume {
+                guard f.window != nil else { throw ProtocolError(.malformed, "FETCH resume needs a window") }
+                guard r.next >= 0 else { throw ProtocolError(.malformed, "FETCH resume from chunk \(r.next), a negative index") }
+            }
+            return .fetch(f)
         case .ack: return .ack(try parse(Ack.self))
         case .error: return .error(try parse(ErrorReply.self))
         case .heartbeat: _ = try parse([String: String].self); return .heartbeat
@@ -193,6 +201,12 @@ public struct WireCodec: Sendable {
                 throw e
             }
         }
+    }
+
+    /// What names a stream's head in a windowed fetch's `ResumePoint`: the CRC-32C of its header
+    /// frame (which lists every chunk's CRC-32C).
+    public static func headDigest(_ header: [UInt8]) -> UInt32 {
+        header.withUnsafeBytes { fedlm_crc32c(0, $0.baseAddress, $0.count) }
     }
 
     /// The update header of a streamed UPDATE head, if it is one and names its update and trainer

@@ -248,6 +248,28 @@ final class FederationTests: XCTestCase {
                                  "only an update trained after a wait ran out can be stale")
     }
 
+    /// Releases of 13 chunks fetched two chunks at a time by real trainers through a real broker:
+    /// every fetch completes, each next window asked for while the last arrives (no stream
+    /// stalls into the request timer), and the federation trains as with whole releases.
+    func testTrainersFetchReleasesInWindowsThroughTheBroker() throws {
+        let trainer = { (name: String) in SmallFederation.trainer(name, "local_steps = 2", "tokens = 640") }
+        let f = try SmallFederation(SmallFederation.fedbuff() + "[wire]\nfetch_window = 2\n" + trainer("a") + trainer("b"), embedding: 512)
+        defer { f.scratch.remove() }
+        let broker = try f.start("broker")
+        let aggregator = try f.start("aggregator", ["--threads", "1"])
+        let trainers = try ["a", "b"].map { try f.start("trainer", ["--name", $0, "--threads", "1"]) }
+        defer { for p in trainers + [aggregator, broker] { p.signal(SIGKILL) } }
+        let deadline = Date().addingTimeInterval(120)
+        for t in trainers { t.exits(by: deadline) }
+        XCTAssertTrue(trainers.allSatisfy { !$0.process.isRunning && $0.process.terminationStatus == 0 }, "trainers finished")
+        for t in trainers {
+            XCTAssertFalse(t.output.contains("stalled"), "a window was asked for late:\n\(t.output)")
+            XCTAssertFalse(t.output.contains("undecodable"), t.output)
+        }
+        XCTAssertGreaterThanOrEqual(f.ledger("SELECT COUNT(*) FROM updates WHERE outcome IN ('applied', 'buffered')"), 8)
+        XCTAssertGreaterThanOrEqual(f.ledger("SELECT MAX(version_after) FROM updates"), 4)
+    }
+
     /// Personalized heads with real processes, and the `fedlm cluster` commands on the run they
     /// leave: list shows who trained where, create adds a cluster, export writes each cluster's
     /// model (the global trunk with its own head) as a checkpoint, and an unknown name is refused.
@@ -531,7 +553,7 @@ struct SmallFederation {
 
     /// `body` is the topology's [aggregation] table and [[trainer]] entries. The default model
     /// is one layer of width 16; `twoClusters` uses two layers of width 32 on a larger vocabulary.
-    init(_ body: String, twoClusters: Bool = false) throws {
+    init(_ body: String, twoClusters: Bool = false, embedding: Int = 16) throws {
         scratch = try Scratch()
         let data: String, model: String
         if twoClusters {
@@ -539,7 +561,7 @@ struct SmallFederation {
             model = try scratch.writeModelConfig(vocab: 300)
         } else {
             data = try scratch.prepareData(vocab: 280, clusters: ["en": scratch.corpus])
-            model = try scratch.writeModelConfig(layers: 1, embedding: 16, context: 16, vocab: 280, batch: 2, training: "")
+            model = try scratch.writeModelConfig(layers: 1, embedding: embedding, context: 16, vocab: 280, batch: 2, training: "")
         }
         let port = Int.random(in: 20_000...32_000)  // below the ephemeral port range
         topology = scratch.dir + "/topology.toml"

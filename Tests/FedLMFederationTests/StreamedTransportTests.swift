@@ -89,6 +89,64 @@ class StreamedTransportTests: XCTestCase {
 
     func testReleasesAndUpdatesStreamThroughTheBroker() throws { try exchangeReleasesAndUpdates() }
 
+    /// Messages until `count` have arrived (or `seconds` passed).
+    func receive(_ count: Int, within seconds: Double = 20) throws -> [[[UInt8]]] {
+        var got: [[[UInt8]]] = []
+        let end = Date().timeIntervalSince1970 + seconds
+        while got.count < count, Date().timeIntervalSince1970 < end {
+            if let m = try trainer.receive(timeout: 50) { got.append(m) }
+        }
+        return got
+    }
+
+    func isChunk(_ m: [[UInt8]], _ index: Int) -> Bool {
+        m.count == 4 && m[1] == [MessageType.chunk.rawValue] && m[2] == MessageStream.chunkPrefix(index: index, count: 3)[2]
+    }
+
+    /// A windowed FETCH gets at most a window of chunks (the head first); a FETCH resuming that
+    /// head continues from the chunk it names; one naming another head gets the stream afresh.
+    func testAWindowedFetchSendsOneWindowAtATimeAndResumesWhereAsked() throws {
+        try windowedFetch()
+    }
+
+    func windowedFetch() throws {
+        guard case .welcome = try call(codec.encode(.hello(Hello(trainerID: "t1")))).0 else { return XCTFail("expected WELCOME") }
+        _ = try call(codec.encode(.fetch(Fetch())))  // the release exists (the aggregator is up)
+        try trainer.send(codec.encode(.fetch(Fetch(window: 1))))
+        let first = try receive(2)
+        XCTAssertEqual(first.count, 2)
+        guard first.count == 2 else { return }
+        XCTAssertEqual(first[0].count, 3, "the head")
+        XCTAssertTrue(isChunk(first[1], 0), "then chunk 0 of 3")
+        XCTAssertEqual(try drain(for: 0.3).count, 0, "and no more than the window")
+        var assembler = StreamAssembler(codec: codec)
+        assembler.resumesReleases = true
+        for m in first { XCTAssertNil(try assembler.accept(m)) }
+        let head = WireCodec.headDigest(first[0][2])
+        XCTAssertEqual(assembler.releaseProgress?.head, head)
+
+        // Resumed from chunk 2 (chunk 1 "lost"), then from chunk 1: a gap, then the rest.
+        try trainer.send(codec.encode(.fetch(Fetch(window: 5, resume: ResumePoint(head: head, next: 2)))))
+        let tail = try receive(2)
+        XCTAssertTrue(tail.count == 2 && tail[0] == first[0] && isChunk(tail[1], 2), "the same head, then chunk 2")
+        for m in tail { XCTAssertNil(try assembler.accept(m)) }
+        XCTAssertEqual(assembler.gaps, 1)
+        XCTAssertEqual(assembler.abandoned, 0, "the same head continues the transfer")
+        try trainer.send(codec.encode(.fetch(Fetch(window: 5, resume: ResumePoint(head: head, next: 1)))))
+        var done: Message?
+        for m in try receive(3) { done = try assembler.accept(m) ?? done }
+        guard case .release(let info, let payload)? = done else { return XCTFail("expected the release assembled") }
+        XCTAssertEqual(info.version, 0)
+        XCTAssertEqual(payload.values, try GPT2Model(config: modelConfig, seed: 5).parameters.storage.array)
+
+        // A head the aggregator no longer has (the release moved on): the current stream afresh.
+        try trainer.send(codec.encode(.fetch(Fetch(window: 2, resume: ResumePoint(head: head &+ 1, next: 2)))))
+        let afresh = try receive(3)
+        XCTAssertEqual(afresh.count, 3)
+        XCTAssertEqual(afresh.first?.count, 3, "the head again")
+        XCTAssertTrue(afresh.count == 3 && isChunk(afresh[1], 0) && isChunk(afresh[2], 1))
+    }
+
     func exchangeReleasesAndUpdates() throws {
         guard case .welcome = try call(codec.encode(.hello(Hello(trainerID: "t1")))).0 else { return XCTFail("expected WELCOME") }
         let (reply, messages) = try call(codec.encode(.fetch(Fetch())))

@@ -107,6 +107,49 @@ final class MessageStreamTests: XCTestCase {
         }
     }
 
+    // MARK: Windowed release fetches
+
+    var release: Message {
+        .release(ReleaseInfo(version: 7), TensorPayload(specs: specs, values: (0..<44).map { Float($0) * 0.5 - 3 }))
+    }
+
+    func testAResumableReleaseSurvivesAGapAndDuplicatesAndCompletesWhenTheMissingChunkComes() throws {
+        let s = MessageStream.split(codec.encode(release))
+        XCTAssertEqual(s.count, 4)
+        var assembler = StreamAssembler(codec: codec)
+        assembler.resumesReleases = true
+        XCTAssertNil(try assembler.accept(s[0]))
+        XCTAssertNil(try assembler.accept(s[1]))
+        let digest = WireCodec.headDigest(s[0][2])
+        XCTAssertEqual(assembler.releaseProgress?.head, digest)
+        XCTAssertEqual(assembler.releaseProgress?.received, 1)
+        XCTAssertEqual(assembler.releaseProgress?.count, 3)
+        // Chunk 1 lost: chunk 2 is dropped as a gap, chunk 0 again as a duplicate; the transfer stays.
+        XCTAssertNil(try assembler.accept(s[3]))
+        XCTAssertNil(try assembler.accept(s[1]))
+        XCTAssertEqual(assembler.gaps, 1)
+        XCTAssertEqual(assembler.duplicates, 1)
+        XCTAssertEqual(assembler.releaseProgress?.received, 1)
+        // The same head again (a request sent twice) continues the transfer.
+        XCTAssertNil(try assembler.accept(s[0]))
+        XCTAssertEqual(assembler.abandoned, 0)
+        XCTAssertEqual(try feed([s[2], s[3]], into: &assembler), [release])
+        XCTAssertNil(assembler.releaseProgress)
+        // Updates keep the strict rule: a gap ends the transfer with an error.
+        var strict = stream
+        strict.remove(at: 2)
+        XCTAssertThrowsError(try feed(strict, into: &assembler)) { XCTAssertTrue("\($0)".contains("expected chunk 1 of 3"), "\($0)") }
+    }
+
+    func testAFetchWindowMustBePositiveAndAResumeNeedsAWindow() throws {
+        func decode(_ json: String) throws -> Message { try codec.decode([WireCodec.magic + [WireCodec.version], [MessageType.fetch.rawValue], Array(json.utf8)]) }
+        XCTAssertEqual(try decode(#"{"window": 4, "resume": {"head": 12, "next": 3}}"#),
+                       .fetch(Fetch(window: 4, resume: ResumePoint(head: 12, next: 3))))
+        XCTAssertThrowsError(try decode(#"{"window": 0}"#)) { XCTAssertTrue("\($0)".contains("window 0"), "\($0)") }
+        XCTAssertThrowsError(try decode(#"{"resume": {"head": 12, "next": 3}}"#)) { XCTAssertTrue("\($0)".contains("resume needs a window"), "\($0)") }
+        XCTAssertThrowsError(try decode(#"{"window": 2, "resume": {"head": 12, "next": -1}}"#)) { XCTAssertTrue("\($0)".contains("negative"), "\($0)") }
+    }
+
     func testANewHeadReplacesAnUnfinishedTransfer() throws {
         var assembler = StreamAssembler(codec: codec)
         XCTAssertNil(try assembler.accept(stream[0]))
