@@ -11,8 +11,8 @@ import FedLMProtocol
 /// `resumesReleases` drops what follows it): the stream is asked for again from the first
 /// chunk missing, once per gap. A stream that stalls is resumed the same way when the trainer's
 /// request timer fires. If the release changed meanwhile, the aggregator starts the new one.
-struct WindowedFetch: Equatable {
-    let window: Int
+public struct WindowedFetch: Equatable {
+    public let window: Int
     /// The FETCH the trainer's core asked for (continuations repeat it with a resume point).
     private var request: Fetch?
     /// The stream being fetched: its head's digest, and the end of the chunks asked for.
@@ -21,13 +21,13 @@ struct WindowedFetch: Equatable {
     /// The chunk a gap was last asked for again from (one request per gap).
     private var resumedAt: Int?
 
-    init(window: Int) {
+    public init(window: Int) {
         precondition(window >= 1, "a window of \(window) chunks")
         self.window = window
     }
 
     /// The core's FETCH as it goes out: with the window, from the start of a stream.
-    mutating func outgoing(_ fetch: Fetch) -> Fetch {
+    public mutating func outgoing(_ fetch: Fetch) -> Fetch {
         var f = fetch
         f.window = window
         f.resume = nil
@@ -39,7 +39,7 @@ struct WindowedFetch: Equatable {
 
     /// After each message of a release stream: the FETCH that asks for more, if one is due.
     /// `received` chunks of `count` are in; `gap` says a chunk arrived out of order.
-    mutating func progress(head digest: UInt32, received: Int, count: Int, gap: Bool) -> Fetch? {
+    public mutating func progress(head digest: UInt32, received: Int, count: Int, gap: Bool) -> Fetch? {
         if head != digest {
             // A new stream: the aggregator sent its head and the first window.
             head = digest
@@ -57,7 +57,7 @@ struct WindowedFetch: Equatable {
 
     /// The request timer fired while a stream was in progress: ask again from the first chunk
     /// missing (nil: no stream in progress, so the core's own request goes again).
-    mutating func stalled(head digest: UInt32, received: Int, count: Int) -> Fetch? {
+    public mutating func stalled(head digest: UInt32, received: Int, count: Int) -> Fetch? {
         guard head == digest, received < count else { return nil }
         resumedAt = received
         return continuation(from: received, count: count)

@@ -20,10 +20,18 @@ struct BenchAggregatorCommand: ParsableCommand {
     @Option(help: "Where to put the run directory (deleted before and after).") var directory: String = "runs/bench-aggregator"
     @Option(help: "machine (fsync before each ack) or process.") var durability: String = "machine"
     @Option(help: "Prepared data directory (the aggregator loads its validation split; nothing is evaluated).") var data: String = "runs/demo-data/shards"
+    @Option(help: "Fetch the release as a trainer does, every chunk checked and kept: this many chunks at a time (a trainer's default is 64), or 0 for the whole release at once. Without it the chunks are counted and dropped.")
+    var fetchWindow: Int?
+    @Option(help: "The broker's trainer port (the aggregator's is the next); random when omitted. For shaping a member's link with tc.")
+    var port: Int?
 
     func validate() throws {
-        guard updates >= 2 else { throw ValidationError("--updates must be at least 2 (one buffered, one applied)") }
+        guard updates >= 2 || (updates == 0 && fetchWindow != nil) else {
+            throw ValidationError("--updates must be at least 2 (one buffered, one applied), or 0 with --fetch-window (the fetch alone)")
+        }
+        if let port, !(1024...65_000).contains(port) { throw ValidationError("--port \(port) is not between 1024 and 65000") }
         guard ["machine", "process"].contains(durability) else { throw ValidationError("--durability is machine or process") }
+        if let fetchWindow, fetchWindow < 0 { throw ValidationError("--fetch-window is a chunk count, or 0 for whole releases") }
     }
 
     func run() throws {
@@ -34,7 +42,7 @@ struct BenchAggregatorCommand: ParsableCommand {
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let endpoints = BrokerEndpoints.loopback()
+        let endpoints = port.map { BrokerEndpoints.loopback(port: $0) } ?? BrokerEndpoints.loopback()
         let topology = directory + "/topology.toml"
         try topologyText(endpoints).write(toFile: topology, atomically: true, encoding: .utf8)
         setenv("FEDLM_TRACE_TIMING", "1", 1)
@@ -49,7 +57,19 @@ struct BenchAggregatorCommand: ParsableCommand {
         let version = try sender.hello(aggregator: aggregator)
         let ready = now() - started
         var stages = [("started", ProcessStatus(pid: aggregator.pid))]
-        let fetch = try sender.fetch()
+        let beforeFetch = ProcessStatus(pid: getpid())
+        let fetch: Double
+        if let fetchWindow {
+            let kept = try sender.fetchKept(window: fetchWindow == 0 ? nil : fetchWindow)
+            fetch = kept.seconds
+            let me = ProcessStatus(pid: getpid())
+            print(String(format: "release fetched %@ and kept in %.2f s: %d chunks, %d lost on the way and asked for again, %d requests; "
+                         + "this fetcher's resident memory %.2f GB before, peak %.2f GB after (%.2fx the model)",
+                         fetchWindow == 0 ? "whole" : "\(fetchWindow) chunks at a time", kept.seconds, kept.chunks, kept.gaps, kept.requests,
+                         beforeFetch.resident / 1e9, me.peak / 1e9, me.peak / bytes))
+        } else {
+            fetch = try sender.fetch()
+        }
         stages.append(("release sent", ProcessStatus(pid: aggregator.pid)))
         var latencies: [Double] = []
         for i in 0..<updates {
@@ -165,6 +185,54 @@ final class SyntheticSender {
             if index == count - 1 { return now() - t0 }
         }
         throw RunFailure("no release within 600 s")
+    }
+
+    /// Fetches the global release as a trainer does (`WindowedFetch`, `StreamAssembler` with every
+    /// chunk checked and copied into place): in windows of `window` chunks, or whole (nil). A
+    /// whole release the fetcher cannot keep up with loses chunks; those are counted, and the
+    /// fetch starts again (up to 3 times) as a trainer's request timer would make it.
+    func fetchKept(window: Int?) throws -> (seconds: Double, chunks: Int, gaps: Int, requests: Int) {
+        var assembler = StreamAssembler(codec: codec)
+        assembler.resumesReleases = window != nil
+        var windows = window.map { WindowedFetch(window: $0) }
+        let t0 = now()
+        var requests = 0, lost = 0, gapsSeen = 0
+        func request(_ f: Fetch) throws {
+            try socket.send(codec.encode(.fetch(f)))
+            requests += 1
+        }
+        try request(windows?.outgoing(Fetch()) ?? Fetch())
+        var lastHeard = now()
+        while now() - t0 < 3600 {
+            guard let m = try socket.receiveInPlace(timeout: 1000) else {
+                guard now() - lastHeard > 5 else { continue }
+                // Silent for 5 s: resume (windows) or fetch again (whole), as a trainer's timer does.
+                lastHeard = now()
+                if let p = assembler.releaseProgress, let more = windows?.stalled(head: p.head, received: p.received, count: p.count) {
+                    try request(more)
+                } else {
+                    guard requests < 4 || windows != nil else { throw RunFailure("the whole release lost \(lost) chunks in 4 tries") }
+                    try request(windows?.outgoing(Fetch()) ?? Fetch())
+                }
+                continue
+            }
+            lastHeard = now()
+            let message: Message?
+            do { message = try assembler.accept(buffers: m.frames) } catch {
+                lost += 1  // a whole release's gap ends its transfer; the rest of it is dropped
+                continue
+            }
+            if let message {
+                guard case .release(_, let payload) = message else { continue }
+                return (now() - t0, (payload.values.count * 4 + codec.chunkBytes - 1) / codec.chunkBytes, lost + assembler.gaps, requests)
+            }
+            if let p = assembler.releaseProgress, windows != nil {
+                let gap = assembler.gaps > gapsSeen
+                gapsSeen = assembler.gaps
+                if let more = windows!.progress(head: p.head, received: p.received, count: p.count, gap: gap) { try request(more) }
+            }
+        }
+        throw RunFailure("no release kept within an hour")
     }
 
     /// Sends one update chunk by chunk and waits for its ACK.
