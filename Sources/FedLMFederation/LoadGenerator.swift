@@ -103,67 +103,26 @@ public struct LoadGenerator: Sendable {
     private func runGroup(_ indices: [Int]) throws -> Report {
         let codec = WireCodec()
         let context = ZMQContext()
-        let n = specs.reduce(0) { $0 + $1.count }
-        let values = [Float](repeating: 1e-6, count: n)
+        let values = [Float](repeating: 1e-6, count: specs.reduce(0) { $0 + $1.count })
         var report = Report()
-        struct Simulated {
-            let id: String
-            let socket: ZMQSocket
-            var registered = false
-            var outstanding: (id: String, number: Int, frames: [[UInt8]], sentAt: Double)?
-            var next = 0
-        }
-        var sims = try indices.map { i -> Simulated in
-            let s = try ZMQSocket(context, .dealer)
-            let id = "\(namePrefix)-\(i)"
-            try s.setRoutingID(Array(id.utf8))
-            try curve?.apply(to: s)
-            try s.connect(BrokerEndpoints.connectable(endpoints.trainers))
-            try s.send(codec.encode(.hello(Hello(trainerID: id))))
-            return Simulated(id: id, socket: s)
-        }
+        var sims = try indices.map { try SimulatedTrainer(id: "\(namePrefix)-\($0)", context: context, endpoints: endpoints, curve: curve, codec: codec) }
         defer { sims.forEach { $0.socket.close() } }
         let start = Date().timeIntervalSince1970
-        func send(_ k: Int, now: Double) throws {
-            let id = "\(sims[k].id)-\(sims[k].next)"
-            sims[k].next += 1
-            let frames = codec.encode(.update(UpdateInfo(updateID: id, trainerID: sims[k].id, baseVersion: 0, tokens: 1, localSteps: 1),
-                                              TensorPayload(specs: specs, values: values)))
-            try sims[k].socket.send(frames)
-            sims[k].outstanding = (id, sims[k].next - 1, frames, now)
-            report.sent += 1
-        }
         while true {
             let now = Date().timeIntervalSince1970
             let sending = now - start < seconds
             if !sending, sims.allSatisfy({ $0.outstanding == nil }) { break }
             if now - start > seconds + drainSeconds { break }
             for k in sims.indices {
-                if sending, sims[k].registered, sims[k].outstanding == nil { try send(k, now: now) }
-                // Resend what waited too long (the same id: the aggregator dedupes).
-                if let o = sims[k].outstanding, now - o.sentAt > 5 {
-                    try sims[k].socket.send(o.frames)
-                    sims[k].outstanding = (o.id, o.number, o.frames, now)
+                if sending, sims[k].registered, sims[k].outstanding == nil {
+                    try sims[k].sendUpdate(specs: specs, values: values, codec: codec, now: now)
+                    report.sent += 1
                 }
+                try sims[k].resendIfLate(now: now)
             }
             for k in try ZMQPoller.readable(sims.map(\.socket), timeout: 10) {
                 guard let reply = try sims[k].socket.receive(timeout: 0), let message = try? codec.decode(reply) else { continue }
-                switch message {
-                case .welcome: sims[k].registered = true
-                case .ack(let a):
-                    if let o = sims[k].outstanding, o.id == a.updateID {
-                        report.latencies.record(Date().timeIntervalSince1970 - o.sentAt)
-                        report.acknowledged += 1
-                        report.acknowledgedNumbers[sims[k].id, default: IndexSet()].insert(o.number)
-                        sims[k].outstanding = nil
-                    }
-                case .error(let e) where e.code == .unavailable:
-                    if !sims[k].registered { try sims[k].socket.send(codec.encode(.hello(Hello(trainerID: sims[k].id)))) }
-                case .error(let e) where e.refersTo != nil && e.refersTo == sims[k].outstanding?.id:
-                    report.refused += 1
-                    sims[k].outstanding = nil
-                default: break
-                }
+                try sims[k].received(message, codec: codec, into: &report)
             }
         }
         report.unacknowledged = sims.filter { $0.outstanding != nil }.count
@@ -206,5 +165,58 @@ public struct LatencyHistogram: Sendable {
             if seen >= rank { return min(Self.smallest * pow(Self.growth, Double(i)), maximum) }
         }
         return maximum
+    }
+}
+
+/// One trainer the load generator simulates: its socket, whether it is registered, and the
+/// update it waits on an answer for (resent with the same id after 5 s).
+private struct SimulatedTrainer {
+    let id: String
+    let socket: ZMQSocket
+    var registered = false
+    var outstanding: (id: String, number: Int, frames: [[UInt8]], sentAt: Double)?
+    var next = 0
+
+    init(id: String, context: ZMQContext, endpoints: BrokerEndpoints, curve: CurveClient?, codec: WireCodec) throws {
+        self.id = id
+        socket = try ZMQSocket(context, .dealer)
+        try socket.setRoutingID(Array(id.utf8))
+        try curve?.apply(to: socket)
+        try socket.connect(BrokerEndpoints.connectable(endpoints.trainers))
+        try socket.send(codec.encode(.hello(Hello(trainerID: id))))
+    }
+
+    mutating func sendUpdate(specs: [TensorSpec], values: [Float], codec: WireCodec, now: Double) throws {
+        let update = "\(id)-\(next)"
+        let frames = codec.encode(.update(UpdateInfo(updateID: update, trainerID: id, baseVersion: 0, tokens: 1, localSteps: 1),
+                                          TensorPayload(specs: specs, values: values)))
+        try socket.send(frames)
+        outstanding = (update, next, frames, now)
+        next += 1
+    }
+
+    /// Resends what waited too long (the same id: the aggregator dedupes).
+    mutating func resendIfLate(now: Double) throws {
+        guard let o = outstanding, now - o.sentAt > 5 else { return }
+        try socket.send(o.frames)
+        outstanding = (o.id, o.number, o.frames, now)
+    }
+
+    mutating func received(_ message: Message, codec: WireCodec, into report: inout LoadGenerator.Report) throws {
+        switch message {
+        case .welcome: registered = true
+        case .ack(let a):
+            guard let o = outstanding, o.id == a.updateID else { return }
+            report.latencies.record(Date().timeIntervalSince1970 - o.sentAt)
+            report.acknowledged += 1
+            report.acknowledgedNumbers[id, default: IndexSet()].insert(o.number)
+            outstanding = nil
+        case .error(let e) where e.code == .unavailable:
+            if !registered { try socket.send(codec.encode(.hello(Hello(trainerID: id)))) }
+        case .error(let e) where e.refersTo != nil && e.refersTo == outstanding?.id:
+            report.refused += 1
+            outstanding = nil
+        default: break
+        }
     }
 }

@@ -62,50 +62,18 @@ extension Topology {
         guard let name = try rt.string("name"), ClusterConfig.isValidName(name) else {
             throw rt.fail("'\(p)name' is required: letters, digits, '-', '_' and '.' (at most 64)")
         }
-        let every = try rt.int("upstream_every") ?? 4
-        guard every >= 1 else { throw rt.fail("'\(p)upstream_every' must be >= 1") }
-        let seconds = try rt.double("upstream_seconds")
-        if let seconds, seconds <= 0 { throw rt.fail("'\(p)upstream_seconds' must be > 0") }
-        let tokens = try rt.int("upstream_tokens")
-        if let tokens, tokens < 1 { throw rt.fail("'\(p)upstream_tokens' must be >= 1") }
-        if tokens != nil, try rt.int("upstream_every") != nil {
-            throw rt.fail("'\(p)upstream_tokens' and '\(p)upstream_every' exclude each other (one cadence)")
-        }
-        let ackTimeout = try rt.double("ack_timeout") ?? 30
-        guard ackTimeout > 0 else { throw rt.fail("'\(p)ack_timeout' must be > 0") }
-        var cluster = try rt.string("cluster")
-        if let names = above.aggregation.clusters?.names {
-            cluster = cluster ?? name
-            guard names.contains(cluster!) else {
-                throw rt.fail("'\(p)cluster' is '\(cluster!)', not one of the clusters above (\(names.joined(separator: ", "))); a region's personalized model up there is one of them")
-            }
-        } else if cluster != nil {
-            throw rt.fail("'\(p)cluster' needs a [clusters] table above")
-        }
         var r = above
         r.name = above.name + "/" + name
         r.runDirectory = try rt.string("run_directory") ?? above.runDirectory + "/regions/" + name
         r.regions = []
         r.monitoring = try rt.table("monitoring").map(parseMonitoring)
-        var upstreamEndpoints = above.endpoints
-        if let address = try rt.string("upstream") { upstreamEndpoints.trainers = address }
-        r.upstream = Upstream(region: name, endpoints: upstreamEndpoints, cluster: cluster, everyVersions: every, tokens: tokens,
-                              seconds: seconds, ackTimeout: ackTimeout, keysDirectory: above.keysDirectory)
+        r.upstream = try parseUpstream(rt, region: name, above: above)
         // With [security], every level is secured: a region's broker, aggregator and trainers have
         // their own pairs and allow-list in <keys>/regions/<name>; its aggregator is the member
         // `region-<name>` of the level above with a pair in that level's directory.
         r.keysDirectory = above.keysDirectory.map { Self.regionKeysDirectory($0, region: name) }
         r.allowedKeys = r.keysDirectory.map { $0 + "/allowed.toml" }
-        guard let b = try rt.table("broker") else { throw rt.fail("'\(p)broker' is required: the region's own broker endpoints") }
-        try b.allowOnly(["trainers", "aggregator", "publish", "releases"])
-        func endpoint(_ key: String) throws -> String {
-            guard let v = try b.string(key) else { throw b.fail("'\(p)broker.\(key)' is required") }
-            return v
-        }
-        r.endpoints.trainers = try endpoint("trainers")
-        r.endpoints.aggregator = try endpoint("aggregator")
-        r.endpoints.publish = try endpoint("publish")
-        r.endpoints.releases = try endpoint("releases")
+        r.endpoints = try parseRegionBroker(rt)
         r.aggregation.clusters = nil
         if let a = try rt.table("aggregation") {
             let parsed = try AggregationConfig.parse(a)
@@ -121,6 +89,60 @@ extension Topology {
             throw rt.fail("'\(p)aggregation.participants' (\(r.aggregation.participants)) exceeds the region's \(r.trainers.count) trainers")
         }
         return r
+    }
+
+    /// A region's link to the level above: its cadence (versions, tokens or seconds), the
+    /// acknowledgement timeout, the address above, and its cluster there.
+    private static func parseUpstream(_ rt: TOMLReader, region name: String, above: Topology) throws -> Upstream {
+        let p = rt.prefix
+        let every = try rt.int("upstream_every") ?? 4
+        guard every >= 1 else { throw rt.fail("'\(p)upstream_every' must be >= 1") }
+        let seconds = try rt.double("upstream_seconds")
+        if let seconds, seconds <= 0 { throw rt.fail("'\(p)upstream_seconds' must be > 0") }
+        let tokens = try rt.int("upstream_tokens")
+        if let tokens, tokens < 1 { throw rt.fail("'\(p)upstream_tokens' must be >= 1") }
+        if tokens != nil, try rt.int("upstream_every") != nil {
+            throw rt.fail("'\(p)upstream_tokens' and '\(p)upstream_every' exclude each other (one cadence)")
+        }
+        let ackTimeout = try rt.double("ack_timeout") ?? 30
+        guard ackTimeout > 0 else { throw rt.fail("'\(p)ack_timeout' must be > 0") }
+        var endpoints = above.endpoints
+        if let address = try rt.string("upstream") { endpoints.trainers = address }
+        return Upstream(region: name, endpoints: endpoints, cluster: try parseRegionCluster(rt, region: name, above: above),
+                        everyVersions: every, tokens: tokens, seconds: seconds, ackTimeout: ackTimeout, keysDirectory: above.keysDirectory)
+    }
+
+    /// The cluster a region's model is above: `cluster`, by default the region's name, when the
+    /// level above has [clusters]; none otherwise.
+    private static func parseRegionCluster(_ rt: TOMLReader, region name: String, above: Topology) throws -> String? {
+        let p = rt.prefix
+        let cluster = try rt.string("cluster")
+        guard let names = above.aggregation.clusters?.names else {
+            if cluster != nil { throw rt.fail("'\(p)cluster' needs a [clusters] table above") }
+            return nil
+        }
+        let chosen = cluster ?? name
+        guard names.contains(chosen) else {
+            throw rt.fail("'\(p)cluster' is '\(chosen)', not one of the clusters above (\(names.joined(separator: ", "))); a region's personalized model up there is one of them")
+        }
+        return chosen
+    }
+
+    /// A region's own broker endpoints (`[region.broker]`, every one required).
+    private static func parseRegionBroker(_ rt: TOMLReader) throws -> BrokerEndpoints {
+        let p = rt.prefix
+        guard let b = try rt.table("broker") else { throw rt.fail("'\(p)broker' is required: the region's own broker endpoints") }
+        try b.allowOnly(["trainers", "aggregator", "publish", "releases"])
+        func endpoint(_ key: String) throws -> String {
+            guard let v = try b.string(key) else { throw b.fail("'\(p)broker.\(key)' is required") }
+            return v
+        }
+        var e = BrokerEndpoints()
+        e.trainers = try endpoint("trainers")
+        e.aggregator = try endpoint("aggregator")
+        e.publish = try endpoint("publish")
+        e.releases = try endpoint("releases")
+        return e
     }
 
     /// What must hold across the levels: unique names and endpoints, and what regions do not
