@@ -84,6 +84,11 @@ let package = Package(
                                .product(name: "TOMLKit", package: "TOMLKit")],
                 swiftSettings: optimize),
         // Watching a running federation: Prometheus metrics, the status API and the live dashboard over HTTP.
+        // Test and benchmark tools (load generator, flooder, conformance checker): the commands
+        // use them, the roles never import them.
+        .target(name: "FedLMTools",
+                dependencies: ["FedLMFederation", "FedLMAggregation", "FedLMProtocol", "FedLMZeroMQ", "FedLMModel", "FedLMTensor",
+                               .product(name: "Logging", package: "swift-log")]),
         .target(name: "FedLMMonitoring",
                 dependencies: ["FedLMFederation", "FedLMLedger",
                                .product(name: "Prometheus", package: "swift-prometheus"),
@@ -95,7 +100,7 @@ let package = Package(
         .target(name: "FedLMExperiment",
                 dependencies: ["FedLMLedger", "FedLMModel", .product(name: "TOMLKit", package: "TOMLKit")]),
         .executableTarget(name: "fedlm",
-                          dependencies: ["FedLMExperiment", "FedLMMonitoring", "FedLMProtocol", "FedLMZeroMQ", "FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "FedLMData", "FedLMFederation",
+                          dependencies: ["FedLMExperiment", "FedLMMonitoring", "FedLMTools", "FedLMProtocol", "FedLMZeroMQ", "FedLMModel", "FedLMCheckpoint", "FedLMTensor", "FedLMTokenizer", "FedLMData", "FedLMFederation",
                                          "FedLMLedger", "FedLMAggregation", "CFedLMRuntime",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -116,6 +121,7 @@ let package = Package(
         .testTarget(name: "FedLMFederationTests",
                     dependencies: ["FedLMFederation", "FedLMAggregation", "FedLMProtocol", "FedLMModel", "FedLMLedger", "FedLMCheckpoint", "FedLMZeroMQ",
                                    "FedLMExperiment", "FedLMTensor", "FedLMTestSupport"]),
+        .testTarget(name: "FedLMToolsTests", dependencies: ["FedLMTools", "FedLMFederation", "FedLMAggregation", "FedLMProtocol", "FedLMModel", "FedLMZeroMQ"]),
         .testTarget(name: "FedLMMonitoringTests", dependencies: ["FedLMMonitoring", "FedLMFederation", "FedLMLedger",
                                                                 .product(name: "CoreMetrics", package: "swift-metrics")]),
         .testTarget(name: "FedLMAggregationTests", dependencies: ["FedLMAggregation", "FedLMModel"]),

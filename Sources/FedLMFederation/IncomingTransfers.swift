@@ -2,7 +2,7 @@ import FedLMProtocol
 
 /// The aggregator's streams in progress, one `StreamAssembler` per peer, bounded so that peers
 /// starting many transfers (or dying mid-transfer) cannot make it hold unbounded memory.
-struct IncomingTransfers {
+public struct IncomingTransfers {
     let codec: WireCodec
     /// Transfers in progress at once; a new one beyond this is refused with `unavailable`.
     var maxInProgress = 32
@@ -13,13 +13,13 @@ struct IncomingTransfers {
     private var assemblers: [String: StreamAssembler] = [:]
     private var lastActivity: [String: Double] = [:]
 
-    init(codec: WireCodec) { self.codec = codec }
+    public init(codec: WireCodec) { self.codec = codec }
 
     /// Only assemblers with a transfer in progress are kept (`forgetIfIdle`), so this is their count.
     var inProgress: Int { assemblers.count }
 
     /// Takes one message from `peer`; returns the message it completes, if any.
-    mutating func accept(_ frames: [[UInt8]], from peer: String, now: Double) throws -> Message? {
+    public mutating func accept(_ frames: [[UInt8]], from peer: String, now: Double) throws -> Message? {
         try accept(from: peer, now: now) { try $0.accept(frames) }
     }
 

@@ -201,7 +201,7 @@ public struct CurveClient: Sendable {
         try load(prefix: directory + "/" + name, brokerKeyFile: directory + "/broker.public")
     }
 
-    func apply(to socket: ZMQSocket) throws { try socket.makeCurveClient(serverKey: brokerKey, keys: keys) }
+    public func apply(to socket: ZMQSocket) throws { try socket.makeCurveClient(serverKey: brokerKey, keys: keys) }
 }
 
 /// The broker's CURVE settings: its key pair, who may connect, and whether names no key is

@@ -1,6 +1,7 @@
 import ArgumentParser
 import FedLMAggregation
 import FedLMFederation
+import FedLMTools
 import FedLMLedger
 import FedLMModel
 import FedLMProtocol

@@ -1,5 +1,6 @@
 import ArgumentParser
 import FedLMFederation
+import FedLMTools
 import FedLMModel
 import Foundation
 

@@ -1,4 +1,5 @@
 import FedLMFederation
+import FedLMTools
 import Foundation
 
 /// What watches a federation while `fedlm bench load --monitor` runs: one scraper reading

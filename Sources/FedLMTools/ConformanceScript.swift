@@ -1,3 +1,4 @@
+import FedLMFederation
 import FedLMProtocol
 
 /// The scripted exchanges `fedlm conformance` puts a trainer through, as a state machine without

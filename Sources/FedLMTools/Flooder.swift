@@ -1,3 +1,4 @@
+import FedLMFederation
 import FedLMProtocol
 import FedLMTensor
 import FedLMZeroMQ

@@ -1,4 +1,5 @@
 import FedLMFederation
+import FedLMTools
 import FedLMProtocol
 import XCTest
 

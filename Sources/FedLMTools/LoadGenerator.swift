@@ -1,3 +1,4 @@
+import FedLMFederation
 import FedLMAggregation
 import FedLMProtocol
 import FedLMZeroMQ

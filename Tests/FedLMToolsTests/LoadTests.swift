@@ -1,5 +1,6 @@
 import FedLMAggregation
 import FedLMFederation
+import FedLMTools
 import FedLMModel
 import Foundation
 import XCTest
