@@ -73,8 +73,11 @@ final class HierarchyTests: XCTestCase {
         topBroker.wait()
         let regionalAtCut = regions.map { regionCount($0, "SELECT COALESCE(MAX(version_after), 0) FROM updates") }
         let topAtCut = topCount("SELECT COUNT(*) FROM updates")
-        usleep(8_000_000)
-        let regionalAfterCut = regions.map { regionCount($0, "SELECT COALESCE(MAX(version_after), 0) FROM updates") }
+        func regionalVersions() -> [Int] { regions.map { regionCount($0, "SELECT COALESCE(MAX(version_after), 0) FROM updates") } }
+        SmallFederation.waitFor("every region training on while the uplink is cut") {
+            zip(regionalAtCut, regionalVersions()).allSatisfy { $1 > $0 }
+        }
+        let regionalAfterCut = regionalVersions()
         XCTAssertEqual(topCount("SELECT COUNT(*) FROM updates"), topAtCut, "nothing reached the top while its broker was down")
         for (before, after) in zip(regionalAtCut, regionalAfterCut) {
             XCTAssertGreaterThan(after, before, "a region kept training while its uplink was cut")
