@@ -12,6 +12,8 @@ import XCTest
 final class RehearsalTests: XCTestCase {
     var cutSeconds: Double { Double(ProcessInfo.processInfo.environment["FEDLM_REHEARSAL_CUT"] ?? "") ?? 8 }
     var roundTripMs: Int { Int(ProcessInfo.processInfo.environment["FEDLM_REHEARSAL_RTT_MS"] ?? "") ?? 100 }
+    /// Each region's trainer trains on through the cut and after it (about 700 tokens a second here).
+    var regionTokens: Int { max(4000, Int(cutSeconds * 1000)) }
 
     func testASecuredHierarchyWithInvitedMembersARevocationAndAnUplinkCutLosesNothing() throws {
         let python = try ClientPython.interpreter()  // skip or fail before anything starts
@@ -125,7 +127,7 @@ final class RehearsalTests: XCTestCase {
         server_learning_rate = 1.0
         max_staleness = 50
         durability = "process"
-        """ + SmallFederation.trainer(trainer, "local_steps = 3", "tokens = 4000").replacingOccurrences(of: "[[trainer]]", with: "[[region.trainer]]")
+        """ + SmallFederation.trainer(trainer, "local_steps = 3", "tokens = \(regionTokens)").replacingOccurrences(of: "[[trainer]]", with: "[[region.trainer]]")
     }
 
     /// A member's own raw text (plain, and JSON lines).
