@@ -17,6 +17,9 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
     /// updates step only some tensors). `model`: versions since the base, for every tensor.
     public enum StalenessScope: String, Sendable, Codable, CaseIterable { case tensor, model }
     public var stalenessScope: StalenessScope = .tensor
+    /// FedBuff: the weight of a partial update (one carrying only some tensors) against a whole
+    /// one's, on the tensors it carries: its step is scaled by this (1: alike).
+    public var partialWeight = 1.0
     public var serverOptimizer: ServerOptimizerKind = .nesterov(learningRate: 0.7, momentum: 0.9)
     /// Sync: trainers per round (fewer while fewer are alive).
     public var participants = 2
@@ -71,7 +74,7 @@ public struct AggregationConfig: Equatable, Sendable, Codable {
             return FedBuff(bufferSize: bufferSize, weight: staleness, maxStaleness: maxStaleness, optimizer: serverOptimizer, layout: layout,
                            combination: combination, maxNorm: normPolicy == .clip ? maxUpdateNorm : nil, privacy: privacy,
                            directionDecay: directionDecay, fairShareWindow: fairShareWindow, trustDecay: trustDecay,
-                           stalenessPerTensor: stalenessScope == .tensor)
+                           stalenessPerTensor: stalenessScope == .tensor, partialWeight: partialWeight)
         case .sync: return SynchronousFedAvg(participants: participants, optimizer: serverOptimizer, layout: layout, combination: combination,
                                              trustDecay: trustDecay)
         }

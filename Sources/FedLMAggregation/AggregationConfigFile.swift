@@ -10,7 +10,8 @@ extension AggregationConfig {
                       "max_staleness", "staleness_scope", "server_optimizer", "server_learning_rate", "server_momentum", "delayed_period",
                       "participants", "checkpoint_every", "keep_checkpoints", "keep_best", "evaluate_every", "adam_beta1", "adam_beta2", "durability",
                       "trainer_timeout", "combination", "trim_fraction", "max_update_norm", "norm_policy", "dp_clip", "dp_noise_multiplier",
-                      "dp_delta", "staleness_correction", "direction_decay", "fair_share_window", "trust", "trust_decay"])
+                      "dp_delta", "staleness_correction", "direction_decay", "fair_share_window", "trust", "trust_decay",
+                      "partial_weight"])
         var c = AggregationConfig()
         if let m = try a.string("mode") {
             guard let mode = AggregationConfig.Mode(rawValue: m) else { throw a.fail("'aggregation.mode' is '\(m)', not fedasync, fedbuff or sync") }
@@ -102,6 +103,11 @@ extension AggregationConfig {
             }
             c.directionDecay = try decay("direction_decay")
         case let other: throw a.fail("'aggregation.staleness_correction' is '\(other)', not none or direction")
+        }
+        if let w = try a.double("partial_weight") {
+            guard w > 0, w <= 1 else { throw a.fail("'aggregation.partial_weight' is \(w), not in (0, 1]") }
+            guard c.mode == .fedbuff else { throw a.fail("'aggregation.partial_weight' applies to mode = \"fedbuff\"") }
+            c.partialWeight = w
         }
         if let w = try a.int("fair_share_window") {
             guard w >= 1 else { throw a.fail("'aggregation.fair_share_window' must be >= 1 (recent updates counted)") }

@@ -39,6 +39,8 @@ public final class FedBuff: AggregationStrategy {
     /// For each slot, the tensors its update carries (nil: all).
     private var slotCarried: [TensorSubset?]
     public private(set) var buffered = 0
+    /// A partial update's weight against a whole one's (`AggregationConfig.partialWeight`).
+    public let partialWeight: Float
     /// Which tensors the recent steps changed (nil: staleness counted per model).
     public private(set) var tensorStaleness: TensorStaleness?
     public var name: String { "fedbuff" }
@@ -81,7 +83,8 @@ public final class FedBuff: AggregationStrategy {
     public init(bufferSize: Int, weight: StalenessWeight = .inverseSquareRoot, maxStaleness: Int = 16,
                 optimizer: ServerOptimizerKind, layout: ParameterLayout, combination: RobustCombination = .mean, maxNorm: Double? = nil,
                 privacy: DifferentialPrivacy? = nil, directionDecay: Double? = nil, fairShareWindow: Int? = nil, trustDecay: Double? = nil,
-                stalenessPerTensor: Bool = false) {
+                stalenessPerTensor: Bool = false, partialWeight: Double = 1) {
+        self.partialWeight = Float(partialWeight)
         self.tensorStaleness = stalenessPerTensor ? TensorStaleness(window: maxStaleness) : nil
         precondition(trustDecay == nil || combination == .mean, "trust weights the mean of the buffer")
         self.trust = trustDecay.map { UpdateTrust(decay: Float($0), layout: layout) }
@@ -108,6 +111,7 @@ public final class FedBuff: AggregationStrategy {
         var s = Float(weight.weight(staleness: c.staleness))
         let delta = correction?.correct(c.delta, weight: s, carries: { c.carries(entry: $0) }) ?? c.delta
         if fairShare != nil { s *= fairShare!.weight(for: c.trainer) }
+        if c.carried != nil { s *= partialWeight }
         lastTrust = trust?.weight(delta, over: c.ranges) ?? 1
         // Distrusted: it takes no slot, the buffer waits for K trusted updates.
         if lastTrust == 0 { return .buffered(count: buffered, needed: bufferSize) }

@@ -181,4 +181,13 @@ final class PartialUpdateTests: XCTestCase {
         for (s, m) in [(a, folded), (b, received)] { XCTAssertEqual(s.receive(Contribution(delta: vector(0.1), staleness: 0), model: m), .applied) }
         for i in 0..<folded.count { XCTAssertEqual(folded.pointer[i], received.pointer[i], accuracy: 1e-7, "coordinate \(i)") }
     }
+
+    func testAPartialWeightScalesOnlyPartialUpdates() {
+        let model = vector(1)
+        let s = FedBuff(bufferSize: 2, weight: .constant, optimizer: .sgd(learningRate: 1), layout: layout, partialWeight: 0.5)
+        _ = s.receive(Contribution(delta: vector(0.2), staleness: 0), model: model)
+        XCTAssertEqual(s.receive(Contribution(delta: vector(0.4, only: top), carried: top, staleness: 0), model: model), .applied)
+        // Top: mean of 0.2 and 0.5 * 0.4 = 0.2; the rest: the whole update's 0.2.
+        assertSplit(model, inTop: 0.8, elsewhere: 0.8)
+    }
 }

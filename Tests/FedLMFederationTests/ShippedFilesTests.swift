@@ -128,6 +128,9 @@ final class ShippedFilesTests: XCTestCase {
         XCTAssertTrue(error(base + "[aggregation]\ntrust_decay = 0.5\n[[trainer]]\nname = \"a\"").contains("'aggregation.trust_decay' needs trust = \"direction\""))
         XCTAssertTrue(error(base + "[aggregation]\ntrust = \"direction\"\ntrust_decay = 1\n[[trainer]]\nname = \"a\"").contains("'aggregation.trust_decay' must be in [0, 1)"))
         XCTAssertTrue(error(base + "[[trainer]]\nname = \"a\"\nclaim_tokens = -1").contains("'trainer[1].claim_tokens' must be >= 0"))
+        XCTAssertTrue(error(base + "[aggregation]\nstaleness_scope = \"block\"\n[[trainer]]\nname = \"a\"").contains("'aggregation.staleness_scope' is 'block', not tensor or model"))
+        XCTAssertTrue(error(base + "[aggregation]\npartial_weight = 0\n[[trainer]]\nname = \"a\"").contains("'aggregation.partial_weight' is 0.0, not in (0, 1]"))
+        XCTAssertTrue(error(base + "[wire]\nfetch_window = -1\n[[trainer]]\nname = \"a\"").contains("'wire.fetch_window' is -1"))
         XCTAssertTrue(error(base + "[[region]]\nname = \"r\"\nupstream_every = 2\nupstream_tokens = 100\n[region.broker]\ntrainers = \"tcp://127.0.0.1:1\"").contains("exclude each other"))
     }
 
