@@ -33,6 +33,35 @@ struct ExperimentCommand: ParsableCommand {
         /// With personalized clusters: the global model's final loss on every data cluster (the
         /// model a cluster created later starts from).
         var global: [String: Double] = [:]
+        /// Federated variants: what the trainers sent and received for the tokens they trained.
+        var traffic: Traffic?
+    }
+
+    /// The trainers' bytes on the wire against their trained tokens, and data-parallel training's
+    /// for comparison: every worker all-reducing F32 gradients each step (a ring: 4N bytes sent
+    /// and 4N received per worker per step of `batchTokens` tokens, N parameters).
+    struct Traffic: Equatable {
+        var sent: Int
+        var received: Int
+        var tokens: Int
+        var dataParallelBytesPerToken: Double
+
+        var sentPerToken: Double { Double(sent) / Double(max(tokens, 1)) }
+        var receivedPerToken: Double { Double(received) / Double(max(tokens, 1)) }
+        /// How many times fewer bytes per trained token than data-parallel training.
+        var fewerThanDataParallel: Double { dataParallelBytesPerToken / max(sentPerToken + receivedPerToken, 1e-9) }
+
+        /// Sums the `stats.json` of every trainer under `trainers` (a run directory's `trainers/`).
+        static func read(trainers: String, parameters: Int, batchTokens: Int) -> Traffic? {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: trainers)) ?? []
+            let stats = names.compactMap { name -> TrainerStats? in
+                guard let data = FileManager.default.contents(atPath: trainers + "/" + name + "/" + TrainerStats.file) else { return nil }
+                return try? JSONDecoder().decode(TrainerStats.self, from: data)
+            }
+            guard !stats.isEmpty else { return nil }
+            return Traffic(sent: stats.reduce(0) { $0 + $1.bytesSent }, received: stats.reduce(0) { $0 + $1.bytesReceived },
+                           tokens: stats.reduce(0) { $0 + $1.tokens }, dataParallelBytesPerToken: 8 * Double(parameters) / Double(batchTokens))
+        }
     }
 
     func run() throws {
@@ -152,9 +181,10 @@ struct ExperimentCommand: ParsableCommand {
         }
         // Each organisation (trainer) is served by its final cluster's model, or the global one.
         let organisations = try OrganisationRuns.federatedLosses(topology, models: models, clusters: current, global: global, validation: validation)
+        let traffic = Traffic.read(trainers: dir + "/federation/trainers", parameters: global.config.parameterCount, batchTokens: batchTokens)
         return Outcome(variant: v, curve: try LearningCurve.fromLedger(ledgerPath, start: start, personalized: topology.aggregation.clusters != nil),
                        final: final, seconds: seconds, tokens: tokens, assignments: assignments, matrix: matrix, organisations: organisations,
-                       global: globalLosses)
+                       global: globalLosses, traffic: traffic)
     }
 
     /// The local variant: every trainer of the topology trains alone (`fedlm train --clusters`)
@@ -236,7 +266,9 @@ struct ExperimentCommand: ParsableCommand {
     static func save(_ o: Outcome, to path: String) throws {
         let points = o.curve.points.map { ["tokens": Double($0.tokens), "seconds": $0.seconds].merging($0.losses.mapKeys { "loss/" + $0 }) { a, _ in a } }
         let json: [String: Any] = ["final": o.final, "seconds": o.seconds, "tokens": o.tokens, "assignments": o.assignments, "matrix": o.matrix,
-                                   "organisations": o.organisations, "global": o.global, "curve": points]
+                                   "organisations": o.organisations, "global": o.global, "curve": points,
+                                   "traffic": o.traffic.map { ["sent": Double($0.sent), "received": Double($0.received), "tokens": Double($0.tokens),
+                                                               "dataParallelBytesPerToken": $0.dataParallelBytesPerToken] } ?? [:]]
         try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: path))
     }
 
@@ -250,7 +282,11 @@ struct ExperimentCommand: ParsableCommand {
         }
         return Outcome(variant: variant, curve: LearningCurve(points: points), final: final, seconds: seconds, tokens: tokens,
                        assignments: json["assignments"] as? [String] ?? [], matrix: json["matrix"] as? [String: [String: Int]] ?? [:],
-                       organisations: json["organisations"] as? [String: Double] ?? [:], global: json["global"] as? [String: Double] ?? [:])
+                       organisations: json["organisations"] as? [String: Double] ?? [:], global: json["global"] as? [String: Double] ?? [:],
+                       traffic: (json["traffic"] as? [String: Double]).flatMap { t in
+                           guard let sent = t["sent"], let received = t["received"], let tokens = t["tokens"], let dp = t["dataParallelBytesPerToken"] else { return nil }
+                           return Traffic(sent: Int(sent), received: Int(received), tokens: Int(tokens), dataParallelBytesPerToken: dp)
+                       })
     }
 }
 

@@ -60,6 +60,22 @@ struct ExperimentReport {
         return WorthJoining(organisations: organisations, alone: alone, federated: federated, pooled: pooled)
     }
 
+    /// Bytes per trained token of the federated variants, both ways and against data-parallel
+    /// training, beside their held-out loss: every trade-off of the wire in one table.
+    func trafficTable() -> String {
+        let measured = outcomes.compactMap { o in o.traffic.map { (o, $0) } }
+        guard let first = measured.first else { return "" }
+        var md = "\n## Bytes per trained token\n\nEverything the trainers sent and received (every frame, resends and the first release "
+        md += "included; their `stats.json`) over the tokens they trained, against data-parallel training of the same model "
+        md += String(format: "(every worker all-reducing F32 gradients each step: %.0f bytes per trained token).\n\n", first.1.dataParallelBytesPerToken)
+        md += "| variant | sent per token | received per token | fewer bytes than data-parallel | mean loss |\n|---|---|---|---|---|\n"
+        for (o, t) in measured {
+            md += String(format: "| %@ | %.1f | %.1f | %.1fx | %.4f |\n", o.variant.name, t.sentPerToken, t.receivedPerToken,
+                         t.fewerThanDataParallel, ExperimentCommand.mean(o.final))
+        }
+        return md
+    }
+
     func write() throws {
         let dir = spec.runDirectory
         try FileManager.default.createDirectory(atPath: dir + "/plots", withIntermediateDirectories: true)
@@ -86,6 +102,7 @@ struct ExperimentReport {
             csv += row.joined(separator: ",") + "\n"
             md += "| " + mdRow.joined(separator: " | ") + " |\n"
         }
+        md += trafficTable()
         let withGlobal = outcomes.filter { !$0.global.isEmpty }
         if !withGlobal.isEmpty {
             md += "\n## The global model of personalized variants\n\nThe global model (what a cluster created later starts from) on every data cluster"
