@@ -9,6 +9,14 @@ extension ZMQSocket {
         for message in MessageStream.split(frames) { try send(prefix + message) }
     }
 
+    /// Streams an encoded release's head and the chunks `window` asks for (nil: all of them).
+    public func sendStreamed(release frames: [[UInt8]], prefix: [[UInt8]] = [], window: ReleaseWindow?) throws {
+        guard let window, frames.count > 3 else { return try sendStreamed(frames, prefix: prefix) }
+        let messages = MessageStream.split(frames)
+        try send(prefix + messages[0])
+        for i in window.chunks(head: frames[2], count: frames.count - 3) { try send(prefix + messages[1 + i]) }
+    }
+
     /// Streams an encoded tensor message held in `shared` without copying its chunks: its head
     /// and the chunks of `range` (nil: all). Returns the bytes sent.
     @discardableResult
@@ -53,12 +61,17 @@ extension SharedFrames {
 /// chunks, from where `resume` says while it names that head, else from the first. The head
 /// goes with every window: it is the answer the broker counts (`BrokerGate.answered`), and a
 /// receiver holding the same head continues its transfer.
-struct ReleaseWindow: Equatable {
-    let size: Int
-    let resume: ResumePoint?
+public struct ReleaseWindow: Equatable, Sendable {
+    public let size: Int
+    public let resume: ResumePoint?
+
+    public init(size: Int, resume: ResumePoint?) {
+        self.size = size
+        self.resume = resume
+    }
 
     /// The chunks to send of a stream with this header frame and chunk count.
-    func chunks(head header: [UInt8], count: Int) -> Range<Int> {
+    public func chunks(head header: [UInt8], count: Int) -> Range<Int> {
         let continues = resume.map { $0.head == WireCodec.headDigest(header) } ?? false
         let start = continues ? min(max(resume!.next, 0), count) : 0
         return start..<min(count, start + size)

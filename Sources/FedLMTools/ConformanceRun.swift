@@ -93,8 +93,9 @@ public final class ConformanceRun {
                 case .reply(_, let reply):
                     script.answered(reply)
                     try router.sendStreamed(codec.encode(reply), prefix: to)
-                case .sendRelease(_, let cluster, _, _):
-                    try router.sendStreamed(codec.encode(core.release(cluster: cluster)), prefix: to)
+                case .sendRelease(_, let cluster, let window, let resume):
+                    try router.sendStreamed(release: codec.encode(core.release(cluster: cluster)), prefix: to,
+                                            window: window.map { ReleaseWindow(size: $0, resume: resume) })
                     script.releaseSent(now: Date().timeIntervalSince1970)
                 case .sendReleaseSteps(_, let held):
                     for step in core.releaseSteps(from: held) { try router.sendStreamed(codec.encode(step), prefix: to) }

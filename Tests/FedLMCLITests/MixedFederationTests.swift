@@ -47,6 +47,29 @@ final class MixedFederationTests: XCTestCase {
         try federateWithPyTorch(device: "cpu")
     }
 
+    /// The PyTorch trainer fetches releases of 13 chunks two at a time (`--fetch-window 2`):
+    /// every fetch completes without waiting out its request timer, and its updates get in.
+    func testThePyTorchTrainerFetchesReleasesInWindows() throws {
+        _ = try ClientPython.interpreter()
+        let f = try SmallFederation(SmallFederation.fedbuff().replacingOccurrences(of: "buffer_size = 2", with: "buffer_size = 1")
+                                    + SmallFederation.trainer("torch"), embedding: 512)
+        defer { f.scratch.remove() }
+        let broker = try f.start("broker"), aggregator = try f.start("aggregator", ["--threads", "1"])
+        defer { for p in [broker, aggregator] { p.signal(SIGKILL) } }
+        let log = f.scratch.dir + "/torch.log"
+        let started = Date()
+        let torch = try ClientPython.startTrainer(["--broker", f.trainersAddress, "--name", "torch", "--data", f.scratch.dir + "/data",
+                                                   "--config", f.scratch.dir + "/model.toml", "--local-steps", "2", "--tokens", "320",
+                                                   "--threads", "1", "--fetch-window", "2", "--state", f.scratch.dir + "/torch"], log: log)
+        let deadline = Date().addingTimeInterval(240)
+        while torch.isRunning, Date() < deadline { usleep(200_000) }
+        if torch.isRunning { torch.terminate() }
+        let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        XCTAssertEqual(torch.terminationStatus, 0, output)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 100, "a window was waited for (30 s request timer):\n\(output)")
+        XCTAssertGreaterThanOrEqual(f.ledger("SELECT COUNT(*) FROM updates WHERE trainer = 'torch' AND outcome = 'applied'"), 5, output)
+    }
+
     /// `fedlm conformance` with both trainers FedLM has: each keeps every rule of the protocol.
     func testTheSwiftAndThePyTorchTrainerKeepEveryConformanceRule() throws {
         let python = try ClientPython.interpreter()

@@ -31,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's)")
     p.add_argument("--state", help="directory for the pending update and stats.json (default runs/trainers/<name>)")
     p.add_argument("--ack-timeout", type=float, default=30.0, help="seconds before an unacknowledged update is resent")
+    p.add_argument("--fetch-window", type=int, default=64,
+                   help="fetch releases this many 1 MiB chunks at a time, resuming after a loss (0: the whole release at once)")
     p.add_argument("--key", help="CURVE key pair prefix (<prefix>.public, <prefix>.secret), when the broker requires keys")
     p.add_argument("--broker-key", help="the broker's public key file, with --key")
     p.add_argument("--seed", type=int, help="seed of the batches and the model's initialisation (default: the config's)")
@@ -67,6 +69,8 @@ def main(argv=None) -> int:
         args.local_steps, args.tokens = invitation["localSteps"], invitation.get("tokens")
         args.state = os.path.join(member, "state")
         curve = Curve(public=invitation["publicKey"], secret=invitation["secretKey"], server=invitation["brokerPublicKey"])
+    if args.fetch_window < 0:
+        parser().error(f"--fetch-window {args.fetch_window}: a chunk count, or 0 for whole releases")
     if not args.broker or not args.config:
         parser().error("give --broker and --config, or --join FILE")
     if bool(args.data) == bool(args.text):
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
                           config=config, training=training,
                           device=args.device, clusters=args.clusters.split(",") if args.clusters else None,
                           cluster=args.cluster, local_steps=args.local_steps, tokens=args.tokens,
-                          state=args.state or os.path.join("runs", "trainers", name), ack_timeout=args.ack_timeout,
+                          state=args.state or os.path.join("runs", "trainers", name), ack_timeout=args.ack_timeout, fetch_window=args.fetch_window,
                           curve=curve or (Curve.load(args.key, args.broker_key) if args.key else None))
         stats = Trainer(options).run()
     except (ConfigError, DataError) as e:

@@ -70,6 +70,7 @@ class Options:
     curve: Optional[Curve] = None
     text: Optional[list] = None
     tokenizer: Optional[str] = None
+    fetch_window: int = 64  # chunks per window of a release fetch (0: the whole release at once)
 
 
 @dataclass
@@ -81,6 +82,36 @@ class Stats:
     bytesSent: int = 0
     bytesReceived: int = 0
     refused: list = field(default_factory=list)
+
+
+class WindowedFetch:
+    """Which FETCH to send as a release streams in, window by window (`WindowedFetch` in the Swift
+    trainer): the next `window` chunks when half of the last are in; after a gap, once, from the
+    first chunk missing."""
+
+    def __init__(self, window: int, request: dict, gaps: int = 0):
+        self.window, self.request = window, request
+        self.head, self.asked, self.gaps, self.resumed_at = None, 0, gaps, None
+
+    def first(self) -> dict:
+        return dict(self.request, window=self.window)
+
+    def progress(self, head: int, received: int, count: int, gaps: int) -> Optional[dict]:
+        if head != self.head:
+            self.head, self.asked, self.resumed_at = head, min(count, self.window), None
+        gap, self.gaps = gaps > self.gaps, gaps
+        if gap:
+            if self.resumed_at == received:
+                return None
+            self.resumed_at = received
+            return self.continuation(received, count)
+        if self.asked >= count or received < self.asked - self.window // 2:
+            return None
+        return self.continuation(self.asked, count)
+
+    def continuation(self, start: int, count: int) -> dict:
+        self.asked = min(count, start + self.window)
+        return dict(self.request, window=self.window, resume={"head": self.head, "next": start})
 
 
 class Connection:
@@ -102,7 +133,8 @@ class Connection:
             s.curve_secretkey = options.curve.secret.encode()
             s.curve_serverkey = options.curve.server.encode()
         s.connect(options.broker)
-        self.receiver = wire.StreamReceiver()
+        self.receiver = wire.StreamReceiver(resumes_releases=options.fetch_window > 0)
+        self.on_partial = None  # called after each message that did not complete one
 
     def send(self, frames: list):
         self.stats.bytesSent += sum(len(f) for f in frames)
@@ -125,6 +157,8 @@ class Connection:
                 continue
             if message is not None:
                 return message
+            if self.on_partial is not None:
+                self.on_partial()
 
     def close(self):
         self.socket.close()
@@ -233,9 +267,32 @@ class Trainer:
                 raise SystemExit(f"HELLO refused: {reply.header.get('code')}: {reply.header.get('detail')}")
 
     def fetch(self, have: Optional[int]) -> bool:
-        """Asks for a release newer than `have`; True when one arrived, False on a HEARTBEAT."""
+        """Asks for a release newer than `have`; True when one arrived, False on a HEARTBEAT.
+        With a fetch window (PROTOCOL.md, "Windowed fetches"), the release comes `fetch_window`
+        chunks at a time: the next window is asked for when half of the last has arrived, and
+        after a gap or a stall the stream resumes from the first chunk missing."""
+        request = {"cluster": self.o.cluster, "haveVersion": have}
+        receiver = self.connection.receiver
+        window = WindowedFetch(self.o.fetch_window, request, receiver.gaps) if self.o.fetch_window > 0 else None
+
+        def more():
+            progress = receiver.release_progress()
+            if window is not None and progress is not None:
+                continuation = window.progress(*progress, gaps=receiver.gaps)
+                if continuation is not None:
+                    self.send(wire.simple(wire.FETCH, continuation))
+
+        self.connection.on_partial = more
+        try:
+            return self.fetch_until_answered(have, request if window is None else window.first())
+        finally:
+            self.connection.on_partial = None
+
+    def fetch_until_answered(self, have: Optional[int], request: dict) -> bool:
         while True:
-            self.send(wire.simple(wire.FETCH, {"cluster": self.o.cluster, "haveVersion": have}))
+            progress = self.connection.receiver.release_progress()
+            resume = request.get("window") and progress and {"head": progress[0], "next": progress[1]}
+            self.send(wire.simple(wire.FETCH, dict(request, resume=resume) if resume else request))
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 reply = self.reply(deadline - time.monotonic())

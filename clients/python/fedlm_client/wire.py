@@ -211,9 +211,23 @@ def parse_head(frames: list) -> tuple:
 @dataclass
 class StreamReceiver:
     """Turns the frames a peer receives into whole messages: a RELEASE or UPDATE head starts a
-    reassembly that CHUNK messages continue ("Streams"); a CHUNK without one is dropped."""
+    reassembly that CHUNK messages continue ("Streams"); a CHUNK without one is dropped.
+
+    With `resumes_releases` (windowed fetches), a RELEASE stream survives a gap: a chunk after a
+    missing one (counted in `gaps`) or one already received (`duplicates`) is dropped instead of
+    ending the transfer, and a head identical to the one in progress continues it."""
     current: Optional[Reassembly] = None
     dropped_chunks: int = field(default=0)
+    resumes_releases: bool = False
+    gaps: int = 0
+    duplicates: int = 0
+    head_frame: Optional[bytes] = None
+
+    def release_progress(self) -> Optional[tuple]:
+        """The RELEASE stream in progress: (CRC-32C of its header frame, chunks received, chunk count)."""
+        if self.current is None or self.current.type != RELEASE or self.head_frame is None:
+            return None
+        return crc32c.crc32c(self.head_frame), self.current.received, self.current.count
 
     def receive(self, frames: list) -> Optional[Message]:
         t, header = parse_head(frames)
@@ -224,6 +238,13 @@ class StreamReceiver:
             if len(frames) != 4 or len(frames[2]) != 8:
                 self.current = None
                 raise ProtocolError("malformed", "a CHUNK has 4 frames, the third 8 bytes")
+            index, count = struct.unpack("<II", bytes(frames[2]))
+            if self.resumes_releases and self.current.type == RELEASE and count == self.current.count and index != self.current.received:
+                if index > self.current.received:
+                    self.gaps += 1
+                else:
+                    self.duplicates += 1
+                return None
             try:
                 self.current.add(bytes(frames[3]), struct.unpack("<II", bytes(frames[2])))
             except ProtocolError:
@@ -234,9 +255,13 @@ class StreamReceiver:
             done, self.current = self.current, None
             return done.finish()
         if t in (RELEASE, UPDATE):
+            if (len(frames) == 3 and self.resumes_releases and self.current is not None and t == RELEASE
+                    and self.head_frame == bytes(frames[2])):
+                return None  # the same release again: continue it
             r = Reassembly(t, header)
             if len(frames) == 3:  # a stream's head
                 self.current = r
+                self.head_frame = bytes(frames[2])
                 return None
             for chunk in frames[3:]:  # the one-message form
                 r.add(bytes(chunk))
