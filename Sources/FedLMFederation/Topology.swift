@@ -27,7 +27,7 @@ import TOMLKit
 ///     hinge_cutoff = 2                      # hinge
 ///     max_staleness = 8
 ///     staleness_scope = "tensor"            # fedbuff: tensor (steps that changed each tensor) | model (versions)
-///     partial_weight = 1.0                  # fedbuff: a partial update's step against a whole one's, in (0, 1]
+///     partial_weight = 0.25                 # fedbuff: a partial update's step against a whole one's, in (0, 1]
 ///     server_optimizer = "nesterov"         # sgd | nesterov | adam | delayed_nesterov
 ///     server_learning_rate = 0.7
 ///     server_momentum = 0.9
