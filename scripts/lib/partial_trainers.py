@@ -132,11 +132,13 @@ def main():
     p.add_argument("--server", choices=sorted(SERVER), default="sgd", help="the aggregator's outer optimizer (default sgd at 1.0)")
     p.add_argument("--aggregation", action="append", default=[],
                    help="an extra [aggregation] line for the value runs, e.g. 'partial_updates = \"immediate\"' (repeatable)")
+    p.add_argument("--data", help="prepared data directory (default runs/demo-data/shards)")
     p.add_argument("--variants", help="value runs to make, comma-separated: two-full, '+3 at budget F/2', '+3 at budget F/4' (default: all)")
     a = p.parse_args()
-    global server, extra_aggregation
+    global server, extra_aggregation, DATA
     server = a.server
     extra_aggregation = a.aggregation
+    DATA = a.data or DATA
     os.makedirs(a.out, exist_ok=True)
     report = {}
     if a.only != "value":
