@@ -22,6 +22,8 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
     /// Seconds without a release after which the subscriber asks for anything newer than it
     /// holds (so a release lost while the broker was away still arrives).
     public var catchUpAfter = 3.0
+    /// Chunks per window of the snapshot's fetch (`WindowedFetch`).
+    public var fetchWindow = 64
     let logger: Logger
     private let stopFlag = StopFlag()
     private var codec = WireCodec()
@@ -68,30 +70,48 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
             logger.info("release v\(info.version)\(info.cluster.map { " of cluster \($0) (head \(info.headVersion ?? 0))" } ?? "")")
             onRelease(info.version)
         }
-        // Snapshot (the subscription above is already in place, so nothing falls in between).
-        try dealer.send(codec.encode(.fetch(Fetch(cluster: cluster))))
-        var lastAsk = Date().timeIntervalSince1970
-        var haveSnapshot = false
+        // Snapshot (the subscription above is already in place, so nothing falls in between),
+        // fetched in windows as trainers fetch releases (`WindowedFetch`).
+        var windows = WindowedFetch(window: fetchWindow)
         var snapshot = StreamAssembler(codec: codec)  // the snapshot streams in chunk by chunk
+        snapshot.resumesReleases = true
+        func ask(_ fetch: Fetch) throws { try dealer.send(codec.encode(.fetch(windows.outgoing(fetch)))) }
+        try ask(Fetch(cluster: cluster))
+        var lastAsk = Date().timeIntervalSince1970, lastHeard = lastAsk
+        var haveSnapshot = false, gapsSeen = 0
         while !stopFlag.isSet, received < (maxReleases ?? .max) {
             let ready = try ZMQPoller.readable([sub, dealer], timeout: 100)
-            if ready.contains(1), let reply = try dealer.receive(timeout: 0),
-               case .release(let info, let payload)? = try? snapshot.accept(reply) {
-                haveSnapshot = true
-                try take(info, payload)
+            if ready.contains(1), let reply = try dealer.receive(timeout: 0) {
+                lastHeard = Date().timeIntervalSince1970
+                let message = try? snapshot.accept(reply)
+                if case .release(let info, let payload)? = message {
+                    haveSnapshot = true
+                    try take(info, payload)
+                } else if let p = snapshot.releaseProgress {
+                    let gap = snapshot.gaps > gapsSeen
+                    gapsSeen = snapshot.gaps
+                    if let more = windows.progress(head: p.head, received: p.received, count: p.count, gap: gap) {
+                        try dealer.send(codec.encode(.fetch(more)))
+                    }
+                }
             }
             if ready.contains(0), let message = try sub.receive(timeout: 0), message.count > 1 {
                 if case .release(let info, let payload)? = try? codec.decode(Array(message[1...])) { try take(info, payload) }
             }
             let now = Date().timeIntervalSince1970
-            if !haveSnapshot, now - lastAsk > 2 {
-                try dealer.send(codec.encode(.fetch(Fetch(cluster: cluster))))
+            if !haveSnapshot, now - max(lastAsk, lastHeard) > 2 {
+                // Nothing for 2 s: resume the snapshot's stream where it stopped, or ask again.
+                if let p = snapshot.releaseProgress, let more = windows.stalled(head: p.head, received: p.received, count: p.count) {
+                    try dealer.send(codec.encode(.fetch(more)))
+                } else {
+                    try ask(Fetch(cluster: cluster))
+                }
                 lastAsk = now
             } else if haveSnapshot, now - max(lastAsk, lastRelease) > catchUpAfter {
                 // Quiet for a while: a publication may have been lost (PUB drops what it cannot
                 // deliver, e.g. while the broker restarts). Ask for anything newer than what we
                 // hold; the aggregator answers a heartbeat if there is nothing.
-                try dealer.send(codec.encode(.fetch(Fetch(cluster: cluster, haveVersion: latest.0))))
+                try ask(Fetch(cluster: cluster, haveVersion: latest.0))
                 lastAsk = now
             }
         }

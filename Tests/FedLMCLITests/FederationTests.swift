@@ -268,6 +268,14 @@ final class FederationTests: XCTestCase {
         }
         XCTAssertGreaterThanOrEqual(f.ledger("SELECT COUNT(*) FROM updates WHERE outcome IN ('applied', 'buffered')"), 8)
         XCTAssertGreaterThanOrEqual(f.ledger("SELECT MAX(version_after) FROM updates"), 4)
+        // A subscriber's snapshot, two chunks at a time, is the aggregator's latest release.
+        let out = f.scratch.dir + "/releases"
+        let asked = Date()
+        let (subscribed, output) = try FedLMProcess.run(["subscribe", "--topology", f.topology, "--fetch-window", "2", "--count", "1", "--out", out])
+        XCTAssertEqual(subscribed, 0, output)
+        XCTAssertLessThan(Date().timeIntervalSince(asked), 8, "each window asked for as the last arrived, not after 2 s stalls")
+        let latest = f.ledger("SELECT MAX(version_after) FROM updates")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/v\(latest)/model.safetensors"), output)
     }
 
     /// Personalized heads with real processes, and the `fedlm cluster` commands on the run they

@@ -226,6 +226,11 @@ struct SubscribeCommand: AsyncParsableCommand {
     @Option(help: "CURVE key pair prefix, when the broker requires keys (the subscriber's key must be in its allow-list).") var key: String?
     @Option(help: "The broker's public key file (default: <keys>/broker.public of the topology).") var brokerKey: String?
     @Option(help: "Stop after this many releases.") var count: Int?
+    @Option(help: "Fetch the snapshot this many 1 MiB chunks at a time (default: the topology's fetch_window, else 64).") var fetchWindow: Int?
+
+    func validate() throws {
+        if let fetchWindow, fetchWindow < 1 { throw ValidationError("--fetch-window \(fetchWindow): a chunk count of at least 1") }
+    }
 
     func run() async throws {
         var endpoints = BrokerEndpoints()
@@ -246,6 +251,7 @@ struct SubscribeCommand: AsyncParsableCommand {
             service.curve = try CurveClient.load(prefix: key, brokerKeyFile: brokerPublic)
         }
         service.maxReleases = count
+        service.fetchWindow = fetchWindow ?? t?.fetchWindow ?? TrainerOptions.defaultFetchWindow ?? 64
         service.onRelease = { print("release v\($0)") }
         try await runService(service, label: "fedlm.subscriber")
     }
