@@ -121,6 +121,8 @@ struct TrainerCommand: AsyncParsableCommand {
     @Option(help: "Train only the tensors matching these comma-separated globs (e.g. 'transformer.h.5.*,transformer.ln_f.*').") var train: String?
     @Option(help: "Sequences per forward/backward pass; gradients are accumulated over the batch.") var microBatch: Int?
     @Option(help: "Seconds before an unacknowledged update is sent again (default: the topology's, else 30).") var ackTimeout: Double?
+    @Option(help: "Fetch releases this many 1 MiB chunks at a time, 0 for whole releases (default: the topology's fetch_window, else 64).")
+    var fetchWindow: Int?
     @Option(help: "Join with an invitation file (`fedlm invite`): broker, keys, model, tokenizer and recipe come from it.") var join: String?
     @Option(parsing: .upToNextOption, help: "With --join: the member's text (files or folders; .txt, .jsonl, .gz), tokenized with the federation's tokenizer.")
     var text: [String] = []
@@ -183,6 +185,10 @@ struct TrainerCommand: AsyncParsableCommand {
         if let ackTimeout {
             guard ackTimeout > 0 else { throw ValidationError("--ack-timeout must be positive") }
             options.ackTimeout = ackTimeout
+        }
+        if let fetchWindow {
+            guard fetchWindow >= 0 else { throw ValidationError("--fetch-window \(fetchWindow): a chunk count, or 0 for whole releases") }
+            options.fetchWindow = fetchWindow == 0 ? nil : fetchWindow
         }
         try choosePart(&options, entry: topologyEntry)
         guard options.maxLocalSteps >= 1 else { throw ValidationError("--max-local-steps must be >= 1") }
