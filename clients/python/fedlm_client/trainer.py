@@ -109,6 +109,13 @@ class WindowedFetch:
             return None
         return self.continuation(self.asked, count)
 
+    def stalled(self, head: int, received: int, count: int) -> Optional[dict]:
+        """The stream stopped: ask again from the first chunk missing (None: no stream of ours)."""
+        if head != self.head or received >= count:
+            return None
+        self.resumed_at = received
+        return self.continuation(received, count)
+
     def continuation(self, start: int, count: int) -> dict:
         self.asked = min(count, start + self.window)
         return dict(self.request, window=self.window, resume={"head": self.head, "next": start})
@@ -282,17 +289,24 @@ class Trainer:
                 if continuation is not None:
                     self.send(wire.simple(wire.FETCH, continuation))
 
+        first = window.first() if window is not None else request
+
+        def again() -> dict:
+            # A retry resumes the stream in progress from its first missing chunk, if there is one.
+            progress = receiver.release_progress()
+            return (window is not None and progress is not None and window.stalled(*progress)) or first
+
         self.connection.on_partial = more
         try:
-            return self.fetch_until_answered(have, request if window is None else window.first())
+            return self.fetch_until_answered(have, first, again)
         finally:
             self.connection.on_partial = None
 
-    def fetch_until_answered(self, have: Optional[int], request: dict) -> bool:
+    def fetch_until_answered(self, have: Optional[int], first: dict, again) -> bool:
+        request = first
         while True:
-            progress = self.connection.receiver.release_progress()
-            resume = request.get("window") and progress and {"head": progress[0], "next": progress[1]}
-            self.send(wire.simple(wire.FETCH, dict(request, resume=resume) if resume else request))
+            self.send(wire.simple(wire.FETCH, request))
+            request = again()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 reply = self.reply(deadline - time.monotonic())
