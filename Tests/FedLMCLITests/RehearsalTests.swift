@@ -16,7 +16,7 @@ final class RehearsalTests: XCTestCase {
     var regionTokens: Int { max(4000, Int(cutSeconds * 1000)) }
 
     func testASecuredHierarchyWithInvitedMembersARevocationAndAnUplinkCutLosesNothing() throws {
-        let python = try ClientPython.interpreter()  // skip or fail before anything starts
+        _ = try ClientPython.interpreter()  // skip or fail before anything starts
         let keys = NSTemporaryDirectory() + "fedlm-keys-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { try? FileManager.default.removeItem(atPath: keys) }
         let f = try SmallFederation("[security]\nkeys = \"\(keys)\"\n"
@@ -104,7 +104,6 @@ final class RehearsalTests: XCTestCase {
             XCTAssertGreaterThanOrEqual(stats, 1, "\(name) had updates acknowledged")
             XCTAssertEqual(accepted(ledger, name), stats, "\(name): acknowledged updates against its rows in the ledger")
         }
-        _ = python
     }
 
     /// A region of one topology trainer whose aggregator reaches the top through `upstream`.
