@@ -4,8 +4,9 @@ import FedLMProtocol
 /// the session tells it what it sent and how the stream stands, and sends what it returns.
 ///
 /// The aggregator answers a FETCH with `window` W with the stream's head and at most W chunks (a
-/// head the trainer already holds continues its transfer). When half of the chunks asked for are in, the next W are asked for
-/// (`ResumePoint`: the head's digest and the first chunk not yet asked for), so at most 1.5 W
+/// head the trainer already holds continues its transfer). When half of the chunks asked for
+/// are in, the next W are asked for (`ResumePoint`: the head's digest and the first chunk not
+/// yet asked for), so at most 1.5 W
 /// chunks are ever queued between the aggregator and the trainer, however large the model, and
 /// the link stays busy. A chunk lost on the way shows as a gap (`StreamAssembler` with
 /// `resumesReleases` drops what follows it): the stream is asked for again from the first
