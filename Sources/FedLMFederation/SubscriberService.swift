@@ -78,7 +78,7 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
         func ask(_ fetch: Fetch) throws { try dealer.send(codec.encode(.fetch(windows.outgoing(fetch)))) }
         try ask(Fetch(cluster: cluster))
         var lastAsk = Date().timeIntervalSince1970, lastHeard = lastAsk
-        var haveSnapshot = false, gapsSeen = 0
+        var haveSnapshot = false
         while !stopFlag.isSet, received < (maxReleases ?? .max) {
             let ready = try ZMQPoller.readable([sub, dealer], timeout: 100)
             if ready.contains(1), let reply = try dealer.receive(timeout: 0) {
@@ -87,12 +87,8 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
                 if case .release(let info, let payload)? = message {
                     haveSnapshot = true
                     try take(info, payload)
-                } else if let p = snapshot.releaseProgress {
-                    let gap = snapshot.gaps > gapsSeen
-                    gapsSeen = snapshot.gaps
-                    if let more = windows.progress(head: p.head, received: p.received, count: p.count, gap: gap) {
-                        try dealer.send(codec.encode(.fetch(more)))
-                    }
+                } else if let (more, _) = windows.more(after: snapshot) {
+                    try dealer.send(codec.encode(.fetch(more)))
                 }
             }
             if ready.contains(0), let message = try sub.receive(timeout: 0), message.count > 1 {
@@ -101,7 +97,7 @@ public final class SubscriberService: BlockingService, @unchecked Sendable {
             let now = Date().timeIntervalSince1970
             if !haveSnapshot, now - max(lastAsk, lastHeard) > 2 {
                 // Nothing for 2 s: resume the snapshot's stream where it stopped, or ask again.
-                if let p = snapshot.releaseProgress, let more = windows.stalled(head: p.head, received: p.received, count: p.count) {
+                if let more = windows.stalled(snapshot) {
                     try dealer.send(codec.encode(.fetch(more)))
                 } else {
                     try ask(Fetch(cluster: cluster))

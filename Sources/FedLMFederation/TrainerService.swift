@@ -81,8 +81,6 @@ private final class TrainerSession {
     var persisted: String?
     /// Bytes sent and received (every frame, resends included), for the bytes per token.
     var bytesSent = 0, bytesReceived = 0
-    /// The assembler's gap count when the stream was last looked at.
-    var gapsSeen = 0
     var joiningBytes: Int?
 
     init(service: TrainerService) throws {
@@ -175,7 +173,7 @@ private final class TrainerSession {
             Thread.sleep(forTimeInterval: seconds)
             try send(SharedFrames(message, codec: codec))
         case .resend:
-            if let p = assembler.releaseProgress, let more = windows?.stalled(head: p.head, received: p.received, count: p.count) {
+            if let more = windows?.stalled(assembler), let p = assembler.releaseProgress {
                 logger.info("\(options.id): the release stream stalled at chunk \(p.received) of \(p.count); resuming from there")
                 try transmit(SharedFrames(.fetch(more), codec: codec))
             } else if let lastRequest {
@@ -215,14 +213,11 @@ private final class TrainerSession {
     /// Windowed fetches: asks for the release stream's next window when half of the last is in,
     /// or again from the first chunk missing after a gap.
     private func askForMoreOfTheRelease() throws {
-        guard windows != nil, let p = assembler.releaseProgress else { return }
-        let gaps = assembler.gaps
-        defer { gapsSeen = gaps }
-        let gap = gaps > gapsSeen
-        if let more = windows!.progress(head: p.head, received: p.received, count: p.count, gap: gap) {
-            if gap { logger.info("\(options.id): release chunk \(p.received) of \(p.count) lost; asking again from there") }
-            try transmit(SharedFrames(.fetch(more), codec: codec))
+        guard let (more, afterGap) = windows?.more(after: assembler) else { return }
+        if afterGap, let p = assembler.releaseProgress {
+            logger.info("\(options.id): release chunk \(p.received) of \(p.count) lost; asking again from there")
         }
+        try transmit(SharedFrames(.fetch(more), codec: codec))
     }
 
     private func transmit(_ frames: SharedFrames) throws {

@@ -21,6 +21,8 @@ public struct WindowedFetch: Equatable {
     private var askedThrough = 0
     /// The chunk a gap was last asked for again from (one request per gap).
     private var resumedAt: Int?
+    /// The receiving assembler's gap count when it was last looked at (`more(after:)`).
+    private var gapsSeen = 0
 
     public init(window: Int) {
         precondition(window >= 1, "a window of \(window) chunks")
@@ -38,9 +40,25 @@ public struct WindowedFetch: Equatable {
         return f
     }
 
+    /// After each message `assembler` took: the FETCH that asks for more of the release it is
+    /// receiving, if one is due, and whether it asks again after a gap (a chunk lost on the way).
+    public mutating func more(after assembler: StreamAssembler) -> (fetch: Fetch, afterGap: Bool)? {
+        guard let p = assembler.releaseProgress else { return nil }
+        let gap = assembler.gaps > gapsSeen
+        gapsSeen = assembler.gaps
+        return progress(head: p.head, received: p.received, count: p.count, gap: gap).map { ($0, gap) }
+    }
+
+    /// The request timer fired: ask again from the first chunk missing of the release
+    /// `assembler` is receiving (nil: none of ours in progress, so the core's own request goes again).
+    public mutating func stalled(_ assembler: StreamAssembler) -> Fetch? {
+        guard let p = assembler.releaseProgress else { return nil }
+        return stalled(head: p.head, received: p.received, count: p.count)
+    }
+
     /// After each message of a release stream: the FETCH that asks for more, if one is due.
     /// `received` chunks of `count` are in; `gap` says a chunk arrived out of order.
-    public mutating func progress(head digest: UInt32, received: Int, count: Int, gap: Bool) -> Fetch? {
+    mutating func progress(head digest: UInt32, received: Int, count: Int, gap: Bool) -> Fetch? {
         if head != digest {
             // A new stream: the aggregator sent its head and the first window.
             head = digest
@@ -58,7 +76,7 @@ public struct WindowedFetch: Equatable {
 
     /// The request timer fired while a stream was in progress: ask again from the first chunk
     /// missing (nil: no stream in progress, so the core's own request goes again).
-    public mutating func stalled(head digest: UInt32, received: Int, count: Int) -> Fetch? {
+    mutating func stalled(head digest: UInt32, received: Int, count: Int) -> Fetch? {
         guard head == digest, received < count else { return nil }
         resumedAt = received
         return continuation(from: received, count: count)

@@ -48,6 +48,8 @@ public enum MessageStream {
 public struct StreamAssembler: Sendable {
     public let codec: WireCodec
     private var head: [[UInt8]]?
+    /// The CRC-32C of a RELEASE head's header frame (`WireCodec.headDigest`), taken once per head.
+    private var releaseHeadDigest: UInt32?
     /// The header of the UPDATE being streamed, for refusals of its chunks.
     private var headUpdate: UpdateInfo?
     private var receiver: TensorPayload.Receiver?
@@ -75,8 +77,8 @@ public struct StreamAssembler: Sendable {
     /// The RELEASE stream in progress: its head's digest (`WireCodec.headDigest`), the chunks
     /// received so far and the stream's chunk count.
     public var releaseProgress: (head: UInt32, received: Int, count: Int)? {
-        guard let head, head[1] == [MessageType.release.rawValue], let receiver else { return nil }
-        return (WireCodec.headDigest(head[2]), receiver.received, receiver.chunkCount)
+        guard let releaseHeadDigest, let receiver else { return nil }
+        return (releaseHeadDigest, receiver.received, receiver.chunkCount)
     }
 
     /// Takes one received message; returns the message it completes, or nil while a stream is
@@ -103,6 +105,7 @@ public struct StreamAssembler: Sendable {
             }
             head = frames
             headUpdate = update
+            if type == MessageType.release.rawValue { releaseHeadDigest = WireCodec.headDigest(frames[2]) }
             return nil
         }
         return try codec.decode(frames)
@@ -171,6 +174,7 @@ public struct StreamAssembler: Sendable {
     private mutating func reset() {
         head = nil
         headUpdate = nil
+        releaseHeadDigest = nil
         receiver = nil
     }
 }

@@ -11,22 +11,9 @@ final class ExperimentHarnessTests: XCTestCase {
         let data = try scratch.prepareData(vocab: 280, clusters: ["en": scratch.corpus])
         let model = try scratch.writeModelConfig(layers: 1, embedding: 16, context: 16, vocab: 280, batch: 2, training: "")
         let topology = scratch.dir + "/two.toml"
-        try """
-            name = "two"
-            model = "\(model)"
-            data = "\(data)"
-            [aggregation]
-            mode = "fedbuff"
-            buffer_size = 2
-            server_optimizer = "sgd"
-            server_learning_rate = 1.0
-            [[trainer]]
-            name = "a"
-            local_steps = 2
-            [[trainer]]
-            name = "b"
-            local_steps = 2
-            """.write(toFile: topology, atomically: true, encoding: .utf8)
+        try ("name = \"two\"\nmodel = \"\(model)\"\ndata = \"\(data)\"\n" + SmallFederation.fedbuff()
+             + SmallFederation.trainer("a", "local_steps = 2") + SmallFederation.trainer("b", "local_steps = 2"))
+            .write(toFile: topology, atomically: true, encoding: .utf8)
         let spec = scratch.dir + "/spec.toml"
         try """
             name = "bytes"

@@ -221,13 +221,9 @@ final class FederationTests: XCTestCase {
             server_learning_rate = 1.0
             """ + "\n" + trainer("a") + "\n" + trainer("b"))
         defer { f.scratch.remove() }
-        let broker = try f.start("broker")
-        let aggregator = try f.start("aggregator", ["--threads", "1"])
-        let trainers = try ["a", "b"].map { try f.start("trainer", ["--name", $0, "--threads", "1"]) }
+        let (broker, aggregator, trainers) = try f.startFederation(trainers: ["a", "b"])
         defer { for p in trainers + [aggregator, broker] { p.signal(SIGKILL) } }
-        let deadline = Date().addingTimeInterval(120)
-        for t in trainers { t.exits(by: deadline) }
-        XCTAssertTrue(trainers.allSatisfy { !$0.process.isRunning }, "trainers finished")
+        XCTAssertTrue(SmallFederation.finish(trainers), "trainers finished")
         var rounds = 0, timeouts = 0
         for t in trainers {
             var previous: Int?
@@ -255,13 +251,9 @@ final class FederationTests: XCTestCase {
         let trainer = { (name: String) in SmallFederation.trainer(name, "local_steps = 2", "tokens = 640") }
         let f = try SmallFederation(SmallFederation.fedbuff() + "[wire]\nfetch_window = 2\n" + trainer("a") + trainer("b"), embedding: 512)
         defer { f.scratch.remove() }
-        let broker = try f.start("broker")
-        let aggregator = try f.start("aggregator", ["--threads", "1"])
-        let trainers = try ["a", "b"].map { try f.start("trainer", ["--name", $0, "--threads", "1"]) }
+        let (broker, aggregator, trainers) = try f.startFederation(trainers: ["a", "b"])
         defer { for p in trainers + [aggregator, broker] { p.signal(SIGKILL) } }
-        let deadline = Date().addingTimeInterval(120)
-        for t in trainers { t.exits(by: deadline) }
-        XCTAssertTrue(trainers.allSatisfy { !$0.process.isRunning && $0.process.terminationStatus == 0 }, "trainers finished")
+        XCTAssertTrue(SmallFederation.finish(trainers) && trainers.allSatisfy { $0.process.terminationStatus == 0 }, "trainers finished")
         for t in trainers {
             XCTAssertFalse(t.output.contains("stalled"), "a window was asked for late:\n\(t.output)")
             XCTAssertFalse(t.output.contains("undecodable"), t.output)
@@ -286,13 +278,9 @@ final class FederationTests: XCTestCase {
     func testClusterCommandsListCreateAndExportEachClustersModel() throws {
         let f = try SmallFederation.twoOrganisations()
         defer { f.scratch.remove() }
-        let broker = try f.start("broker")
-        let aggregator = try f.start("aggregator", ["--threads", "1"])
-        let trainers = try ["t-en", "t-de"].map { try f.start("trainer", ["--name", $0, "--threads", "1"]) }
+        let (broker, aggregator, trainers) = try f.startFederation(trainers: ["t-en", "t-de"])
         defer { for p in trainers + [aggregator, broker] { p.signal(SIGKILL) } }
-        let deadline = Date().addingTimeInterval(120)
-        for t in trainers { t.exits(by: deadline) }
-        XCTAssertTrue(trainers.allSatisfy { !$0.process.isRunning }, "trainers finished")
+        XCTAssertTrue(SmallFederation.finish(trainers), "trainers finished")
         aggregator.signal(SIGTERM)
         XCTAssertEqual(aggregator.wait(), 0, aggregator.output)
         broker.signal(SIGTERM)
@@ -589,7 +577,9 @@ struct SmallFederation {
 
     /// An `[aggregation]` table: FedBuff with K = 2 and plain SGD at rate 1 as the outer step,
     /// then further keys, one TOML line each.
-    static func fedbuff(_ keys: String...) -> String {
+    static func fedbuff(_ keys: String...) -> String { fedbuff(keys) }
+
+    static func fedbuff(_ keys: [String]) -> String {
         "[aggregation]\nmode = \"fedbuff\"\nbuffer_size = 2\nserver_optimizer = \"sgd\"\nserver_learning_rate = 1.0\n"
             + keys.map { $0 + "\n" }.joined()
     }
@@ -613,6 +603,31 @@ struct SmallFederation {
 
     func start(_ role: String, _ extra: [String] = []) throws -> FedLMProcess {
         try FedLMProcess([role, "--topology", topology] + extra)
+    }
+
+    /// Starts the broker, the aggregator and the named trainers, one compute thread each.
+    func startFederation(trainers names: [String]) throws -> (broker: FedLMProcess, aggregator: FedLMProcess, trainers: [FedLMProcess]) {
+        let broker = try start("broker")
+        let aggregator = try start("aggregator", ["--threads", "1"])
+        return (broker, aggregator, try names.map { try start("trainer", ["--name", $0, "--threads", "1"]) })
+    }
+
+    /// Waits up to `seconds` for every trainer to finish its budget, and says whether all did.
+    static func finish(_ trainers: [FedLMProcess], within seconds: Double = 120) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        for t in trainers { t.exits(by: deadline) }
+        return trainers.allSatisfy { !$0.process.isRunning }
+    }
+
+    /// A `[[region]]` table: its name and further keys, its own broker on four ports from
+    /// `port`, FedBuff K = 2 with plain SGD at rate 1 and `aggregation` keys, and `trainers`
+    /// (`trainer(...)` entries, made the region's).
+    static func region(_ name: String, port: Int, keys: [String], aggregation: [String], trainers: [String]) -> String {
+        "\n[[region]]\nname = \"\(name)\"\n" + keys.map { $0 + "\n" }.joined()
+            + "[region.broker]\n" + ["trainers", "aggregator", "publish", "releases"].enumerated()
+                .map { "\($0.element) = \"tcp://127.0.0.1:\(port + $0.offset)\"\n" }.joined()
+            + fedbuff(aggregation).replacingOccurrences(of: "[aggregation]", with: "[region.aggregation]")
+            + trainers.joined().replacingOccurrences(of: "[[trainer]]", with: "[[region.trainer]]")
     }
 
     /// Adds tables to the topology (before any process reads it).

@@ -15,26 +15,9 @@ final class HierarchyTests: XCTestCase {
         defer { f.scratch.remove() }
         let port = Int(f.trainersAddress.split(separator: ":").last!)!
         func region(_ name: String, _ offset: Int, cadence: String, trainers: [String]) -> String {
-            """
-
-            [[region]]
-            name = "\(name)"
-            \(cadence)
-            ack_timeout = 2.0
-            [region.broker]
-            trainers = "tcp://127.0.0.1:\(port + offset)"
-            aggregator = "tcp://127.0.0.1:\(port + offset + 1)"
-            publish = "tcp://127.0.0.1:\(port + offset + 2)"
-            releases = "tcp://127.0.0.1:\(port + offset + 3)"
-            [region.aggregation]
-            mode = "fedbuff"
-            buffer_size = 2
-            server_optimizer = "sgd"
-            server_learning_rate = 1.0
-            max_staleness = 50
-            checkpoint_every = 3
-            durability = "process"
-            """ + trainers.map { trainer($0).replacingOccurrences(of: "[[trainer]]", with: "[[region.trainer]]") }.joined()
+            SmallFederation.region(name, port: port + offset, keys: [cadence, "ack_timeout = 2.0"],
+                                   aggregation: ["max_staleness = 50", "checkpoint_every = 3", "durability = \"process\""],
+                                   trainers: trainers.map { trainer($0) })
         }
         // North sends up every two regional versions; south once it accepted 384 tokens (two
         // versions of two 96-token updates each) since its last update.
@@ -156,26 +139,9 @@ final class HierarchyTests: XCTestCase {
         let f = try SmallFederation("[security]\nkeys = \"\(keys)\"\n" + SmallFederation.fedbuff("durability = \"process\""))
         defer { f.scratch.remove() }
         let port = Int(f.trainersAddress.split(separator: ":").last!)!
-        let trainers = ["n1", "n2"].map {
-            SmallFederation.trainer($0, "local_steps = 3", "tokens = 3000").replacingOccurrences(of: "[[trainer]]", with: "[[region.trainer]]")
-        }
-        try f.append("""
-
-            [[region]]
-            name = "north"
-            upstream_every = 2
-            [region.broker]
-            trainers = "tcp://127.0.0.1:\(port + 4)"
-            aggregator = "tcp://127.0.0.1:\(port + 5)"
-            publish = "tcp://127.0.0.1:\(port + 6)"
-            releases = "tcp://127.0.0.1:\(port + 7)"
-            [region.aggregation]
-            mode = "fedbuff"
-            buffer_size = 2
-            server_optimizer = "sgd"
-            server_learning_rate = 1.0
-            durability = "process"
-            """ + trainers.joined())
+        let trainers = ["n1", "n2"].map { SmallFederation.trainer($0, "local_steps = 3", "tokens = 3000") }
+        try f.append(SmallFederation.region("north", port: port + 4, keys: ["upstream_every = 2"], aggregation: ["durability = \"process\""],
+                                            trainers: trainers))
         let (generated, output) = try FedLMProcess.run(["keys", "generate", "--topology", f.topology])
         XCTAssertEqual(generated, 0, output)
         let fm = FileManager.default

@@ -108,25 +108,9 @@ final class RehearsalTests: XCTestCase {
 
     /// A region of one topology trainer whose aggregator reaches the top through `upstream`.
     func region(_ name: String, port: Int, upstream: Int, trainer: String) -> String {
-        """
-
-        [[region]]
-        name = "\(name)"
-        upstream_every = 2
-        upstream = "tcp://127.0.0.1:\(upstream)"
-        [region.broker]
-        trainers = "tcp://127.0.0.1:\(port)"
-        aggregator = "tcp://127.0.0.1:\(port + 1)"
-        publish = "tcp://127.0.0.1:\(port + 2)"
-        releases = "tcp://127.0.0.1:\(port + 3)"
-        [region.aggregation]
-        mode = "fedbuff"
-        buffer_size = 2
-        server_optimizer = "sgd"
-        server_learning_rate = 1.0
-        max_staleness = 50
-        durability = "process"
-        """ + SmallFederation.trainer(trainer, "local_steps = 3", "tokens = \(regionTokens)").replacingOccurrences(of: "[[trainer]]", with: "[[region.trainer]]")
+        SmallFederation.region(name, port: port, keys: ["upstream_every = 2", "upstream = \"tcp://127.0.0.1:\(upstream)\""],
+                               aggregation: ["max_staleness = 50", "durability = \"process\""],
+                               trainers: [SmallFederation.trainer(trainer, "local_steps = 3", "tokens = \(regionTokens)")])
     }
 
     /// A member's own raw text (plain, and JSON lines).

@@ -196,7 +196,7 @@ final class SyntheticSender {
         assembler.resumesReleases = window != nil
         var windows = window.map { WindowedFetch(window: $0) }
         let t0 = now()
-        var requests = 0, lost = 0, gapsSeen = 0
+        var requests = 0, lost = 0
         func request(_ f: Fetch) throws {
             try socket.send(codec.encode(.fetch(f)))
             requests += 1
@@ -208,7 +208,7 @@ final class SyntheticSender {
                 guard now() - lastHeard > 5 else { continue }
                 // Silent for 5 s: resume (windows) or fetch again (whole), as a trainer's timer does.
                 lastHeard = now()
-                if let p = assembler.releaseProgress, let more = windows?.stalled(head: p.head, received: p.received, count: p.count) {
+                if let more = windows?.stalled(assembler) {
                     try request(more)
                 } else {
                     guard requests < 4 || windows != nil else { throw RunFailure("the whole release lost \(lost) chunks in 4 tries") }
@@ -226,11 +226,7 @@ final class SyntheticSender {
                 guard case .release(_, let payload) = message else { continue }
                 return (now() - t0, (payload.values.count * 4 + codec.chunkBytes - 1) / codec.chunkBytes, lost + assembler.gaps, requests)
             }
-            if let p = assembler.releaseProgress, windows != nil {
-                let gap = assembler.gaps > gapsSeen
-                gapsSeen = assembler.gaps
-                if let more = windows!.progress(head: p.head, received: p.received, count: p.count, gap: gap) { try request(more) }
-            }
+            if let (more, _) = windows?.more(after: assembler) { try request(more) }
         }
         throw RunFailure("no release kept within an hour")
     }

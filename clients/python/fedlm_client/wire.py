@@ -222,12 +222,13 @@ class StreamReceiver:
     gaps: int = 0
     duplicates: int = 0
     head_frame: Optional[bytes] = None
+    head_digest: Optional[int] = None  # CRC-32C of head_frame, taken once per head
 
     def release_progress(self) -> Optional[tuple]:
         """The RELEASE stream in progress: (CRC-32C of its header frame, chunks received, chunk count)."""
-        if self.current is None or self.current.type != RELEASE or self.head_frame is None:
+        if self.current is None or self.current.type != RELEASE or self.head_digest is None:
             return None
-        return crc32c.crc32c(self.head_frame), self.current.received, self.current.count
+        return self.head_digest, self.current.received, self.current.count
 
     def receive(self, frames: list) -> Optional[Message]:
         t, header = parse_head(frames)
@@ -262,6 +263,7 @@ class StreamReceiver:
             if len(frames) == 3:  # a stream's head
                 self.current = r
                 self.head_frame = bytes(frames[2])
+                self.head_digest = crc32c.crc32c(self.head_frame)
                 return None
             for chunk in frames[3:]:  # the one-message form
                 r.add(bytes(chunk))
