@@ -108,7 +108,7 @@ final class RehearsalTests: XCTestCase {
 
     /// A region of one topology trainer whose aggregator reaches the top through `upstream`.
     func region(_ name: String, port: Int, upstream: Int, trainer: String) -> String {
-        SmallFederation.region(name, port: port, keys: ["upstream_every = 2", "upstream = \"tcp://127.0.0.1:\(upstream)\""],
+        SmallFederation.region(name, port: port, keys: ["upstream_every = 2", "upstream = \"tcp://127.0.0.1:\(upstream)\"", "ack_timeout = 2.0"],
                                aggregation: ["max_staleness = 50", "durability = \"process\""],
                                trainers: [SmallFederation.trainer(trainer, "local_steps = 3", "tokens = \(regionTokens)")])
     }
