@@ -12,10 +12,10 @@ import XCTest
 final class RehearsalTests: XCTestCase {
     var cutSeconds: Double { Double(ProcessInfo.processInfo.environment["FEDLM_REHEARSAL_CUT"] ?? "") ?? 8 }
     var roundTripMs: Int { Int(ProcessInfo.processInfo.environment["FEDLM_REHEARSAL_RTT_MS"] ?? "") ?? 100 }
-    /// Each region's trainer trains on through the cut and after it (the south must send up again
-    /// before it stops): 6,000 tokens for the suite's 8-second cut, and 2,500 more (about two
-    /// seconds of its training here) per second beyond.
-    var regionTokens: Int { 6000 + Int(max(0, cutSeconds - 8) * 2500) }
+    /// Each region's trainer trains through the cut and the revocation after it, so the south
+    /// sends up again and the north's broker is still there to refuse the revoked key: about
+    /// 700 tokens per second of the run (with every process on two cores), the cut plus 12 s.
+    var regionTokens: Int { Int((cutSeconds + 12) * 700) }
 
     func testASecuredHierarchyWithInvitedMembersARevocationAndAnUplinkCutLosesNothing() throws {
         _ = try ClientPython.interpreter()  // skip or fail before anything starts
@@ -63,6 +63,16 @@ final class RehearsalTests: XCTestCase {
             SmallFederation.query(ledger, "SELECT COUNT(*) FROM updates WHERE trainer = '\(trainer)' AND outcome IN ('applied', 'buffered')")
         }
 
+        // The south's uplink cut as soon as the south has reached the top (its trainer still has
+        // most of its budget to train): its relay gone for a while, then back.
+        SmallFederation.waitFor("the south to reach the top", seconds: 120) { f.ledger("SELECT COUNT(*) FROM updates WHERE trainer = 'region-south'") >= 1 }
+        relays["south"]!.terminate()
+        relays["south"]!.waitUntilExit()
+        let southAtCut = f.ledger("SELECT COUNT(*) FROM updates WHERE trainer = 'region-south'")
+        usleep(UInt32(cutSeconds * 1_000_000))
+        XCTAssertEqual(f.ledger("SELECT COUNT(*) FROM updates WHERE trainer = 'region-south'"), southAtCut, "nothing crossed the cut link")
+        relays["south"] = try startRelay(listen: relayPorts["south"]!, target: port)
+
         // Revoked mid-run, once it has contributed: nothing more of it gets in.
         SmallFederation.waitFor("the member to be revoked contributing", seconds: 120) { accepted(north, "guest-revoked") >= 1 }
         let (status, revokeOutput) = try FedLMProcess.run(["invite", "--topology", f.topology, "--region", "north", "--revoke", "guest-revoked"])
@@ -76,15 +86,6 @@ final class RehearsalTests: XCTestCase {
         }
         SmallFederation.waitFor("the north broker to refuse the revoked key", seconds: 60, refusedRevoked)
         let atRevocation = accepted(north, "guest-revoked")
-
-        // The south's uplink cut: its relay gone for a while, then back.
-        SmallFederation.waitFor("the south to reach the top", seconds: 120) { f.ledger("SELECT COUNT(*) FROM updates WHERE trainer = 'region-south'") >= 1 }
-        relays["south"]!.terminate()
-        relays["south"]!.waitUntilExit()
-        let southAtCut = f.ledger("SELECT COUNT(*) FROM updates WHERE trainer = 'region-south'")
-        usleep(UInt32(cutSeconds * 1_000_000))
-        XCTAssertEqual(f.ledger("SELECT COUNT(*) FROM updates WHERE trainer = 'region-south'"), southAtCut, "nothing crossed the cut link")
-        relays["south"] = try startRelay(listen: relayPorts["south"]!, target: port)
 
         XCTAssertTrue(member.exits(by: Date().addingTimeInterval(180)), member.output)
         XCTAssertEqual(member.wait(), 0, member.output)
@@ -115,7 +116,7 @@ final class RehearsalTests: XCTestCase {
 
     /// A region of one topology trainer whose aggregator reaches the top through `upstream`.
     func region(_ name: String, port: Int, upstream: Int, trainer: String) -> String {
-        SmallFederation.region(name, port: port, keys: ["upstream_every = 2", "upstream = \"tcp://127.0.0.1:\(upstream)\"", "ack_timeout = 2.0"],
+        SmallFederation.region(name, port: port, keys: ["upstream_every = 2", "upstream = \"tcp://127.0.0.1:\(upstream)\""],
                                aggregation: ["max_staleness = 50", "durability = \"process\""],
                                trainers: [SmallFederation.trainer(trainer, "local_steps = 3", "tokens = \(regionTokens)")])
     }
