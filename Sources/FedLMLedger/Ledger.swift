@@ -304,18 +304,23 @@ public final class Ledger {
         Set(try database.query("SELECT id FROM updates WHERE outcome != 'refused'").compactMap { $0[0].string })
     }
 
+    /// How many applied or buffered updates `trainer` has.
+    public func acceptedUpdateCount(trainer: String) throws -> Int {
+        try database.query("SELECT COUNT(*) FROM updates WHERE trainer = ?1 AND outcome != 'refused'", [.text(trainer)]).first?[0].int ?? 0
+    }
+
     /// The most applied or buffered updates any one trainer has (what bounds everyone's privacy loss).
     public func mostAcceptedUpdatesByOneTrainer() throws -> Int {
         try database.query("SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM updates WHERE outcome != 'refused' GROUP BY trainer)")
             .first?[0].int ?? 0
     }
 
-    /// The newest value of metric `name`.
     /// The lowest value recorded under `name` (nil: none yet).
     public func lowestMetric(_ name: String) throws -> Double? {
         try database.query("SELECT MIN(value) FROM metrics WHERE name = ?1", [.text(name)]).first?[0].double
     }
 
+    /// The newest value recorded under `name` (nil: none yet).
     public func latestMetric(_ name: String) throws -> Double? {
         try database.query("SELECT value FROM metrics WHERE name = ?1 ORDER BY time DESC LIMIT 1", [.text(name)]).first?[0].double
     }

@@ -4,7 +4,8 @@ import Foundation
 import XCTest
 
 /// A rehearsal of a worldwide run with real processes: a secured federation of two regions, each
-/// region's aggregator reaching the top through a delay relay (an emulated long link), members
+/// region's aggregator reaching the top through a relay that delays and paces its bytes (an
+/// emulated long link: `FEDLM_REHEARSAL_RTT_MS`, `FEDLM_REHEARSAL_RATE_MBIT`), members
 /// joining from invitation files (a Swift trainer and a PyTorch trainer on raw text), one member
 /// revoked mid-run, and one region's uplink cut for a while (`FEDLM_REHEARSAL_CUT`, seconds;
 /// `scripts/rehearsal` cuts it for a minute). The run finishes, the revoked member gets nothing
@@ -12,6 +13,7 @@ import XCTest
 final class RehearsalTests: XCTestCase {
     var cutSeconds: Double { Double(ProcessInfo.processInfo.environment["FEDLM_REHEARSAL_CUT"] ?? "") ?? 8 }
     var roundTripMs: Int { Int(ProcessInfo.processInfo.environment["FEDLM_REHEARSAL_RTT_MS"] ?? "") ?? 100 }
+    var rateMbit: Int { Int(ProcessInfo.processInfo.environment["FEDLM_REHEARSAL_RATE_MBIT"] ?? "") ?? 100 }
     /// Each region's trainer trains through the cut and the revocation after it, so the south
     /// sends up again and the north's broker is still there to refuse the revoked key: about
     /// 700 tokens per second of the run (with every process on two cores), the cut plus 12 s.
@@ -132,12 +134,13 @@ final class RehearsalTests: XCTestCase {
         return dir
     }
 
-    /// `scripts/lib/wan_relay.py` from `listen` to `target` on loopback, with the rehearsal's round trip.
+    /// `scripts/lib/wan_relay.py` from `listen` to `target` on loopback, with the rehearsal's round
+    /// trip and bandwidth.
     func startRelay(listen: Int, target: Int) throws -> Process {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         p.arguments = [ReferencePython.packageRoot.appendingPathComponent("scripts/lib/wan_relay.py").path,
-                       "127.0.0.1:\(listen)", "127.0.0.1:\(target)", "--rtt-ms", "\(roundTripMs)"]
+                       "127.0.0.1:\(listen)", "127.0.0.1:\(target)", "--rtt-ms", "\(roundTripMs)", "--rate-mbit", "\(rateMbit)", "--pace"]
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()

@@ -98,12 +98,12 @@ def memory(out, port, steps):
     return full, rows
 
 
-def value(out, port, full_peak, tokens, partial_tokens, steps, buffer=None, variants=None):
+def value(out, port, full_peak, tokens, partial_tokens, steps, buffer=None, variants=None, partial_steps=None):
     half, quarter = f"{full_peak // 2 // 2**20}MiB", f"{full_peak // 4 // 2**20}MiB"
     fulls = [{"name": f"full-{i}", "local_steps": steps, "tokens": tokens} for i in (1, 2)]
 
     def partials(extra):
-        return [{"name": f"part-{i}", "local_steps": steps, "tokens": partial_tokens, **extra} for i in (1, 2, 3)]
+        return [{"name": f"part-{i}", "local_steps": partial_steps or steps, "tokens": partial_tokens, **extra} for i in (1, 2, 3)]
     results = []
     runs = [("two-full", fulls), ("+3 at budget F/2", fulls + partials({"memory_budget": half})),
             ("+3 at budget F/4", fulls + partials({"memory_budget": quarter}))]
@@ -127,6 +127,7 @@ def main():
     p.add_argument("--tokens", type=int, default=163840, help="each full trainer's token budget")
     p.add_argument("--partial-tokens", type=int, default=163840, help="each partial trainer's token budget")
     p.add_argument("--local-steps", type=int, default=8)
+    p.add_argument("--partial-local-steps", type=int, help="the partial trainers' H (default: --local-steps)")
     p.add_argument("--only", choices=["memory", "value"])
     p.add_argument("--buffer-size", type=int, help="FedBuff's K in the value runs (default: the number of trainers)")
     p.add_argument("--server", choices=sorted(SERVER), default="sgd", help="the aggregator's outer optimizer (default sgd at 1.0)")
@@ -154,10 +155,11 @@ def main():
             full = int(json.load(f)["memory"]["full_peak_mib"] * 2**20)
     if a.only != "memory":
         budget, results = value(a.out, a.port + 10, full, a.tokens, a.partial_tokens, a.local_steps, a.buffer_size,
-                                a.variants.split(",") if a.variants else None)
+                                a.variants.split(",") if a.variants else None, a.partial_local_steps)
         report["value"] = {"budget": budget, "results": results}
         k = (f"K = {a.buffer_size}" if a.buffer_size else "K = the number of trainers") + f", server {a.server}"
         k += "".join(f", {line}" for line in a.aggregation)
+        k += f", partial trainers' H = {a.partial_local_steps}" if a.partial_local_steps else ""
         print(f"\nTwo full trainers ({a.tokens:,} tokens each), alone and joined by three partial trainers "
               f"({a.partial_tokens:,} tokens each; {budget}; FedBuff {k}):\n")
         print("| run | held-out loss (mean of clusters) | per cluster | wall time (s) | tokens |")

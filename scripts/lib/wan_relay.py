@@ -11,7 +11,11 @@ its 1448-byte segments is lost, for a retransmission timeout (Linux's minimum 20
 trip when longer), and everything behind it waits too. Real packet loss would also shrink the
 congestion window; this relay does not model that.
 
-    wan_relay.py LISTEN_HOST:PORT TARGET_HOST:PORT --rtt-ms 100 [--rate-mbit 100] [--jitter-ms 5] [--loss 0.001] [--seed 1]
+    wan_relay.py LISTEN_HOST:PORT TARGET_HOST:PORT --rtt-ms 100 [--rate-mbit 100 [--pace]] [--jitter-ms 5] [--loss 0.001] [--seed 1]
+
+With --pace the relay also holds each direction to the rate itself (a piece leaves the link's
+queue only when the pieces before it have had their time on the wire), for links the kernel does
+not shape; `scripts/wan` shapes the rate with tc instead.
 
 It holds at most what the link itself would hold in flight (rate x one-way delay, at least
 256 KiB) per direction, so TCP's backpressure reaches the sender as over a real path; a relay that
@@ -32,15 +36,22 @@ def parse(address):
 
 
 class Link:
-    def __init__(self, rtt_ms, jitter_ms, loss, seed):
+    def __init__(self, rtt_ms, jitter_ms, loss, seed, rate_bytes=None):
         self.delay = rtt_ms / 2000.0
+        self.rate = rate_bytes
+        self.free = 0.0
         self.jitter = jitter_ms / 1000.0
         self.loss = loss
         self.rto = max(0.2, rtt_ms / 1000.0)
         self.random = random.Random(seed)
 
     def due(self, now, previous, size):
-        due = now + self.delay + self.random.uniform(-self.jitter, self.jitter)
+        sent = now
+        if self.rate:
+            # The piece's time on the wire, after the pieces queued before it.
+            self.free = max(self.free, now) + size / self.rate
+            sent = self.free
+        due = sent + self.delay + self.random.uniform(-self.jitter, self.jitter)
         if self.loss > 0:
             segments = max(1, (size + MSS - 1) // MSS)
             if self.random.random() < 1 - (1 - self.loss) ** segments:
@@ -103,6 +114,7 @@ async def main():
     parser.add_argument("--jitter-ms", type=float, default=0)
     parser.add_argument("--loss", type=float, default=0)
     parser.add_argument("--rate-mbit", type=float, default=1000, help="the link's rate: bounds what the relay holds")
+    parser.add_argument("--pace", action="store_true", help="also hold each direction to --rate-mbit")
     parser.add_argument("--seed", type=int, default=1)
     a = parser.parse_args()
     if not (0 <= a.loss < 1) or a.rtt_ms < 0 or a.jitter_ms < 0 or a.jitter_ms > a.rtt_ms / 2:
@@ -118,14 +130,16 @@ async def main():
         except OSError:
             client_writer.close()
             return
-        up = Link(a.rtt_ms, a.jitter_ms, a.loss, a.seed * 1000 + 2 * connections)
-        down = Link(a.rtt_ms, a.jitter_ms, a.loss, a.seed * 1000 + 2 * connections + 1)
+        rate = a.rate_mbit * 1e6 / 8 if a.pace else None
+        up = Link(a.rtt_ms, a.jitter_ms, a.loss, a.seed * 1000 + 2 * connections, rate)
+        down = Link(a.rtt_ms, a.jitter_ms, a.loss, a.seed * 1000 + 2 * connections + 1, rate)
         capacity = max(256 * 1024, int(a.rate_mbit * 1e6 / 8 * a.rtt_ms / 2000))
         await asyncio.gather(pump(client_reader, server_writer, up, capacity), pump(server_reader, client_writer, down, capacity))
 
     host, port = parse(a.listen)
     server = await asyncio.start_server(serve, host, port)
-    print(f"relay {a.listen} -> {a.target}: rtt {a.rtt_ms} ms, jitter {a.jitter_ms} ms, loss {a.loss}", flush=True)
+    paced = f", paced at {a.rate_mbit} Mbit/s" if a.pace else ""
+    print(f"relay {a.listen} -> {a.target}: rtt {a.rtt_ms} ms, jitter {a.jitter_ms} ms, loss {a.loss}{paced}", flush=True)
     async with server:
         await server.serve_forever()
 

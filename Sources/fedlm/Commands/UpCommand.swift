@@ -197,9 +197,8 @@ enum Progress {
             }
             var s = "  | \(name) v\(summary.version)"
             if let adopted = (try? ledger.latestMetric("adopted_from_above")) ?? nil { s += " (adopted \(Int(adopted))" } else { s += " (nothing adopted" }
-            let sent = (try? above?.database.query("SELECT COUNT(*) FROM updates WHERE trainer = ?1 AND outcome != 'refused'",
-                                                    [.text(r.upstream!.trainerID)]).first?[0].int) ?? nil
-            s += ", \(sent ?? 0) sent up)"
+            let sent = (try? above?.acceptedUpdateCount(trainer: r.upstream!.trainerID)) ?? 0
+            s += ", \(sent) sent up)"
             if let loss = (try? ledger.latestMetric("validation_loss")) ?? nil { s += String(format: " loss %.4f", loss) }
             return s
         }.joined()
