@@ -64,7 +64,7 @@ public enum TokenShard {
 }
 
 /// A verified, memory-mapped token shard.
-public final class TokenShardReader: @unchecked Sendable {
+public final class TokenShardReader: Sendable {
     public let path: String
     public let count: Int
     public let width: Int

@@ -4,6 +4,7 @@ import FedLMModel
 import FedLMProtocol
 import FedLMTensor
 import Foundation
+import Synchronization
 
 /// The aggregator's pseudo-gradient files (`<run>/deltas/`): one safetensors file per accepted
 /// update, kept until a checkpoint no longer needs it for replay.
@@ -150,22 +151,21 @@ struct DeltaFiles {
 
 /// The spare files of a `DeltaFiles`, shared with its `IncomingDelta`s, which hand their file
 /// back when their update is refused or its transfer abandoned.
-final class SparePool: @unchecked Sendable {
+final class SparePool: Sendable {
     let maximum: Int
-    private let lock = NSLock()
-    private var files: [String] = []
+    private let files = Mutex<[String]>([])
 
     init(maximum: Int) { self.maximum = maximum }
 
-    var paths: [String] { lock.withLock { files } }
+    var paths: [String] { files.withLock { $0 } }
 
-    func take() -> String? { lock.withLock { files.popLast() } }
+    func take() -> String? { files.withLock { $0.popLast() } }
 
     /// Keeps `path` as a spare (renamed so no update's name is taken), or deletes it when there
     /// are enough.
     func put(_ path: String) {
         let directory = (path as NSString).deletingLastPathComponent
-        let kept: Bool = lock.withLock {
+        let kept: Bool = files.withLock { files in
             guard files.count < maximum else { return false }
             let spare = directory + "/spare-\(UInt64.random(in: 0...UInt64.max)).safetensors"
             guard rename(path, spare) == 0 else { return false }

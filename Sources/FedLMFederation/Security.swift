@@ -1,5 +1,6 @@
 import FedLMZeroMQ
 import Foundation
+import Synchronization
 import TOMLKit
 
 /// A member of a federation as its key identifies it: its role and the names (trainer ids,
@@ -30,12 +31,15 @@ public struct Member: Equatable, Sendable {
 /// A key listed under several names may use any of them. The file is re-read when it changes
 /// (checked at most once a second), so a key is revoked by deleting its line: new handshakes
 /// are refused at once, and so is every later message on a connection it already made.
-public final class AllowList: @unchecked Sendable {
+public final class AllowList: Sendable {
     public let path: String
-    private let lock = NSLock()
-    private var members: [String: Member] = [:]
-    private var loadedStamp: FileStamp?
-    private var checkedAt = 0.0
+    /// The members by key, the file's stamp they were parsed from, and when it was last looked at.
+    private struct Loaded {
+        var members: [String: Member] = [:]
+        var stamp: FileStamp?
+        var checkedAt = 0.0
+    }
+    private let loaded = Mutex(Loaded())
 
     public static let roleNames: [String: Member.Role] = ["trainers": .trainer, "subscribers": .subscriber, "aggregators": .aggregator]
 
@@ -66,35 +70,28 @@ public final class AllowList: @unchecked Sendable {
     }
 
     private func lookUp(_ key: String) -> Member? {
-        lock.lock(); defer { lock.unlock() }
-        return members[key]
+        loaded.withLock { $0.members[key] }
     }
 
     /// Every name some key is bound to.
     public var boundNames: Set<String> {
         try? reloadIfChanged(force: false)
-        lock.lock(); defer { lock.unlock() }
-        return members.values.reduce(into: Set<String>()) { $0.formUnion($1.names) }
+        return loaded.withLock { $0.members.values.reduce(into: Set<String>()) { $0.formUnion($1.names) } }
     }
 
     /// Parses the file again if it changed; looks at most once a second unless `now`.
     func reloadIfChanged(force: Bool, now checkNow: Bool = false) throws {
         let now = Date().timeIntervalSince1970
-        lock.lock()
-        let recent = !force && !checkNow && now - checkedAt < 1
-        if !recent { checkedAt = now }
-        lock.unlock()
+        let recent = loaded.withLock { state in
+            let recent = !force && !checkNow && now - state.checkedAt < 1
+            if !recent { state.checkedAt = now }
+            return recent
+        }
         if recent { return }
         let stamp = FileStamp(path: path)
-        lock.lock()
-        let unchanged = !force && stamp == loadedStamp
-        lock.unlock()
-        if unchanged { return }
+        if !force, loaded.withLock({ $0.stamp == stamp }) { return }
         let next = try Self.parse(path: path)
-        lock.lock()
-        members = next
-        loadedStamp = stamp
-        lock.unlock()
+        loaded.withLock { $0 = Loaded(members: next, stamp: stamp, checkedAt: $0.checkedAt) }
     }
 
     /// The members of an allow-list file, by key.
@@ -233,28 +230,27 @@ public struct BrokerSecurity: Sendable {
 
 /// Keys suspended until a time, shared by the broker's loop (which suspends) and its ZAP
 /// handler's thread (which refuses their handshakes).
-public final class Suspensions: @unchecked Sendable {
-    private let lock = NSLock()
-    private var until: [String: Double] = [:]
+public final class Suspensions: Sendable {
+    private let until = Mutex<[String: Double]>([:])
 
     public init() {}
 
     public func suspend(_ key: String, until time: Double) {
-        lock.lock(); defer { lock.unlock() }
-        until[key] = time
+        until.withLock { $0[key] = time }
     }
 
     public func isSuspended(_ key: String, now: Double = Date().timeIntervalSince1970) -> Bool {
-        lock.lock(); defer { lock.unlock() }
-        guard let t = until[key] else { return false }
-        if t <= now { until[key] = nil }
-        return t > now
+        until.withLock { until in
+            guard let t = until[key] else { return false }
+            if t <= now { until[key] = nil }
+            return t > now
+        }
     }
 }
 
 /// What tells a file changed: its inode (an atomic rewrite makes a new one), size and
 /// modification time to the nanosecond (a second's resolution would miss two writes in one second).
-struct FileStamp: Equatable {
+struct FileStamp: Equatable, Sendable {
     let inode: UInt64, size: Int64, seconds: Int, nanoseconds: Int
     init?(path: String) {
         var s = stat()

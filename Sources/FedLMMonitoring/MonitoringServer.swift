@@ -4,6 +4,7 @@ import FlyingSocks
 import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// The HTTP side of a role (FlyingFox): `/metrics` in Prometheus' text format, and where it has
 /// `dashboard` data (an aggregator, `fedlm dashboard`), the live dashboard at `/` and its data at
@@ -55,24 +56,27 @@ public final class MonitoringServer: Service, @unchecked Sendable {
     }
 
     /// The one result of `run`, whichever comes first: the server ends, or shutdown begins.
-    private final class Outcome: @unchecked Sendable {
-        private let lock = NSLock()
-        private var continuation: CheckedContinuation<Void, Error>?
-        private var result: Result<Void, Error>?
+    private final class Outcome: Sendable {
+        private struct State {
+            var continuation: CheckedContinuation<Void, Error>?
+            var result: Result<Void, Error>?
+        }
+        private let state = Mutex(State())
 
         func wait(_ c: CheckedContinuation<Void, Error>) {
-            lock.lock()
-            defer { lock.unlock() }
-            if let result { c.resume(with: result) } else { continuation = c }
+            state.withLock { state in
+                if let result = state.result { c.resume(with: result) } else { state.continuation = c }
+            }
         }
 
         func finish(_ error: Error?) {
-            lock.lock()
-            defer { lock.unlock() }
-            guard result == nil else { return }
-            result = error.map { .failure($0) } ?? .success(())
-            continuation?.resume(with: result!)
-            continuation = nil
+            state.withLock { state in
+                guard state.result == nil else { return }
+                let result: Result<Void, Error> = error.map { .failure($0) } ?? .success(())
+                state.result = result
+                state.continuation?.resume(with: result)
+                state.continuation = nil
+            }
         }
     }
 

@@ -6,7 +6,7 @@ import Foundation
 /// Encoding then decoding returns the input bytes exactly, valid UTF-8 or not. Saved as a
 /// Hugging Face `tokenizer.json`, which the Python `tokenizers` library loads and encodes with
 /// the same ids.
-public final class Tokenizer: @unchecked Sendable {
+public final class Tokenizer: Sendable {
     public static let endOfText = "<|endoftext|>"
 
     public let model: BPEModel

@@ -1,12 +1,13 @@
 import CoreMetrics
 import Foundation
+import Synchronization
 
 /// What an aggregator reports to a metrics backend (swift-metrics; Prometheus under
 /// `[monitoring]`, nothing otherwise). Every label takes values from a bounded set: outcomes and
 /// refusal codes are the protocol's, clusters the federation's (at most `LabelValues.limit`,
 /// then "other"); trainer names and keys are never labels (`fedlm status` and the dashboard
 /// show trainers).
-public final class AggregatorMetrics: @unchecked Sendable {
+public final class AggregatorMetrics: Sendable {
     /// The metric names, as Prometheus shows them.
     public enum Name {
         public static let updates = "fedlm_aggregator_updates_total"
@@ -92,22 +93,21 @@ public final class AggregatorMetrics: @unchecked Sendable {
 /// One metric per combination of label values, made on first use and kept; at most `limit`
 /// distinct combinations, after which new ones share the values "other" (a bounded label set
 /// whatever peers send).
-final class LabeledMetrics<Metric>: @unchecked Sendable {
+final class LabeledMetrics<Metric: Sendable>: Sendable {
     static var limit: Int { 64 }
-    private let lock = NSLock()
-    private var made: [[String]: Metric] = [:]
-    private let make: ([String]) -> Metric
+    private let made = Mutex<[[String]: Metric]>([:])
+    private let make: @Sendable ([String]) -> Metric
 
-    init(_ make: @escaping ([String]) -> Metric) { self.make = make }
+    init(_ make: @escaping @Sendable ([String]) -> Metric) { self.make = make }
 
     subscript(_ values: String...) -> Metric {
-        lock.lock()
-        defer { lock.unlock() }
-        if let m = made[values] { return m }
-        let key = made.count < Self.limit ? values : values.map { _ in "other" }
-        if let m = made[key] { return m }
-        let m = make(key)
-        made[key] = m
-        return m
+        made.withLock { made in
+            if let m = made[values] { return m }
+            let key = made.count < Self.limit ? values : values.map { _ in "other" }
+            if let m = made[key] { return m }
+            let m = make(key)
+            made[key] = m
+            return m
+        }
     }
 }

@@ -1,11 +1,12 @@
 import CoreMetrics
 import Foundation
+import Synchronization
 
 /// What a broker reports to a metrics backend (`[monitoring]`): messages forwarded and refused
 /// (by the gate's reason, a fixed set), bytes in and out per side, replies dropped, and who is
 /// connected. The broker loop keeps running totals (`Totals`); `record` turns them into counter
 /// increments, so the loop itself never touches the backend per message.
-public final class BrokerMetrics: @unchecked Sendable {
+public final class BrokerMetrics: Sendable {
     public enum Name {
         public static let forwarded = "fedlm_broker_forwarded_total"
         public static let refused = "fedlm_broker_refused_total"
@@ -40,7 +41,8 @@ public final class BrokerMetrics: @unchecked Sendable {
     private let members: Gauge
     private let subscribers: Gauge
     private let aggregator: Gauge
-    private var last = Totals()
+    /// The totals recorded last (only the broker loop records; the lock makes that checkable).
+    private let last = Mutex(Totals())
 
     public init(factory: any MetricsFactory) {
         forwarded = Counter(label: Name.forwarded, factory: factory)
@@ -54,6 +56,7 @@ public final class BrokerMetrics: @unchecked Sendable {
 
     /// Brings the backend up to `now` (called by the broker loop only).
     public func record(_ now: Totals) {
+        let last = self.last.withLock { last in defer { last = now }; return last }
         forwarded.increment(by: now.forwarded - last.forwarded)
         for (reason, n) in now.refused where n > last.refused[reason] ?? 0 { refused[reason].increment(by: n - (last.refused[reason] ?? 0)) }
         repliesDropped.increment(by: now.repliesDropped - last.repliesDropped)
@@ -63,6 +66,5 @@ public final class BrokerMetrics: @unchecked Sendable {
         members.record(now.members)
         subscribers.record(now.subscribers)
         aggregator.record(now.aggregatorConnected ? 1 : 0)
-        last = now
     }
 }
