@@ -14,6 +14,8 @@ final class RehearsalTests: XCTestCase {
     var cutSeconds: Double { Double(ProcessInfo.processInfo.environment["FEDLM_REHEARSAL_CUT"] ?? "") ?? 8 }
     var roundTripMs: Int { Int(ProcessInfo.processInfo.environment["FEDLM_REHEARSAL_RTT_MS"] ?? "") ?? 100 }
     var rateMbit: Int { Int(ProcessInfo.processInfo.environment["FEDLM_REHEARSAL_RATE_MBIT"] ?? "") ?? 100 }
+    /// The regions' `ack_timeout` (seconds; the default 30 when unset).
+    var ackTimeout: Double? { Double(ProcessInfo.processInfo.environment["FEDLM_REHEARSAL_ACK_TIMEOUT"] ?? "") }
     /// Each region's trainer trains through the cut and the revocation after it, so the south
     /// sends up again and the north's broker is still there to refuse the revoked key: about
     /// 700 tokens per second of the run (with every process on two cores), the cut plus 12 s.
@@ -118,7 +120,8 @@ final class RehearsalTests: XCTestCase {
 
     /// A region of one topology trainer whose aggregator reaches the top through `upstream`.
     func region(_ name: String, port: Int, upstream: Int, trainer: String) -> String {
-        SmallFederation.region(name, port: port, keys: ["upstream_every = 2", "upstream = \"tcp://127.0.0.1:\(upstream)\""],
+        SmallFederation.region(name, port: port, keys: ["upstream_every = 2", "upstream = \"tcp://127.0.0.1:\(upstream)\""]
+                                   + (ackTimeout.map { ["ack_timeout = \($0)"] } ?? []),
                                aggregation: ["max_staleness = 50", "durability = \"process\""],
                                trainers: [SmallFederation.trainer(trainer, "local_steps = 3", "tokens = \(regionTokens)")])
     }
