@@ -198,7 +198,9 @@ final class FederationTests: XCTestCase {
                                          "--state", f.scratch.dir + "/stranger", "--key", keys + "/outside/stranger",
                                          "--broker-key", keys + "/broker.public"])
         defer { stranger.signal(SIGKILL) }
-        usleep(6_000_000)
+        // Refused at its handshake, and still refused a few HELLOs later.
+        SmallFederation.waitFor("the broker to refuse the stranger's key", seconds: 60) { broker.output.contains("refused key") }
+        usleep(3_000_000)
         XCTAssertTrue(stranger.process.isRunning, "still knocking: \(stranger.output)")
         XCTAssertFalse(stranger.output.contains("registered"), stranger.output)
         XCTAssertEqual(f.ledger("SELECT COUNT(*) FROM updates"), before, "nothing from the stranger reached the aggregator")
