@@ -118,6 +118,24 @@ public struct ExperimentSpec: Sendable {
         return spec
     }
 
+    /// The spec with another seed or prepared data directory (`fedlm experiment --seed --data`,
+    /// to confirm a result on a second seed or corpus without a copy of the spec): the run
+    /// directory gains "-seed<N>" and "-<the data's folder>" (its parent when it is `shards`), so
+    /// such runs sit beside the spec's own.
+    public func overriding(seed: Int?, data: String?) -> ExperimentSpec {
+        var s = self
+        if let seed, seed != self.seed {
+            s.seed = seed
+            s.runDirectory += "-seed\(seed)"
+        }
+        if let data, data != self.data {
+            s.data = data
+            let folder = URL(fileURLWithPath: data).standardized
+            s.runDirectory += "-" + (folder.lastPathComponent == "shards" ? folder.deletingLastPathComponent() : folder).lastPathComponent
+        }
+        return s
+    }
+
     static func isValidName(_ s: String) -> Bool {
         !s.isEmpty && s.unicodeScalars.allSatisfy { ($0.isASCII && CharacterSet.alphanumerics.contains($0)) || $0 == "-" || $0 == "_" }
     }

@@ -46,6 +46,13 @@ final class ExperimentTests: XCTestCase {
         let tuned = try ExperimentSpec.load(path: try write(good.replacingOccurrences(of: "[variant.aggregation]", with: "local_steps = 5\n[variant.clusters]\nshare = 0.25\n[variant.aggregation]")))
         XCTAssertEqual(tuned.variants[1].localSteps, 5)
         XCTAssertTrue(tuned.variants[1].clusterOverrides?.contains("share = 0.25") ?? false, tuned.variants[1].clusterOverrides ?? "")
+        // Another seed or corpus: the run directory says which, and the spec's own stays as it is.
+        let other = spec.overriding(seed: 4321, data: "runs/confirm-data/shards")
+        XCTAssertEqual(other.seed, 4321)
+        XCTAssertEqual(other.data, "runs/confirm-data/shards")
+        XCTAssertEqual(other.runDirectory, "runs/experiments/t-seed4321-confirm-data")
+        XCTAssertEqual(spec.overriding(seed: spec.seed, data: "/data/mine").runDirectory, "runs/experiments/t-mine")
+        XCTAssertEqual(spec.overriding(seed: nil, data: nil).runDirectory, spec.runDirectory)
         for (bad, why) in [
             (good.replacingOccurrences(of: "tokens = 1000", with: "tokns = 1000"), "unknown key 'tokns'"),
             (good.replacingOccurrences(of: "reference = \"sync\"", with: "reference = \"fast\""), "'reference' names no variant: fast"),

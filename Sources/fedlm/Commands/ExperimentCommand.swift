@@ -17,6 +17,9 @@ struct ExperimentCommand: ParsableCommand {
 
     @Argument(help: "Experiment spec, e.g. Topologies/experiments/stragglers.toml.") var spec: String
     @Option(help: "Run only these variants (comma-separated); the report covers every variant with results on disk.") var only: String?
+    @Option(help: "Train with this seed instead of the spec's (results in <run_directory>-seed<N>).") var seed: Int?
+    @Option(help: "Train on this prepared data directory instead of the spec's, e.g. runs/confirm-data/shards (results in <run_directory>-confirm-data).")
+    var data: String?
 
     struct Outcome {
         var variant: ExperimentSpec.Variant
@@ -64,9 +67,15 @@ struct ExperimentCommand: ParsableCommand {
         }
     }
 
+    func validate() throws {
+        if let data, !FileManager.default.fileExists(atPath: data + "/manifest.json") {
+            throw ValidationError("--data \(data): no manifest.json (prepare it with `fedlm data prepare`)")
+        }
+    }
+
     func run() throws {
         Runtime.announce()
-        let spec = try ExperimentSpec.load(path: self.spec)
+        let spec = try ExperimentSpec.load(path: self.spec).overriding(seed: seed, data: data)
         let fm = FileManager.default
         try fm.createDirectory(atPath: spec.runDirectory, withIntermediateDirectories: true)
         try String(contentsOfFile: self.spec, encoding: .utf8).write(toFile: spec.runDirectory + "/spec.toml", atomically: true, encoding: .utf8)
