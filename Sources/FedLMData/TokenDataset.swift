@@ -4,16 +4,17 @@ import Foundation
 
 /// A prepared data directory, memory-mapped and verified (every shard's size and SHA-256
 /// against its header and the manifest) before use.
-public final class TokenDataset: @unchecked Sendable {
+public final class TokenDataset: Sendable {
     public enum Split: String, Sendable { case train, validation }
 
     public let directory: String
     public let manifest: DataManifest
-    private var shards: [String: [Split: [TokenShardReader]]] = [:]
+    private let shards: [String: [Split: [TokenShardReader]]]
 
     public init(directory: String) throws {
         self.directory = directory
         manifest = try DataManifest.load(directory: directory)
+        var shards: [String: [Split: [TokenShardReader]]] = [:]
         for cluster in manifest.clusters {
             var bySplit: [Split: [TokenShardReader]] = [:]
             for (split, list) in [(Split.train, cluster.train), (.validation, cluster.validation)] {
@@ -27,6 +28,7 @@ public final class TokenDataset: @unchecked Sendable {
             }
             shards[cluster.name] = bySplit
         }
+        self.shards = shards
     }
 
     public var clusters: [String] { manifest.clusters.map(\.name) }

@@ -30,7 +30,7 @@ public struct LedgerCurves: Codable, Equatable, Sendable {
 /// progress kept is thinned as it grows: older points every other one, the newest `exactTail`
 /// all kept, so a loss evaluated now finds the tokens of its exact version. `Ledger.status()`
 /// is a follower that reads everything once.
-public final class LedgerFollower: @unchecked Sendable {
+public struct LedgerFollower: Sendable {
     public static let exactTail = 2048
     public static let kept = 8192
 
@@ -60,8 +60,7 @@ public final class LedgerFollower: @unchecked Sendable {
     public init() {}
 
     /// Reads what the ledger gained since the last call.
-    @discardableResult
-    public func advance(_ ledger: Ledger) throws -> LedgerFollower {
+    public mutating func advance(_ ledger: Ledger) throws {
         for row in try ledger.database.query("""
             SELECT seq, trainer, outcome, tokens, staleness, received_at, version_after, reason, claimed_tokens FROM updates
             WHERE seq > ?1 ORDER BY seq
@@ -99,7 +98,6 @@ public final class LedgerFollower: @unchecked Sendable {
             losses[name, default: []].append(.init(time: row[2].double ?? 0, version: version, tokens: tokens(atVersion: version),
                                                    value: row[4].double ?? 0))
         }
-        return self
     }
 
     /// Where the run stands: the tallies so far, with what is cheap to read whole (the trainers'

@@ -41,7 +41,9 @@ public struct LedgerStatus: Codable, Equatable, Sendable {
 extension Ledger {
     /// Where the run stands now, from the ledger alone (works while the aggregator runs, or after).
     public func status(now: Double = Date().timeIntervalSince1970) throws -> LedgerStatus {
-        try LedgerFollower().advance(self).status(self, now: now)
+        var follower = LedgerFollower()
+        try follower.advance(self)
+        return try follower.status(self, now: now)
     }
 
     /// "tooStale: staleness 9 exceeds 8; ..." -> "tooStale": a refusal's kind (its code), for counting.

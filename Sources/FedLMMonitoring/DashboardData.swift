@@ -81,9 +81,9 @@ public final class DashboardData: @unchecked Sendable {
     private func read(_ level: Level, now: Double) -> Snapshot.LevelData {
         do {
             let ledger = try ledger(level.ledgerPath)
-            let follower = followers[level.ledgerPath] ?? LedgerFollower()
-            followers[level.ledgerPath] = follower
+            var follower = followers[level.ledgerPath] ?? LedgerFollower()
             try follower.advance(ledger)
+            followers[level.ledgerPath] = follower
             var status = try follower.status(ledger, now: now)
             let count = status.trainers.count, active = status.trainers.filter { $0.lastContactSeconds < Self.activeSeconds }.count
             if count > shownTrainers {

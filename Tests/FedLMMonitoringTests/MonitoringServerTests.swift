@@ -126,7 +126,7 @@ final class MonitoringServerTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let ledger = try Ledger(path: dir + "/ledger.sqlite", durable: false)
-        let history = LedgerFollower()
+        var history = LedgerFollower()
         try ledger.touchTrainer("t", cluster: nil, at: 0)
         let n = LedgerFollower.kept + 500
         for i in 0..<n {
