@@ -1,3 +1,4 @@
+import FedLMModel
 import FedLMZeroMQ
 import Foundation
 import Synchronization
@@ -102,23 +103,25 @@ public final class AllowList: Sendable {
         }
         let table: TOMLTable
         do { table = try TOMLTable(string: text) } catch { throw FederationError.badTopology("\(path): not valid TOML: \(error)") }
+        func reader(_ table: TOMLTable, prefix: String = "") -> TOMLReader {
+            TOMLReader(table, prefix: prefix) { FederationError.badTopology("\(path): \($0)") }
+        }
+        let root = reader(table)
+        let sections = roleNames.keys.sorted()
+        try root.allowOnly(sections)
         var members: [String: Member] = [:]
-        for section in table.keys.sorted() {
-            guard let role = roleNames[section] else {
-                throw FederationError.badTopology("\(path): unknown key '\(section)' (allowed: trainers, subscribers, aggregators)")
+        for section in sections where root.has(section) {
+            let role = roleNames[section]!
+            guard let names = root.table[section]?.table.map({ reader($0, prefix: section + ".") }) else {
+                throw root.fail("'\(section)' must be a table of name = \"key\" (regenerate the file with `fedlm keys generate --topology TOPOLOGY`: existing key pairs are kept)")
             }
-            guard let names = table[section]?.table else {
-                throw FederationError.badTopology("\(path): '\(section)' must be a table of name = \"key\" (regenerate the file with `fedlm keys generate --topology TOPOLOGY`: existing key pairs are kept)")
-            }
-            for name in names.keys.sorted() {
-                let value = names[name]!
-                guard let keys = value.string.map({ [$0] }) ?? value.array?.map({ $0.string }) as? [String], !keys.isEmpty else {
-                    throw FederationError.badTopology("\(path): '\(section).\(name)' must be a Z85 public key or a list of them")
-                }
+            for name in names.table.keys.sorted() {
+                // One key, or a list of them.
+                let keys = try names.table[name]?.string.map { [$0] } ?? names.strings(name, "a Z85 public key or a list of them", nonEmpty: true) ?? []
                 for key in keys {
-                    guard CurveKeyPair.isKey(key) else { throw FederationError.badTopology("\(path): '\(key)' (\(section).\(name)) is not a CURVE public key") }
+                    guard CurveKeyPair.isKey(key) else { throw root.fail("'\(key)' (\(section).\(name)) is not a CURVE public key") }
                     if let other = members[key], other.role != role {
-                        throw FederationError.badTopology("\(path): key \(key) is listed both as \(other.role.rawValue) and as \(role.rawValue)")
+                        throw root.fail("key \(key) is listed both as \(other.role.rawValue) and as \(role.rawValue)")
                     }
                     members[key, default: Member(role: role, names: [], key: key)].names.insert(name)
                 }

@@ -173,7 +173,9 @@ final class BrokerGateTests: XCTestCase {
         for (text, expected) in [("trainers = [\"\(key)\"]", "must be a table of name = \"key\""),
                                  ("[trainers]\nen = \"not a key\"", "is not a CURVE public key"),
                                  ("[trainers]\nen = \"\(key)\"\n[aggregators]\nagg = \"\(key)\"", "listed both as"),
-                                 ("[visitors]\nx = \"\(key)\"", "unknown key 'visitors'")] {
+                                 ("[visitors]\nx = \"\(key)\"", "unknown key 'visitors'"),
+                                 ("[trainers]\nen = 5", "'trainers.en' must be a Z85 public key or a list of them"),
+                                 ("[trainers]\nen = []", "'trainers.en' must be a Z85 public key or a list of them")] {
             try text.write(toFile: dir + "/allowed.toml", atomically: true, encoding: .utf8)
             XCTAssertThrowsError(try AllowList(path: dir + "/allowed.toml")) {
                 XCTAssertTrue("\($0)".contains(expected), "\($0)")
