@@ -2,6 +2,7 @@ import FedLMProtocol
 import FedLMZeroMQ
 import Foundation
 import Logging
+import Synchronization
 
 /// The broker: routes trainers' messages to the aggregator and back, and relays releases.
 /// It holds no model state; it knows only which peers it has heard from recently.
@@ -243,9 +244,9 @@ public final class BrokerService: BlockingService, @unchecked Sendable {
 }
 
 /// A flag one thread sets and another polls.
-final class StopFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-    func set() { lock.lock(); value = true; lock.unlock() }
-    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+package final class StopFlag: Sendable {
+    private let value = Atomic(false)
+    package init() {}
+    package func set() { value.store(true, ordering: .releasing) }
+    package var isSet: Bool { value.load(ordering: .acquiring) }
 }

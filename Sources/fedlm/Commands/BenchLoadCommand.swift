@@ -7,6 +7,7 @@ import FedLMModel
 import FedLMProtocol
 import FedLMZeroMQ
 import Foundation
+import Synchronization
 
 /// Hundreds of light simulated trainers pushing small updates through one broker to one
 /// aggregator on loopback for a bounded time: is anything lost, does memory stay flat, and how
@@ -229,14 +230,14 @@ struct BenchKeys {
     func client(_ name: String) -> CurveClient { CurveClient(brokerKey: broker.keys.publicKey, keys: pairs[name]!) }
 }
 
-final class SampleBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var _values: [Int] = []
-    private var _stop = false
+/// The resident-memory samples a monitor thread takes until it is told to stop.
+final class SampleBox: Sendable {
+    private let samples = Mutex<[Int]>([])
+    private let stopped = Atomic(false)
     var stop: Bool {
-        get { lock.lock(); defer { lock.unlock() }; return _stop }
-        set { lock.lock(); _stop = newValue; lock.unlock() }
+        get { stopped.load(ordering: .acquiring) }
+        set { stopped.store(newValue, ordering: .releasing) }
     }
-    var values: [Int] { lock.lock(); defer { lock.unlock() }; return _values }
-    func append(_ v: Int) { lock.lock(); _values.append(v); lock.unlock() }
+    var values: [Int] { samples.withLock { $0 } }
+    func append(_ v: Int) { samples.withLock { $0.append(v) } }
 }

@@ -7,6 +7,7 @@ import FedLMProtocol
 import FedLMTensor
 import FedLMZeroMQ
 import Foundation
+import Synchronization
 
 /// The cost of one federated update for a ~10M-parameter model, part by part, against raw
 /// libzmq and memory bandwidth measured in the same run.
@@ -159,7 +160,7 @@ final class UpdateBench {
             })
         }
         let copying = try raw(), multipart = try raw(multipart: true)
-        echo.inPlace.stop = true
+        echo.inPlace.set()
         return Raw(copyingGBs: copying, multipartGBs: multipart, zeroCopyGBs: try raw(zeroCopy: true))
     }
 
@@ -262,7 +263,7 @@ final class UpdateBench {
             _ = try rawTrainer.receive()
             return streamBytes / (now() - t0) / 1e9
         })
-        sink.inPlace.stop = true
+        sink.inPlace.set()
         let cpu0 = ThreadCPU.now()
         x.rawBrokerZeroCopyGBs = median(try (0..<rounds).map { _ in
             let t0 = now()
@@ -333,18 +334,18 @@ final class UpdateBench {
 
 /// A thread that receives 1 MiB messages on `socket` and answers each `replyAfter` of them
 /// (counted by `counting`, from a message's frame count) with `reply`, copying them out or, once
-/// `inPlace.stop` is set, leaving them in libzmq's buffers.
+/// `inPlace` is set, leaving them in libzmq's buffers.
 final class Sink: @unchecked Sendable {
-    let stopFlag = StopBox(), inPlace = StopBox()
+    let stopFlag = StopFlag(), inPlace = StopFlag()
     private let thread: Thread
 
     init(socket: ZMQSocket, replyAfter: Int, reply: [[UInt8]] = [[1]], counting: @escaping @Sendable (Int) -> Int) {
         let (stopFlag, inPlace) = (stopFlag, inPlace)
         thread = Thread {
             var got = 0
-            while !stopFlag.stop {
+            while !stopFlag.isSet {
                 let peer: [UInt8]
-                if inPlace.stop {
+                if inPlace.isSet {
                     guard let m = try? socket.receiveInPlace(timeout: 50) else { continue }
                     peer = Array(m.frame(0))
                     got += counting(m.count)
@@ -360,18 +361,15 @@ final class Sink: @unchecked Sendable {
     }
 
     func stop() {
-        stopFlag.stop = true
+        stopFlag.set()
         Thread.join([thread])
     }
 }
 
-final class StopBox: @unchecked Sendable { var stop = false }
-
-final class FailureBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var first: Error?
-    var error: Error? { lock.lock(); defer { lock.unlock() }; return first }
-    func set(_ e: Error) { lock.lock(); if first == nil { first = e }; lock.unlock() }
+final class FailureBox: Sendable {
+    private let first = Mutex<Error?>(nil)
+    var error: Error? { first.withLock { $0 } }
+    func set(_ e: Error) { first.withLock { if $0 == nil { $0 = e } } }
 }
 
 extension BenchUpdateCommand {
