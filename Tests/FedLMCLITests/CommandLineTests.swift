@@ -15,6 +15,31 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(output.contains("GFLOP/s"), output)
     }
 
+    /// `fedlm experiment` refuses a variant the spec does not have (naming it and those it has)
+    /// and a corpus with no manifest, before it writes anything.
+    func testExperimentRefusesAnUnknownVariantOrCorpusBeforeWritingAnything() throws {
+        let s = try Scratch()
+        defer { s.remove() }
+        let spec = s.dir + "/spec.toml"
+        try """
+            name = "t"
+            run_directory = "\(s.dir)/run"
+            model = "\(s.dir)/model.toml"
+            data = "\(s.dir)/data"
+            tokens = 100
+            [[variant]]
+            name = "a"
+            centralized = true
+            """.write(toFile: spec, atomically: true, encoding: .utf8)
+        let (status, output) = try FedLMProcess.run(["experiment", spec, "--only", "a,b"])
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertTrue(output.contains("has no variant b (it has a)"), output)
+        let (dataStatus, dataOutput) = try FedLMProcess.run(["experiment", spec, "--data", s.dir + "/nowhere"])
+        XCTAssertNotEqual(dataStatus, 0, dataOutput)
+        XCTAssertTrue(dataOutput.contains("--data \(s.dir)/nowhere: no manifest.json"), dataOutput)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: s.dir + "/run"), "nothing written")
+    }
+
     func testAnExplicitCoreTypeIsRespected() throws {
         let (status, output) = try FedLMProcess.run(["bench", "sgemm", "--seconds", "0.05"],
                                                     environment: ["OPENBLAS_CORETYPE": "Haswell"])

@@ -76,6 +76,10 @@ struct ExperimentCommand: ParsableCommand {
     func run() throws {
         Runtime.announce()
         let spec = try ExperimentSpec.load(path: self.spec).overriding(seed: seed, data: data)
+        let chosen = only.map { Set($0.split(separator: ",").map(String.init)) }
+        if let unknown = chosen?.subtracting(spec.variants.map(\.name)).sorted(), !unknown.isEmpty {
+            throw ValidationError("--only: \(self.spec) has no variant \(unknown.joined(separator: ", ")) (it has \(spec.variants.map(\.name).joined(separator: ", ")))")
+        }
         let fm = FileManager.default
         try fm.createDirectory(atPath: spec.runDirectory, withIntermediateDirectories: true)
         try String(contentsOfFile: self.spec, encoding: .utf8).write(toFile: spec.runDirectory + "/spec.toml", atomically: true, encoding: .utf8)
@@ -94,7 +98,6 @@ struct ExperimentCommand: ParsableCommand {
         let sequence = file.training.sequenceLength ?? file.model.context
         let data = PreparedData(dataset: try TokenDataset(directory: spec.data))
         let validation = try OrganisationRuns.validation(data.dataset, modelPath: modelPath)
-        let chosen = only.map { Set($0.split(separator: ",").map(String.init)) }
         for (i, v) in spec.variants.enumerated() where chosen?.contains(v.name) ?? true {
             print("=== \(spec.name): \(v.name) ===")
             let ownModel = try v.model.map { try seeded($0, as: v.name + ".model.toml") } ?? modelPath
