@@ -128,8 +128,7 @@ public final class AggregatorService: BlockingService, @unchecked Sendable {
             core.metrics.sent(bytes: try release.send(on: dealer, prefix: [peer], chunks: chunks))
         } else {
             let frames = releaseFrames(cluster: cluster)
-            let chunks = window?.chunks(head: frames.arrays(prefix: 3)[2], count: frames.count - 3) ?? 0..<(frames.count - 3)
-            core.metrics.sent(bytes: try dealer.sendStreamed(frames, prefix: [peer], chunks: chunks))
+            core.metrics.sent(bytes: try dealer.sendStreamed(frames, prefix: [peer], chunks: frames.chunks(in: window)))
         }
     }
 

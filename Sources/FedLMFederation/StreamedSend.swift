@@ -9,14 +9,6 @@ extension ZMQSocket {
         for message in MessageStream.split(frames) { try send(prefix + message) }
     }
 
-    /// Streams an encoded release's head and the chunks `window` asks for (nil: all of them).
-    public func sendStreamed(release frames: [[UInt8]], prefix: [[UInt8]] = [], window: ReleaseWindow?) throws {
-        guard let window, frames.count > 3 else { return try sendStreamed(frames, prefix: prefix) }
-        let messages = MessageStream.split(frames)
-        try send(prefix + messages[0])
-        for i in window.chunks(head: frames[2], count: frames.count - 3) { try send(prefix + messages[1 + i]) }
-    }
-
     /// Streams an encoded tensor message held in `shared` without copying its chunks: its head
     /// and the chunks of `range` (nil: all). Returns the bytes sent.
     @discardableResult
@@ -54,6 +46,13 @@ extension SharedFrames {
         case (let head, .chunks(let chunks)?): self.init(head + chunks)
         case (let head, nil): self.init(head)
         }
+    }
+
+    /// The chunks of this encoded tensor message that `window` asks for (nil: all of them).
+    public func chunks(in window: ReleaseWindow?) -> Range<Int> {
+        let count = max(self.count - 3, 0)
+        guard let window, count > 0 else { return 0..<count }
+        return window.chunks(head: arrays(prefix: 3)[2], count: count)
     }
 }
 

@@ -94,8 +94,8 @@ public final class ConformanceRun {
                     script.answered(reply)
                     try router.sendStreamed(codec.encode(reply), prefix: to)
                 case .sendRelease(_, let cluster, let window, let resume):
-                    try router.sendStreamed(release: codec.encode(core.release(cluster: cluster)), prefix: to,
-                                            window: window.map { ReleaseWindow(size: $0, resume: resume) })
+                    let frames = SharedFrames(core.release(cluster: cluster), codec: codec)
+                    try router.sendStreamed(frames, prefix: to, chunks: frames.chunks(in: window.map { ReleaseWindow(size: $0, resume: resume) }))
                     script.releaseSent(now: Date().timeIntervalSince1970)
                 case .sendReleaseSteps(_, let held):
                     for step in core.releaseSteps(from: held) { try router.sendStreamed(codec.encode(step), prefix: to) }
