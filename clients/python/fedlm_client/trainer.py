@@ -306,7 +306,6 @@ class Trainer:
         request = first
         while True:
             self.send(wire.simple(wire.FETCH, request))
-            request = again()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 reply = self.reply(deadline - time.monotonic())
@@ -329,6 +328,8 @@ class Trainer:
                     log.warning("FETCH answered %s: %s; retrying", code, reply.header.get("detail"))
                     time.sleep(1)
                     break
+            # Asked again once the answer is overdue, from where the stream stands now.
+            request = again()
 
     def deliver(self, update_id: str, messages: list) -> Optional[dict]:
         """Sends the update until an ACK or a final refusal refers to it; returns the ACK (None

@@ -247,7 +247,7 @@ class StreamReceiver:
                     self.duplicates += 1
                 return None
             try:
-                self.current.add(bytes(frames[3]), struct.unpack("<II", bytes(frames[2])))
+                self.current.add(bytes(frames[3]), (index, count))
             except ProtocolError:
                 self.current = None
                 raise
