@@ -136,6 +136,8 @@ def main():
     p.add_argument("--data", help="prepared data directory (default runs/demo-data/shards)")
     p.add_argument("--variants", help="value runs to make, comma-separated: two-full, '+3 at budget F/2', '+3 at budget F/4' (default: all)")
     a = p.parse_args()
+    if a.partial_local_steps is not None and a.partial_local_steps < 1:
+        p.error(f"--partial-local-steps {a.partial_local_steps}: at least 1")
     global server, extra_aggregation, DATA
     server = a.server
     extra_aggregation = a.aggregation
